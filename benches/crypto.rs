@@ -1,0 +1,46 @@
+//! Seal/open of one field value at several sizes, data-key unwrap, and a blind index.
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use custodia::crypto::{BlindIndexKey, DataKey, MasterKey, MasterKeyring};
+use custodia::domain::CustomerId;
+use std::hint::black_box;
+
+fn seal_open(c: &mut Criterion) {
+    let key = DataKey::generate().unwrap();
+    let id = CustomerId::random();
+    let mut group = c.benchmark_group("field");
+    for size in [32usize, 1024, 16 * 1024, 64 * 1024] {
+        let value = vec![b'x'; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("seal", size), &value, |b, v| {
+            b.iter(|| key.seal(black_box(&id), "email", black_box(v)).unwrap())
+        });
+        let sealed = key.seal(&id, "email", &value).unwrap();
+        group.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, s| {
+            b.iter(|| key.open(black_box(&id), "email", black_box(s)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+fn key_wrap(c: &mut Criterion) {
+    let ring = MasterKeyring::new(MasterKey::from_bytes(&[9u8; 32]).unwrap(), vec![]);
+    let id = CustomerId::random();
+    let wrapped = ring.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap();
+    c.bench_function("data_key/unwrap", |b| {
+        b.iter(|| ring.unwrap_data_key(black_box(&id), black_box(&wrapped)).unwrap())
+    });
+    c.bench_function("data_key/generate_and_wrap", |b| {
+        b.iter(|| ring.wrap_data_key(black_box(&id), &DataKey::generate().unwrap()).unwrap())
+    });
+}
+
+fn blind_index(c: &mut Criterion) {
+    let key = BlindIndexKey::from_bytes(&[7u8; 32]);
+    c.bench_function("blind_index/email", |b| {
+        b.iter(|| key.compute(black_box("email"), black_box("jane.example@shop.test")))
+    });
+}
+
+criterion_group!(benches, seal_open, key_wrap, blind_index);
+criterion_main!(benches);

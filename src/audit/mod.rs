@@ -1,0 +1,308 @@
+//! The audit log: every access to customer data becomes an event, a leaf of an RFC 6962 Merkle
+//! tree, committed atomically with the data change it records and made durable before the
+//! caller gets an answer.
+//!
+//! Events hold field names, purposes, recipients, reason codes and opaque ids — never a value.
+//! The log never decides anything; it records what the vault decided.
+
+pub mod jcs;
+pub mod merkle;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::domain::{CustomerId, Principal, Timestamp};
+use crate::store::{AuditAppend, Commit, CustomerChange, Store, StoreError};
+use merkle::{Frontier, Hash};
+
+/// What an audited request did (DESIGN §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    #[serde(rename = "customer.create")]
+    /// A customer was created.
+    CustomerCreate,
+    #[serde(rename = "customer.read")]
+    /// A customer's fields were read.
+    CustomerRead,
+    #[serde(rename = "customer.update")]
+    /// A customer's fields were changed.
+    CustomerUpdate,
+    #[serde(rename = "customer.lookup")]
+    /// Customers were looked up by an indexed field.
+    CustomerLookup,
+    #[serde(rename = "customer.erase")]
+    /// A customer was erased.
+    CustomerErase,
+    #[serde(rename = "customer.export")]
+    /// A customer exported their data.
+    CustomerExport,
+    #[serde(rename = "payment_method.create")]
+    /// A payment method was added.
+    PaymentMethodCreate,
+    #[serde(rename = "payment_method.list")]
+    /// Payment methods were listed.
+    PaymentMethodList,
+    #[serde(rename = "payment_method.delete")]
+    /// A payment method was removed.
+    PaymentMethodDelete,
+    #[serde(rename = "consent.update")]
+    /// A consent record was added.
+    ConsentUpdate,
+    #[serde(rename = "objection.update")]
+    /// An objection was set or lifted.
+    ObjectionUpdate,
+    #[serde(rename = "restriction.update")]
+    /// Processing restriction was set or lifted.
+    RestrictionUpdate,
+    #[serde(rename = "disclosure")]
+    /// A disclosure to a third party was decided.
+    Disclosure,
+    #[serde(rename = "audit.read")]
+    /// The audit log was read.
+    AuditRead,
+    #[serde(rename = "auth.denied")]
+    /// A request was refused by authentication or role.
+    AuthDenied,
+    #[serde(rename = "retention.purge")]
+    /// Fields past their retention were erased.
+    RetentionPurge,
+    #[serde(rename = "key.rotate")]
+    /// Data keys were re-wrapped under a new master key.
+    KeyRotate,
+}
+
+/// How the request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done as asked.
+    Allowed,
+    /// Refused by policy, consent or role.
+    Denied,
+    /// Refused because the request was invalid or its target does not exist.
+    Failed,
+}
+
+/// The caller as recorded in an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Actor {
+    /// `merchant`, `customer`, `auditor`, `anonymous` or `system`.
+    pub role: String,
+    /// The token's subject; `null` for anonymous callers.
+    pub sub: Option<String>,
+}
+
+/// One audit event exactly as `GET /v1/audit/events` returns it and as its leaf hashes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// The leaf index, counting from 0.
+    pub seq: u64,
+    /// RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// What was done.
+    pub action: Action,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Who asked.
+    pub actor: Actor,
+    /// The customer concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
+    /// Field names concerned (never values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+    /// The declared purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// The third party, for disclosures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<String>,
+    /// Reason codes of a denial or failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Vec<String>>,
+    /// The request's `X-Request-Id`.
+    pub request_id: String,
+}
+
+/// An event before the log gives it a place and a time.
+#[derive(Debug, Clone)]
+pub struct EventDraft {
+    action: Action,
+    outcome: Outcome,
+    actor: Actor,
+    customer: Option<CustomerId>,
+    fields: Option<Vec<String>>,
+    purpose: Option<String>,
+    recipient: Option<String>,
+    reason: Option<Vec<String>>,
+    request_id: String,
+}
+
+impl EventDraft {
+    /// A draft for `action` by `actor` in request `request_id`, outcome `allowed` until changed.
+    pub fn new(action: Action, actor: &Principal, request_id: &str) -> Self {
+        EventDraft {
+            action,
+            outcome: Outcome::Allowed,
+            actor: Actor { role: actor.role.as_str().to_owned(), sub: actor.sub.clone() },
+            customer: None,
+            fields: None,
+            purpose: None,
+            recipient: None,
+            reason: None,
+            request_id: request_id.to_owned(),
+        }
+    }
+
+    /// Sets the customer concerned.
+    pub fn customer(mut self, id: CustomerId) -> Self {
+        self.customer = Some(id);
+        self
+    }
+
+    /// Sets the field names concerned. Only declared field names may be passed.
+    pub fn fields<I: IntoIterator<Item = S>, S: Into<String>>(mut self, names: I) -> Self {
+        self.fields = Some(names.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sets the declared purpose.
+    pub fn purpose(mut self, purpose: Option<&str>) -> Self {
+        self.purpose = purpose.map(str::to_owned);
+        self
+    }
+
+    /// Sets the recipient.
+    pub fn recipient(mut self, recipient: &str) -> Self {
+        self.recipient = Some(recipient.to_owned());
+        self
+    }
+
+    /// Marks the event denied with reason codes.
+    pub fn denied<I: IntoIterator<Item = S>, S: Into<String>>(self, reasons: I) -> Self {
+        self.ended(Outcome::Denied, reasons)
+    }
+
+    /// Adds reason codes without changing the outcome (e.g. fields withheld from an allowed read).
+    pub fn withheld<I: IntoIterator<Item = S>, S: Into<String>>(mut self, reasons: I) -> Self {
+        self.reason = Some(reasons.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Marks the event failed with reason codes.
+    pub fn failed<I: IntoIterator<Item = S>, S: Into<String>>(self, reasons: I) -> Self {
+        self.ended(Outcome::Failed, reasons)
+    }
+
+    fn ended<I: IntoIterator<Item = S>, S: Into<String>>(mut self, outcome: Outcome, reasons: I) -> Self {
+        self.outcome = outcome;
+        self.reason = Some(reasons.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The customer concerned, if set.
+    pub fn customer_id(&self) -> Option<CustomerId> {
+        self.customer
+    }
+
+    fn place(self, seq: u64, time: Timestamp) -> Event {
+        Event {
+            seq,
+            time: time.to_rfc3339(),
+            action: self.action,
+            outcome: self.outcome,
+            actor: self.actor,
+            customer_id: self.customer.map(|c| c.to_string()),
+            fields: self.fields,
+            purpose: self.purpose,
+            recipient: self.recipient,
+            reason: self.reason,
+            request_id: self.request_id,
+        }
+    }
+}
+
+impl Event {
+    /// The RFC 8785 canonical bytes the leaf hash is computed over.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        // invariant: an Event is plain strings, integers and enums; it always serialises.
+        jcs::canonical(&serde_json::to_value(self).expect("event serialises"))
+    }
+}
+
+/// An audit append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The data change could not be applied (version conflict, unique clash); nothing was
+    /// written, not even the event.
+    #[error("change rejected: {0}")]
+    Rejected(StoreError),
+    /// The event could not be written or made durable: the request must fail with 503.
+    #[error("audit log unavailable: {0}")]
+    Unavailable(StoreError),
+    /// The stored log is inconsistent.
+    #[error("audit log corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The append side of the audit log.
+pub struct AuditLog {
+    store: Arc<dyn Store>,
+    /// Serialises appends so sequence numbers are dense and the frontier stays in step.
+    frontier: Mutex<Frontier>,
+}
+
+impl AuditLog {
+    /// Opens the log over `store`, rebuilding the append frontier from O(log n) stored nodes.
+    pub async fn open(store: Arc<dyn Store>) -> Result<Self, AuditError> {
+        let size = store.audit_size().await.map_err(AuditError::Unavailable)?;
+        let mut roots = Vec::new();
+        for (level, index) in Frontier::positions(size) {
+            let node = store.audit_node(level, index).await.map_err(AuditError::Unavailable)?;
+            roots.push(node.ok_or_else(|| {
+                AuditError::Corrupt(format!("missing tree node at level {level}, index {index}"))
+            })?);
+        }
+        let frontier = Frontier::from_roots(size, roots)
+            .ok_or_else(|| AuditError::Corrupt("frontier does not match the log size".into()))?;
+        Ok(AuditLog { store, frontier: Mutex::new(frontier) })
+    }
+
+    /// Appends an event and applies `change` in the same atomic commit, then waits until both
+    /// are durable. Returns the event's seq.
+    ///
+    /// On `Rejected` nothing was written; the caller records what happened with a new draft.
+    pub async fn record(&self, draft: EventDraft, change: Option<CustomerChange>) -> Result<u64, AuditError> {
+        let seq = {
+            let mut frontier = self.frontier.lock().await;
+            let seq = frontier.size();
+            let customer = draft.customer_id();
+            let event = draft.place(seq, Timestamp::now());
+            let bytes = event.canonical_bytes();
+            let mut next = frontier.clone();
+            let nodes = next.push(merkle::leaf_hash(&bytes));
+            let commit =
+                Commit { customer: change, audit: AuditAppend { seq, event: bytes, customer, nodes } };
+            match self.store.commit(commit).await {
+                Ok(()) => *frontier = next,
+                Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
+                    return Err(AuditError::Rejected(e));
+                }
+                Err(e) => return Err(AuditError::Unavailable(e)),
+            }
+            seq
+        };
+        self.store.sync().await.map_err(AuditError::Unavailable)?;
+        Ok(seq)
+    }
+
+    /// The current tree size and root hash.
+    pub async fn head(&self) -> (u64, Hash) {
+        let frontier = self.frontier.lock().await;
+        (frontier.size(), frontier.root())
+    }
+}

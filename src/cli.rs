@@ -1,0 +1,168 @@
+//! The command line: `serve`, `policy check`, `policy explain`, `dev-token`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::config::Settings;
+use crate::error::Error;
+use crate::policy::PolicySet;
+use crate::startup::{self, App};
+
+/// Custodia: a privacy vault for customer data.
+#[derive(Debug, Parser)]
+#[command(name = "custodia", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the HTTP server.
+    Serve {
+        /// A TOML config file (environment variables override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Generate a master key and a JWT secret into the data directory if none are configured.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Mint a token signed with the configured HS256 secret (or the --dev one).
+    DevToken {
+        /// merchant, customer or auditor.
+        #[arg(long)]
+        role: String,
+        /// The subject: a service name, or the customer id for role customer.
+        #[arg(long)]
+        sub: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// A TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate every *.toml file in DIR; exits non-zero naming each problem.
+    Check {
+        /// The policy directory.
+        dir: PathBuf,
+    },
+    /// Explain whether a field may go to a recipient for a purpose, rule by rule.
+    Explain {
+        /// The recipient.
+        #[arg(long)]
+        recipient: String,
+        /// The purpose.
+        #[arg(long)]
+        purpose: String,
+        /// The field.
+        #[arg(long)]
+        field: String,
+        /// The policy directory (default: CUSTODIA_POLICIES or ./policies).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+    },
+}
+
+impl Cli {
+    /// Runs the command and returns the process exit code.
+    pub async fn run(self) -> ExitCode {
+        match self.command {
+            Command::Serve { config, dev } => report(serve(config, dev).await),
+            Command::Policy { command: PolicyCommand::Check { dir } } => match PolicySet::load(&dir) {
+                Ok(set) => {
+                    println!("{}: ok — {}", dir.display(), set.summary());
+                    for warning in set.warnings() {
+                        println!("warning: {warning}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: invalid\n{e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Policy { command: PolicyCommand::Explain { recipient, purpose, field, policies } } => {
+                let dir =
+                    policies.unwrap_or_else(|| Settings::load(None).map(|s| s.policies).unwrap_or_default());
+                match PolicySet::load(&dir) {
+                    Ok(set) => {
+                        print!("{}", crate::policy::explain(&set, &recipient, &purpose, &field));
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{}: invalid\n{e}", dir.display());
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::DevToken { role, sub, ttl, config } => match dev_token(&role, &sub, ttl, config) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+        }
+    }
+}
+
+fn report(result: Result<(), Error>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>, dev: bool) -> Result<(), Error> {
+    let mut settings = Settings::load(config.as_deref())?;
+    settings.dev = dev;
+    crate::telemetry::init(&settings.log_format);
+    let app = App::build(settings).await?;
+    tracing::info!(addr = %app.local_addr(), "custodia listening");
+    println!("custodia listening on http://{}", app.local_addr());
+    app.run_until_stopped().await
+}
+
+fn dev_token(role: &str, sub: &str, ttl: u64, config: Option<PathBuf>) -> Result<String, String> {
+    if crate::domain::Role::from_claim(role).is_none() {
+        return Err("--role must be merchant, customer or auditor".into());
+    }
+    let settings = Settings::load(config.as_deref()).map_err(|e| e.to_string())?;
+    let secret = match &settings.jwt_hs256_secret {
+        Some(s) => s.clone(),
+        None => startup::dev_jwt_secret(&settings.data_dir).map_err(|e| e.to_string())?,
+    };
+    let now = chrono::Utc::now().timestamp();
+    let mut claims = serde_json::json!({ "sub": sub, "role": role, "iat": now, "exp": now + ttl as i64 });
+    if let Some(iss) = &settings.jwt_issuer {
+        claims["iss"] = iss.clone().into();
+    }
+    if let Some(aud) = &settings.jwt_audience {
+        claims["aud"] = aud.clone().into();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.expose_secret().as_bytes()),
+    )
+    .map_err(|e| format!("signing failed: {e}"))
+}

@@ -1,0 +1,264 @@
+//! Settings: built-in defaults, then an optional TOML file, then `CUSTODIA_*` environment
+//! variables, each overriding the one before. Unknown keys in the file are errors.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (`CUSTODIA_LISTEN`).
+    pub listen: String,
+    /// Directory of the embedded database and dev keys (`CUSTODIA_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Directory of policy `*.toml` files (`CUSTODIA_POLICIES`).
+    pub policies: PathBuf,
+    /// Base64 of the 32-byte master key (`CUSTODIA_MASTER_KEY`).
+    pub master_key: Option<SecretString>,
+    /// A file holding the base64 master key (`CUSTODIA_MASTER_KEY_FILE`).
+    pub master_key_file: Option<PathBuf>,
+    /// HS256 secret for bearer tokens (`CUSTODIA_JWT_HS256_SECRET`).
+    pub jwt_hs256_secret: Option<SecretString>,
+    /// PEM or JWKS file of token verification keys (`CUSTODIA_JWT_PUBLIC_KEYS`).
+    pub jwt_public_keys: Option<PathBuf>,
+    /// Required `iss` (`CUSTODIA_JWT_ISSUER`).
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` (`CUSTODIA_JWT_AUDIENCE`).
+    pub jwt_audience: Option<String>,
+    /// The audit log's origin line in checkpoints (`CUSTODIA_AUDIT_ORIGIN`).
+    pub audit_origin: String,
+    /// sled page cache in MiB (`CUSTODIA_CACHE_MB`).
+    pub cache_mb: u64,
+    /// Largest accepted request body in bytes (`CUSTODIA_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Longest a request may take, in milliseconds (`CUSTODIA_REQUEST_TIMEOUT_MS`).
+    pub request_timeout_ms: u64,
+    /// `text` or `json` (`CUSTODIA_LOG_FORMAT`).
+    pub log_format: String,
+    /// Generate missing keys into the data directory (`serve --dev`).
+    pub dev: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            policies: PathBuf::from("./policies"),
+            master_key: None,
+            master_key_file: None,
+            jwt_hs256_secret: None,
+            jwt_public_keys: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            audit_origin: "custodia.localhost/audit".into(),
+            cache_mb: 128,
+            max_body_bytes: 64 * 1024,
+            request_timeout_ms: 10_000,
+            log_format: "text".into(),
+            dev: false,
+        }
+    }
+}
+
+/// Settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid (unknown key, wrong type).
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// An environment variable has an invalid value.
+    #[error("environment variable {name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The config file's keys: the environment variable names without `CUSTODIA_`, lower-case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    policies: Option<PathBuf>,
+    master_key: Option<String>,
+    master_key_file: Option<PathBuf>,
+    jwt_hs256_secret: Option<String>,
+    jwt_public_keys: Option<PathBuf>,
+    jwt_issuer: Option<String>,
+    jwt_audience: Option<String>,
+    audit_origin: Option<String>,
+    cache_mb: Option<u64>,
+    max_body_bytes: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    log_format: Option<String>,
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Settings::load`], reading variables through `env` (for tests).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut s = Settings::default();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let f: FileSettings = toml::from_str(&text)
+                .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+            s.apply_file(f);
+        }
+        s.apply_env(env)?;
+        Ok(s)
+    }
+
+    fn apply_file(&mut self, f: FileSettings) {
+        macro_rules! set {
+            ($($name:ident),*) => { $( if let Some(v) = f.$name { self.$name = v; } )* };
+        }
+        set!(
+            listen,
+            data_dir,
+            policies,
+            audit_origin,
+            cache_mb,
+            max_body_bytes,
+            request_timeout_ms,
+            log_format
+        );
+        macro_rules! set_opt {
+            ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
+        }
+        set_opt!(master_key_file, jwt_public_keys, jwt_issuer, jwt_audience);
+        if let Some(k) = f.master_key {
+            self.master_key = Some(SecretString::from(k));
+        }
+        if let Some(k) = f.jwt_hs256_secret {
+            self.jwt_hs256_secret = Some(SecretString::from(k));
+        }
+    }
+
+    fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |name: &str| env(name).filter(|v| !v.is_empty());
+        if let Some(v) = get("CUSTODIA_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = get("CUSTODIA_DATA_DIR") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = get("CUSTODIA_POLICIES") {
+            self.policies = v.into();
+        }
+        if let Some(v) = get("CUSTODIA_MASTER_KEY") {
+            self.master_key = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("CUSTODIA_MASTER_KEY_FILE") {
+            self.master_key_file = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_JWT_HS256_SECRET") {
+            self.jwt_hs256_secret = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("CUSTODIA_JWT_PUBLIC_KEYS") {
+            self.jwt_public_keys = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_JWT_ISSUER") {
+            self.jwt_issuer = Some(v);
+        }
+        if let Some(v) = get("CUSTODIA_JWT_AUDIENCE") {
+            self.jwt_audience = Some(v);
+        }
+        if let Some(v) = get("CUSTODIA_AUDIT_ORIGIN") {
+            self.audit_origin = v;
+        }
+        if let Some(v) = get("CUSTODIA_LOG_FORMAT") {
+            self.log_format = v;
+        }
+        fn number<T: std::str::FromStr>(name: &'static str, v: String) -> Result<T, ConfigError> {
+            v.parse().map_err(|_| ConfigError::Env { name, message: "must be a whole number".into() })
+        }
+        if let Some(v) = get("CUSTODIA_CACHE_MB") {
+            self.cache_mb = number("CUSTODIA_CACHE_MB", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_MAX_BODY_BYTES") {
+            self.max_body_bytes = number("CUSTODIA_MAX_BODY_BYTES", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_REQUEST_TIMEOUT_MS") {
+            self.request_timeout_ms = number("CUSTODIA_REQUEST_TIMEOUT_MS", v)?;
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError::Env {
+                name: "CUSTODIA_LOG_FORMAT",
+                message: "must be text or json".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The request timeout.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn environment_overrides_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("custodia.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/custodia\"\n").unwrap();
+        let s = Settings::load_from(Some(&file), |name| {
+            (name == "CUSTODIA_DATA_DIR").then(|| "/srv/custodia".to_owned())
+        })
+        .unwrap();
+        assert_eq!(s.listen, "0.0.0.0:9000");
+        assert_eq!(s.data_dir, PathBuf::from("/srv/custodia"));
+        assert_eq!(s.policies, PathBuf::from("./policies"));
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("custodia.toml");
+        std::fs::write(&file, "lisen = \"0.0.0.0:9000\"\n").unwrap();
+        let err = Settings::load_from(Some(&file), |_| None).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::load_from(None, |name| {
+            (name == "CUSTODIA_MASTER_KEY").then(|| "c2VjcmV0LW1hc3Rlci1rZXk=".to_owned())
+        })
+        .unwrap();
+        assert_eq!(s.master_key.as_ref().unwrap().expose_secret(), "c2VjcmV0LW1hc3Rlci1rZXk=");
+        assert!(!format!("{s:?}").contains("c2VjcmV0"));
+    }
+}

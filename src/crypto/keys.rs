@@ -1,0 +1,350 @@
+//! Key types. Each zeroizes on drop, has no `Clone` or `Serialize`, and prints `[redacted]`.
+
+use std::fmt;
+
+use aes_gcm::{Aes256Gcm, KeyInit};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::envelope::{self, WrappedKey};
+use super::{CryptoError, fill_random};
+use crate::domain::CustomerId;
+
+/// Names a master key version without revealing it: the first 8 bytes of
+/// HMAC-SHA-256(key, "custodia master key id"), in hex. Stored next to every wrapped key so a
+/// wrong or missing master key is detected by name, not by a failed decryption.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// The id as text (`mk-` followed by 16 hex digits).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.0)
+    }
+}
+
+/// A 256-bit master key (key-encryption key). It only ever wraps other keys.
+pub struct MasterKey {
+    id: KeyId,
+    cipher: Aes256Gcm,
+}
+
+impl MasterKey {
+    /// A master key from 32 raw bytes. The caller's copy should be a `Zeroizing` buffer.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
+        if bytes.len() != 32 {
+            return Err(CryptoError::InvalidKey("a master key must be 32 bytes"));
+        }
+        let tag = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes),
+            b"custodia master key id",
+        );
+        let id = KeyId(format!("mk-{}", hex(&tag.as_ref()[..8])));
+        let cipher = Aes256Gcm::new_from_slice(bytes)
+            .map_err(|_| CryptoError::InvalidKey("a master key must be 32 bytes"))?;
+        Ok(MasterKey { id, cipher })
+    }
+
+    /// A master key from base64 text (standard alphabet, with or without padding).
+    pub fn from_base64(text: &str) -> Result<Self, CryptoError> {
+        use base64::Engine;
+        let bytes = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|_| CryptoError::InvalidKey("a master key must be base64"))?,
+        );
+        Self::from_bytes(&bytes)
+    }
+
+    /// Generates fresh master key material, returned base64-encoded for a key file.
+    pub fn generate_base64() -> Result<Zeroizing<String>, CryptoError> {
+        use base64::Engine;
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        fill_random(bytes.as_mut())?;
+        Ok(Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes.as_ref())))
+    }
+
+    /// This key's version id.
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    pub(super) fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey({}, [redacted])", self.id)
+    }
+}
+
+/// The current master key plus older versions still needed to unwrap keys that have not been
+/// re-wrapped yet (during a rotation).
+#[derive(Debug)]
+pub struct MasterKeyring {
+    current: MasterKey,
+    previous: Vec<MasterKey>,
+}
+
+impl MasterKeyring {
+    /// A keyring that wraps under `current` and can still unwrap under `previous`.
+    pub fn new(current: MasterKey, previous: Vec<MasterKey>) -> Self {
+        MasterKeyring { current, previous }
+    }
+
+    /// The version new wraps are made under.
+    pub fn current_id(&self) -> &KeyId {
+        &self.current.id
+    }
+
+    fn find(&self, id: &KeyId) -> Result<&MasterKey, CryptoError> {
+        std::iter::once(&self.current)
+            .chain(self.previous.iter())
+            .find(|k| &k.id == id)
+            .ok_or_else(|| CryptoError::UnknownMasterKey(id.clone()))
+    }
+
+    /// Wraps a customer's data key; the associated data binds it to that customer.
+    pub fn wrap_data_key(&self, customer: &CustomerId, key: &DataKey) -> Result<WrappedKey, CryptoError> {
+        let aad = envelope::data_key_aad(customer, &self.current.id);
+        envelope::wrap(&self.current, &key.bytes, &aad)
+    }
+
+    /// Unwraps a customer's data key. Fails if the wrapped key belongs to another customer.
+    pub fn unwrap_data_key(
+        &self,
+        customer: &CustomerId,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, CryptoError> {
+        let master = self.find(&wrapped.master_key)?;
+        let aad = envelope::data_key_aad(customer, &master.id);
+        let bytes = envelope::unwrap(master, wrapped, &aad)?;
+        DataKey::from_raw(bytes)
+    }
+
+    /// Wraps a vault-wide secret (index key, signing key) under the current master key.
+    pub(super) fn wrap_system(&self, name: &str, secret: &[u8]) -> Result<WrappedKey, CryptoError> {
+        let aad = envelope::system_key_aad(name, &self.current.id);
+        envelope::wrap(&self.current, secret, &aad)
+    }
+
+    /// Unwraps a vault-wide secret.
+    pub(super) fn unwrap_system(
+        &self,
+        name: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        let master = self.find(&wrapped.master_key)?;
+        let aad = envelope::system_key_aad(name, &master.id);
+        envelope::unwrap(master, wrapped, &aad)
+    }
+}
+
+/// A customer's 256-bit data key: every value of that customer is sealed with it. Destroying
+/// its wrapped form is what erasure (crypto-shredding) means.
+pub struct DataKey {
+    bytes: Zeroizing<Vec<u8>>,
+    cipher: Aes256Gcm,
+}
+
+impl DataKey {
+    /// A fresh random data key.
+    pub fn generate() -> Result<Self, CryptoError> {
+        let mut bytes = Zeroizing::new(vec![0u8; 32]);
+        fill_random(&mut bytes)?;
+        Self::from_raw(bytes)
+    }
+
+    fn from_raw(bytes: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
+        let cipher = Aes256Gcm::new_from_slice(&bytes)
+            .map_err(|_| CryptoError::InvalidKey("a data key must be 32 bytes"))?;
+        Ok(DataKey { bytes, cipher })
+    }
+
+    pub(super) fn cipher(&self) -> &Aes256Gcm {
+        &self.cipher
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey([redacted])")
+    }
+}
+
+/// Decrypted bytes of one value. Wiped on drop; printing it shows `[redacted]`.
+pub struct Plaintext(Zeroizing<Vec<u8>>);
+
+impl Plaintext {
+    /// Wraps bytes that hold a customer's value.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Plaintext(Zeroizing::new(bytes))
+    }
+
+    /// The bytes; keep the borrow short.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Plaintext([redacted])")
+    }
+}
+
+/// Vault-wide secrets generated on first start and kept wrapped under the master key.
+pub struct SystemKeys {
+    /// Keys the blind indexes of lookup fields.
+    pub blind_index: super::BlindIndexKey,
+    /// Keys the fingerprints of card numbers (a separate key, PCI DSS 3.5.1.1).
+    pub card_fingerprint: super::BlindIndexKey,
+    /// PKCS#8 document of the Ed25519 key that signs audit checkpoints.
+    pub audit_signing_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+/// [`SystemKeys`] as stored: each secret wrapped under a master key version.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WrappedSystemKeys {
+    blind_index: WrappedKey,
+    card_fingerprint: WrappedKey,
+    audit_signing: WrappedKey,
+}
+
+impl SystemKeys {
+    /// Generates every system key and returns them with their wrapped form for storage.
+    pub fn generate(master: &MasterKeyring) -> Result<(SystemKeys, WrappedSystemKeys), CryptoError> {
+        let mut index = Zeroizing::new(vec![0u8; 32]);
+        fill_random(&mut index)?;
+        let mut fingerprint = Zeroizing::new(vec![0u8; 32]);
+        fill_random(&mut fingerprint)?;
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| CryptoError::Random)?;
+        let signing = Zeroizing::new(pkcs8.as_ref().to_vec());
+        let wrapped = WrappedSystemKeys {
+            blind_index: master.wrap_system("blind_index", &index)?,
+            card_fingerprint: master.wrap_system("card_fingerprint", &fingerprint)?,
+            audit_signing: master.wrap_system("audit_signing", &signing)?,
+        };
+        let keys = SystemKeys {
+            blind_index: super::BlindIndexKey::from_bytes(&index),
+            card_fingerprint: super::BlindIndexKey::from_bytes(&fingerprint),
+            audit_signing_pkcs8: signing,
+        };
+        Ok((keys, wrapped))
+    }
+
+    /// Unwraps stored system keys.
+    pub fn unwrap(master: &MasterKeyring, wrapped: &WrappedSystemKeys) -> Result<Self, CryptoError> {
+        let index = master.unwrap_system("blind_index", &wrapped.blind_index)?;
+        let fingerprint = master.unwrap_system("card_fingerprint", &wrapped.card_fingerprint)?;
+        let signing = master.unwrap_system("audit_signing", &wrapped.audit_signing)?;
+        Ok(SystemKeys {
+            blind_index: super::BlindIndexKey::from_bytes(&index),
+            card_fingerprint: super::BlindIndexKey::from_bytes(&fingerprint),
+            audit_signing_pkcs8: signing,
+        })
+    }
+}
+
+impl WrappedSystemKeys {
+    /// The master key versions these secrets are wrapped under.
+    pub fn master_keys(&self) -> Vec<&KeyId> {
+        vec![&self.blind_index.master_key, &self.card_fingerprint.master_key, &self.audit_signing.master_key]
+    }
+}
+
+impl fmt::Debug for SystemKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SystemKeys([redacted])")
+    }
+}
+
+impl Drop for SystemKeys {
+    fn drop(&mut self) {
+        self.audit_signing_pkcs8.zeroize();
+    }
+}
+
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_types_print_redacted() {
+        let master = MasterKey::from_bytes(&[7u8; 32]).unwrap();
+        assert!(format!("{master:?}").contains("[redacted]"));
+        assert!(!format!("{master:?}").contains("7, 7"));
+        let data = DataKey::generate().unwrap();
+        assert_eq!(format!("{data:?}"), "DataKey([redacted])");
+        assert_eq!(format!("{:?}", Plaintext::new(b"secret".to_vec())), "Plaintext([redacted])");
+        let ring = MasterKeyring::new(master, vec![]);
+        let (keys, _) = SystemKeys::generate(&ring).unwrap();
+        assert_eq!(format!("{keys:?}"), "SystemKeys([redacted])");
+    }
+
+    #[test]
+    fn master_key_id_is_stable_and_distinct() {
+        let a = MasterKey::from_bytes(&[1u8; 32]).unwrap();
+        let a2 = MasterKey::from_bytes(&[1u8; 32]).unwrap();
+        let b = MasterKey::from_bytes(&[2u8; 32]).unwrap();
+        assert_eq!(a.id(), a2.id());
+        assert_ne!(a.id(), b.id());
+        assert!(MasterKey::from_bytes(&[1u8; 31]).is_err());
+        assert!(MasterKey::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn data_key_wrapped_for_one_customer_does_not_unwrap_for_another() {
+        let ring = MasterKeyring::new(MasterKey::from_bytes(&[3u8; 32]).unwrap(), vec![]);
+        let (alice, bob) = (CustomerId::random(), CustomerId::random());
+        let key = DataKey::generate().unwrap();
+        let wrapped = ring.wrap_data_key(&alice, &key).unwrap();
+        assert!(ring.unwrap_data_key(&alice, &wrapped).is_ok());
+        assert!(matches!(ring.unwrap_data_key(&bob, &wrapped), Err(CryptoError::Open)));
+    }
+
+    #[test]
+    fn an_old_master_key_still_unwraps_during_rotation() {
+        let old = MasterKeyring::new(MasterKey::from_bytes(&[4u8; 32]).unwrap(), vec![]);
+        let id = CustomerId::random();
+        let wrapped = old.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap();
+        let new = MasterKeyring::new(
+            MasterKey::from_bytes(&[5u8; 32]).unwrap(),
+            vec![MasterKey::from_bytes(&[4u8; 32]).unwrap()],
+        );
+        assert!(new.unwrap_data_key(&id, &wrapped).is_ok());
+        let without = MasterKeyring::new(MasterKey::from_bytes(&[5u8; 32]).unwrap(), vec![]);
+        assert!(matches!(without.unwrap_data_key(&id, &wrapped), Err(CryptoError::UnknownMasterKey(_))));
+    }
+
+    #[test]
+    fn system_keys_round_trip_through_their_wrapped_form() {
+        let ring = MasterKeyring::new(MasterKey::from_bytes(&[6u8; 32]).unwrap(), vec![]);
+        let (keys, wrapped) = SystemKeys::generate(&ring).unwrap();
+        let again = SystemKeys::unwrap(&ring, &wrapped).unwrap();
+        assert_eq!(
+            keys.blind_index.compute("email", "a@b.example"),
+            again.blind_index.compute("email", "a@b.example")
+        );
+        assert_eq!(keys.audit_signing_pkcs8.as_slice(), again.audit_signing_pkcs8.as_slice());
+    }
+}

@@ -1,0 +1,118 @@
+//! The only place errors become HTTP statuses and `{"error", "message"}` bodies.
+//!
+//! Internal detail is logged here and never returned; messages never carry a customer's value.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::vault::VaultError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    denied: Option<Vec<Denied>>,
+}
+
+/// One refused field of a `policy_denied` answer.
+#[derive(Debug, Serialize)]
+pub struct Denied {
+    field: String,
+    reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    denied: Option<&'a [Denied]>,
+}
+
+impl ApiError {
+    /// An error with a status, a stable code and a human message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into(), denied: None }
+    }
+
+    /// 400 with `code`.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401.
+    pub fn unauthenticated() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", "a valid bearer token is required")
+    }
+
+    /// 403 for a caller whose role may not use the route.
+    pub fn forbidden_role() -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "this role may not call this route")
+    }
+
+    /// 404.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "not found")
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        use VaultError as V;
+        let message = e.to_string();
+        match e {
+            V::NotFound => ApiError::not_found().with_message("customer not found"),
+            V::PurposeRequired => ApiError::bad_request("purpose_required", message),
+            V::UnknownPurpose => ApiError::bad_request("unknown_purpose", message),
+            V::BadRequest(_) => ApiError::bad_request("bad_request", message),
+            V::UnknownField(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_field", message),
+            V::InvalidField { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+            }
+            V::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            V::PolicyDenied { denied } => ApiError {
+                status: StatusCode::FORBIDDEN,
+                code: "policy_denied",
+                message,
+                denied: Some(
+                    denied
+                        .into_iter()
+                        .map(|(field, reason)| Denied { field, reason: reason.as_str() })
+                        .collect(),
+                ),
+            },
+            V::AuditUnavailable => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the request could not be audited durably, so it was not carried out",
+            ),
+            V::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            }
+        }
+    }
+}
+
+impl ApiError {
+    fn with_message(mut self, message: &str) -> Self {
+        self.message = message.to_owned();
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body { error: self.code, message: &self.message, denied: self.denied.as_deref() };
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,110 @@
+//! The HTTP API: one router, one module per audience, thin handlers over the vault.
+
+mod auditor;
+pub mod error;
+pub mod extract;
+mod merchant;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Authenticator;
+use crate::vault::Vault;
+use error::ApiError;
+use extract::RequestId;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The service layer.
+    pub vault: Arc<Vault>,
+    /// Token verification.
+    pub auth: Arc<Authenticator>,
+}
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it is answered 408.
+    pub request_timeout: Duration,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole application router, used by `serve` and by the tests alike.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    Router::new()
+        .merge(merchant::routes())
+        .merge(auditor::routes())
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    // Only the route template is logged: paths carry ids and query strings
+                    // carry lookup values.
+                    let route =
+                        req.extensions().get::<MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+                    let id = req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default();
+                    tracing::info_span!("request", method = %req.method(), route, request_id = id)
+                })
+                .on_request(())
+                .on_response(|res: &Response, latency: Duration, _: &tracing::Span| {
+                    tracing::info!(
+                        status = res.status().as_u16(),
+                        latency_ms = latency.as_secs_f64() * 1e3,
+                        "answered"
+                    );
+                }),
+        )
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
+        .layer(middleware::from_fn(request_id))
+}
+
+/// Keeps a well-formed client `X-Request-Id` (1–64 of `[A-Za-z0-9._-]`), otherwise assigns a
+/// random one; either way it is echoed on the response and recorded in audit events.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, value);
+    }
+    res
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this path")
+}

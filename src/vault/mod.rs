@@ -1,0 +1,217 @@
+//! The service layer: the one path every customer-data operation takes.
+//!
+//! Each operation authorizes (purpose and policy), loads, decrypts or seals, and records an
+//! audit event — allowed, denied or failed — before it answers. A 2xx answer means the change
+//! and its event are durable; if the event cannot be made durable the operation fails with
+//! [`VaultError::AuditUnavailable`] and returns no data.
+//!
+//! The vault knows nothing of HTTP; `http/` maps its results and errors to responses.
+
+mod audit_read;
+mod fields;
+mod profile;
+mod subject;
+
+use std::sync::Arc;
+
+use crate::audit::{AuditError, AuditLog, EventDraft};
+use crate::crypto::{CryptoError, DataKey, MasterKeyring, SystemKeys};
+use crate::domain::{CustomerId, Principal};
+use crate::policy::{PolicySet, Purpose, Reason};
+use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
+
+pub use audit_read::{EventPage, EventQuery};
+pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
+
+/// How often an update is retried when another writer changed the record in between.
+const MAX_WRITE_ATTEMPTS: usize = 8;
+
+/// Who is asking, and in which request.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The authenticated caller.
+    pub principal: Principal,
+    /// The request's id, recorded in its audit event.
+    pub request_id: String,
+}
+
+/// Why an operation did not succeed. Messages never contain a customer's value.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The customer does not exist (or the id is malformed: the two are indistinguishable).
+    #[error("customer not found")]
+    NotFound,
+    /// A read needs an `X-Purpose`.
+    #[error("the X-Purpose header is required for this call")]
+    PurposeRequired,
+    /// The purpose is not declared in the policy files.
+    #[error("purpose is not declared in the policy files")]
+    UnknownPurpose,
+    /// The policy refuses; one reason per field.
+    #[error("denied by policy")]
+    PolicyDenied {
+        /// (field, reason) for every refused field.
+        denied: Vec<(String, Reason)>,
+    },
+    /// The body names a field the policy files do not declare.
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
+    /// A field value does not satisfy its declared type.
+    #[error("field `{field}` {expected}")]
+    InvalidField {
+        /// The declared field name.
+        field: String,
+        /// What the value must be (never the value itself).
+        expected: String,
+    },
+    /// The request is malformed in a way the HTTP layer could not see.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A unique field's value already belongs to another customer.
+    #[error("the value of field `{field}` is already in use")]
+    Conflict {
+        /// The unique field.
+        field: String,
+    },
+    /// The audit event could not be made durable.
+    #[error("the audit log is unavailable")]
+    AuditUnavailable,
+    /// Something inside failed (detail logged, not returned).
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<CryptoError> for VaultError {
+    fn from(e: CryptoError) -> Self {
+        VaultError::Internal(format!("crypto: {e}"))
+    }
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        VaultError::Internal(format!("store: {e}"))
+    }
+}
+
+/// The vault: policies, keys, store and audit log behind one set of operations.
+pub struct Vault {
+    policies: Arc<PolicySet>,
+    store: Arc<dyn Store>,
+    audit: AuditLog,
+    master: MasterKeyring,
+    keys: SystemKeys,
+}
+
+impl Vault {
+    /// Assembles a vault from its parts (see `startup` for how they are made).
+    pub fn new(
+        policies: Arc<PolicySet>,
+        store: Arc<dyn Store>,
+        audit: AuditLog,
+        master: MasterKeyring,
+        keys: SystemKeys,
+    ) -> Self {
+        Vault { policies, store, audit, master, keys }
+    }
+
+    /// The loaded policy set.
+    pub fn policies(&self) -> &PolicySet {
+        &self.policies
+    }
+
+    /// The audit log.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The vault-wide keys (audit signing key for checkpoints).
+    pub fn system_keys(&self) -> &SystemKeys {
+        &self.keys
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Records a request refused by authentication or role (`auth.denied`).
+    pub async fn record_auth_denied(&self, ctx: &RequestContext, reason: &str) -> Result<(), VaultError> {
+        let draft = EventDraft::new(crate::audit::Action::AuthDenied, &ctx.principal, &ctx.request_id)
+            .denied([reason]);
+        self.record(draft).await.map(|_| ())
+    }
+
+    /// Appends an event with no data change.
+    async fn record(&self, draft: EventDraft) -> Result<u64, VaultError> {
+        self.audit.record(draft, None).await.map_err(audit_failure)
+    }
+
+    /// Records a refusal and returns the error to answer with. If even the refusal cannot be
+    /// recorded, the answer becomes 503.
+    async fn refuse<T>(&self, draft: EventDraft, error: VaultError) -> Result<T, VaultError> {
+        self.record(draft).await?;
+        Err(error)
+    }
+
+    /// Resolves the `X-Purpose` of a call. Undeclared purposes are refused, and never recorded
+    /// verbatim (they are caller-controlled text).
+    async fn resolve_purpose(
+        &self,
+        draft: &EventDraft,
+        purpose: Option<&str>,
+        required: bool,
+    ) -> Result<Option<&Purpose>, VaultError> {
+        match purpose {
+            None if required => {
+                self.refuse(draft.clone().denied(["purpose_required"]), VaultError::PurposeRequired).await
+            }
+            None => Ok(None),
+            Some(name) => match self.policies.purpose(name) {
+                Some(p) => Ok(Some(p)),
+                None => {
+                    self.refuse(draft.clone().denied(["unknown_purpose"]), VaultError::UnknownPurpose).await
+                }
+            },
+        }
+    }
+
+    /// Loads a customer, recording a `not_found` failure when there is none.
+    async fn load(&self, draft: &EventDraft, id: Option<CustomerId>) -> Result<CustomerRecord, VaultError> {
+        let record = match id {
+            Some(id) => self.store.customer(&id).await?,
+            None => None,
+        };
+        match record {
+            Some(r) => Ok(r),
+            None => self.refuse(draft.clone().failed(["not_found"]), VaultError::NotFound).await,
+        }
+    }
+
+    /// Unwraps a record's data key.
+    fn data_key(&self, record: &CustomerRecord) -> Result<DataKey, VaultError> {
+        Ok(self.master.unwrap_data_key(&record.id, &record.data_key)?)
+    }
+
+    /// Commits a change with its event; maps a unique clash to [`VaultError::Conflict`] after
+    /// recording it. `Ok(None)` means a concurrent writer won and the caller should retry.
+    async fn commit_change(
+        &self,
+        draft: EventDraft,
+        change: CustomerChange,
+    ) -> Result<Option<u64>, VaultError> {
+        match self.audit.record(draft.clone(), Some(change)).await {
+            Ok(seq) => Ok(Some(seq)),
+            Err(AuditError::Rejected(StoreError::VersionConflict)) => Ok(None),
+            Err(AuditError::Rejected(StoreError::UniqueViolation { field })) => {
+                let draft = draft.fields([field.clone()]).failed(["unique_conflict"]);
+                self.refuse(draft, VaultError::Conflict { field }).await
+            }
+            Err(e) => Err(audit_failure(e)),
+        }
+    }
+}
+
+fn audit_failure(e: AuditError) -> VaultError {
+    tracing::error!(error = %e, "audit append failed; refusing the request");
+    VaultError::AuditUnavailable
+}

@@ -1,0 +1,425 @@
+//! Customer profiles: create, read, update, erase and lookup, as the merchant calls them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::fields::{self, ValidField};
+use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
+use crate::audit::{Action, EventDraft};
+use crate::crypto::DataKey;
+use crate::domain::{CustomerId, Timestamp};
+use crate::policy::{FieldDecision, FieldKind, LegalBasis, Purpose, Reason};
+use crate::store::{ConsentRecord, CustomerChange, CustomerRecord};
+
+/// The body of a create.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCustomer {
+    /// Field name → value.
+    #[serde(default)]
+    pub fields: BTreeMap<String, Value>,
+    /// Consents collected together with the data.
+    #[serde(default)]
+    pub consents: Vec<ConsentInput>,
+}
+
+/// A consent as a caller states it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentInput {
+    /// The purpose (required in a create body; taken from the path otherwise).
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// Granted or withdrawn.
+    pub granted: bool,
+    /// Where it was collected, e.g. `checkout-form`.
+    pub source: String,
+    /// The notice version shown to the customer.
+    #[serde(default)]
+    pub notice: Option<String>,
+}
+
+/// A customer's fields as one caller may see them.
+#[derive(Debug, Serialize)]
+pub struct CustomerView {
+    /// The customer's id.
+    pub id: CustomerId,
+    /// Field name → value.
+    pub fields: Map<String, Value>,
+    /// Fields the customer has that this purpose may not see (absent when no purpose applied).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<Vec<String>>,
+}
+
+/// Proof of an erasure.
+#[derive(Debug, Serialize)]
+pub struct ErasureReceipt {
+    /// The erased customer.
+    pub id: CustomerId,
+    /// When, RFC 3339.
+    pub erased_at: String,
+    /// The seq of the `customer.erase` audit event.
+    pub audit_seq: u64,
+}
+
+/// The longest accepted consent `source` / `notice` text.
+const MAX_LABEL_LEN: usize = 128;
+
+impl Vault {
+    /// Creates a customer with validated, sealed fields and optional consents.
+    #[tracing::instrument(skip_all)]
+    pub async fn create_customer(
+        &self,
+        ctx: &RequestContext,
+        body: NewCustomer,
+        purpose: Option<&str>,
+    ) -> Result<CustomerId, VaultError> {
+        let id = CustomerId::random();
+        let draft = EventDraft::new(Action::CustomerCreate, &ctx.principal, &ctx.request_id);
+        let purpose = self.resolve_purpose(&draft, purpose, false).await?;
+        let draft = draft.purpose(purpose.map(|p| p.name.as_str()));
+        let valid = match body
+            .fields
+            .iter()
+            .map(|(n, v)| fields::validate(&self.policies, n, v))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(valid) => valid,
+            Err(e) => return self.refuse(self.invalid_draft(&draft, &e), e).await,
+        };
+        let names: Vec<String> = valid.iter().map(|f| f.name.clone()).collect();
+        let draft = draft.fields(names.clone());
+        if let Some(p) = purpose {
+            self.check_write_purpose(&draft, p, &names).await?;
+        }
+        let now = Timestamp::now();
+        let mut consents = BTreeMap::new();
+        for input in &body.consents {
+            let record = match self.consent_record(input, input.purpose.as_deref(), None, now) {
+                Ok(r) => r,
+                Err(e) => return self.refuse(draft.clone().failed(["invalid_consent"]), e).await,
+            };
+            consents.insert(record.0, vec![record.1]);
+        }
+        let key = DataKey::generate()?;
+        let mut record = CustomerRecord {
+            id,
+            version: 1,
+            data_key: self.master.wrap_data_key(&id, &key)?,
+            fields: BTreeMap::new(),
+            index_entries: Vec::new(),
+            consents,
+            objections: BTreeSet::new(),
+            restricted: false,
+            payment_methods: Vec::new(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.apply_fields(&mut record, &key, &valid, &[], now)?;
+        let change = CustomerChange::Put { record: Box::new(record), expected_version: None };
+        match self.commit_change(draft.customer(id), change).await? {
+            Some(_) => Ok(id),
+            // invariant: a fresh random id cannot already exist; treat a clash as internal.
+            None => Err(VaultError::Internal("customer id collision".into())),
+        }
+    }
+
+    /// Reads a customer's fields for a purpose (rules 2–5 of the disclosure rule).
+    #[tracing::instrument(skip_all)]
+    pub async fn read_customer(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        purpose: Option<&str>,
+        only: Option<Vec<String>>,
+    ) -> Result<CustomerView, VaultError> {
+        let id = id.parse::<CustomerId>().ok();
+        let mut draft = EventDraft::new(Action::CustomerRead, &ctx.principal, &ctx.request_id);
+        if let Some(id) = id {
+            draft = draft.customer(id);
+        }
+        let purpose = self.resolve_purpose(&draft, purpose, true).await?;
+        // invariant: resolve_purpose with required = true returns a purpose or an error.
+        let purpose = purpose.expect("purpose is required");
+        let draft = draft.purpose(Some(&purpose.name));
+        if let Some(unknown) = only.iter().flatten().find(|n| self.policies.field(n).is_none()) {
+            let e = VaultError::UnknownField(unknown.clone());
+            return self.refuse(draft.failed(["unknown_field"]), e).await;
+        }
+        let record = self.load(&draft, id).await?;
+        let (view, reasons) = self.view(&record, purpose, only.as_deref())?;
+        let mut draft = draft.fields(view.fields.keys().cloned());
+        if !reasons.is_empty() {
+            draft = draft.withheld(reasons);
+        }
+        self.record(draft).await?;
+        Ok(view)
+    }
+
+    /// Changes fields; `null` removes one. Answers the new view for `purpose`, or without a
+    /// purpose only the fields just written (a write must not become a purpose-free read).
+    #[tracing::instrument(skip_all)]
+    pub async fn update_customer(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        patch: BTreeMap<String, Value>,
+        purpose: Option<&str>,
+    ) -> Result<CustomerView, VaultError> {
+        let id = id.parse::<CustomerId>().ok();
+        let mut draft = EventDraft::new(Action::CustomerUpdate, &ctx.principal, &ctx.request_id);
+        if let Some(id) = id {
+            draft = draft.customer(id);
+        }
+        let purpose = self.resolve_purpose(&draft, purpose, false).await?;
+        let draft = draft.purpose(purpose.map(|p| p.name.as_str()));
+        let (set, removed) = match fields::validate_patch(&self.policies, &patch) {
+            Ok(v) => v,
+            Err(e) => return self.refuse(self.invalid_draft(&draft, &e), e).await,
+        };
+        let names: Vec<String> = patch.keys().cloned().collect();
+        let draft = draft.fields(names.clone());
+        if let Some(p) = purpose {
+            self.check_write_purpose(&draft, p, &names).await?;
+        }
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let mut record = self.load(&draft, id).await?;
+            let key = self.data_key(&record)?;
+            let now = Timestamp::now();
+            self.apply_fields(&mut record, &key, &set, &removed, now)?;
+            let expected = record.version;
+            record.version += 1;
+            record.updated_at = now;
+            let change =
+                CustomerChange::Put { record: Box::new(record.clone()), expected_version: Some(expected) };
+            if self.commit_change(draft.clone(), change).await?.is_none() {
+                continue;
+            }
+            return match purpose {
+                Some(p) => Ok(self.view(&record, p, None)?.0),
+                None => Ok(CustomerView {
+                    id: record.id,
+                    fields: set.into_iter().map(|f| (f.name, f.value)).collect(),
+                    withheld: None,
+                }),
+            };
+        }
+        Err(VaultError::Internal("update kept conflicting with concurrent writers".into()))
+    }
+
+    /// Erases a customer: the record (with its wrapped data key) and every index entry go.
+    #[tracing::instrument(skip_all)]
+    pub async fn erase_customer(
+        &self,
+        ctx: &RequestContext,
+        id: &str,
+        purpose: Option<&str>,
+    ) -> Result<ErasureReceipt, VaultError> {
+        let id = id.parse::<CustomerId>().ok();
+        let mut draft = EventDraft::new(Action::CustomerErase, &ctx.principal, &ctx.request_id);
+        if let Some(id) = id {
+            draft = draft.customer(id);
+        }
+        let purpose = self.resolve_purpose(&draft, purpose, false).await?;
+        let draft = draft.purpose(purpose.map(|p| p.name.as_str()));
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let record = self.load(&draft, id).await?;
+            let draft = draft.clone().fields(record.fields.keys().cloned());
+            let change = CustomerChange::Delete { id: record.id, expected_version: record.version };
+            if let Some(seq) = self.commit_change(draft, change).await? {
+                return Ok(ErasureReceipt {
+                    id: record.id,
+                    erased_at: Timestamp::now().to_rfc3339(),
+                    audit_seq: seq,
+                });
+            }
+        }
+        Err(VaultError::Internal("erasure kept conflicting with concurrent writers".into()))
+    }
+
+    /// Finds customers by exact match on one indexed field that the purpose may use.
+    #[tracing::instrument(skip_all)]
+    pub async fn lookup(
+        &self,
+        ctx: &RequestContext,
+        query: Vec<(String, String)>,
+        purpose: Option<&str>,
+    ) -> Result<Vec<CustomerId>, VaultError> {
+        let draft = EventDraft::new(Action::CustomerLookup, &ctx.principal, &ctx.request_id);
+        let purpose = self.resolve_purpose(&draft, purpose, true).await?;
+        // invariant: resolve_purpose with required = true returns a purpose or an error.
+        let purpose = purpose.expect("purpose is required");
+        let draft = draft.purpose(Some(&purpose.name));
+        let Ok([(name, value)]) = <[(String, String); 1]>::try_from(query) else {
+            let e = VaultError::BadRequest("give exactly one indexed field to look up, e.g. ?email=…".into());
+            return self.refuse(draft.failed(["invalid_request"]), e).await;
+        };
+        let field = match self.policies.field(&name) {
+            Some(f) if matches!(f.kind, FieldKind::Value(_)) => f,
+            _ => {
+                let e = VaultError::UnknownField(name.clone());
+                return self.refuse(draft.failed(["unknown_field"]), e).await;
+            }
+        };
+        let draft = draft.fields([name.clone()]);
+        if !field.index {
+            let e = VaultError::BadRequest(format!("field `{name}` is not indexed for lookup"));
+            return self.refuse(draft.failed(["not_indexed"]), e).await;
+        }
+        if !field.purposes.contains(&purpose.name) {
+            let reason = Reason::PurposeNotAllowedForField;
+            let e = VaultError::PolicyDenied { denied: vec![(name.clone(), reason)] };
+            return self.refuse(draft.denied([reason.as_str()]), e).await;
+        }
+        let valid = match fields::validate(&self.policies, &name, &Value::String(value)) {
+            Ok(v) => v,
+            Err(e) => return self.refuse(draft.failed(["invalid_field"]), e).await,
+        };
+        let ids = match fields::index_entry(&self.keys.blind_index, &valid) {
+            Some(entry) => self.store.lookup(&name, &crate::crypto::BlindIndex(entry.index)).await?,
+            None => Vec::new(),
+        };
+        let draft = match ids.as_slice() {
+            [only] => draft.customer(*only),
+            _ => draft,
+        };
+        self.record(draft).await?;
+        Ok(ids)
+    }
+
+    /// Fields of `record` visible for `purpose`, plus `field:reason` codes of withheld ones.
+    fn view(
+        &self,
+        record: &CustomerRecord,
+        purpose: &Purpose,
+        only: Option<&[String]>,
+    ) -> Result<(CustomerView, Vec<String>), VaultError> {
+        let now = Timestamp::now().millis();
+        let key = self.data_key(record)?;
+        let mut shown = Map::new();
+        let mut withheld = Vec::new();
+        let mut reasons = Vec::new();
+        for (name, stored) in &record.fields {
+            if only.is_some_and(|o| !o.iter().any(|n| n == name)) {
+                continue;
+            }
+            match self.policies.decide_use(&purpose.name, name, record, now) {
+                FieldDecision::Allow { .. } => {
+                    shown.insert(name.clone(), fields::open(&key, &record.id, name, stored)?);
+                }
+                FieldDecision::Deny(reason) => {
+                    reasons.push(format!("{name}:{}", reason.as_str()));
+                    withheld.push(name.clone());
+                }
+            }
+        }
+        Ok((CustomerView { id: record.id, fields: shown, withheld: Some(withheld) }, reasons))
+    }
+
+    /// Seals `set` into the record, drops `removed`, and keeps index entries in step.
+    fn apply_fields(
+        &self,
+        record: &mut CustomerRecord,
+        key: &DataKey,
+        set: &[ValidField],
+        removed: &[String],
+        now: Timestamp,
+    ) -> Result<(), VaultError> {
+        let touched: BTreeSet<&str> =
+            set.iter().map(|f| f.name.as_str()).chain(removed.iter().map(String::as_str)).collect();
+        record.index_entries.retain(|e| !touched.contains(e.field.as_str()));
+        for name in removed {
+            record.fields.remove(name);
+        }
+        for field in set {
+            record.fields.insert(field.name.clone(), fields::seal(key, &record.id, field, now)?);
+            if let Some(entry) = fields::index_entry(&self.keys.blind_index, field) {
+                record.index_entries.push(entry);
+            }
+        }
+        Ok(())
+    }
+
+    /// A write that states a purpose may only write fields that serve it (rule 2).
+    async fn check_write_purpose(
+        &self,
+        draft: &EventDraft,
+        purpose: &Purpose,
+        names: &[String],
+    ) -> Result<(), VaultError> {
+        let denied: Vec<(String, Reason)> = names
+            .iter()
+            .filter(|n| self.policies.field(n).is_some_and(|f| !f.purposes.contains(&purpose.name)))
+            .map(|n| (n.clone(), Reason::PurposeNotAllowedForField))
+            .collect();
+        if denied.is_empty() {
+            return Ok(());
+        }
+        let reasons: Vec<String> = denied.iter().map(|(f, r)| format!("{f}:{}", r.as_str())).collect();
+        self.refuse(draft.clone().denied(reasons), VaultError::PolicyDenied { denied }).await
+    }
+
+    /// Validates a consent statement and returns (purpose, record) for the history.
+    pub(super) fn consent_record(
+        &self,
+        input: &ConsentInput,
+        purpose: Option<&str>,
+        previous: Option<&ConsentRecord>,
+        now: Timestamp,
+    ) -> Result<(String, ConsentRecord), VaultError> {
+        let name = purpose.ok_or_else(|| VaultError::BadRequest("a consent needs a purpose".into()))?;
+        let purpose = self.policies.purpose(name).ok_or(VaultError::UnknownPurpose)?;
+        if purpose.basis != LegalBasis::Consent {
+            return Err(VaultError::InvalidField {
+                field: "consents".into(),
+                expected: format!(
+                    "cannot be recorded for purpose `{}`: its legal basis is not consent",
+                    purpose.name
+                ),
+            });
+        }
+        let label_ok =
+            |s: &str| !s.is_empty() && s.len() <= MAX_LABEL_LEN && s.chars().all(|c| !c.is_control());
+        if !label_ok(&input.source) {
+            return Err(VaultError::InvalidField {
+                field: "source".into(),
+                expected: format!("must be 1–{MAX_LABEL_LEN} printable characters"),
+            });
+        }
+        if input.notice.as_deref().is_some_and(|n| !label_ok(n)) {
+            return Err(VaultError::InvalidField {
+                field: "notice".into(),
+                expected: format!("must be 1–{MAX_LABEL_LEN} printable characters"),
+            });
+        }
+        if let Some(required) = purpose.notice.as_ref().filter(|_| input.granted)
+            && input.notice.as_deref() != Some(required.as_str())
+        {
+            return Err(VaultError::InvalidField {
+                field: "notice".into(),
+                expected: format!("must be the current notice version `{required}` to grant consent"),
+            });
+        }
+        let record = ConsentRecord {
+            version: previous.map_or(1, |p| p.version + 1),
+            granted: input.granted,
+            notice: input.notice.clone(),
+            source: input.source.clone(),
+            time: now,
+        };
+        Ok((purpose.name.clone(), record))
+    }
+
+    /// The failure event for a body that did not validate: declared field names only.
+    fn invalid_draft(&self, draft: &EventDraft, error: &VaultError) -> EventDraft {
+        match error {
+            VaultError::InvalidField { field, .. } if self.policies.field(field).is_some() => {
+                draft.clone().fields([field.clone()]).failed(["invalid_field"])
+            }
+            VaultError::UnknownField(_) => draft.clone().failed(["unknown_field"]),
+            _ => draft.clone().failed(["invalid_request"]),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `spawn_app()`: a real server on a random port over a fresh sled directory, with request
+//! helpers and tokens per audience. Set `TEST_LOG=1` to see the server's logs.
+
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use custodia::config::Settings;
+use custodia::startup::App;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// The HS256 secret test servers are configured with.
+pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
+/// A base64 master key for tests.
+pub const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+static INIT_LOG: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        custodia::telemetry::init("text");
+    }
+});
+
+/// Path of a file under `tests/fixtures`.
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
+/// Settings for a test server over `data_dir`.
+pub fn test_settings(data_dir: &Path) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_owned(),
+        policies: Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        master_key: Some(SecretString::from(MASTER_KEY)),
+        jwt_hs256_secret: Some(SecretString::from(SECRET)),
+        cache_mb: 16,
+        ..Settings::default()
+    }
+}
+
+/// A running server.
+pub struct TestApp {
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    /// A client with keep-alive.
+    pub client: reqwest::Client,
+    /// The data directory (kept alive as long as the app).
+    pub data_dir: TempDir,
+    /// The settings the server runs with.
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts a server with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a server after `adjust` changed the settings.
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = test_settings(data_dir.path());
+    adjust(&mut settings);
+    start(data_dir, settings).await
+}
+
+async fn start(data_dir: TempDir, settings: Settings) -> TestApp {
+    LazyLock::force(&INIT_LOG);
+    let app = App::build(settings.clone()).await.expect("app builds");
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_with_shutdown(async move {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    TestApp { base, client: reqwest::Client::new(), data_dir, settings, stop: Some(stop), task: Some(task) }
+}
+
+impl TestApp {
+    /// Starts a server over an existing data directory (e.g. after a crash).
+    pub async fn adopt(data_dir: TempDir, settings: Settings) -> TestApp {
+        start(data_dir, settings).await
+    }
+
+    /// A merchant token, without a running app.
+    pub fn token_for_tests() -> String {
+        sign_hs256(json!({ "sub": "shop-backend", "role": "merchant", "exp": now() + 3600 }))
+    }
+
+    /// Stops the server gracefully and starts a new one over the same data directory.
+    pub async fn restart(mut self) -> TestApp {
+        self.shutdown().await;
+        let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
+        start(data_dir, self.settings.clone()).await
+    }
+
+    /// Stops the server and waits until it has released the store.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task");
+        }
+    }
+
+    /// A valid HS256 token for `role` and `sub`, valid for an hour.
+    pub fn token(&self, role: &str, sub: &str) -> String {
+        sign_hs256(json!({ "sub": sub, "role": role, "exp": now() + 3600 }))
+    }
+
+    /// A merchant token.
+    pub fn merchant(&self) -> String {
+        self.token("merchant", "shop-backend")
+    }
+
+    /// An auditor token.
+    pub fn auditor(&self) -> String {
+        self.token("auditor", "external-auditor")
+    }
+
+    /// Sends a request and returns status, headers and JSON body (`Value::Null` if empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        purpose: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut req = self.client.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(p) = purpose {
+            req = req.header("X-Purpose", p);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        Response::from(req.send().await.expect("request sent")).await
+    }
+
+    /// Sends raw bytes with a content type.
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Response {
+        let mut req =
+            self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(token).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("Content-Type", ct);
+        }
+        Response::from(req.send().await.expect("request sent")).await
+    }
+
+    /// Creates a customer as the merchant and returns its id.
+    pub async fn create_customer(&self, fields: Value) -> String {
+        let res = self
+            .call(
+                Method::POST,
+                "/v1/customers",
+                Some(&self.merchant()),
+                None,
+                Some(&json!({ "fields": fields })),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED, "create failed: {}", res.body);
+        res.body["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Reads a customer as the merchant for `purpose`.
+    pub async fn read_customer(&self, id: &str, purpose: &str) -> Response {
+        self.call(Method::GET, &format!("/v1/customers/{id}"), Some(&self.merchant()), Some(purpose), None)
+            .await
+    }
+
+    /// Every audit event, paging through `GET /v1/audit/events`.
+    pub async fn audit_events(&self) -> Vec<Value> {
+        let token = self.auditor();
+        let mut events = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            let path = match after {
+                Some(a) => format!("/v1/audit/events?limit=1000&after={a}"),
+                None => "/v1/audit/events?limit=1000".to_owned(),
+            };
+            let res = self.call(Method::GET, &path, Some(&token), None, None).await;
+            assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+            events.extend(res.body["events"].as_array().unwrap().iter().cloned());
+            match res.body["next_after"].as_u64() {
+                Some(n) => after = Some(n),
+                None => return events,
+            }
+        }
+    }
+
+    /// Every file under the data directory, concatenated (for plaintext scans).
+    pub fn data_dir_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.data_dir.path().to_owned()];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.extend(std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An answer.
+#[derive(Debug)]
+pub struct Response {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The JSON body, or `Value::Null` when empty, or a string when not JSON.
+    pub body: Value,
+}
+
+impl Response {
+    async fn from(res: reqwest::Response) -> Response {
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("body read");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        Response { status, headers, body }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// Signs claims with the test HS256 secret.
+pub fn sign_hs256(claims: Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// True if `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,7 @@
+//! HTTP integration tests: a real server on a random port over a real sled directory.
+
+mod auth;
+mod crash;
+mod helpers;
+mod merchant;
+mod storage;

@@ -1,0 +1,66 @@
+//! What an attacker with write access to the data directory can and cannot do: a ciphertext
+//! moved to another customer or another field does not open.
+
+use custodia::store::CustomerRecord;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+fn customer_key(id: &str) -> Vec<u8> {
+    let uuid: custodia::domain::CustomerId = id.parse().unwrap();
+    let mut key = vec![b'c'];
+    key.extend_from_slice(uuid.as_bytes());
+    key
+}
+
+#[tokio::test]
+async fn a_ciphertext_copied_to_another_customer_or_field_fails_to_open() {
+    let mut app = spawn_app().await;
+    let alice = app.create_customer(json!({"name": "Alice Liddell", "email": "alice@shop.test"})).await;
+    let bob = app.create_customer(json!({"name": "Bob Builder", "email": "bob@shop.test"})).await;
+    app.shutdown().await;
+
+    {
+        let db = sled::open(app.data_dir.path().join("store")).unwrap();
+        let tree = db.open_tree("custodia").unwrap();
+        let read = |id: &str| CustomerRecord::decode(&tree.get(customer_key(id)).unwrap().unwrap()).unwrap();
+        let (mut a, mut b) = (read(&alice), read(&bob));
+        let alices_email = a.fields["email"].clone();
+        b.fields.insert("email".into(), alices_email.clone());
+        a.fields.insert("name".into(), alices_email);
+        tree.insert(customer_key(&bob), b.encode().unwrap()).unwrap();
+        tree.insert(customer_key(&alice), a.encode().unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+
+    let app = app.restart().await;
+    for id in [&bob, &alice] {
+        let res = app.read_customer(id, "order_fulfillment").await;
+        assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR, "{}", res.body);
+        assert!(!res.body.to_string().contains("alice@"), "{}", res.body);
+    }
+    // Untampered fields of the same customers still open when asked for alone.
+    let res = app
+        .call(
+            reqwest::Method::GET,
+            &format!("/v1/customers/{bob}?fields=name"),
+            Some(&app.merchant()),
+            Some("order_fulfillment"),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.body["fields"]["name"], "Bob Builder");
+}
+
+#[tokio::test]
+async fn a_wrong_master_key_refuses_to_start_naming_the_problem() {
+    let mut app = spawn_app().await;
+    app.create_customer(json!({"name": "Carol"})).await;
+    app.shutdown().await;
+    let mut settings = app.settings.clone();
+    settings.master_key = Some(secrecy::SecretString::from("BBECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="));
+    let err = custodia::startup::App::build(settings).await.err().expect("refuses to start");
+    assert!(err.to_string().contains("master key"), "{err}");
+}
