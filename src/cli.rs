@@ -99,7 +99,7 @@ impl Cli {
                     policies.unwrap_or_else(|| Settings::load(None).map(|s| s.policies).unwrap_or_default());
                 match PolicySet::load(&dir) {
                     Ok(set) => {
-                        print!("{}", crate::policy::explain(&set, &recipient, &purpose, &field));
+                        println!("{}", crate::policy::explain(&set, &recipient, &purpose, &field).trim_end());
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

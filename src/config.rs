@@ -38,6 +38,8 @@ pub struct Settings {
     pub request_timeout_ms: u64,
     /// `text` or `json` (`CUSTODIA_LOG_FORMAT`).
     pub log_format: String,
+    /// Seconds between retention sweeps; 0 disables them (`CUSTODIA_RETENTION_SWEEP_SECS`).
+    pub retention_sweep_secs: u64,
     /// Generate missing keys into the data directory (`serve --dev`).
     pub dev: bool,
 }
@@ -59,6 +61,7 @@ impl Default for Settings {
             max_body_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             log_format: "text".into(),
+            retention_sweep_secs: 3600,
             dev: false,
         }
     }
@@ -111,6 +114,7 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     request_timeout_ms: Option<u64>,
     log_format: Option<String>,
+    retention_sweep_secs: Option<u64>,
 }
 
 impl Settings {
@@ -148,7 +152,8 @@ impl Settings {
             cache_mb,
             max_body_bytes,
             request_timeout_ms,
-            log_format
+            log_format,
+            retention_sweep_secs
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -208,6 +213,9 @@ impl Settings {
         }
         if let Some(v) = get("CUSTODIA_REQUEST_TIMEOUT_MS") {
             self.request_timeout_ms = number("CUSTODIA_REQUEST_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_RETENTION_SWEEP_SECS") {
+            self.retention_sweep_secs = number("CUSTODIA_RETENTION_SWEEP_SECS", v)?;
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Env {

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
@@ -49,6 +50,9 @@ impl App {
         let keys = system_keys(&dyn_store, &master).await?;
         let audit = AuditLog::open(Arc::clone(&dyn_store)).await?;
         let vault = Arc::new(Vault::new(policies, dyn_store, audit, master, keys));
+        if settings.retention_sweep_secs > 0 {
+            spawn_retention_sweeps(Arc::clone(&vault), Duration::from_secs(settings.retention_sweep_secs));
+        }
         let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth) };
         let limits =
             Limits { max_body_bytes: settings.max_body_bytes, request_timeout: settings.request_timeout() };
@@ -88,6 +92,25 @@ impl App {
         tracing::info!("stopped; store flushed");
         Ok(())
     }
+}
+
+/// Runs a retention sweep every `every`, the first one `every` after start. The task holds only
+/// a weak reference, so it ends when the vault is dropped.
+fn spawn_retention_sweeps(vault: Arc<Vault>, every: Duration) {
+    let vault = Arc::downgrade(&vault);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(vault) = vault.upgrade() else { return };
+            match vault.purge_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(customers = n, "retention sweep erased expired fields"),
+                Err(e) => tracing::error!(error = %e, "retention sweep failed"),
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@
 //! Everything here is plain data with parsing at the edge; nothing here does I/O, crypto or
 //! policy decisions.
 
+pub mod card;
 pub mod customer_id;
 pub mod field_value;
 pub mod principal;

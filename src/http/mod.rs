@@ -1,6 +1,7 @@
 //! The HTTP API: one router, one module per audience, thin handlers over the vault.
 
 mod auditor;
+mod customer;
 pub mod error;
 pub mod extract;
 mod merchant;
@@ -46,6 +47,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState, limits: Limits) -> Router {
     Router::new()
         .merge(merchant::routes())
+        .merge(customer::routes())
         .merge(auditor::routes())
         .route("/healthz", get(healthz))
         .fallback(not_found)

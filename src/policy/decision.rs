@@ -776,10 +776,16 @@ mod tests {
             ),
             objections in prop::collection::btree_set((0..6usize).prop_map(|i| format!("p{i}")), 0..3),
             restricted in any::<bool>(),
-            written in prop::collection::btree_map(
-                prop_oneof![(0..7usize).prop_map(|i| format!("f{i}")), Just("payment_methods".to_owned())],
-                (NOW - 5 * DAY)..(NOW + DAY),
-                0..7,
+            // One optional write time per field name (f0..f6, then payment_methods): exact day
+            // boundaries and one millisecond either side, so retention limits are hit exactly,
+            // as well as arbitrary times.
+            written in prop::collection::vec(
+                prop::option::weighted(
+                    0.85,
+                    (0..5i64, prop_oneof![2 => Just(0i64), 1 => Just(-1), 1 => Just(1), 1 => -DAY..DAY])
+                        .prop_map(|(days, jitter)| NOW - days * DAY + jitter),
+                ),
+                8,
             ),
         ) -> Customer {
             Customer {
@@ -790,7 +796,14 @@ mod tests {
                     .collect(),
                 objections,
                 restricted,
-                written,
+                written: written
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, at)| {
+                        let name = if i == 7 { "payment_methods".to_owned() } else { format!("f{i}") };
+                        Some((name, at?))
+                    })
+                    .collect(),
             }
         }
     }
@@ -811,7 +824,7 @@ mod tests {
             model in model(),
             customer in customer(),
             queries in prop::collection::vec((name("r", 5), name("p", 6), name("f", 7)), 1..12),
-            now_offset in -DAY..(4 * DAY),
+            now_offset in prop_oneof![Just(0i64), -DAY..(4 * DAY)],
         ) {
             let text = model.toml();
             let set = PolicySet::from_sources(&[("random.toml".into(), text.clone())])

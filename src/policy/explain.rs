@@ -120,6 +120,8 @@ fn rule3(p: Option<&Purpose>) -> String {
     let objection = if p.objectable() {
         let why = if p.direct_marketing { "direct marketing" } else { p.basis.as_str() };
         format!(" The customer may object ({why}); an objection denies (objected).")
+    } else if p.basis == LegalBasis::Consent {
+        " The customer cannot object to it; withdrawing consent stops it instead.".to_owned()
     } else {
         format!(" The customer cannot object to a purpose with basis {}.", p.basis)
     };

@@ -1,10 +1,10 @@
 //! Reading, parsing, merging and validating policy files (DESIGN §3).
 //!
-//! This module owns the way from TOML text to a [`PolicySet`]. It works in three passes: parse
-//! every file into raw declarations (serde with `deny_unknown_fields` at every level), check each
-//! declaration on its own, then check the references between declarations across all files. It
-//! collects every problem it finds, each naming the file and the dotted key, and builds a
-//! [`PolicySet`] only when there are none. It must never panic, whatever the files contain.
+//! This module owns the way from TOML text to a [`PolicySet`]. It works in two passes: parse
+//! every file into raw declarations (serde with `deny_unknown_fields` at every level), then check
+//! each declaration, including its references to names declared in any file. It collects every
+//! problem it finds, each naming the file and the dotted key, and builds a [`PolicySet`] only
+//! when there are none. It must never panic, whatever the files contain.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -83,45 +83,66 @@ pub(super) fn from_sources(sources: &[(String, String)]) -> Result<PolicySet, Po
     loader.run(sources)
 }
 
-// Raw declarations, exactly as written. Every member is optional so that a missing one is reported
-// with its key alongside every other problem, instead of serde stopping at the first.
+// Raw declarations, exactly as written. serde checks the keys (`deny_unknown_fields`); each
+// member is kept as a TOML value and converted on its own in pass 2, so a wrong type, a missing
+// member and every other problem of the same entry are all reported, each under its own key.
+
+/// One member of a raw declaration; `None` when absent.
+type RawValue = Option<toml::Value>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PurposeRaw {
-    basis: Option<String>,
-    description: Option<String>,
-    notice: Option<String>,
-    direct_marketing: Option<bool>,
+    basis: RawValue,
+    description: RawValue,
+    notice: RawValue,
+    direct_marketing: RawValue,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FieldRaw {
-    category: Option<String>,
+    category: RawValue,
     #[serde(rename = "type")]
-    ty: Option<String>,
-    purposes: Option<Vec<String>>,
-    index: Option<bool>,
-    unique: Option<bool>,
-    mask: Option<String>,
-    retention_days: Option<i64>,
+    ty: RawValue,
+    purposes: RawValue,
+    index: RawValue,
+    unique: RawValue,
+    mask: RawValue,
+    retention_days: RawValue,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecipientRaw {
-    description: Option<String>,
-    /// Deserialized one grant at a time, so a problem names the grant's index.
-    grants: Option<Vec<toml::Value>>,
+    description: RawValue,
+    /// Read one grant at a time, so a problem names the grant's index.
+    grants: RawValue,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GrantRaw {
-    purpose: Option<String>,
-    fields: Option<Vec<String>>,
-    mask: Option<BTreeMap<String, String>>,
+    purpose: RawValue,
+    fields: RawValue,
+    mask: RawValue,
+}
+
+/// A member after its TOML type was checked.
+enum Member<T> {
+    Absent,
+    /// Of the wrong TOML type; already reported.
+    Invalid,
+    Present(T),
+}
+
+impl<T> Member<T> {
+    fn present(self) -> Option<T> {
+        match self {
+            Member::Present(value) => Some(value),
+            Member::Absent | Member::Invalid => None,
+        }
+    }
 }
 
 /// A declaration with the file it came from (an index into the sources).
@@ -154,8 +175,12 @@ impl Loader {
 
     /// Records a problem in the source file with index `file`.
     fn report(&mut self, file: usize, key: &str, message: impl Into<String>) {
-        let name = self.files.get(file).cloned().unwrap_or_default();
+        let name = self.file_name(file).to_owned();
         self.problem(file, name, key, message);
+    }
+
+    fn file_name(&self, file: usize) -> &str {
+        self.files.get(file).map_or("", String::as_str)
     }
 
     fn run(mut self, sources: &[(String, String)]) -> Result<PolicySet, PolicyError> {
@@ -184,13 +209,18 @@ impl Loader {
         let table = match toml::from_str::<toml::Table>(text) {
             Ok(table) => table,
             Err(err) => {
-                let message = match err.span() {
-                    Some(span) => {
-                        let (line, column) = position(text, span.start);
-                        format!("line {line}, column {column}: {}", err.message())
+                let mut message = err.message().to_owned();
+                if let Some(span) = err.span() {
+                    // toml points a duplicate at the repeated key; name it, as the message
+                    // does not.
+                    if message == "duplicate key"
+                        && let Some(key) = text.get(span.clone()).filter(|k| !k.contains('\n'))
+                    {
+                        message = format!("{key} is declared twice in this file");
                     }
-                    None => err.message().to_owned(),
-                };
+                    let (line, column) = position(text, span.start);
+                    message = format!("line {line}, column {column}: {message}");
+                }
                 self.report(file, "", message);
                 return;
             }
@@ -230,13 +260,15 @@ impl Loader {
                 self.report(file, &key, format!("name must match {NAME_PATTERN}"));
             }
             if let Some(first) = decls(self).get(&name).map(|d| d.file) {
-                let first_name = self.files.get(first).cloned().unwrap_or_default();
+                // Within one file TOML itself rejects a repeated key, so `first` is another
+                // file; say so either way.
                 let message = if first == file {
-                    format!("\"{name}\" is declared twice in {first_name}")
+                    format!("\"{name}\" is declared twice in {}", self.file_name(file))
                 } else {
                     format!(
-                        "\"{name}\" is declared twice: first in {first_name}, again in {}",
-                        self.files.get(file).cloned().unwrap_or_default()
+                        "\"{name}\" is declared twice: first in {}, again in {}",
+                        self.file_name(first),
+                        self.file_name(file)
                     )
                 };
                 self.report(file, &key, message);
@@ -248,24 +280,79 @@ impl Loader {
     }
 
     /// Deserializes one table entry, reporting a non-table or a serde error under `key`.
+    ///
+    /// Members are loose TOML values, so the only serde error left is an unknown key: it is
+    /// reported and dropped, and the rest read again, so that every unknown key and every
+    /// problem with the known ones is reported.
     fn read_entry<T: for<'de> Deserialize<'de>>(
         &mut self,
         file: usize,
         key: &str,
         value: toml::Value,
     ) -> Option<T> {
-        if !value.is_table() {
+        let toml::Value::Table(mut table) = value else {
             self.report(file, key, format!("must be a table, not {}", value.type_str()));
             return None;
+        };
+        loop {
+            match toml::Value::Table(table.clone()).try_into::<T>() {
+                Ok(raw) => return Some(raw),
+                Err(err) => {
+                    let (suffix, message) = describe_serde_error(&err);
+                    self.report(file, &format!("{key}{suffix}"), message);
+                    // Each retry removes a key, so the loop ends.
+                    match unknown_key(&err) {
+                        Some(unknown) if table.remove(unknown).is_some() => {}
+                        _ => return None,
+                    }
+                }
+            }
         }
-        match value.try_into::<T>() {
-            Ok(raw) => Some(raw),
+    }
+
+    /// Converts one member to its type, reporting a wrong type under `key`.
+    fn member<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        file: usize,
+        key: &str,
+        value: &RawValue,
+    ) -> Member<T> {
+        let Some(value) = value else {
+            return Member::Absent;
+        };
+        match value.clone().try_into::<T>() {
+            Ok(value) => Member::Present(value),
             Err(err) => {
                 let (suffix, message) = describe_serde_error(&err);
                 self.report(file, &format!("{key}{suffix}"), message);
-                None
+                Member::Invalid
             }
         }
+    }
+
+    /// A list of names, each at most once; reports repeats, and an empty or missing list with
+    /// `empty_message`. A list of the wrong type is reported by [`Loader::member`] only.
+    fn name_list(
+        &mut self,
+        file: usize,
+        key: &str,
+        value: &RawValue,
+        what: &str,
+        empty_message: &str,
+    ) -> BTreeSet<String> {
+        let listed = self.member::<Vec<String>>(file, key, value);
+        let invalid = matches!(listed, Member::Invalid);
+        let mut names = BTreeSet::new();
+        for name in listed.present().into_iter().flatten() {
+            if names.contains(&name) {
+                self.report(file, key, format!("{what} \"{name}\" is listed twice"));
+            }
+            names.insert(name);
+        }
+        if names.is_empty() && !invalid {
+            self.report(file, key, empty_message);
+        }
+        names
     }
 
     // Pass 2: check each declaration, and its references to names declared in any file.
@@ -275,47 +362,49 @@ impl Loader {
         let decls = std::mem::take(&mut self.purposes);
         for (name, decl) in &decls {
             let Some(raw) = &decl.raw else { continue };
-            let (file, key) = (decl.file, decl.key.as_str());
-            let basis = match raw.basis.as_deref() {
-                None => {
-                    self.report(
-                        file,
-                        &format!("{key}.basis"),
-                        format!("missing required key; expected one of {}", basis_names()),
-                    );
+            let file = decl.file;
+            let at = |member: &str| format!("{}.{member}", decl.key);
+
+            let basis = match self.member::<String>(file, &at("basis"), &raw.basis) {
+                Member::Invalid => None,
+                Member::Absent => {
+                    let message = format!("missing required key; expected one of {}", basis_names());
+                    self.report(file, &at("basis"), message);
                     None
                 }
-                Some(text) => LegalBasis::from_name(text).or_else(|| {
-                    self.report(
-                        file,
-                        &format!("{key}.basis"),
-                        format!("unknown legal basis \"{text}\"; expected one of {}", basis_names()),
-                    );
-                    None
-                }),
+                Member::Present(text) => {
+                    let basis = LegalBasis::from_name(&text);
+                    if basis.is_none() {
+                        let message =
+                            format!("unknown legal basis \"{text}\"; expected one of {}", basis_names());
+                        self.report(file, &at("basis"), message);
+                    }
+                    basis
+                }
             };
-            if let Some(notice) = &raw.notice {
+            let description = self.member::<String>(file, &at("description"), &raw.description);
+            let direct_marketing = self.member::<bool>(file, &at("direct_marketing"), &raw.direct_marketing);
+            let notice = self.member::<String>(file, &at("notice"), &raw.notice).present();
+            if let Some(notice) = &notice {
                 if notice.trim().is_empty() {
-                    self.report(file, &format!("{key}.notice"), "a notice must be a non-empty string");
+                    self.report(file, &at("notice"), "a notice must be a non-empty string");
                 } else if basis.is_some_and(|b| b != LegalBasis::Consent) {
                     warnings.push(format!(
-                        "{}: {key}.notice: only consent-based purposes check a notice; this one \
-                         is ignored",
-                        self.files.get(file).cloned().unwrap_or_default()
+                        "{}: {}: only consent-based purposes check a notice; this one is ignored",
+                        self.file_name(file),
+                        at("notice")
                     ));
                 }
             }
             if let Some(basis) = basis {
-                checked.insert(
-                    name.clone(),
-                    Purpose {
-                        name: name.clone(),
-                        basis,
-                        description: raw.description.clone().unwrap_or_default(),
-                        notice: raw.notice.clone(),
-                        direct_marketing: raw.direct_marketing.unwrap_or(false),
-                    },
-                );
+                let purpose = Purpose {
+                    name: name.clone(),
+                    basis,
+                    description: description.present().unwrap_or_default(),
+                    notice,
+                    direct_marketing: direct_marketing.present().unwrap_or(false),
+                };
+                checked.insert(name.clone(), purpose);
             }
         }
         self.purposes = decls;
@@ -346,32 +435,31 @@ impl Loader {
             }
             Some(FieldKind::PaymentMethods)
         } else {
-            match raw.ty.as_deref() {
-                None => {
-                    self.report(
-                        file,
-                        &at("type"),
-                        format!("missing required key; expected one of {}", type_names()),
-                    );
+            match self.member::<String>(file, &at("type"), &raw.ty) {
+                Member::Invalid => None,
+                Member::Absent => {
+                    let message = format!("missing required key; expected one of {}", type_names());
+                    self.report(file, &at("type"), message);
                     None
                 }
-                Some(text) => FieldType::from_name(text).map(FieldKind::Value).or_else(|| {
-                    self.report(
-                        file,
-                        &at("type"),
-                        format!("unknown type \"{text}\"; expected one of {}", type_names()),
-                    );
-                    None
-                }),
+                Member::Present(text) => {
+                    let ty = FieldType::from_name(&text);
+                    if ty.is_none() {
+                        let message = format!("unknown type \"{text}\"; expected one of {}", type_names());
+                        self.report(file, &at("type"), message);
+                    }
+                    ty.map(FieldKind::Value)
+                }
             }
         };
         if let Some(kind) = kind {
             self.kinds.insert(name.to_owned(), kind);
         }
 
-        let category = match (&raw.category, payment_methods) {
-            (Some(category), _) if is_valid_category(category) => Some(category.clone()),
-            (Some(_), _) => {
+        let category = match self.member::<String>(file, &at("category"), &raw.category) {
+            Member::Invalid => None,
+            Member::Present(category) if is_valid_category(&category) => Some(category),
+            Member::Present(_) => {
                 self.report(
                     file,
                     &at("category"),
@@ -379,8 +467,8 @@ impl Loader {
                 );
                 None
             }
-            (None, true) => Some(PAYMENT_METHODS_CATEGORY.to_owned()),
-            (None, false) => {
+            Member::Absent if payment_methods => Some(PAYMENT_METHODS_CATEGORY.to_owned()),
+            Member::Absent => {
                 self.report(
                     file,
                     &at("category"),
@@ -390,23 +478,24 @@ impl Loader {
             }
         };
 
-        let mut purposes = BTreeSet::new();
-        for purpose in raw.purposes.iter().flatten() {
-            if !purposes.insert(purpose.clone()) {
-                self.report(file, &at("purposes"), format!("purpose \"{purpose}\" is listed twice"));
-            }
-        }
-        if purposes.is_empty() {
-            self.report(file, &at("purposes"), "a field must serve at least one purpose");
-        }
+        let purposes = self.name_list(
+            file,
+            &at("purposes"),
+            &raw.purposes,
+            "purpose",
+            "a field must serve at least one purpose",
+        );
         for purpose in &purposes {
             if !self.purposes.contains_key(purpose) {
-                self.report(file, &at("purposes"), format!("undeclared purpose \"{purpose}\""));
+                let message = format!("undeclared purpose \"{purpose}\"");
+                self.report(file, &at("purposes"), message);
             }
         }
 
-        let index = raw.index.unwrap_or(false);
-        let unique = raw.unique.unwrap_or(false);
+        let index = self.member::<bool>(file, &at("index"), &raw.index);
+        let index = index.present().unwrap_or(false);
+        let unique = self.member::<bool>(file, &at("unique"), &raw.unique);
+        let unique = unique.present().unwrap_or(false);
         if payment_methods {
             if index {
                 self.report(file, &at("index"), "payment_methods cannot be indexed");
@@ -423,15 +512,13 @@ impl Loader {
             }
         }
 
-        let mask = match raw.mask.as_deref() {
+        let mask = self.member::<String>(file, &at("mask"), &raw.mask).present();
+        let mask = match mask {
             None => Mask::None,
-            Some(text) => match Mask::from_name(text) {
+            Some(text) => match Mask::from_name(&text) {
                 None => {
-                    self.report(
-                        file,
-                        &at("mask"),
-                        format!("unknown mask \"{text}\"; expected one of {}", mask_names()),
-                    );
+                    let message = format!("unknown mask \"{text}\"; expected one of {}", mask_names());
+                    self.report(file, &at("mask"), message);
                     Mask::None
                 }
                 Some(mask) => {
@@ -443,16 +530,14 @@ impl Loader {
             },
         };
 
-        let retention_days = match raw.retention_days {
+        let retention_days = self.member::<i64>(file, &at("retention_days"), &raw.retention_days);
+        let retention_days = match retention_days.present() {
             None => None,
             Some(days) => match u32::try_from(days) {
                 Ok(days) if days >= 1 => Some(days),
                 _ => {
-                    self.report(
-                        file,
-                        &at("retention_days"),
-                        format!("must be a whole number of days from 1 to {}", u32::MAX),
-                    );
+                    let message = format!("must be a whole number of days from 1 to {}", u32::MAX);
+                    self.report(file, &at("retention_days"), message);
                     None
                 }
             },
@@ -480,27 +565,26 @@ impl Loader {
             let Some(raw) = &decl.raw else { continue };
             let (file, key) = (decl.file, decl.key.as_str());
             let before = self.problems.len();
+            let description = self.member::<String>(file, &format!("{key}.description"), &raw.description);
+            let listed = self.member::<Vec<toml::Value>>(file, &format!("{key}.grants"), &raw.grants);
             let mut grants = Vec::new();
             // The first grant seen for each purpose, to report a second one.
             let mut first_grant: BTreeMap<String, usize> = BTreeMap::new();
-            for (i, value) in raw.grants.iter().flatten().enumerate() {
+            for (i, value) in listed.present().into_iter().flatten().enumerate() {
                 let grant_key = format!("{key}.grants[{i}]");
-                let Some(grant) = self.read_entry::<GrantRaw>(file, &grant_key, value.clone()) else {
+                let Some(raw_grant) = self.read_entry::<GrantRaw>(file, &grant_key, value) else {
                     continue;
                 };
-                let Some(grant) = self.check_grant(file, &grant_key, grant) else {
+                let Some(grant) = self.check_grant(file, &grant_key, &raw_grant) else {
                     continue;
                 };
                 if let Some(first) = first_grant.get(&grant.purpose) {
-                    self.report(
-                        file,
-                        &format!("{grant_key}.purpose"),
-                        format!(
-                            "purpose \"{}\" already has a grant ({key}.grants[{first}]); a \
-                             recipient has at most one grant per purpose",
-                            grant.purpose
-                        ),
+                    let message = format!(
+                        "purpose \"{}\" already has a grant ({key}.grants[{first}]); a recipient \
+                         has at most one grant per purpose",
+                        grant.purpose
                     );
+                    self.report(file, &format!("{grant_key}.purpose"), message);
                     continue;
                 }
                 first_grant.insert(grant.purpose.clone(), i);
@@ -509,7 +593,7 @@ impl Loader {
             if self.problems.len() == before {
                 let recipient = Recipient {
                     name: name.clone(),
-                    description: raw.description.clone().unwrap_or_default(),
+                    description: description.present().unwrap_or_default(),
                     grants,
                 };
                 checked.insert(name.clone(), recipient);
@@ -520,49 +604,51 @@ impl Loader {
     }
 
     /// Checks one grant and the purpose, fields and masks it refers to.
-    fn check_grant(&mut self, file: usize, key: &str, raw: GrantRaw) -> Option<Grant> {
+    fn check_grant(&mut self, file: usize, key: &str, raw: &GrantRaw) -> Option<Grant> {
         let before = self.problems.len();
-        let purpose = raw.purpose.unwrap_or_else(|| {
-            self.report(file, &format!("{key}.purpose"), "missing required key");
-            String::new()
-        });
-        if !purpose.is_empty() && !self.purposes.contains_key(&purpose) {
-            self.report(file, &format!("{key}.purpose"), format!("undeclared purpose \"{purpose}\""));
-        }
-        let mut fields = BTreeSet::new();
-        for field in raw.fields.iter().flatten() {
-            if !fields.insert(field.clone()) {
-                self.report(file, &format!("{key}.fields"), format!("field \"{field}\" is listed twice"));
-            } else if !self.fields.contains_key(field) {
-                self.report(file, &format!("{key}.fields"), format!("undeclared field \"{field}\""));
-            }
-        }
-        if fields.is_empty() {
-            self.report(file, &format!("{key}.fields"), "a grant must list at least one field");
-        }
-        let mut masks = BTreeMap::new();
-        for (field, text) in raw.mask.into_iter().flatten() {
-            let mask_key = format!("{key}.mask.{}", key_part(&field));
-            match Mask::from_name(&text) {
-                None => self.report(
-                    file,
-                    &mask_key,
-                    format!("unknown mask \"{text}\"; expected one of {}", mask_names()),
-                ),
-                Some(_) if !fields.contains(&field) => self.report(
-                    file,
-                    &mask_key,
-                    format!("a mask for field \"{field}\", which this grant does not list"),
-                ),
-                Some(mask) => {
-                    // A field whose kind could not be read has been reported already.
-                    if let Some(kind) = self.kinds.get(&field).filter(|k| !mask.fits_kind(k)) {
-                        let message = misfit(mask, kind);
-                        self.report(file, &mask_key, message);
-                    }
-                    masks.insert(field, mask);
+        let at = |member: &str| format!("{key}.{member}");
+        let purpose = match self.member::<String>(file, &at("purpose"), &raw.purpose) {
+            Member::Present(purpose) => {
+                if !self.purposes.contains_key(&purpose) {
+                    let message = format!("undeclared purpose \"{purpose}\"");
+                    self.report(file, &at("purpose"), message);
                 }
+                purpose
             }
+            Member::Invalid => String::new(),
+            Member::Absent => {
+                self.report(file, &at("purpose"), "missing required key");
+                String::new()
+            }
+        };
+        let fields =
+            self.name_list(file, &at("fields"), &raw.fields, "field", "a grant must list at least one field");
+        for field in &fields {
+            if !self.fields.contains_key(field) {
+                let message = format!("undeclared field \"{field}\"");
+                self.report(file, &at("fields"), message);
+            }
+        }
+        let listed = self.member::<BTreeMap<String, String>>(file, &at("mask"), &raw.mask);
+        let mut masks = BTreeMap::new();
+        for (field, text) in listed.present().into_iter().flatten() {
+            let mask_key = format!("{key}.mask.{}", key_part(&field));
+            let Some(mask) = Mask::from_name(&text) else {
+                let message = format!("unknown mask \"{text}\"; expected one of {}", mask_names());
+                self.report(file, &mask_key, message);
+                continue;
+            };
+            if !fields.contains(&field) {
+                let message = format!("a mask for field \"{field}\", which this grant does not list");
+                self.report(file, &mask_key, message);
+                continue;
+            }
+            // A field whose kind could not be read has been reported already.
+            if let Some(kind) = self.kinds.get(&field).filter(|k| !mask.fits_kind(k)) {
+                let message = misfit(mask, kind);
+                self.report(file, &mask_key, message);
+            }
+            masks.insert(field, mask);
         }
         (self.problems.len() == before).then_some(Grant { purpose, fields, masks })
     }
@@ -625,15 +711,20 @@ fn describe_serde_error(err: &toml::de::Error) -> (String, String) {
         suffix.push_str(path);
     }
     let message = err.message();
-    if let Some(rest) = message.strip_prefix("unknown field `")
-        && let Some((unknown, expected)) = rest.split_once('`')
-    {
+    if let Some(unknown) = unknown_key(err) {
         suffix.push('.');
         suffix.push_str(&key_part(unknown));
-        let expected = expected.trim_start_matches(',').trim();
-        return (suffix, format!("unknown key `{unknown}`; {expected}"));
+        let expected =
+            message.split_once(", expected").map_or(String::new(), |(_, rest)| format!("; expected{rest}"));
+        return (suffix, format!("unknown key `{unknown}`{expected}"));
     }
     (suffix, message.to_owned())
+}
+
+/// The key serde reported as unknown, if that is what the error is about.
+fn unknown_key(err: &toml::de::Error) -> Option<&str> {
+    let (unknown, _) = err.message().strip_prefix("unknown field `")?.split_once('`')?;
+    Some(unknown)
 }
 
 /// A name as it appears in a dotted key: bare when TOML allows it bare, else quoted.
@@ -814,7 +905,7 @@ mod tests {
     #[test]
     fn a_name_declared_twice_in_one_file_is_a_toml_error_with_its_position() {
         let p = problems(&[("a.toml", "[purposes.x]\nbasis = \"contract\"\n[purposes.x]\n")]);
-        assert_eq!(p, ["a.toml: line 3, column 2: duplicate key"]);
+        assert_eq!(p, ["a.toml: line 3, column 11: x is declared twice in this file"]);
     }
 
     #[test]
@@ -841,6 +932,35 @@ mod tests {
         assert_has_prefix(&p, "extra.toml: recipients.r.grants[0].masks: unknown key `masks`");
         let p = problems_with(&field("type = \"string\"\nmaks = \"none\""));
         assert_has_prefix(&p, "extra.toml: fields.x.maks: unknown key `maks`; expected one of");
+    }
+
+    #[test]
+    fn every_problem_of_one_entry_is_reported_under_its_own_key() {
+        let p = problems_with(
+            r#"
+            [fields.x]
+            category = 7
+            type = "emial"
+            purposes = ["shipping", "nope"]
+            index = "yes"
+            colour = "red"
+            size = 3
+            "#,
+        );
+        assert_eq!(
+            p,
+            [
+                "extra.toml: fields.x.colour: unknown key `colour`; expected one of `category`, \
+                 `type`, `purposes`, `index`, `unique`, `mask`, `retention_days`",
+                "extra.toml: fields.x.size: unknown key `size`; expected one of `category`, \
+                 `type`, `purposes`, `index`, `unique`, `mask`, `retention_days`",
+                "extra.toml: fields.x.type: unknown type \"emial\"; expected one of string, email, \
+                 phone, date, address, country",
+                "extra.toml: fields.x.category: invalid type: integer `7`, expected a string",
+                "extra.toml: fields.x.purposes: undeclared purpose \"nope\"",
+                "extra.toml: fields.x.index: invalid type: string \"yes\", expected a boolean",
+            ]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! - [`load`] reads and validates the files;
 //! - [`decision`] holds the disclosure rule, deny by default;
 //! - [`mask`] holds masks and applies them to values;
-//! - [`explain`] renders a decision for a privacy officer.
+//! - [`explain`](mod@explain) renders a decision for a privacy officer.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

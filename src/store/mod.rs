@@ -119,6 +119,22 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` audit events with seq ≥ `from`, in order, as stored canonical JSON.
     async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
+    /// Up to `limit` audit events that name `customer`, with seq > `after`, in order. Served
+    /// from a per-customer index: cost depends on this customer's history, not the log's size.
+    async fn audit_events_for_customer(
+        &self,
+        customer: &CustomerId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+
+    /// Up to `limit` customer ids greater than `after`, in id order (for background sweeps).
+    async fn customer_ids(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<CustomerId>, StoreError>;
+
     /// The stored Merkle node at (`level`, `index`), if that subtree is complete.
     async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError>;
 }

@@ -194,6 +194,56 @@ impl Store for SledStore {
         Ok(out)
     }
 
+    async fn audit_events_for_customer(
+        &self,
+        customer: &CustomerId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut start = history_prefix(customer);
+        let prefix_len = start.len();
+        start.extend_from_slice(&after.map_or(0, |a| a.saturating_add(1)).to_be_bytes());
+        let mut end = history_prefix(customer);
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        let mut out = Vec::new();
+        for entry in self.tree.range(start..=end).take(limit) {
+            let (key, _) = entry.map_err(unavailable)?;
+            let seq = u64::from_be_bytes(
+                key[prefix_len..].try_into().map_err(|_| StoreError::Corrupt("history key length".into()))?,
+            );
+            let event = self
+                .tree
+                .get(event_key(seq))
+                .map_err(unavailable)?
+                .ok_or_else(|| StoreError::Corrupt(format!("history names missing event {seq}")))?;
+            out.push((seq, event.to_vec()));
+        }
+        Ok(out)
+    }
+
+    async fn customer_ids(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<CustomerId>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut key = customer_key(&id).to_vec();
+                key.push(0);
+                key
+            }
+            None => vec![b'c'],
+        };
+        let mut out = Vec::new();
+        for entry in self.tree.range(start..vec![b'c' + 1]).take(limit) {
+            let (key, _) = entry.map_err(unavailable)?;
+            let bytes: [u8; 16] =
+                key[1..].try_into().map_err(|_| StoreError::Corrupt("customer key length".into()))?;
+            out.push(CustomerId::from_bytes(bytes));
+        }
+        Ok(out)
+    }
+
     async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
         match self.tree.get(node_key(level, index)).map_err(unavailable)? {
             Some(bytes) => Ok(Some(
@@ -210,12 +260,17 @@ fn stage_audit(batch: &mut sled::Batch, audit: &AuditAppend) {
         batch.insert(node_key(*level, *index), &hash[..]);
     }
     if let Some(customer) = &audit.customer {
-        let mut key = Vec::with_capacity(25);
-        key.push(b'x');
-        key.extend_from_slice(customer.as_bytes());
+        let mut key = history_prefix(customer);
         key.extend_from_slice(&audit.seq.to_be_bytes());
         batch.insert(key, &[][..]);
     }
+}
+
+fn history_prefix(customer: &CustomerId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(25);
+    key.push(b'x');
+    key.extend_from_slice(customer.as_bytes());
+    key
 }
 
 fn customer_key(id: &CustomerId) -> [u8; 17] {

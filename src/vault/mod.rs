@@ -8,8 +8,13 @@
 //! The vault knows nothing of HTTP; `http/` maps its results and errors to responses.
 
 mod audit_read;
+mod consent;
+mod disclosure;
 mod fields;
+mod payment;
 mod profile;
+mod retention;
+mod self_service;
 mod subject;
 
 use std::sync::Arc;
@@ -21,7 +26,11 @@ use crate::policy::{PolicySet, Purpose, Reason};
 use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
 
 pub use audit_read::{EventPage, EventQuery};
+pub use consent::ConsentView;
+pub use disclosure::{Disclosure, DisclosureRequest};
+pub use payment::PaymentMethodView;
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
+pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};
 
 /// How often an update is retried when another writer changed the record in between.
 const MAX_WRITE_ATTEMPTS: usize = 8;

@@ -9,7 +9,7 @@ use super::fields::{self, ValidField};
 use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
 use crate::audit::{Action, EventDraft};
 use crate::crypto::DataKey;
-use crate::domain::{CustomerId, Timestamp};
+use crate::domain::{CustomerId, Role, Timestamp};
 use crate::policy::{FieldDecision, FieldKind, LegalBasis, Purpose, Reason};
 use crate::store::{ConsentRecord, CustomerChange, CustomerRecord};
 
@@ -199,6 +199,10 @@ impl Vault {
             }
             return match purpose {
                 Some(p) => Ok(self.view(&record, p, None)?.0),
+                // A customer rectifying their own record sees all of it.
+                None if ctx.principal.role == Role::Customer => {
+                    Ok(CustomerView { id: record.id, fields: self.all_fields(&record)?, withheld: None })
+                }
                 None => Ok(CustomerView {
                     id: record.id,
                     fields: set.into_iter().map(|f| (f.name, f.value)).collect(),

@@ -278,3 +278,28 @@ pub fn sign_hs256(claims: Value) -> String {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Rewrites a stored customer record directly in the sled files of a stopped server, as an
+/// attacker (or a test of time-dependent rules) with access to the data directory would.
+pub fn edit_stored_record(
+    data_dir: &Path,
+    id: &str,
+    edit: impl FnOnce(&mut custodia::store::CustomerRecord),
+) {
+    let uuid: custodia::domain::CustomerId = id.parse().unwrap();
+    let mut key = vec![b'c'];
+    key.extend_from_slice(uuid.as_bytes());
+    let db = sled::open(data_dir.join("store")).unwrap();
+    let tree = db.open_tree("custodia").unwrap();
+    let mut record = custodia::store::CustomerRecord::decode(&tree.get(&key).unwrap().unwrap()).unwrap();
+    edit(&mut record);
+    tree.insert(key, record.encode().unwrap()).unwrap();
+    db.flush().unwrap();
+}
+
+/// Reads a stored record of a stopped server.
+pub fn stored_record(data_dir: &Path, id: &str) -> custodia::store::CustomerRecord {
+    let mut out = None;
+    edit_stored_record(data_dir, id, |r| out = Some(r.clone()));
+    out.unwrap()
+}

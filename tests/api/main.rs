@@ -2,6 +2,8 @@
 
 mod auth;
 mod crash;
+mod disclosure;
 mod helpers;
 mod merchant;
+mod payment;
 mod storage;

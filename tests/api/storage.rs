@@ -1,18 +1,10 @@
 //! What an attacker with write access to the data directory can and cannot do: a ciphertext
 //! moved to another customer or another field does not open.
 
-use custodia::store::CustomerRecord;
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
-
-fn customer_key(id: &str) -> Vec<u8> {
-    let uuid: custodia::domain::CustomerId = id.parse().unwrap();
-    let mut key = vec![b'c'];
-    key.extend_from_slice(uuid.as_bytes());
-    key
-}
+use crate::helpers::{edit_stored_record, spawn_app, stored_record};
 
 #[tokio::test]
 async fn a_ciphertext_copied_to_another_customer_or_field_fails_to_open() {
@@ -21,18 +13,13 @@ async fn a_ciphertext_copied_to_another_customer_or_field_fails_to_open() {
     let bob = app.create_customer(json!({"name": "Bob Builder", "email": "bob@shop.test"})).await;
     app.shutdown().await;
 
-    {
-        let db = sled::open(app.data_dir.path().join("store")).unwrap();
-        let tree = db.open_tree("custodia").unwrap();
-        let read = |id: &str| CustomerRecord::decode(&tree.get(customer_key(id)).unwrap().unwrap()).unwrap();
-        let (mut a, mut b) = (read(&alice), read(&bob));
-        let alices_email = a.fields["email"].clone();
+    let alices_email = stored_record(app.data_dir.path(), &alice).fields["email"].clone();
+    edit_stored_record(app.data_dir.path(), &bob, |b| {
         b.fields.insert("email".into(), alices_email.clone());
-        a.fields.insert("name".into(), alices_email);
-        tree.insert(customer_key(&bob), b.encode().unwrap()).unwrap();
-        tree.insert(customer_key(&alice), a.encode().unwrap()).unwrap();
-        db.flush().unwrap();
-    }
+    });
+    edit_stored_record(app.data_dir.path(), &alice, |a| {
+        a.fields.insert("name".into(), alices_email.clone());
+    });
 
     let app = app.restart().await;
     for id in [&bob, &alice] {
