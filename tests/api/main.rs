@@ -2,6 +2,7 @@
 
 mod auth;
 mod crash;
+mod customer;
 mod disclosure;
 mod helpers;
 mod merchant;
