@@ -261,6 +261,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_file_names_every_setting_and_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("custodia.example.toml");
+        let s = Settings::load_from(Some(&path), |_| None).unwrap();
+        assert_eq!(s.listen, Settings::default().listen);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for key in [
+            "listen",
+            "data_dir",
+            "policies",
+            "master_key",
+            "master_key_file",
+            "jwt_hs256_secret",
+            "jwt_public_keys",
+            "jwt_issuer",
+            "jwt_audience",
+            "audit_origin",
+            "cache_mb",
+            "max_body_bytes",
+            "request_timeout_ms",
+            "log_format",
+            "retention_sweep_secs",
+        ] {
+            assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
+        }
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = Settings::load_from(None, |name| {
             (name == "CUSTODIA_MASTER_KEY").then(|| "c2VjcmV0LW1hc3Rlci1rZXk=".to_owned())

@@ -1,0 +1,85 @@
+//! The export of one customer (Art. 15) while the audit log holds 1,000,000 events about other
+//! customers: the per-customer history index keeps it independent of the log's size.
+//!
+//! `EXPORT_BENCH_EVENTS` overrides the number of background events (default 1,000,000).
+
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use custodia::audit::{Action, EventDraft};
+use custodia::config::Settings;
+use custodia::domain::{CustomerId, Principal, Role};
+use custodia::startup::App;
+use custodia::vault::{NewCustomer, RequestContext};
+use secrecy::SecretString;
+use serde_json::json;
+
+fn export(c: &mut Criterion) {
+    let events: u64 =
+        std::env::var("EXPORT_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.path().to_owned(),
+        policies: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
+        master_key: Some(SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")),
+        jwt_hs256_secret: Some(SecretString::from("bench-secret-bench-secret-bench-secret-0000")),
+        cache_mb: 256,
+        ..Settings::default()
+    };
+    let app = rt.block_on(App::build(settings)).unwrap();
+    let vault = app.vault();
+    let merchant = RequestContext {
+        principal: Principal { role: Role::Merchant, sub: Some("bench".into()) },
+        request_id: "bench".into(),
+    };
+    let body: NewCustomer = serde_json::from_value(json!({"fields": {
+        "name": "Jane Example", "email": "jane@shop.test", "country": "DE", "birth_date": "1990-04-17"
+    }}))
+    .unwrap();
+    let id = rt.block_on(vault.create_customer(&merchant, body, None)).unwrap();
+    for _ in 0..20 {
+        rt.block_on(vault.read_customer(&merchant, &id.to_string(), Some("customer_support"), None)).unwrap();
+    }
+
+    // Background events about other customers, appended by many tasks at once so flushes are
+    // shared (group commit).
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let tasks = 256u64;
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let vault = Arc::clone(&vault);
+            handles.push(tokio::spawn(async move {
+                let actor = Principal { role: Role::Merchant, sub: Some("load".into()) };
+                for _ in (t..events).step_by(tasks as usize) {
+                    let draft = EventDraft::new(Action::CustomerRead, &actor, "bg")
+                        .customer(CustomerId::random())
+                        .purpose(Some("order_fulfillment"))
+                        .fields(["name"]);
+                    vault.audit_log().record(draft, None).await.unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+    });
+    eprintln!("appended {events} background events in {:.1?}", started.elapsed());
+
+    let customer = RequestContext {
+        principal: Principal { role: Role::Customer, sub: Some(id.to_string()) },
+        request_id: "bench".into(),
+    };
+    c.bench_function("export/one_customer_among_1M_events", |b| {
+        b.iter(|| rt.block_on(vault.export(&customer)).unwrap())
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50);
+    targets = export
+}
+criterion_main!(benches);

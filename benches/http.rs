@@ -1,0 +1,363 @@
+//! HTTP load benchmark: the release server as a separate process on a fresh data directory,
+//! driven by C keep-alive connections per scenario for a fixed time.
+//!
+//! ```text
+//! cargo bench --bench http                 # full run: 100,000 customers, 64 connections, 10 s
+//! cargo bench --bench http -- --smoke      # seconds-long run with tiny N (CI runs this)
+//! ```
+//! Knobs (environment): `HTTP_BENCH_CUSTOMERS`, `HTTP_BENCH_CONNECTIONS`, `HTTP_BENCH_SECONDS`.
+//! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`), the server's peak
+//! RSS and data-directory size, and writes the same figures to `target/http-bench.json`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+const SECRET: &str = "bench-secret-bench-secret-bench-secret-0000";
+const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+struct Config {
+    customers: usize,
+    connections: usize,
+    seconds: f64,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    Healthz,
+    Create,
+    Read,
+    Lookup,
+    Disclosure,
+    Mixed,
+}
+
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::Healthz,
+        Scenario::Create,
+        Scenario::Read,
+        Scenario::Lookup,
+        Scenario::Disclosure,
+        Scenario::Mixed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Healthz => "healthz",
+            Scenario::Create => "create",
+            Scenario::Read => "read",
+            Scenario::Lookup => "lookup",
+            Scenario::Disclosure => "disclosure",
+            Scenario::Mixed => "mixed",
+        }
+    }
+}
+
+struct Outcome {
+    scenario: Scenario,
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Outcome {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, self.latencies_us.len()) - 1;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+}
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let env =
+        |name: &str, default: f64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let config = if smoke {
+        Config { customers: 200, connections: 8, seconds: 0.5 }
+    } else {
+        Config {
+            customers: env("HTTP_BENCH_CUSTOMERS", 100_000.0) as usize,
+            connections: env("HTTP_BENCH_CONNECTIONS", 64.0) as usize,
+            seconds: env("HTTP_BENCH_SECONDS", 10.0),
+        }
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (mut child, base) = start_server(dir.path());
+    let pid = child.id();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let outcomes = runtime.block_on(run(&config, &base));
+    let rss_kib = peak_rss_kib(pid);
+    stop_server(&mut child);
+    let data_bytes = dir_size(dir.path());
+    report(&config, smoke, &outcomes, rss_kib, data_bytes);
+}
+
+fn start_server(data_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .arg("serve")
+        .env("CUSTODIA_LISTEN", "127.0.0.1:0")
+        .env("CUSTODIA_DATA_DIR", data_dir)
+        .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
+        .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("server starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
+    assert!(base.starts_with("http://"), "server did not report its address: {line}");
+    (child, base)
+}
+
+fn stop_server(child: &mut Child) {
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+}
+
+fn token() -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = json!({"sub": "load-bench", "role": "merchant", "exp": exp});
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn customer_body(n: usize) -> Value {
+    json!({"fields": {
+        "name": format!("Customer {n}"),
+        "email": format!("customer{n}@bench.test"),
+        "phone": format!("+49151{n:08}"),
+        "shipping_address": {"line1": format!("Street {n}"), "city": "Berlin", "postal_code": "10115", "country": "DE"},
+        "country": "DE"
+    }})
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    ids: Vec<String>,
+    next_new: AtomicU64,
+}
+
+async fn run(config: &Config, base: &str) -> Vec<Outcome> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(config.connections).build().unwrap();
+    let mut client =
+        Client { http, base: base.to_owned(), token: token(), ids: Vec::new(), next_new: AtomicU64::new(0) };
+    let started = Instant::now();
+    client.ids = preload(&client, config).await;
+    client.next_new.store(config.customers as u64, Ordering::Relaxed);
+    eprintln!("preloaded {} customers in {:.1?}", client.ids.len(), started.elapsed());
+    let client = Arc::new(client);
+    let mut outcomes = Vec::new();
+    for scenario in Scenario::ALL {
+        outcomes.push(drive(&client, scenario, config).await);
+    }
+    outcomes
+}
+
+async fn preload(client: &Client, config: &Config) -> Vec<String> {
+    let per_task = config.customers.div_ceil(config.connections);
+    let mut tasks = Vec::new();
+    for t in 0..config.connections {
+        let (http, base, token) = (client.http.clone(), client.base.clone(), client.token.clone());
+        let range = (t * per_task)..((t + 1) * per_task).min(config.customers);
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in range {
+                let res = http
+                    .post(format!("{base}/v1/customers"))
+                    .bearer_auth(&token)
+                    .json(&customer_body(n))
+                    .send()
+                    .await;
+                let body: Value = res.expect("preload request").json().await.expect("preload body");
+                ids.push(body["id"].as_str().expect("preload id").to_owned());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::with_capacity(config.customers);
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    ids
+}
+
+async fn drive(client: &Arc<Client>, scenario: Scenario, config: &Config) -> Outcome {
+    let deadline = Instant::now() + Duration::from_secs_f64(config.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..config.connections {
+        let client = Arc::clone(client);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
+            let mut latencies = Vec::with_capacity(1 << 16);
+            let mut errors = 0usize;
+            while Instant::now() < deadline {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let t0 = Instant::now();
+                let ok = one_request(&client, scenario, rng).await;
+                latencies.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if !ok {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies_us = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.unwrap();
+        latencies_us.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies_us.sort_unstable();
+    Outcome { scenario, requests: latencies_us.len(), errors, elapsed, latencies_us }
+}
+
+async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {
+    let kind = match scenario {
+        Scenario::Mixed => match rng % 10 {
+            0..=6 => Scenario::Read,
+            7 | 8 => Scenario::Disclosure,
+            _ => Scenario::Create,
+        },
+        other => other,
+    };
+    let n = (rng >> 8) as usize % client.ids.len().max(1);
+    let base = &client.base;
+    let req = match kind {
+        Scenario::Healthz => client.http.get(format!("{base}/healthz")),
+        Scenario::Create => {
+            let n = client.next_new.fetch_add(1, Ordering::Relaxed) as usize;
+            client
+                .http
+                .post(format!("{base}/v1/customers"))
+                .bearer_auth(&client.token)
+                .json(&customer_body(n))
+        }
+        Scenario::Read => client
+            .http
+            .get(format!("{base}/v1/customers/{}", client.ids[n]))
+            .bearer_auth(&client.token)
+            .header("X-Purpose", "order_fulfillment"),
+        Scenario::Lookup => client
+            .http
+            .get(format!("{base}/v1/customers?email=customer{n}%40bench.test"))
+            .bearer_auth(&client.token)
+            .header("X-Purpose", "order_fulfillment"),
+        Scenario::Disclosure => {
+            client.http.post(format!("{base}/v1/disclosures")).bearer_auth(&client.token).json(&json!({
+                "customer_id": client.ids[n], "recipient": "acme-shipping", "purpose": "order_fulfillment",
+                "fields": ["name", "shipping_address"]
+            }))
+        }
+        Scenario::Mixed => unreachable!("mixed picks a concrete scenario"),
+    };
+    match req.send().await {
+        Ok(res) => {
+            let ok = res.status().is_success();
+            let _ = res.bytes().await;
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() { dir_size(&p) } else { e.metadata().map(|m| m.len()).unwrap_or(0) }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn report(config: &Config, smoke: bool, outcomes: &[Outcome], rss_kib: Option<u64>, data_bytes: u64) {
+    let ceiling = outcomes.iter().find(|o| o.scenario == Scenario::Healthz).map_or(1.0, Outcome::rps);
+    println!(
+        "\nHTTP load benchmark{}: {} customers preloaded, {} connections, {:.1} s per scenario",
+        if smoke { " (smoke)" } else { "" },
+        config.customers,
+        config.connections,
+        config.seconds
+    );
+    println!(
+        "{:<11} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "× healthz"
+    );
+    let mut rows = Vec::new();
+    for o in outcomes {
+        println!(
+            "{:<11} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>9.2}",
+            o.scenario.name(),
+            o.rps(),
+            o.percentile_ms(0.50),
+            o.percentile_ms(0.99),
+            o.percentile_ms(0.999),
+            o.errors,
+            o.rps() / ceiling
+        );
+        rows.push(json!({
+            "scenario": o.scenario.name(), "requests_per_s": o.rps(), "p50_ms": o.percentile_ms(0.50),
+            "p99_ms": o.percentile_ms(0.99), "p999_ms": o.percentile_ms(0.999), "errors": o.errors,
+            "requests": o.requests, "ratio_to_healthz": o.rps() / ceiling,
+        }));
+    }
+    let rss_mib = rss_kib.map(|k| k as f64 / 1024.0);
+    println!("server peak RSS: {}", rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")));
+    println!("data directory: {:.1} MiB", data_bytes as f64 / (1024.0 * 1024.0));
+    let out = json!({
+        "smoke": smoke, "customers": config.customers, "connections": config.connections,
+        "seconds_per_scenario": config.seconds, "scenarios": rows,
+        "server_peak_rss_mib": rss_mib, "data_dir_mib": data_bytes as f64 / (1024.0 * 1024.0),
+    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
+    let path = Path::new(&target).join("http-bench.json");
+    match std::fs::write(&path, serde_json::to_vec_pretty(&out).unwrap()) {
+        Ok(()) => println!("figures written to {}", path.display()),
+        Err(e) => eprintln!("could not write {}: {e}", path.display()),
+    }
+    let errors: usize = outcomes.iter().map(|o| o.errors).sum();
+    if errors > 0 {
+        eprintln!("{errors} requests failed");
+        std::process::exit(1);
+    }
+}
