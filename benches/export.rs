@@ -14,6 +14,9 @@ use custodia::vault::{NewCustomer, RequestContext};
 use secrecy::SecretString;
 use serde_json::json;
 
+/// Customers exported round-robin.
+const POOL: usize = 100;
+
 fn export(c: &mut Criterion) {
     let events: u64 =
         std::env::var("EXPORT_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
@@ -34,13 +37,27 @@ fn export(c: &mut Criterion) {
         principal: Principal { role: Role::Merchant, sub: Some("bench".into()) },
         request_id: "bench".into(),
     };
-    let body: NewCustomer = serde_json::from_value(json!({"fields": {
-        "name": "Jane Example", "email": "jane@shop.test", "country": "DE", "birth_date": "1990-04-17"
-    }}))
-    .unwrap();
-    let id = rt.block_on(vault.create_customer(&merchant, body, None)).unwrap();
-    for _ in 0..20 {
-        rt.block_on(vault.read_customer(&merchant, &id.to_string(), Some("customer_support"), None)).unwrap();
+    // A pool of customers, each with a small history (create, 20 reads, a disclosure), exported
+    // round-robin so each export's own `customer.export` event grows any one history slowly.
+    let mut ids = Vec::new();
+    for n in 0..POOL {
+        let body: NewCustomer = serde_json::from_value(json!({"fields": {
+            "name": "Jane Example", "email": format!("jane{n}@shop.test"), "country": "DE",
+            "shipping_address": {"line1": "Hauptstr. 5", "city": "Berlin", "postal_code": "10115", "country": "DE"}
+        }}))
+        .unwrap();
+        let id = rt.block_on(vault.create_customer(&merchant, body, None)).unwrap();
+        for _ in 0..20 {
+            rt.block_on(vault.read_customer(&merchant, &id.to_string(), Some("customer_support"), None))
+                .unwrap();
+        }
+        let disclosure = serde_json::from_value(json!({
+            "customer_id": id.to_string(), "recipient": "acme-shipping", "purpose": "order_fulfillment",
+            "fields": ["name", "shipping_address"]
+        }))
+        .unwrap();
+        rt.block_on(vault.disclose(&merchant, disclosure)).unwrap();
+        ids.push(id);
     }
 
     // Background events about other customers, appended by many tasks at once so flushes are
@@ -68,12 +85,19 @@ fn export(c: &mut Criterion) {
     });
     eprintln!("appended {events} background events in {:.1?}", started.elapsed());
 
-    let customer = RequestContext {
-        principal: Principal { role: Role::Customer, sub: Some(id.to_string()) },
-        request_id: "bench".into(),
-    };
+    let customers: Vec<RequestContext> = ids
+        .iter()
+        .map(|id| RequestContext {
+            principal: Principal { role: Role::Customer, sub: Some(id.to_string()) },
+            request_id: "bench".into(),
+        })
+        .collect();
+    let mut next = 0;
     c.bench_function("export/one_customer_among_1M_events", |b| {
-        b.iter(|| rt.block_on(vault.export(&customer)).unwrap())
+        b.iter(|| {
+            next = (next + 1) % customers.len();
+            rt.block_on(vault.export(&customers[next])).unwrap()
+        })
     });
 }
 

@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Manage master keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Mint a token signed with the configured HS256 secret (or the --dev one).
     DevToken {
         /// merchant, customer or auditor.
@@ -46,6 +51,20 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// A TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a new random master key (base64 of 32 bytes).
+    Generate,
+    /// Re-wrap every key under the configured master key, offline (the server must be
+    /// stopped; a running server does the same in the background on start). Configure the new
+    /// key as CUSTODIA_MASTER_KEY and the old one in CUSTODIA_PREVIOUS_MASTER_KEYS.
+    Rotate {
         /// A TOML config file.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -108,6 +127,19 @@ impl Cli {
                     }
                 }
             }
+            Command::Keys { command: KeysCommand::Generate } => {
+                match crate::crypto::MasterKey::generate_base64() {
+                    Ok(key) => {
+                        println!("{}", key.as_str());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
             Command::DevToken { role, sub, ttl, config } => match dev_token(&role, &sub, ttl, config) {
                 Ok(token) => {
                     println!("{token}");
@@ -140,6 +172,20 @@ async fn serve(config: Option<PathBuf>, dev: bool) -> Result<(), Error> {
     tracing::info!(addr = %app.local_addr(), "custodia listening");
     println!("custodia listening on http://{}", app.local_addr());
     app.run_until_stopped().await
+}
+
+async fn rotate(config: Option<PathBuf>) -> Result<(), Error> {
+    let settings = Settings::load(config.as_deref())?;
+    let (vault, store, _) = startup::open_vault(&settings).await?;
+    let rewrapped = vault
+        .rotate_master_key(std::time::Duration::ZERO)
+        .await
+        .map_err(|e| Error::MissingKeys(format!("rotation failed: {e}")))?;
+    store.flush()?;
+    println!(
+        "rotation complete: {rewrapped} customer keys re-wrapped; the previous master keys can now be removed"
+    );
+    Ok(())
 }
 
 fn dev_token(role: &str, sub: &str, ttl: u64, config: Option<PathBuf>) -> Result<String, String> {

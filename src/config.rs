@@ -20,6 +20,11 @@ pub struct Settings {
     pub master_key: Option<SecretString>,
     /// A file holding the base64 master key (`CUSTODIA_MASTER_KEY_FILE`).
     pub master_key_file: Option<PathBuf>,
+    /// Earlier master keys, still needed until a rotation has re-wrapped everything under the
+    /// current one (`CUSTODIA_PREVIOUS_MASTER_KEYS`, comma-separated base64).
+    pub previous_master_keys: Vec<SecretString>,
+    /// Pause between pages of a master key rotation, in milliseconds (`CUSTODIA_ROTATION_PAUSE_MS`).
+    pub rotation_pause_ms: u64,
     /// HS256 secret for bearer tokens (`CUSTODIA_JWT_HS256_SECRET`).
     pub jwt_hs256_secret: Option<SecretString>,
     /// PEM or JWKS file of token verification keys (`CUSTODIA_JWT_PUBLIC_KEYS`).
@@ -52,6 +57,8 @@ impl Default for Settings {
             policies: PathBuf::from("./policies"),
             master_key: None,
             master_key_file: None,
+            previous_master_keys: Vec::new(),
+            rotation_pause_ms: 0,
             jwt_hs256_secret: None,
             jwt_public_keys: None,
             jwt_issuer: None,
@@ -105,6 +112,8 @@ struct FileSettings {
     policies: Option<PathBuf>,
     master_key: Option<String>,
     master_key_file: Option<PathBuf>,
+    previous_master_keys: Option<Vec<String>>,
+    rotation_pause_ms: Option<u64>,
     jwt_hs256_secret: Option<String>,
     jwt_public_keys: Option<PathBuf>,
     jwt_issuer: Option<String>,
@@ -153,7 +162,8 @@ impl Settings {
             max_body_bytes,
             request_timeout_ms,
             log_format,
-            retention_sweep_secs
+            retention_sweep_secs,
+            rotation_pause_ms
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -161,6 +171,9 @@ impl Settings {
         set_opt!(master_key_file, jwt_public_keys, jwt_issuer, jwt_audience);
         if let Some(k) = f.master_key {
             self.master_key = Some(SecretString::from(k));
+        }
+        if let Some(keys) = f.previous_master_keys {
+            self.previous_master_keys = keys.into_iter().map(SecretString::from).collect();
         }
         if let Some(k) = f.jwt_hs256_secret {
             self.jwt_hs256_secret = Some(SecretString::from(k));
@@ -183,6 +196,17 @@ impl Settings {
         }
         if let Some(v) = get("CUSTODIA_MASTER_KEY_FILE") {
             self.master_key_file = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_PREVIOUS_MASTER_KEYS") {
+            self.previous_master_keys = v
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(|k| SecretString::from(k.to_owned()))
+                .collect();
+        }
+        if let Some(v) = get("CUSTODIA_ROTATION_PAUSE_MS") {
+            self.rotation_pause_ms = number("CUSTODIA_ROTATION_PAUSE_MS", v)?;
         }
         if let Some(v) = get("CUSTODIA_JWT_HS256_SECRET") {
             self.jwt_hs256_secret = Some(SecretString::from(v));

@@ -25,7 +25,7 @@ pub const DEV_MASTER_KEY_FILE: &str = "dev-master-key";
 /// See [`DEV_MASTER_KEY_FILE`].
 pub const DEV_JWT_SECRET_FILE: &str = "dev-jwt-secret";
 
-const SYSTEM_KEYS: &str = "system_keys";
+use crate::vault::SYSTEM_KEYS;
 
 /// A built application, bound to its port but not yet serving.
 pub struct App {
@@ -39,17 +39,10 @@ impl App {
     /// Loads policies and keys, opens the store and the audit log, and binds the listener.
     /// Fails, naming the reason, when policies are invalid or keys are missing.
     pub async fn build(settings: Settings) -> Result<App, Error> {
-        let policies = Arc::new(PolicySet::load(&settings.policies)?);
-        std::fs::create_dir_all(&settings.data_dir)
-            .map_err(Error::io(format!("creating {}", settings.data_dir.display())))?;
-        restrict_permissions(&settings.data_dir, 0o700);
-        let (master, auth) = resolve_keys(&settings)?;
-        let store =
-            Arc::new(SledStore::open(&settings.data_dir.join("store"), settings.cache_mb * 1024 * 1024)?);
-        let dyn_store: Arc<dyn Store> = store.clone();
-        let keys = system_keys(&dyn_store, &master).await?;
-        let audit = AuditLog::open(Arc::clone(&dyn_store)).await?;
-        let vault = Arc::new(Vault::new(policies, dyn_store, audit, master, keys));
+        let (vault, store, auth) = open_vault(&settings).await?;
+        if vault.rotation_pending().await.map_err(vault_error)? {
+            spawn_rotation(Arc::clone(&vault), Duration::from_millis(settings.rotation_pause_ms));
+        }
         if settings.retention_sweep_secs > 0 {
             spawn_retention_sweeps(Arc::clone(&vault), Duration::from_secs(settings.retention_sweep_secs));
         }
@@ -92,6 +85,42 @@ impl App {
         tracing::info!("stopped; store flushed");
         Ok(())
     }
+}
+
+/// Opens the vault over the configured data directory without serving (also used by
+/// `custodia keys rotate`).
+pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<SledStore>, Authenticator), Error> {
+    let policies = Arc::new(PolicySet::load(&settings.policies)?);
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(Error::io(format!("creating {}", settings.data_dir.display())))?;
+    restrict_permissions(&settings.data_dir, 0o700);
+    let (master, auth) = resolve_keys(settings)?;
+    let store = Arc::new(SledStore::open(&settings.data_dir.join("store"), settings.cache_mb * 1024 * 1024)?);
+    let dyn_store: Arc<dyn Store> = store.clone();
+    let (keys, fresh) = system_keys(&dyn_store, &master).await?;
+    let audit = AuditLog::open(Arc::clone(&dyn_store)).await?;
+    let vault = Arc::new(Vault::new(policies, dyn_store, audit, master, keys));
+    if fresh {
+        vault.mark_rotated().await.map_err(vault_error)?;
+    }
+    Ok((vault, store, auth))
+}
+
+/// Re-wraps every key under the current master key in the background.
+fn spawn_rotation(vault: Arc<Vault>, pause: Duration) {
+    tokio::spawn(async move {
+        tracing::info!("master key rotation started");
+        match vault.rotate_master_key(pause).await {
+            Ok(n) => tracing::info!(customers = n, "master key rotation completed"),
+            Err(e) => {
+                tracing::error!(error = %e, "master key rotation stopped; it resumes on the next start")
+            }
+        }
+    });
+}
+
+fn vault_error(e: crate::vault::VaultError) -> Error {
+    Error::MissingKeys(format!("key state could not be checked: {e}"))
 }
 
 /// Runs a retention sweep every `every`, the first one `every` after start. The task holds only
@@ -137,7 +166,14 @@ pub fn resolve_keys(settings: &Settings) -> Result<(MasterKeyring, Authenticator
     let master = master_key(settings)?;
     let auth = authenticator(settings)?;
     match (master, auth) {
-        (Some(m), Some(a)) => Ok((MasterKeyring::new(m, Vec::new()), a)),
+        (Some(m), Some(a)) => {
+            let previous = settings
+                .previous_master_keys
+                .iter()
+                .map(|k| MasterKey::from_base64(k.expose_secret()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((MasterKeyring::new(m, previous), a))
+        }
         (m, a) => {
             let mut missing = Vec::new();
             if m.is_none() {
@@ -243,24 +279,25 @@ fn restrict_permissions(dir: &Path, mode: u32) {
     let _ = (dir, mode);
 }
 
-/// Loads the vault-wide keys, generating and storing them on first start.
-async fn system_keys(store: &Arc<dyn Store>, master: &MasterKeyring) -> Result<SystemKeys, Error> {
-    let stored = match store.meta(SYSTEM_KEYS).await? {
-        Some(bytes) => bytes,
+/// Loads the vault-wide keys, generating and storing them on first start (then `fresh`).
+async fn system_keys(store: &Arc<dyn Store>, master: &MasterKeyring) -> Result<(SystemKeys, bool), Error> {
+    let (stored, fresh) = match store.meta(SYSTEM_KEYS).await? {
+        Some(bytes) => (bytes, false),
         None => {
             let (_, wrapped) = SystemKeys::generate(master)?;
             let bytes = postcard::to_stdvec(&wrapped)
                 .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
-            store.init_meta(SYSTEM_KEYS, bytes).await?
+            (store.init_meta(SYSTEM_KEYS, bytes).await?, true)
         }
     };
     let wrapped: WrappedSystemKeys =
         postcard::from_bytes(&stored).map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
-    SystemKeys::unwrap(master, &wrapped).map_err(|e| match e {
+    let keys = SystemKeys::unwrap(master, &wrapped).map_err(|e| match e {
         crate::crypto::CryptoError::UnknownMasterKey(_) => Error::WrongMasterKey {
             configured: master.current_id().to_string(),
             stored: wrapped.master_keys().iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
         },
         other => other.into(),
-    })
+    })?;
+    Ok((keys, fresh))
 }

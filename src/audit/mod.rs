@@ -286,7 +286,7 @@ impl AuditLog {
             let mut next = frontier.clone();
             let nodes = next.push(merkle::leaf_hash(&bytes));
             let commit =
-                Commit { customer: change, audit: AuditAppend { seq, event: bytes, customer, nodes } };
+                Commit { customer: change, audit: Some(AuditAppend { seq, event: bytes, customer, nodes }) };
             match self.store.commit(commit).await {
                 Ok(()) => *frontier = next,
                 Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {

@@ -111,6 +111,24 @@ impl MasterKeyring {
         &self.current.id
     }
 
+    /// The ids of every configured master key, current first.
+    pub fn ids(&self) -> Vec<&KeyId> {
+        std::iter::once(&self.current.id).chain(self.previous.iter().map(|k| &k.id)).collect()
+    }
+
+    /// Re-wraps a customer's data key under the current master key; `None` if it already is.
+    pub fn rewrap_data_key(
+        &self,
+        customer: &CustomerId,
+        wrapped: &WrappedKey,
+    ) -> Result<Option<WrappedKey>, CryptoError> {
+        if &wrapped.master_key == self.current_id() {
+            return Ok(None);
+        }
+        let key = self.unwrap_data_key(customer, wrapped)?;
+        self.wrap_data_key(customer, &key).map(Some)
+    }
+
     fn find(&self, id: &KeyId) -> Result<&MasterKey, CryptoError> {
         std::iter::once(&self.current)
             .chain(self.previous.iter())
@@ -215,6 +233,8 @@ pub struct SystemKeys {
     pub card_fingerprint: super::BlindIndexKey,
     /// PKCS#8 document of the Ed25519 key that signs audit checkpoints.
     pub audit_signing_pkcs8: Zeroizing<Vec<u8>>,
+    /// Raw bytes of the two HMAC keys, kept only to re-wrap them on master key rotation.
+    raw: [Zeroizing<Vec<u8>>; 2],
 }
 
 /// [`SystemKeys`] as stored: each secret wrapped under a master key version.
@@ -244,6 +264,7 @@ impl SystemKeys {
             blind_index: super::BlindIndexKey::from_bytes(&index),
             card_fingerprint: super::BlindIndexKey::from_bytes(&fingerprint),
             audit_signing_pkcs8: signing,
+            raw: [index, fingerprint],
         };
         Ok((keys, wrapped))
     }
@@ -257,6 +278,16 @@ impl SystemKeys {
             blind_index: super::BlindIndexKey::from_bytes(&index),
             card_fingerprint: super::BlindIndexKey::from_bytes(&fingerprint),
             audit_signing_pkcs8: signing,
+            raw: [index, fingerprint],
+        })
+    }
+
+    /// These keys wrapped under the keyring's current master key (for rotation).
+    pub fn wrap(&self, master: &MasterKeyring) -> Result<WrappedSystemKeys, CryptoError> {
+        Ok(WrappedSystemKeys {
+            blind_index: master.wrap_system("blind_index", &self.raw[0])?,
+            card_fingerprint: master.wrap_system("card_fingerprint", &self.raw[1])?,
+            audit_signing: master.wrap_system("audit_signing", &self.audit_signing_pkcs8)?,
         })
     }
 }
@@ -334,6 +365,25 @@ mod tests {
         assert!(new.unwrap_data_key(&id, &wrapped).is_ok());
         let without = MasterKeyring::new(MasterKey::from_bytes(&[5u8; 32]).unwrap(), vec![]);
         assert!(matches!(without.unwrap_data_key(&id, &wrapped), Err(CryptoError::UnknownMasterKey(_))));
+    }
+
+    #[test]
+    fn rotation_rewraps_under_the_new_key_so_the_old_one_can_go() {
+        let old = MasterKeyring::new(MasterKey::from_bytes(&[4u8; 32]).unwrap(), vec![]);
+        let id = CustomerId::random();
+        let wrapped = old.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap();
+        let (keys, _) = SystemKeys::generate(&old).unwrap();
+        let both = MasterKeyring::new(
+            MasterKey::from_bytes(&[5u8; 32]).unwrap(),
+            vec![MasterKey::from_bytes(&[4u8; 32]).unwrap()],
+        );
+        let rewrapped = both.rewrap_data_key(&id, &wrapped).unwrap().expect("was under the old key");
+        assert!(both.rewrap_data_key(&id, &rewrapped).unwrap().is_none(), "already current");
+        let system = keys.wrap(&both).unwrap();
+        let new_only = MasterKeyring::new(MasterKey::from_bytes(&[5u8; 32]).unwrap(), vec![]);
+        assert!(new_only.unwrap_data_key(&id, &rewrapped).is_ok());
+        let again = SystemKeys::unwrap(&new_only, &system).unwrap();
+        assert_eq!(again.blind_index.compute("f", "v"), keys.blind_index.compute("f", "v"));
     }
 
     #[test]

@@ -46,13 +46,17 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// One atomic write: at most one customer change, always one audit event.
+/// One atomic write: at most one customer change and its audit event.
+///
+/// Invariant: every change of customer data carries its audit event. The one exception is a
+/// master-key re-wrap (`audit: None`), which changes no field and is recorded by the
+/// `key.rotate` events around the rotation.
 #[derive(Debug)]
 pub struct Commit {
     /// The data change, if the request changes data.
     pub customer: Option<CustomerChange>,
     /// The audit event that records the request.
-    pub audit: AuditAppend,
+    pub audit: Option<AuditAppend>,
 }
 
 /// A change to one customer. The store keeps the blind-index entries in step with
@@ -112,6 +116,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `value` under `name` unless a value is there already; returns the value now stored.
     /// Durable on return.
     async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError>;
+
+    /// Stores `value` under `name`, replacing any value. Durable on return.
+    async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError>;
 
     /// The number of audit events (the next seq).
     async fn audit_size(&self) -> Result<u64, StoreError>;

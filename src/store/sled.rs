@@ -42,6 +42,9 @@ impl SledStore {
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
+            // Every write is flushed by group commit; sled's own timer thread would only add
+            // uncontrolled I/O and hold the directory lock after the store is dropped.
+            .flush_every_ms(None)
             .open()
             .map_err(unavailable)?;
         let tree = db.open_tree("custodia").map_err(unavailable)?;
@@ -64,16 +67,22 @@ impl SledStore {
 
     fn apply(&self, commit: Commit) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().map_err(|_| poisoned())?;
-        if commit.audit.seq != writer.audit_size {
-            return Err(StoreError::AuditOutOfOrder { expected: writer.audit_size, got: commit.audit.seq });
+        if let Some(audit) = &commit.audit
+            && audit.seq != writer.audit_size
+        {
+            return Err(StoreError::AuditOutOfOrder { expected: writer.audit_size, got: audit.seq });
         }
         let mut batch = sled::Batch::default();
         if let Some(change) = commit.customer {
             self.stage_customer(&mut batch, change)?;
         }
-        stage_audit(&mut batch, &commit.audit);
+        if let Some(audit) = &commit.audit {
+            stage_audit(&mut batch, audit);
+        }
         self.tree.apply_batch(batch).map_err(unavailable)?;
-        writer.audit_size += 1;
+        if commit.audit.is_some() {
+            writer.audit_size += 1;
+        }
         Ok(())
     }
 
@@ -179,6 +188,14 @@ impl Store for SledStore {
         };
         self.sync().await?;
         Ok(stored)
+    }
+
+    async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        {
+            let _writer = self.writer.lock().map_err(|_| poisoned())?;
+            self.tree.insert(meta_key(name), value).map_err(unavailable)?;
+        }
+        self.sync().await
     }
 
     async fn audit_size(&self) -> Result<u64, StoreError> {

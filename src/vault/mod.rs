@@ -14,6 +14,7 @@ mod fields;
 mod payment;
 mod profile;
 mod retention;
+mod rotation;
 mod self_service;
 mod subject;
 
@@ -30,6 +31,7 @@ pub use consent::ConsentView;
 pub use disclosure::{Disclosure, DisclosureRequest};
 pub use payment::PaymentMethodView;
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
+pub use rotation::SYSTEM_KEYS;
 pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};
 
 /// How often an update is retried when another writer changed the record in between.

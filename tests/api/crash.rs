@@ -1,46 +1,18 @@
 //! Durability: a server killed with SIGKILL under concurrent creates loses no acknowledged
 //! create and no audit event of one.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{MASTER_KEY, SECRET, TestApp, test_settings};
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-fn start_server(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .arg("serve")
-        .env("CUSTODIA_LISTEN", "127.0.0.1:0")
-        .env("CUSTODIA_DATA_DIR", data_dir)
-        .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
-        .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
-        .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let base = line.trim().rsplit(' ').next().expect("listening line").to_owned();
-    assert!(base.starts_with("http://"), "unexpected first line: {line}");
-    Server { child, base }
-}
+use crate::helpers::{ServerProcess, TestApp, test_settings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_creates_survive_sigkill_with_their_audit_events() {
     let data_dir = tempfile::tempdir().unwrap();
-    let mut server = start_server(data_dir.path());
+    let mut server = ServerProcess::start(data_dir.path(), &[]);
     let probe = TestApp::token_for_tests();
     let client = reqwest::Client::new();
     let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));

@@ -90,6 +90,21 @@ impl TestApp {
         start(data_dir, settings).await
     }
 
+    /// Starts a server over the data directory named in `settings` (owned by the caller).
+    pub async fn adopt_path(settings: Settings) -> TestApp {
+        start(tempfile::tempdir().expect("temp dir"), settings).await
+    }
+
+    /// A customer token for `id`, without a running app.
+    pub fn customer_token(id: &str) -> String {
+        sign_hs256(json!({ "sub": id, "role": "customer", "exp": now() + 3600 }))
+    }
+
+    /// An auditor token, without a running app.
+    pub fn auditor_token() -> String {
+        sign_hs256(json!({ "sub": "external-auditor", "role": "auditor", "exp": now() + 3600 }))
+    }
+
     /// A merchant token, without a running app.
     pub fn token_for_tests() -> String {
         sign_hs256(json!({ "sub": "shop-backend", "role": "merchant", "exp": now() + 3600 }))
@@ -289,7 +304,7 @@ pub fn edit_stored_record(
     let uuid: custodia::domain::CustomerId = id.parse().unwrap();
     let mut key = vec![b'c'];
     key.extend_from_slice(uuid.as_bytes());
-    let db = sled::open(data_dir.join("store")).unwrap();
+    let db = open_store_files(data_dir);
     let tree = db.open_tree("custodia").unwrap();
     let mut record = custodia::store::CustomerRecord::decode(&tree.get(&key).unwrap().unwrap()).unwrap();
     edit(&mut record);
@@ -297,9 +312,88 @@ pub fn edit_stored_record(
     db.flush().unwrap();
 }
 
-/// Reads a stored record of a stopped server.
+/// Reads stored records of a stopped server, in one session over its sled files.
+pub fn stored_records(data_dir: &Path, ids: &[&str]) -> Vec<custodia::store::CustomerRecord> {
+    let db = open_store_files(data_dir);
+    let tree = db.open_tree("custodia").unwrap();
+    ids.iter()
+        .map(|id| {
+            let uuid: custodia::domain::CustomerId = id.parse().unwrap();
+            let mut key = vec![b'c'];
+            key.extend_from_slice(uuid.as_bytes());
+            custodia::store::CustomerRecord::decode(&tree.get(&key).unwrap().unwrap()).unwrap()
+        })
+        .collect()
+}
+
+/// Reads one stored record of a stopped server.
 pub fn stored_record(data_dir: &Path, id: &str) -> custodia::store::CustomerRecord {
-    let mut out = None;
-    edit_stored_record(data_dir, id, |r| out = Some(r.clone()));
-    out.unwrap()
+    stored_records(data_dir, &[id]).remove(0)
+}
+
+/// Opens a stopped server's sled files without sled's background flusher thread, so the file
+/// lock is released as soon as the handle is dropped.
+fn open_store_files(data_dir: &Path) -> sled::Db {
+    sled::Config::new().path(data_dir.join("store")).flush_every_ms(None).open().unwrap()
+}
+
+/// The release binary running as its own process (for kill -9, SIGTERM and log tests).
+pub struct ServerProcess {
+    /// The child process.
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Starts `custodia serve` over `data_dir` with the test keys, plus `env` overrides.
+    /// Its stderr (the log) goes to `data_dir/../server.log` when `CUSTODIA_TEST_LOG_FILE` is
+    /// among `env`, otherwise it is discarded.
+    pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodia"));
+        cmd.arg("serve")
+            .env("CUSTODIA_LISTEN", "127.0.0.1:0")
+            .env("CUSTODIA_DATA_DIR", data_dir)
+            .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+            .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
+            .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            if *k == "CUSTODIA_TEST_LOG_FILE" {
+                cmd.stderr(std::fs::File::create(v).expect("log file"));
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd.spawn().expect("server binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let base = line.trim().rsplit(' ').next().expect("listening line").to_owned();
+        assert!(base.starts_with("http://"), "unexpected first line: {line}");
+        ServerProcess { child, base }
+    }
+
+    /// Sends SIGTERM and waits; returns whether the process exited with status 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = std::process::Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+
+    /// Sends SIGKILL and waits.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

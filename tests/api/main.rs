@@ -6,5 +6,6 @@ mod customer;
 mod disclosure;
 mod helpers;
 mod merchant;
+mod operate;
 mod payment;
 mod storage;

@@ -34,7 +34,7 @@ async fn append(store: &Arc<dyn Store>, change: Option<CustomerChange>) -> Resul
     store
         .commit(Commit {
             customer: change,
-            audit: AuditAppend { seq, event, customer: None, nodes: vec![(0, seq, [seq as u8; 32])] },
+            audit: Some(AuditAppend { seq, event, customer: None, nodes: vec![(0, seq, [seq as u8; 32])] }),
         })
         .await?;
     Ok(seq)
@@ -106,7 +106,7 @@ pub async fn audit_appends_must_be_dense_and_read_back_in_order(store: Arc<dyn S
     }
     let bad = Commit {
         customer: None,
-        audit: AuditAppend { seq: 9, event: b"{}".to_vec(), customer: None, nodes: vec![] },
+        audit: Some(AuditAppend { seq: 9, event: b"{}".to_vec(), customer: None, nodes: vec![] }),
     };
     assert!(matches!(store.commit(bad).await, Err(StoreError::AuditOutOfOrder { expected: 5, got: 9 })));
     let events = store.audit_events(2, 2).await.unwrap();
@@ -126,6 +126,57 @@ pub async fn init_meta_keeps_the_first_value(store: Arc<dyn Store>) {
     assert_eq!(store.init_meta("k", b"first".to_vec()).await.unwrap(), b"first");
     assert_eq!(store.init_meta("k", b"second".to_vec()).await.unwrap(), b"first");
     assert_eq!(store.meta("k").await.unwrap(), Some(b"first".to_vec()));
+}
+
+pub async fn a_rewrap_commit_without_event_keeps_the_log_as_it_is(store: Arc<dyn Store>) {
+    let id = CustomerId::random();
+    append(&store, put(record(id, 1, vec![entry("email", 3, true)]), None)).await.unwrap();
+    let size = store.audit_size().await.unwrap();
+    store
+        .commit(Commit { customer: put(record(id, 2, vec![entry("email", 3, true)]), Some(1)), audit: None })
+        .await
+        .unwrap();
+    assert_eq!(store.audit_size().await.unwrap(), size);
+    assert_eq!(store.customer(&id).await.unwrap().unwrap().version, 2);
+    assert_eq!(store.lookup("email", &BlindIndex([3; 32])).await.unwrap(), vec![id]);
+    store.put_meta("m", b"one".to_vec()).await.unwrap();
+    store.put_meta("m", b"two".to_vec()).await.unwrap();
+    assert_eq!(store.meta("m").await.unwrap(), Some(b"two".to_vec()));
+}
+
+pub async fn customer_history_and_id_listing_are_served_by_indexes(store: Arc<dyn Store>) {
+    let (a, b) = (CustomerId::random(), CustomerId::random());
+    for (i, who) in [a, b, a, a, b].iter().enumerate() {
+        let seq = store.audit_size().await.unwrap();
+        let appended = AuditAppend {
+            seq,
+            event: format!("{{\"n\":{i}}}").into_bytes(),
+            customer: Some(*who),
+            nodes: vec![],
+        };
+        store
+            .commit(Commit {
+                customer: put(record(*who, 1, vec![]), None).filter(|_| i < 2),
+                audit: Some(appended),
+            })
+            .await
+            .unwrap();
+    }
+    let history: Vec<u64> =
+        store.audit_events_for_customer(&a, None, 10).await.unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(history, vec![0, 2, 3]);
+    let after: Vec<u64> =
+        store.audit_events_for_customer(&a, Some(0), 1).await.unwrap().into_iter().map(|(s, _)| s).collect();
+    assert_eq!(after, vec![2]);
+    let mut ids = store.customer_ids(None, 10).await.unwrap();
+    let mut expected = vec![a, b];
+    expected.sort();
+    ids.sort();
+    assert_eq!(ids, expected);
+    let first = store.customer_ids(None, 1).await.unwrap();
+    let rest = store.customer_ids(Some(first[0]), 10).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_ne!(rest[0], first[0]);
 }
 
 pub async fn sync_returns_after_commits(store: Arc<dyn Store>) {

@@ -40,6 +40,8 @@ macro_rules! contract_tests {
         case!(audit_appends_must_be_dense_and_read_back_in_order);
         case!(merkle_nodes_are_stored_with_their_leaf);
         case!(init_meta_keeps_the_first_value);
+        case!(a_rewrap_commit_without_event_keeps_the_log_as_it_is);
+        case!(customer_history_and_id_listing_are_served_by_indexes);
         case!(sync_returns_after_commits);
     };
 }
