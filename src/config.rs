@@ -45,6 +45,10 @@ pub struct Settings {
     pub log_format: String,
     /// Seconds between retention sweeps; 0 disables them (`CUSTODIA_RETENTION_SWEEP_SECS`).
     pub retention_sweep_secs: u64,
+    /// Requests per second allowed per caller; 0 turns limiting off (`CUSTODIA_RATE_LIMIT_PER_SECOND`).
+    pub rate_limit_per_second: u32,
+    /// Burst allowed above the rate (`CUSTODIA_RATE_LIMIT_BURST`).
+    pub rate_limit_burst: u32,
     /// Generate missing keys into the data directory (`serve --dev`).
     pub dev: bool,
 }
@@ -69,6 +73,8 @@ impl Default for Settings {
             request_timeout_ms: 10_000,
             log_format: "text".into(),
             retention_sweep_secs: 3600,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
             dev: false,
         }
     }
@@ -124,6 +130,8 @@ struct FileSettings {
     request_timeout_ms: Option<u64>,
     log_format: Option<String>,
     retention_sweep_secs: Option<u64>,
+    rate_limit_per_second: Option<u32>,
+    rate_limit_burst: Option<u32>,
 }
 
 impl Settings {
@@ -163,7 +171,9 @@ impl Settings {
             request_timeout_ms,
             log_format,
             retention_sweep_secs,
-            rotation_pause_ms
+            rotation_pause_ms,
+            rate_limit_per_second,
+            rate_limit_burst
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -204,6 +214,12 @@ impl Settings {
                 .filter(|k| !k.is_empty())
                 .map(|k| SecretString::from(k.to_owned()))
                 .collect();
+        }
+        if let Some(v) = get("CUSTODIA_RATE_LIMIT_PER_SECOND") {
+            self.rate_limit_per_second = number("CUSTODIA_RATE_LIMIT_PER_SECOND", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_RATE_LIMIT_BURST") {
+            self.rate_limit_burst = number("CUSTODIA_RATE_LIMIT_BURST", v)?;
         }
         if let Some(v) = get("CUSTODIA_ROTATION_PAUSE_MS") {
             self.rotation_pause_ms = number("CUSTODIA_ROTATION_PAUSE_MS", v)?;

@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::crypto::{MasterKey, MasterKeyring, SystemKeys, WrappedSystemKeys};
 use crate::error::Error;
+use crate::http::rate_limit::CallerLimiter;
 use crate::http::{self, AppState, Limits};
 use crate::policy::PolicySet;
 use crate::store::{SledStore, Store};
@@ -46,7 +47,9 @@ impl App {
         if settings.retention_sweep_secs > 0 {
             spawn_retention_sweeps(Arc::clone(&vault), Duration::from_secs(settings.retention_sweep_secs));
         }
-        let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth) };
+        let limiter = Arc::new(CallerLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst));
+        spawn_limiter_pruning(Arc::clone(&limiter));
+        let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth), limiter };
         let limits =
             Limits { max_body_bytes: settings.max_body_bytes, request_timeout: settings.request_timeout() };
         let router = http::router(state, limits);
@@ -77,7 +80,7 @@ impl App {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        axum::serve(self.listener, self.router)
+        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(signal)
             .await
             .map_err(Error::io("serving"))?;
@@ -121,6 +124,19 @@ fn spawn_rotation(vault: Arc<Vault>, pause: Duration) {
 
 fn vault_error(e: crate::vault::VaultError) -> Error {
     Error::MissingKeys(format!("key state could not be checked: {e}"))
+}
+
+/// Prunes idle rate-limit buckets once a minute while the limiter is in use.
+fn spawn_limiter_pruning(limiter: Arc<CallerLimiter>) {
+    let limiter = Arc::downgrade(&limiter);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            ticks.tick().await;
+            let Some(limiter) = limiter.upgrade() else { return };
+            limiter.prune();
+        }
+    });
 }
 
 /// Runs a retention sweep every `every`, the first one `every` after start. The task holds only

@@ -16,6 +16,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     denied: Option<Vec<Denied>>,
+    retry_after: Option<u64>,
 }
 
 /// One refused field of a `policy_denied` answer.
@@ -36,7 +37,7 @@ struct Body<'a> {
 impl ApiError {
     /// An error with a status, a stable code and a human message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), denied: None }
+        ApiError { status, code, message: message.into(), denied: None, retry_after: None }
     }
 
     /// 400 with `code`.
@@ -57,6 +58,14 @@ impl ApiError {
     /// 404.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "not found")
+    }
+
+    /// 429 with a `Retry-After` of `wait` (rounded up to whole seconds).
+    pub fn too_many_requests(wait: std::time::Duration) -> Self {
+        let mut e =
+            Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later");
+        e.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        e
     }
 
     /// The HTTP status.
@@ -89,6 +98,7 @@ impl From<VaultError> for ApiError {
                         .map(|(field, reason)| Denied { field, reason: reason.as_str() })
                         .collect(),
                 ),
+                retry_after: None,
             },
             V::AuditUnavailable => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -113,6 +123,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body { error: self.code, message: &self.message, denied: self.denied.as_deref() };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.max(1).into());
+        }
+        response
     }
 }

@@ -7,8 +7,13 @@ use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
+
 use super::AppState;
 use super::error::ApiError;
+use super::rate_limit::CallerLimiter;
 use crate::auth::AuthError;
 use crate::domain::{Principal, Role};
 use crate::vault::RequestContext;
@@ -41,6 +46,14 @@ async fn authenticate(parts: &mut Parts, state: &AppState, role: Role) -> Result
         None => Err(AuthError::Missing),
         Some(t) => state.auth.verify(t.trim()),
     };
+    let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let budget_key = match &verified {
+        Ok(p) => CallerLimiter::caller_key(p.role.as_str(), p.sub.as_deref().unwrap_or_default()),
+        Err(_) => CallerLimiter::peer_key(peer),
+    };
+    if let Err(wait) = state.limiter.check(&budget_key) {
+        return Err(ApiError::too_many_requests(wait));
+    }
     let (principal, refusal, reason) = match verified {
         Ok(p) if p.role == role => return Ok(RequestContext { principal: p, request_id }),
         Ok(p) => (p, ApiError::forbidden_role(), "role_forbidden"),

@@ -5,6 +5,7 @@ mod customer;
 pub mod error;
 pub mod extract;
 mod merchant;
+pub mod rate_limit;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Token verification.
     pub auth: Arc<Authenticator>,
+    /// Per-caller request budgets.
+    pub limiter: Arc<rate_limit::CallerLimiter>,
 }
 
 /// Limits applied to every request.

@@ -292,3 +292,44 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
     assert!(rotate.len() >= 3, "two starts and a completion: {rotate:?}");
     assert!(rotate.iter().all(|e| e["actor"]["role"] == "system"));
 }
+
+#[tokio::test]
+async fn each_caller_has_a_request_budget_and_429_says_when_to_retry() {
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 3;
+    })
+    .await;
+    let lookup = |token: String| {
+        let app = &app;
+        async move {
+            app.call(
+                reqwest::Method::GET,
+                "/v1/customers?email=a%40b.test",
+                Some(&token),
+                Some("order_fulfillment"),
+                None,
+            )
+            .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(lookup(app.merchant()).await.status, StatusCode::OK);
+    }
+    let res = lookup(app.merchant()).await;
+    assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(res.body["error"], "rate_limited");
+    let retry: u64 = res.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    // Another caller has its own budget.
+    assert_eq!(lookup(app.token("merchant", "other-service")).await.status, StatusCode::OK);
+    // A flood of bad tokens is cut off by peer address and does not flood the audit log.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(lookup("forged.token.here".into()).await.status);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count(), 3);
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(), 7);
+    let events = crate::helpers::TestApp::audit_events(&app).await;
+    assert_eq!(events.iter().filter(|e| e["action"] == "auth.denied").count(), 3);
+}
