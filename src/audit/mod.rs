@@ -7,6 +7,7 @@
 
 pub mod jcs;
 pub mod merkle;
+pub mod proof;
 
 use std::sync::Arc;
 
