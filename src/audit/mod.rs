@@ -5,6 +5,7 @@
 //! Events hold field names, purposes, recipients, reason codes and opaque ids — never a value.
 //! The log never decides anything; it records what the vault decided.
 
+pub mod checkpoint;
 pub mod jcs;
 pub mod merkle;
 pub mod proof;
