@@ -161,10 +161,9 @@ impl VerifierKey {
     /// Parses a verifier key string; the key id must match the name and key.
     pub fn parse(text: &str) -> Result<Self, CheckpointError> {
         let malformed = CheckpointError::MalformedKey;
-        let mut parts = text.trim().split('+');
-        let (Some(name), Some(id_hex), Some(key_b64), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // Split at the first two '+' only: names and ids have none, but base64 keys may.
+        let mut parts = text.trim().splitn(3, '+');
+        let (Some(name), Some(id_hex), Some(key_b64)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(malformed("expected <name>+<key id>+<key>"));
         };
         if !valid_name(name) {
@@ -333,7 +332,7 @@ mod tests {
         assert!(matches!(other.open_checkpoint(&signed.note), Err(CheckpointError::NotSigned(_))));
         // Another key's signature line is ignored; ours still decides.
         let mut cosigned = signed.note.clone();
-        cosigned.push_str(&peter().sign_note("x\n").lines().last().unwrap().to_owned());
+        cosigned.push_str(peter().sign_note("x\n").lines().last().unwrap());
         cosigned.push('\n');
         assert!(key.open_checkpoint(&cosigned).is_ok());
         for bad in ["", "no newline", "a\n1\nAA==\n", &signed.note[..signed.note.len() - 1]] {
@@ -377,6 +376,15 @@ mod tests {
             assert!(VerifierKey::parse(bad).is_err(), "{bad}");
         }
         assert!(CheckpointSigner::new("has space", SigningKey::from_seed(&[1; 32]).unwrap()).is_err());
+        // Base64 keys often contain '+': every key must round-trip through its string.
+        let mut with_plus = 0;
+        for seed in 0..64u8 {
+            let signer = CheckpointSigner::new("o", SigningKey::from_seed(&[seed; 32]).unwrap()).unwrap();
+            let text = signer.verifier_key().to_string();
+            with_plus += usize::from(text.matches('+').count() > 2);
+            assert_eq!(&VerifierKey::parse(&text).unwrap(), signer.verifier_key(), "{text}");
+        }
+        assert!(with_plus > 0, "the round trip never met a key containing '+'");
         assert!(CheckpointSigner::new("a+b", SigningKey::from_seed(&[1; 32]).unwrap()).is_err());
         assert!(CheckpointSigner::new("", SigningKey::from_seed(&[1; 32]).unwrap()).is_err());
     }

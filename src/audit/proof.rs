@@ -56,7 +56,11 @@ pub struct Plan {
 impl Plan {
     /// The plan of the root of a tree of `size` leaves (one range; the empty tree has none).
     pub fn root(size: u64) -> Plan {
-        Plan { ranges: if size == 0 { Vec::new() } else { vec![0..size] } }
+        let mut ranges = Vec::with_capacity(1);
+        if size > 0 {
+            ranges.push(0..size);
+        }
+        Plan { ranges }
     }
 
     /// The plan of the inclusion proof (audit path, RFC 6962 §2.1.1) of leaf `index` in the tree
@@ -421,7 +425,6 @@ mod tests {
     }
 
     fn unhex(s: &str) -> Vec<u8> {
-        assert!(s.len() % 2 == 0, "odd hex length");
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 

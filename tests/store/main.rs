@@ -41,6 +41,7 @@ macro_rules! contract_tests {
         case!(merkle_nodes_are_stored_with_their_leaf);
         case!(init_meta_keeps_the_first_value);
         case!(sync_returns_after_commits);
+        case!(checkpoints_are_kept_per_size_and_the_latest_is_found);
     };
 }
 

@@ -1,0 +1,2 @@
+//! Audit log benchmarks (placeholder until written).
+fn main() {}
