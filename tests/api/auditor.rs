@@ -539,3 +539,141 @@ async fn a_dropped_last_event_is_named_and_the_server_refuses_to_start() {
     let err = custodia::startup::App::build(app.settings.clone()).await.err().expect("refuses to start");
     assert!(err.to_string().contains("events were removed"), "{err}");
 }
+
+mod fail_closed {
+    //! A store whose flush can be made to fail: every auditor route must then answer 503 with
+    //! no data, and no checkpoint may be signed over the events that are not durable.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use axum::body::Body;
+    use axum::http::Request;
+    use custodia::audit::AuditLog;
+    use custodia::audit::checkpoint::CheckpointSigner;
+    use custodia::auth::Authenticator;
+    use custodia::crypto::{BlindIndex, MasterKey, MasterKeyring, SigningKey, SystemKeys};
+    use custodia::domain::CustomerId;
+    use custodia::http::{AppState, Limits, router};
+    use custodia::policy::PolicySet;
+    use custodia::store::{Commit, CustomerRecord, SledStore, Store, StoreError};
+    use custodia::vault::Vault;
+    use secrecy::SecretString;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::helpers::{MASTER_KEY, SECRET};
+
+    struct FlakyStore {
+        inner: SledStore,
+        fail_sync: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Store for FlakyStore {
+        async fn customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
+            self.inner.customer(id).await
+        }
+        async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError> {
+            self.inner.lookup(field, index).await
+        }
+        async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+            self.inner.commit(commit).await
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("disk full (test)".into()));
+            }
+            self.inner.sync().await
+        }
+        async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.meta(name).await
+        }
+        async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+            self.inner.init_meta(name, value).await
+        }
+        async fn audit_size(&self) -> Result<u64, StoreError> {
+            self.inner.audit_size().await
+        }
+        async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            self.inner.audit_events(from, limit).await
+        }
+        async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+            self.inner.audit_node(level, index).await
+        }
+        async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StoreError> {
+            self.inner.put_checkpoint(size, note).await
+        }
+        async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+            self.inner.latest_checkpoint().await
+        }
+    }
+
+    async fn call(app: &axum::Router, path: &str, token: &str) -> (StatusCode, Value) {
+        let req = Request::get(path)
+            .header("Authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn when_events_cannot_be_made_durable_auditor_calls_answer_503_without_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Arc::new(FlakyStore {
+            inner: SledStore::open(&dir.path().join("store"), 8 << 20).unwrap(),
+            fail_sync: AtomicBool::new(false),
+        });
+        let store: Arc<dyn Store> = flaky.clone();
+        let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), vec![]);
+        let (keys, _) = SystemKeys::generate(&master).unwrap();
+        let signer =
+            CheckpointSigner::new("test/log", SigningKey::from_pkcs8(&keys.audit_signing_pkcs8).unwrap())
+                .unwrap();
+        let audit = AuditLog::open(Arc::clone(&store), signer).await.unwrap();
+        let policies =
+            Arc::new(PolicySet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap());
+        let vault = Arc::new(Vault::new(policies, store, audit, master, keys));
+        let auth = Arc::new(Authenticator::hs256(&SecretString::from(SECRET)).unwrap());
+        let app = router(
+            AppState { vault: Arc::clone(&vault), auth },
+            Limits { max_body_bytes: 1 << 16, request_timeout: Duration::from_secs(10) },
+        );
+        let merchant = TestApp::token_for_tests();
+        let auditor = crate::helpers::sign_hs256(
+            json!({"sub": "a", "role": "auditor", "exp": crate::helpers::now() + 600}),
+        );
+        assert_eq!(call(&app, "/v1/audit/checkpoint", &auditor).await.0, StatusCode::OK);
+        let signed_before = vault.store().latest_checkpoint().await.unwrap().unwrap().0;
+
+        flaky.fail_sync.store(true, Ordering::SeqCst);
+        for path in [
+            "/v1/audit/checkpoint",
+            "/v1/audit/key",
+            "/v1/audit/events",
+            "/v1/audit/leaves",
+            "/v1/audit/proofs/inclusion?index=0&tree_size=1",
+            "/v1/audit/proofs/consistency?from=1&to=1",
+            "/v1/audit/proofs/inclusion?index=5&tree_size=1",
+        ] {
+            let (status, body) = call(&app, path, &auditor).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+            assert_eq!(body["error"], "audit_unavailable", "{path}");
+            assert_eq!(body.as_object().unwrap().len(), 2, "{path}: no data besides the error: {body}");
+        }
+        // A wrong role is refused too, but its auth.denied event cannot be recorded: 503.
+        assert_eq!(call(&app, "/v1/audit/key", &merchant).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        // Nothing was signed over events that never became durable.
+        assert!(vault.audit_log().checkpoint().await.is_err());
+        assert_eq!(vault.store().latest_checkpoint().await.unwrap().unwrap().0, signed_before);
+
+        flaky.fail_sync.store(false, Ordering::SeqCst);
+        let (status, body) = call(&app, "/v1/audit/checkpoint", &auditor).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["tree_size"].as_u64().unwrap() > signed_before);
+    }
+}
