@@ -165,8 +165,8 @@ pub fn verify_files(
 ) -> Result<Summary, Failure> {
     let key_text = if Path::new(key).is_file() { read(Path::new(key))? } else { key.to_owned() };
     let key = VerifierKey::parse(&key_text).map_err(Failure::Key)?;
-    let checkpoint = read(checkpoint)?;
-    let previous = previous.map(read).transpose()?;
+    let checkpoint = read_note(checkpoint)?;
+    let previous = previous.map(read_note).transpose()?;
     let leaves = leaves.map(read).transpose()?;
     let file = File::open(events).map_err(|e| Failure::Io(format!("{}: {e}", events.display())))?;
     verify_export(BufReader::new(file), &checkpoint, &key, previous.as_deref(), leaves.as_deref())
@@ -210,6 +210,14 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> ExportError {
     move |source| ExportError::Io { context, source }
+}
+
+/// A note file, with extra trailing newlines (as `jq -r .note > file` leaves) reduced to the
+/// one the note ends with; the signature covers only the text above its blank line.
+fn read_note(path: &Path) -> Result<String, Failure> {
+    let text = read(path)?;
+    let trimmed = text.trim_end_matches('\n');
+    Ok(if trimmed.len() < text.len() { format!("{trimmed}\n") } else { text })
 }
 
 fn read(path: &Path) -> Result<String, Failure> {

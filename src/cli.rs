@@ -155,9 +155,8 @@ impl Cli {
                 match crate::auditor::export(&url, &token, &out).await {
                     Ok(done) => {
                         println!(
-                            "exported {} events, their leaf hashes and the checkpoint of size {} to {}; \
-                             key {}",
-                            done.size,
+                            "exported {} events with their leaf hashes, the signed checkpoint of that size \
+                             and the server's key to {}; compare the key with the one you pinned: {}",
                             done.size,
                             done.dir.display(),
                             done.key

@@ -677,3 +677,23 @@ mod fail_closed {
         assert!(body["tree_size"].as_u64().unwrap() > signed_before);
     }
 }
+
+#[tokio::test]
+async fn an_invalid_or_changed_origin_stops_the_server_from_starting() {
+    let bad = custodia::startup::App::build(custodia::config::Settings {
+        audit_origin: "two words".into(),
+        ..test_settings(tempfile::tempdir().unwrap().path())
+    })
+    .await
+    .err()
+    .expect("refused");
+    assert!(bad.to_string().contains("CUSTODIA_AUDIT_ORIGIN"), "{bad}");
+
+    let mut app = spawn_app().await;
+    assert_eq!(get(&app, "/v1/audit/checkpoint").await.status, StatusCode::OK);
+    app.shutdown().await;
+    let mut settings = app.settings.clone();
+    settings.audit_origin = "another.example/log".into();
+    let err = custodia::startup::App::build(settings).await.err().expect("refused");
+    assert!(err.to_string().contains("was CUSTODIA_AUDIT_ORIGIN changed?"), "{err}");
+}
