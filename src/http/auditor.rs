@@ -153,7 +153,7 @@ async fn leaves(
         Err(message) => return Err(state.vault.audit_bad_request(&ctx, message).await.into()),
     };
     let hashes = state.vault.audit_leaf_hashes(&ctx, from, limit).await?;
-    let next_from = (hashes.len() == limit).then(|| from + limit as u64);
+    let next_from = (hashes.len() == limit).then(|| from.saturating_add(limit as u64));
     Ok(Json(json!({ "from": from, "leaf_hashes": encode(&hashes), "next_from": next_from })))
 }
 
