@@ -1,4 +1,5 @@
-//! The command line: `serve`, `policy check`, `policy explain`, `dev-token`.
+//! The command line: `serve`, `policy check`, `policy explain`, `audit export`, `audit verify`,
+//! `dev-token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,11 @@ enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// Export and verify the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Mint a token signed with the configured HS256 secret (or the --dev one).
     DevToken {
@@ -95,6 +101,43 @@ enum PolicyCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Fetch the newest signed checkpoint, every event it covers, their leaf hashes and the key
+    /// into DIR (events.ndjson, checkpoint.txt, leaves.txt, key.txt). Plain http:// only.
+    Export {
+        /// The vault's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        url: String,
+        /// An auditor token (role = "auditor").
+        #[arg(long, env = "CUSTODIA_AUDIT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The directory to write to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify an export offline: every event's leaf, the root, the checkpoint's signature and,
+    /// with --previous, consistency with an earlier checkpoint. Exit 0 with a one-line summary,
+    /// else 1 naming the first bad event or check.
+    Verify {
+        /// The events, one JSON object per line (events.ndjson).
+        #[arg(long)]
+        events: PathBuf,
+        /// The signed checkpoint note (checkpoint.txt).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The verifier key string (name+id+key), or a file holding it. Pin it out of band.
+        #[arg(long)]
+        key: String,
+        /// An earlier signed checkpoint of the same log, to check consistency with.
+        #[arg(long)]
+        previous: Option<PathBuf>,
+        /// The leaf hashes (leaves.txt), to name an altered event rather than only detect it.
+        #[arg(long)]
+        leaves: Option<PathBuf>,
+    },
+}
+
 impl Cli {
     /// Runs the command and returns the process exit code.
     pub async fn run(self) -> ExitCode {
@@ -140,6 +183,42 @@ impl Cli {
                 }
             }
             Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
+            Command::Audit { command: AuditCommand::Export { url, token, out } } => {
+                match crate::auditor::export(&url, &token, &out).await {
+                    Ok(done) => {
+                        println!(
+                            "exported {} events with their leaf hashes, the signed checkpoint of that size \
+                             and the server's key to {}; compare the key with the one you pinned: {}",
+                            done.size,
+                            done.dir.display(),
+                            done.key
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            Command::Audit {
+                command: AuditCommand::Verify { events, checkpoint, key, previous, leaves },
+            } => match crate::auditor::verify_files(
+                &events,
+                &checkpoint,
+                &key,
+                previous.as_deref(),
+                leaves.as_deref(),
+            ) {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(failure) => {
+                    eprintln!("FAILED: {failure}");
+                    ExitCode::FAILURE
+                }
+            },
             Command::DevToken { role, sub, ttl, config } => match dev_token(&role, &sub, ttl, config) {
                 Ok(token) => {
                     println!("{token}");

@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 
 pub mod audit;
+pub mod auditor;
 pub mod auth;
 pub mod cli;
 pub mod config;

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -11,9 +11,10 @@ use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
+use crate::audit::checkpoint::CheckpointSigner;
 use crate::auth::Authenticator;
-use crate::config::Settings;
-use crate::crypto::{MasterKey, MasterKeyring, SystemKeys, WrappedSystemKeys};
+use crate::config::{ConfigError, Settings};
+use crate::crypto::{MasterKey, MasterKeyring, SigningKey, SystemKeys, WrappedSystemKeys};
 use crate::error::Error;
 use crate::http::rate_limit::CallerLimiter;
 use crate::http::{self, AppState, Limits};
@@ -28,12 +29,17 @@ pub const DEV_JWT_SECRET_FILE: &str = "dev-jwt-secret";
 
 use crate::vault::SYSTEM_KEYS;
 
+/// How often the background task signs a checkpoint while events arrive. The contract asks for
+/// one at least every second.
+pub const CHECKPOINT_PERIOD: Duration = Duration::from_millis(1000);
+
 /// A built application, bound to its port but not yet serving.
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
     store: Arc<SledStore>,
     vault: Arc<Vault>,
+    checkpointer: tokio::task::JoinHandle<()>,
 }
 
 impl App {
@@ -47,6 +53,7 @@ impl App {
         if settings.retention_sweep_secs > 0 {
             spawn_retention_sweeps(Arc::clone(&vault), Duration::from_secs(settings.retention_sweep_secs));
         }
+        let checkpointer = spawn_checkpointer(Arc::downgrade(&vault), CHECKPOINT_PERIOD);
         let limiter = Arc::new(CallerLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst));
         spawn_limiter_pruning(Arc::clone(&limiter));
         let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth), limiter };
@@ -56,7 +63,7 @@ impl App {
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(Error::io(format!("binding {}", settings.listen)))?;
-        Ok(App { listener, router, store, vault })
+        Ok(App { listener, router, store, vault, checkpointer })
     }
 
     /// The bound address (port 0 in settings picks a free port).
@@ -75,15 +82,22 @@ impl App {
         self.run_with_shutdown(shutdown_signal()).await
     }
 
-    /// Serves until `signal` completes, then drains and flushes.
+    /// Serves until `signal` completes, then drains, signs a final checkpoint and flushes.
     pub async fn run_with_shutdown(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signal)
-            .await
-            .map_err(Error::io("serving"))?;
+        let served =
+            axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(signal)
+                .await
+                .map_err(Error::io("serving"));
+        self.checkpointer.abort();
+        let _ = self.checkpointer.await;
+        if let Err(e) = self.vault.audit_log().checkpoint().await {
+            tracing::warn!(error = %e, "could not sign a final checkpoint");
+        }
+        served?;
         self.store.flush()?;
         tracing::info!("stopped; store flushed");
         Ok(())
@@ -101,7 +115,10 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<SledStor
     let store = Arc::new(SledStore::open(&settings.data_dir.join("store"), settings.cache_mb * 1024 * 1024)?);
     let dyn_store: Arc<dyn Store> = store.clone();
     let (keys, fresh) = system_keys(&dyn_store, &master).await?;
-    let audit = AuditLog::open(Arc::clone(&dyn_store)).await?;
+    let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
+    let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
+        .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
+    let audit = AuditLog::open(Arc::clone(&dyn_store), signer).await?;
     let vault = Arc::new(Vault::new(policies, dyn_store, audit, master, keys));
     if fresh {
         vault.mark_rotated().await.map_err(vault_error)?;
@@ -156,6 +173,22 @@ fn spawn_retention_sweeps(vault: Arc<Vault>, every: Duration) {
             }
         }
     });
+}
+
+/// Signs a checkpoint every `period` while the log grows. Holds the vault weakly so a dropped app
+/// is not kept alive; `run_with_shutdown` also stops it before the store is flushed.
+fn spawn_checkpointer(vault: Weak<Vault>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(vault) = vault.upgrade() else { return };
+            if let Err(e) = vault.audit_log().checkpoint().await {
+                tracing::error!(error = %e, "signing an audit checkpoint failed");
+            }
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -4,18 +4,30 @@
 //!
 //! Events hold field names, purposes, recipients, reason codes and opaque ids — never a value.
 //! The log never decides anything; it records what the vault decided.
+//!
+//! The log also answers for itself: roots, inclusion and consistency proofs at any size up to
+//! the current one, computed from stored subtree hashes ([`proof`]), and signed checkpoints
+//! ([`checkpoint`]) that only ever cover events already durable, so a crash can never leave a
+//! signed tree head the restarted log contradicts.
 
+pub mod checkpoint;
 pub mod jcs;
 pub mod merkle;
+pub mod proof;
+pub mod verify;
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::domain::{CustomerId, Principal, Timestamp};
 use crate::store::{AuditAppend, Commit, CustomerChange, Store, StoreError};
+use checkpoint::{CheckpointSigner, SignedCheckpoint, VerifierKey};
 use merkle::{Frontier, Hash};
+use proof::{Plan, ProofError};
 
 /// What an audited request did (DESIGN §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,18 +259,38 @@ pub enum AuditError {
     /// The stored log is inconsistent.
     #[error("audit log corrupt: {0}")]
     Corrupt(String),
+    /// A proof or range was asked for sizes the log cannot answer (caller input).
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
-/// The append side of the audit log.
+impl From<ProofError> for AuditError {
+    fn from(e: ProofError) -> Self {
+        match e {
+            ProofError::OutOfRange(message) => AuditError::OutOfRange(message),
+            missing @ ProofError::MissingNode { .. } => AuditError::Corrupt(missing.to_string()),
+        }
+    }
+}
+
+/// The audit log: appends, proofs and signed checkpoints.
 pub struct AuditLog {
     store: Arc<dyn Store>,
     /// Serialises appends so sequence numbers are dense and the frontier stays in step.
     frontier: Mutex<Frontier>,
+    /// A size known to be durable: every event below it survived a flush.
+    durable: AtomicU64,
+    signer: CheckpointSigner,
+    /// The newest signed checkpoint; the lock also serialises signing so sizes only grow.
+    latest: Mutex<Option<SignedCheckpoint>>,
 }
 
 impl AuditLog {
-    /// Opens the log over `store`, rebuilding the append frontier from O(log n) stored nodes.
-    pub async fn open(store: Arc<dyn Store>) -> Result<Self, AuditError> {
+    /// Opens the log over `store`, rebuilding the append frontier from O(log n) stored nodes,
+    /// and checks the stored tree against the newest signed checkpoint: a log shorter than a
+    /// checkpoint it signed (events removed) or with a different root at that size (history
+    /// rewritten) refuses to open.
+    pub async fn open(store: Arc<dyn Store>, signer: CheckpointSigner) -> Result<Self, AuditError> {
         let size = store.audit_size().await.map_err(AuditError::Unavailable)?;
         let mut roots = Vec::new();
         for (level, index) in Frontier::positions(size) {
@@ -269,7 +301,49 @@ impl AuditLog {
         }
         let frontier = Frontier::from_roots(size, roots)
             .ok_or_else(|| AuditError::Corrupt("frontier does not match the log size".into()))?;
-        Ok(AuditLog { store, frontier: Mutex::new(frontier) })
+        let log = AuditLog {
+            store,
+            frontier: Mutex::new(frontier),
+            durable: AtomicU64::new(size),
+            signer,
+            latest: Mutex::new(None),
+        };
+        let latest = log.check_latest_checkpoint(size).await?;
+        *log.latest.lock().await = latest;
+        Ok(log)
+    }
+
+    async fn check_latest_checkpoint(&self, size: u64) -> Result<Option<SignedCheckpoint>, AuditError> {
+        let Some((stored_size, note)) =
+            self.store.latest_checkpoint().await.map_err(AuditError::Unavailable)?
+        else {
+            return Ok(None);
+        };
+        let note = String::from_utf8(note)
+            .map_err(|_| AuditError::Corrupt(format!("stored checkpoint {stored_size} is not UTF-8")))?;
+        let checkpoint = self.signer.verifier_key().open_checkpoint(&note).map_err(|e| {
+            AuditError::Corrupt(format!(
+                "the latest stored checkpoint (size {stored_size}) does not verify under this log's key \
+                 and origin {:?} ({e}); was CUSTODIA_AUDIT_ORIGIN changed?",
+                self.signer.origin()
+            ))
+        })?;
+        if checkpoint.size != stored_size {
+            return Err(AuditError::Corrupt(format!("checkpoint stored under size {stored_size} is not")));
+        }
+        if checkpoint.size > size {
+            return Err(AuditError::Corrupt(format!(
+                "the log holds {size} events but a signed checkpoint covers {}: events were removed",
+                checkpoint.size
+            )));
+        }
+        if self.assemble_root(checkpoint.size).await? != checkpoint.root {
+            return Err(AuditError::Corrupt(format!(
+                "the stored tree at size {} does not match its signed checkpoint: history was rewritten",
+                checkpoint.size
+            )));
+        }
+        Ok(Some(SignedCheckpoint { checkpoint, note }))
     }
 
     /// Appends an event and applies `change` in the same atomic commit, then waits until both
@@ -297,12 +371,112 @@ impl AuditLog {
             seq
         };
         self.store.sync().await.map_err(AuditError::Unavailable)?;
+        // Every seq up to this one was committed before the flush that just finished started.
+        self.durable.fetch_max(seq + 1, Ordering::AcqRel);
         Ok(seq)
     }
 
-    /// The current tree size and root hash.
+    /// The current tree size and root hash (committed events; some may still await a flush).
     pub async fn head(&self) -> (u64, Hash) {
         let frontier = self.frontier.lock().await;
         (frontier.size(), frontier.root())
+    }
+
+    /// The log's origin line.
+    pub fn origin(&self) -> &str {
+        self.signer.origin()
+    }
+
+    /// The public key checkpoints are signed with.
+    pub fn verifier_key(&self) -> &VerifierKey {
+        self.signer.verifier_key()
+    }
+
+    /// The newest signed checkpoint, signing a new one first if the log grew since. A new
+    /// checkpoint only covers durable events (it waits for a flush if need be) and is stored.
+    /// `None` while the log is empty.
+    pub async fn checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
+        let mut latest = self.latest.lock().await;
+        let (size, root) = self.head().await;
+        if size == 0 || latest.as_ref().is_some_and(|c| c.checkpoint.size >= size) {
+            return Ok(latest.clone());
+        }
+        if self.durable.load(Ordering::Acquire) < size {
+            // Everything in `head` was committed before this flush starts.
+            self.store.sync().await.map_err(AuditError::Unavailable)?;
+            self.durable.fetch_max(size, Ordering::AcqRel);
+        }
+        let signed = self.signer.sign(size, root);
+        self.store
+            .put_checkpoint(size, signed.note.clone().into_bytes())
+            .await
+            .map_err(AuditError::Unavailable)?;
+        *latest = Some(signed.clone());
+        Ok(Some(signed))
+    }
+
+    /// The root of the tree of the first `size` events (`size` ≤ the current size).
+    pub async fn root_at(&self, size: u64) -> Result<Hash, AuditError> {
+        self.check_size("tree_size", size).await?;
+        self.assemble_root(size).await
+    }
+
+    /// The inclusion proof of event `index` in the tree of `size` events, leaf to root.
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, AuditError> {
+        let plan = Plan::inclusion(index, size)?;
+        self.check_size("tree_size", size).await?;
+        self.assemble(&plan).await
+    }
+
+    /// The consistency proof from the tree of `from` events to the tree of `to` events.
+    pub async fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, AuditError> {
+        let plan = Plan::consistency(from, to)?;
+        self.check_size("to", to).await?;
+        self.assemble(&plan).await
+    }
+
+    /// Up to `limit` stored leaf hashes from seq `from` on (fewer at the end of the log).
+    pub async fn leaf_hashes(&self, from: u64, limit: usize) -> Result<Vec<Hash>, AuditError> {
+        let size = self.head().await.0;
+        if from > size {
+            return Err(AuditError::OutOfRange(format!("from ({from}) is beyond the log size {size}")));
+        }
+        let end = size.min(from.saturating_add(limit as u64));
+        let mut out = Vec::with_capacity((end - from) as usize);
+        for index in from..end {
+            let leaf = self.store.audit_node(0, index).await.map_err(AuditError::Unavailable)?;
+            out.push(leaf.ok_or_else(|| AuditError::Corrupt(format!("leaf hash {index} is missing")))?);
+        }
+        Ok(out)
+    }
+
+    async fn check_size(&self, name: &str, size: u64) -> Result<(), AuditError> {
+        let current = self.head().await.0;
+        if size > current {
+            return Err(AuditError::OutOfRange(format!("{name} ({size}) exceeds the log size {current}")));
+        }
+        Ok(())
+    }
+
+    async fn assemble_root(&self, size: u64) -> Result<Hash, AuditError> {
+        let plan = Plan::root(size);
+        let nodes = self.fetch(&plan).await?;
+        Ok(plan.assemble_root(&nodes)?)
+    }
+
+    async fn assemble(&self, plan: &Plan) -> Result<Vec<Hash>, AuditError> {
+        let nodes = self.fetch(plan).await?;
+        Ok(plan.assemble(&nodes)?)
+    }
+
+    /// Reads the O(log n) stored nodes a plan needs.
+    async fn fetch(&self, plan: &Plan) -> Result<HashMap<(u8, u64), Hash>, AuditError> {
+        let mut nodes = HashMap::new();
+        for (level, index) in plan.nodes() {
+            if let Some(hash) = self.store.audit_node(level, index).await.map_err(AuditError::Unavailable)? {
+                nodes.insert((level, index), hash);
+            }
+        }
+        Ok(nodes)
     }
 }

@@ -144,4 +144,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The stored Merkle node at (`level`, `index`), if that subtree is complete.
     async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError>;
+
+    /// Keeps a signed checkpoint (its note) of the tree of `size` leaves. Storing a size again
+    /// replaces that size's note. Not yet durable: see [`Store::sync`].
+    async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StoreError>;
+
+    /// The checkpoint with the largest size, as (size, note).
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
 }

@@ -10,6 +10,7 @@
 //! - `e` ‖ seq (8, big-endian) → audit event, canonical JSON
 //! - `h` ‖ level (1) ‖ index (8, big-endian) → Merkle subtree hash (32)
 //! - `x` ‖ customer id (16) ‖ seq (8) → empty (per-customer audit history)
+//! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
 //! - `m` ‖ name → metadata
 
 use std::path::Path;
@@ -269,6 +270,21 @@ impl Store for SledStore {
             None => Ok(None),
         }
     }
+
+    async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StoreError> {
+        self.tree.insert(checkpoint_key(size), note).map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.tree.scan_prefix([b'k']).next_back() {
+            Some(entry) => {
+                let (key, value) = entry.map_err(unavailable)?;
+                Ok(Some((seq_from_key(&key)?, value.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 fn stage_audit(batch: &mut sled::Batch, audit: &AuditAppend) {
@@ -324,6 +340,13 @@ fn node_key(level: u8, index: u64) -> Vec<u8> {
     key.push(b'h');
     key.push(level);
     key.extend_from_slice(&index.to_be_bytes());
+    key
+}
+
+fn checkpoint_key(size: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = b'k';
+    key[1..].copy_from_slice(&size.to_be_bytes());
     key
 }
 

@@ -1,9 +1,13 @@
-//! Reading the audit log, for auditors. Reads are themselves audited (`audit.read`).
+//! Reading and proving the audit log, for auditors. Every call is itself audited (`audit.read`):
+//! allowed, or failed with reason `bad_request` / `out_of_range` when the parameters are wrong.
+//! Nothing is answered unless its event is durable.
 
 use serde_json::Value;
 
-use super::{RequestContext, Vault, VaultError};
-use crate::audit::{Action, Event, EventDraft};
+use super::{RequestContext, Vault, VaultError, audit_failure};
+use crate::audit::checkpoint::{SignedCheckpoint, VerifierKey};
+use crate::audit::merkle::Hash;
+use crate::audit::{Action, AuditError, Event, EventDraft};
 use crate::domain::{CustomerId, Timestamp};
 
 /// How many stored events one page request may scan at most, so a narrow filter over a long
@@ -82,4 +86,91 @@ impl Vault {
         self.record(draft).await?;
         Ok(EventPage { events, next_after })
     }
+}
+
+impl Vault {
+    /// The newest signed checkpoint. The call's own `audit.read` event is recorded first, so the
+    /// checkpoint covers it.
+    pub async fn audit_checkpoint(&self, ctx: &RequestContext) -> Result<SignedCheckpoint, VaultError> {
+        self.record(audit_read(ctx)).await?;
+        match self.audit.checkpoint().await {
+            Ok(Some(signed)) => Ok(signed),
+            Ok(None) => Err(VaultError::Internal("no checkpoint after an append".into())),
+            Err(e) => Err(audit_failure(e)),
+        }
+    }
+
+    /// The public key checkpoints are signed with.
+    pub async fn audit_key(&self, ctx: &RequestContext) -> Result<VerifierKey, VaultError> {
+        self.record(audit_read(ctx)).await?;
+        Ok(self.audit.verifier_key().clone())
+    }
+
+    /// The inclusion proof of event `index` in the tree of `tree_size` events.
+    pub async fn audit_inclusion_proof(
+        &self,
+        ctx: &RequestContext,
+        index: u64,
+        tree_size: u64,
+    ) -> Result<Vec<Hash>, VaultError> {
+        let proof = self.audit.inclusion_proof(index, tree_size).await;
+        self.answer_audit_read(ctx, proof).await
+    }
+
+    /// The consistency proof between the trees of `from` and `to` events.
+    pub async fn audit_consistency_proof(
+        &self,
+        ctx: &RequestContext,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Hash>, VaultError> {
+        let proof = self.audit.consistency_proof(from, to).await;
+        self.answer_audit_read(ctx, proof).await
+    }
+
+    /// Up to `limit` stored leaf hashes from seq `from` on (fewer at the end of the log).
+    pub async fn audit_leaf_hashes(
+        &self,
+        ctx: &RequestContext,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<Hash>, VaultError> {
+        let leaves = self.audit.leaf_hashes(from, limit).await;
+        self.answer_audit_read(ctx, leaves).await
+    }
+
+    /// Records an auditor call refused for malformed parameters (`audit.read`, failed,
+    /// `bad_request`) and returns the error to answer with (503 if even that is not durable).
+    pub async fn audit_bad_request(&self, ctx: &RequestContext, message: String) -> VaultError {
+        match self.record(audit_read(ctx).failed(["bad_request"])).await {
+            Ok(_) => VaultError::BadRequest(message),
+            Err(e) => e,
+        }
+    }
+
+    /// Records the `audit.read` event of a computed answer, then returns it; out-of-range
+    /// requests are recorded as failed and answered 400.
+    async fn answer_audit_read<T>(
+        &self,
+        ctx: &RequestContext,
+        result: Result<T, AuditError>,
+    ) -> Result<T, VaultError> {
+        match result {
+            Ok(value) => {
+                self.record(audit_read(ctx)).await?;
+                Ok(value)
+            }
+            Err(AuditError::OutOfRange(message)) => {
+                self.refuse(audit_read(ctx).failed(["out_of_range"]), VaultError::BadRequest(message)).await
+            }
+            Err(AuditError::Corrupt(detail)) => {
+                self.refuse(audit_read(ctx).failed(["internal"]), VaultError::Internal(detail)).await
+            }
+            Err(e) => Err(audit_failure(e)),
+        }
+    }
+}
+
+fn audit_read(ctx: &RequestContext) -> EventDraft {
+    EventDraft::new(Action::AuditRead, &ctx.principal, &ctx.request_id)
 }

@@ -189,3 +189,18 @@ pub async fn sync_returns_after_commits(store: Arc<dyn Store>) {
         t.await.unwrap().unwrap();
     }
 }
+
+pub async fn checkpoints_are_kept_per_size_and_the_latest_is_found(store: Arc<dyn Store>) {
+    assert_eq!(store.latest_checkpoint().await.unwrap(), None);
+    // Big-endian keys: 256 sorts after 255 and 2 (a little-endian layout would get this wrong).
+    for size in [2u64, 256, 255] {
+        store.put_checkpoint(size, format!("note {size}").into_bytes()).await.unwrap();
+    }
+    store.sync().await.unwrap();
+    assert_eq!(store.latest_checkpoint().await.unwrap(), Some((256, b"note 256".to_vec())));
+    store.put_checkpoint(256, b"again".to_vec()).await.unwrap();
+    assert_eq!(store.latest_checkpoint().await.unwrap(), Some((256, b"again".to_vec())));
+    // Checkpoints are not audit events, metadata or customers.
+    assert_eq!(store.audit_size().await.unwrap(), 0);
+    assert!(store.audit_events(0, 10).await.unwrap().is_empty());
+}

@@ -43,6 +43,7 @@ macro_rules! contract_tests {
         case!(a_rewrap_commit_without_event_keeps_the_log_as_it_is);
         case!(customer_history_and_id_listing_are_served_by_indexes);
         case!(sync_returns_after_commits);
+        case!(checkpoints_are_kept_per_size_and_the_latest_is_found);
     };
 }
 

@@ -1,0 +1,225 @@
+//! The auditor's tools. `custodia audit export` fetches, over the HTTP API, the log's key, its
+//! newest signed checkpoint, every event that checkpoint covers and their leaf hashes into a
+//! directory; `custodia audit verify` reads such files and runs the offline check.
+//!
+//! File and network handling only: the checks themselves live in [`crate::audit::verify`], and
+//! export trusts nothing it downloads (verification is a separate, offline step). The client
+//! speaks plain HTTP only (reqwest without a TLS backend); reach a remote vault through a
+//! trusted network or a TLS-terminating tunnel.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::audit::checkpoint::VerifierKey;
+use crate::audit::verify::{Failure, Summary, verify_export};
+
+/// The events, one per line exactly as `GET /v1/audit/events` returns them.
+pub const EVENTS_FILE: &str = "events.ndjson";
+/// The signed checkpoint note.
+pub const CHECKPOINT_FILE: &str = "checkpoint.txt";
+/// The verifier key string, as the server reports it (pin your own copy).
+pub const KEY_FILE: &str = "key.txt";
+/// One base64 leaf hash per line (lets `verify --leaves` name an altered event).
+pub const LEAVES_FILE: &str = "leaves.txt";
+
+const EVENTS_PAGE: usize = 1000;
+const LEAVES_PAGE: usize = 10_000;
+
+/// An export did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// The URL is not a plain `http://` URL.
+    #[error("{0}")]
+    Url(String),
+    /// The server could not be reached or answered with something that is not JSON.
+    #[error("{0}")]
+    Network(String),
+    /// The server answered with an error.
+    #[error("GET {path}: {status} {message}")]
+    Http {
+        /// The request path.
+        path: String,
+        /// The HTTP status.
+        status: u16,
+        /// The error message from the body.
+        message: String,
+    },
+    /// The server's answers do not fit together (files were written for inspection).
+    #[error("{0}")]
+    Inconsistent(String),
+    /// A file could not be written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being written.
+        context: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// What an export wrote.
+#[derive(Debug)]
+pub struct Exported {
+    /// The directory written to.
+    pub dir: PathBuf,
+    /// The checkpoint's tree size (and the number of events and leaf hashes written).
+    pub size: u64,
+    /// The verifier key the server reported.
+    pub key: String,
+}
+
+/// Exports the log at `url` (e.g. `http://127.0.0.1:8080`) with an auditor `token` into `out`.
+pub async fn export(url: &str, token: &str, out: &Path) -> Result<Exported, ExportError> {
+    let base = url.trim_end_matches('/');
+    if !base.starts_with("http://") {
+        return Err(ExportError::Url(format!(
+            "{url:?}: only plain http:// URLs are supported (this build has no TLS client); use a \
+             trusted network or a TLS-terminating tunnel"
+        )));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| ExportError::Network(e.to_string()))?;
+    let get = |path: String| fetch(&client, base, token, path);
+
+    let key_text = text_member(&get("/v1/audit/key".into()).await?, "verifier_key")?;
+    let key = VerifierKey::parse(&key_text)
+        .map_err(|e| ExportError::Inconsistent(format!("the server's verifier key is unusable: {e}")))?;
+    let note = text_member(&get("/v1/audit/checkpoint".into()).await?, "note")?;
+    let checkpoint = key.open_checkpoint(&note).map_err(|e| {
+        ExportError::Inconsistent(format!("the server's checkpoint does not verify under its own key: {e}"))
+    })?;
+    let size = checkpoint.size;
+
+    std::fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
+    write_file(&out.join(KEY_FILE), format!("{key}\n").as_bytes())?;
+    write_file(&out.join(CHECKPOINT_FILE), note.as_bytes())?;
+
+    let events_path = out.join(EVENTS_FILE);
+    let mut events = BufWriter::new(
+        File::create(&events_path).map_err(io(format!("creating {}", events_path.display())))?,
+    );
+    let mut written = 0u64;
+    let mut after: Option<u64> = None;
+    while written < size {
+        let path = match after {
+            Some(a) => format!("/v1/audit/events?limit={EVENTS_PAGE}&after={a}"),
+            None => format!("/v1/audit/events?limit={EVENTS_PAGE}"),
+        };
+        let page = get(path).await?;
+        let list = page["events"].as_array().ok_or_else(|| malformed("events"))?;
+        for event in list.iter().take((size - written) as usize) {
+            let line = serde_json::to_string(event).map_err(|e| ExportError::Network(e.to_string()))?;
+            events
+                .write_all(line.as_bytes())
+                .and_then(|()| events.write_all(b"\n"))
+                .map_err(io(format!("writing {}", events_path.display())))?;
+            written += 1;
+        }
+        match page["next_after"].as_u64() {
+            Some(next) if after.is_none_or(|a| next > a) => after = Some(next),
+            _ => break,
+        }
+    }
+    events.flush().map_err(io(format!("writing {}", events_path.display())))?;
+
+    let mut leaves = String::new();
+    let mut count = 0u64;
+    while count < size {
+        let page = get(format!("/v1/audit/leaves?from={count}&limit={LEAVES_PAGE}")).await?;
+        let list = page["leaf_hashes"].as_array().ok_or_else(|| malformed("leaf_hashes"))?;
+        if list.is_empty() {
+            break;
+        }
+        for hash in list.iter().take((size - count) as usize) {
+            leaves.push_str(hash.as_str().ok_or_else(|| malformed("leaf_hashes"))?);
+            leaves.push('\n');
+            count += 1;
+        }
+    }
+    write_file(&out.join(LEAVES_FILE), leaves.as_bytes())?;
+
+    if written != size || count != size {
+        return Err(ExportError::Inconsistent(format!(
+            "the checkpoint covers {size} events but the server returned {written} events and {count} \
+             leaf hashes; the files in {} are incomplete",
+            out.display()
+        )));
+    }
+    Ok(Exported { dir: out.to_owned(), size, key: key.to_string() })
+}
+
+/// Reads the files of an export and verifies them. `key` is a verifier key string or the path
+/// of a file holding one.
+pub fn verify_files(
+    events: &Path,
+    checkpoint: &Path,
+    key: &str,
+    previous: Option<&Path>,
+    leaves: Option<&Path>,
+) -> Result<Summary, Failure> {
+    let key_text = if Path::new(key).is_file() { read(Path::new(key))? } else { key.to_owned() };
+    let key = VerifierKey::parse(&key_text).map_err(Failure::Key)?;
+    let checkpoint = read_note(checkpoint)?;
+    let previous = previous.map(read_note).transpose()?;
+    let leaves = leaves.map(read).transpose()?;
+    let file = File::open(events).map_err(|e| Failure::Io(format!("{}: {e}", events.display())))?;
+    verify_export(BufReader::new(file), &checkpoint, &key, previous.as_deref(), leaves.as_deref())
+}
+
+async fn fetch(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    path: String,
+) -> Result<Value, ExportError> {
+    let res = client
+        .get(format!("{base}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| ExportError::Network(format!("GET {path}: {e}")))?;
+    let status = res.status();
+    let body: Value = res
+        .json()
+        .await
+        .map_err(|e| ExportError::Network(format!("GET {path}: the answer is not JSON ({e})")))?;
+    if !status.is_success() {
+        let message = body["message"].as_str().unwrap_or_default().to_owned();
+        return Err(ExportError::Http { path, status: status.as_u16(), message });
+    }
+    Ok(body)
+}
+
+fn text_member(body: &Value, name: &str) -> Result<String, ExportError> {
+    body[name].as_str().map(str::to_owned).ok_or_else(|| malformed(name))
+}
+
+fn malformed(member: &str) -> ExportError {
+    ExportError::Network(format!("the server's answer lacks `{member}`"))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    std::fs::write(path, bytes).map_err(io(format!("writing {}", path.display())))
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> ExportError {
+    move |source| ExportError::Io { context, source }
+}
+
+/// A note file, with extra trailing newlines (as `jq -r .note > file` leaves) reduced to the
+/// one the note ends with; the signature covers only the text above its blank line.
+fn read_note(path: &Path) -> Result<String, Failure> {
+    let text = read(path)?;
+    let trimmed = text.trim_end_matches('\n');
+    Ok(if trimmed.len() < text.len() { format!("{trimmed}\n") } else { text })
+}
+
+fn read(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))
+}

@@ -1,0 +1,749 @@
+//! The auditor's view: checkpoints, proofs, the key, bad parameters, and the offline verifier
+//! against a tampered data directory.
+//!
+//! The verifier in `own` is written for this test from the RFC text, independently of
+//! `custodia::audit`: it derives roots from the recursive definitions of PATH and SUBPROOF
+//! (RFC 6962 §2.1.1–2.1.2) rather than the bit-walking algorithm the library uses, and parses
+//! signed notes and verifier keys by hand from the C2SP texts.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app, test_settings};
+
+mod own {
+    //! A small verifier written from RFC 6962 §2.1, RFC 8785 and the C2SP signed-note and
+    //! tlog-checkpoint specifications.
+
+    use super::*;
+
+    pub type H = [u8; 32];
+
+    fn sha256(parts: &[&[u8]]) -> H {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        for p in parts {
+            ctx.update(p);
+        }
+        ctx.finish().as_ref().try_into().unwrap()
+    }
+
+    fn node(l: &H, r: &H) -> H {
+        sha256(&[&[1], l, r])
+    }
+
+    /// RFC 8785 for what events hold: objects, arrays, strings, small integers, null.
+    pub fn jcs(v: &Value) -> String {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort_by_key(|k| k.encode_utf16().collect::<Vec<u16>>());
+                let members: Vec<String> =
+                    keys.iter().map(|k| format!("{}:{}", Value::from(k.as_str()), jcs(&m[*k]))).collect();
+                format!("{{{}}}", members.join(","))
+            }
+            Value::Array(a) => format!("[{}]", a.iter().map(jcs).collect::<Vec<_>>().join(",")),
+            other => other.to_string(),
+        }
+    }
+
+    pub fn leaf(event: &Value) -> H {
+        sha256(&[&[0], jcs(event).as_bytes()])
+    }
+
+    fn k_of(n: u64) -> u64 {
+        let mut k = 1;
+        while k * 2 < n {
+            k *= 2;
+        }
+        k
+    }
+
+    /// MTH(D[n]) rebuilt from an audit path, following PATH(m, D[n]) backwards: the path's last
+    /// element is the sibling at the top.
+    fn path_root(m: u64, n: u64, leaf: H, path: &[H]) -> Option<H> {
+        if n == 1 {
+            return path.is_empty().then_some(leaf);
+        }
+        let (top, rest) = path.split_last()?;
+        let k = k_of(n);
+        Some(if m < k {
+            node(&path_root(m, k, leaf, rest)?, top)
+        } else {
+            node(top, &path_root(m - k, n - k, leaf, rest)?)
+        })
+    }
+
+    pub fn inclusion_holds(m: u64, n: u64, leaf: H, path: &[H], root: &H) -> bool {
+        m < n && path_root(m, n, leaf, path).as_ref() == Some(root)
+    }
+
+    /// (MTH(D[0:m]) of the old tree within this subtree, MTH of this subtree in the new tree),
+    /// following SUBPROOF(m, D[n], b) backwards. `old_root` stands for the subtree the verifier
+    /// already knows when b is true.
+    fn subproof_roots(m: u64, n: u64, b: bool, proof: &[H], old_root: &H) -> Option<(H, H)> {
+        if m == n {
+            return if b {
+                proof.is_empty().then_some((*old_root, *old_root))
+            } else {
+                match proof {
+                    [only] => Some((*only, *only)),
+                    _ => None,
+                }
+            };
+        }
+        let (top, rest) = proof.split_last()?;
+        let k = k_of(n);
+        if m <= k {
+            let (old, new_left) = subproof_roots(m, k, b, rest, old_root)?;
+            Some((old, node(&new_left, top)))
+        } else {
+            let (old_right, new_right) = subproof_roots(m - k, n - k, false, rest, old_root)?;
+            Some((node(top, &old_right), node(top, &new_right)))
+        }
+    }
+
+    pub fn consistency_holds(m: u64, n: u64, proof: &[H], old: &H, new: &H) -> bool {
+        if m == 0 || m > n {
+            return false;
+        }
+        if m == n {
+            return proof.is_empty() && old == new;
+        }
+        subproof_roots(m, n, true, proof, old).is_some_and(|(o, nw)| &o == old && &nw == new)
+    }
+
+    pub struct Key {
+        pub name: String,
+        pub id: [u8; 4],
+        pub public: [u8; 32],
+    }
+
+    /// `<name>+<hex id>+<base64(0x01 ‖ key)>`, checking the id is SHA-256(name ‖ \n ‖ 0x01 ‖ key).
+    pub fn parse_key(text: &str) -> Key {
+        // The name and the hex id contain no '+'; the base64 key may.
+        let parts: Vec<&str> = text.trim().splitn(3, '+').collect();
+        assert_eq!(parts.len(), 3, "verifier key has three parts");
+        let raw = STANDARD.decode(parts[2]).unwrap();
+        assert_eq!(raw.len(), 33);
+        assert_eq!(raw[0], 0x01, "Ed25519 type byte");
+        let public: [u8; 32] = raw[1..].try_into().unwrap();
+        let digest = sha256(&[parts[0].as_bytes(), b"\n", &[0x01], &public]);
+        let id: [u8; 4] = digest[..4].try_into().unwrap();
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, parts[1], "key id");
+        Key { name: parts[0].to_owned(), id, public }
+    }
+
+    /// Checks the note's Ed25519 signature by `key` and returns (origin, size, root).
+    pub fn open_checkpoint(note: &str, key: &Key) -> (String, u64, H) {
+        let cut = note.rfind("\n\n").expect("blank line before signatures");
+        let (body, sigs) = (&note[..cut + 1], &note[cut + 2..]);
+        let mut verified = false;
+        for line in sigs.lines() {
+            let rest = line.strip_prefix("\u{2014} ").expect("em dash and space");
+            let (name, b64) = rest.split_once(' ').unwrap();
+            let blob = STANDARD.decode(b64).unwrap();
+            if name == key.name && blob[..4] == key.id {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public)
+                    .verify(body.as_bytes(), &blob[4..])
+                    .expect("Ed25519 signature verifies");
+                verified = true;
+            }
+        }
+        assert!(verified, "no signature by the log key");
+        let lines: Vec<&str> = body.lines().collect();
+        let root: H = STANDARD.decode(lines[2]).unwrap().try_into().unwrap();
+        (lines[0].to_owned(), lines[1].parse().unwrap(), root)
+    }
+}
+
+fn hashes(proof: &Value) -> Vec<own::H> {
+    proof
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| STANDARD.decode(p.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect()
+}
+
+async fn get(app: &TestApp, path: &str) -> crate::helpers::Response {
+    app.call(Method::GET, path, Some(&app.auditor()), None, None).await
+}
+
+async fn checkpoint(app: &TestApp, key: &own::Key) -> (u64, own::H, Value) {
+    let res = get(app, "/v1/audit/checkpoint").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let (origin, size, root) = own::open_checkpoint(res.body["note"].as_str().unwrap(), key);
+    assert_eq!(origin, res.body["origin"]);
+    assert_eq!(size, res.body["tree_size"]);
+    assert_eq!(STANDARD.encode(root), res.body["root_hash"]);
+    (size, root, res.body)
+}
+
+#[tokio::test]
+async fn an_auditor_checks_a_checkpoint_an_inclusion_proof_and_a_consistency_proof_with_its_own_verifier() {
+    let app = spawn_app().await;
+    let id = app.create_customer(json!({"name": "Ada Example", "email": "ada@example.com"})).await;
+    assert_eq!(app.read_customer(&id, "order_fulfillment").await.status, StatusCode::OK);
+
+    let res = get(&app, "/v1/audit/key").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let key = own::parse_key(res.body["verifier_key"].as_str().unwrap());
+    assert_eq!(key.name, "custodia.localhost/audit");
+    assert_eq!(res.body["origin"], "custodia.localhost/audit");
+    assert_eq!(res.body["public_key"], STANDARD.encode(key.public));
+
+    let (size1, root1, body) = checkpoint(&app, &key).await;
+    assert_eq!(body.as_object().unwrap().len(), 4, "{body}");
+
+    // The create this test caused, proved included in the first checkpoint.
+    let events = app.audit_events().await;
+    let create = events
+        .iter()
+        .find(|e| e["action"] == "customer.create" && e["customer_id"] == id.as_str())
+        .expect("the create event")
+        .clone();
+    let seq = create["seq"].as_u64().unwrap();
+    assert!(seq < size1);
+    let res = get(&app, &format!("/v1/audit/proofs/inclusion?index={seq}&tree_size={size1}")).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!((res.body["index"].as_u64(), res.body["tree_size"].as_u64()), (Some(seq), Some(size1)));
+    let path = hashes(&res.body["proof"]);
+    assert!(own::inclusion_holds(seq, size1, own::leaf(&create), &path, &root1));
+    // The same proof does not hold for an altered event.
+    let mut forged = create.clone();
+    forged["outcome"] = json!("denied");
+    assert!(!own::inclusion_holds(seq, size1, own::leaf(&forged), &path, &root1));
+
+    // Every event of the log is included, at the size of the first checkpoint.
+    for event in events.iter().take(size1 as usize) {
+        let i = event["seq"].as_u64().unwrap();
+        let res = get(&app, &format!("/v1/audit/proofs/inclusion?index={i}&tree_size={size1}")).await;
+        assert!(
+            own::inclusion_holds(i, size1, own::leaf(event), &hashes(&res.body["proof"]), &root1),
+            "seq {i}"
+        );
+    }
+
+    // More traffic, a second checkpoint, and the proof that it extends the first.
+    for _ in 0..5 {
+        app.create_customer(json!({"name": "Bo"})).await;
+    }
+    let (size2, root2, _) = checkpoint(&app, &key).await;
+    assert!(size2 > size1);
+    let res = get(&app, &format!("/v1/audit/proofs/consistency?from={size1}&to={size2}")).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!((res.body["from"].as_u64(), res.body["to"].as_u64()), (Some(size1), Some(size2)));
+    let proof = hashes(&res.body["proof"]);
+    assert!(own::consistency_holds(size1, size2, &proof, &root1, &root2));
+    assert!(!own::consistency_holds(size1, size2, &proof, &root2, &root1));
+
+    // Every auditor call above is itself an audit.read event by the auditor.
+    let events = app.audit_events().await;
+    let reads =
+        events.iter().filter(|e| e["action"] == "audit.read" && e["actor"]["role"] == "auditor").count();
+    assert!(reads >= 6 + size1 as usize, "only {reads} audit.read events");
+}
+
+#[tokio::test]
+async fn bad_proof_parameters_are_400_with_our_error_shape_and_are_audited() {
+    let app = spawn_app().await;
+    app.create_customer(json!({"name": "Cy"})).await;
+    let before = app.audit_events().await.len() as u64;
+    let size = before + 1; // the listing above is itself an event
+    let cases = [
+        format!("/v1/audit/proofs/inclusion?index={size}&tree_size={size}"),
+        "/v1/audit/proofs/inclusion?index=0&tree_size=0".to_owned(),
+        format!("/v1/audit/proofs/inclusion?index=0&tree_size={}", size + 100),
+        "/v1/audit/proofs/inclusion?index=0".to_owned(),
+        "/v1/audit/proofs/inclusion?index=-1&tree_size=1".to_owned(),
+        "/v1/audit/proofs/inclusion?index=x&tree_size=1".to_owned(),
+        "/v1/audit/proofs/inclusion?index=0&tree_size=18446744073709551616".to_owned(),
+        "/v1/audit/proofs/inclusion?index=0&tree_size=1&tree_size=2".to_owned(),
+        "/v1/audit/proofs/consistency?from=3&to=2".to_owned(),
+        "/v1/audit/proofs/consistency?from=0&to=2".to_owned(),
+        "/v1/audit/proofs/consistency?from=0&to=0".to_owned(),
+        format!("/v1/audit/proofs/consistency?from=1&to={}", size + 100),
+        "/v1/audit/proofs/consistency?from=1&to=2&evil=1".to_owned(),
+        "/v1/audit/checkpoint?tree_size=1".to_owned(),
+        "/v1/audit/events?limit=0".to_owned(),
+        format!("/v1/audit/leaves?from={}", size + 100),
+    ];
+    for path in &cases {
+        let res = get(&app, path).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{path}: {}", res.body);
+        assert_eq!(res.body["error"], "bad_request", "{path}");
+        assert!(res.body["message"].as_str().is_some_and(|m| !m.is_empty()), "{path}");
+    }
+    // size1 == size2 is a valid, empty consistency proof.
+    let res = get(&app, "/v1/audit/proofs/consistency?from=1&to=1").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(res.body["proof"], json!([]));
+
+    let events = app.audit_events().await;
+    let failed: Vec<&Value> = events[before as usize..]
+        .iter()
+        .filter(|e| e["action"] == "audit.read" && e["outcome"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), cases.len(), "every refused call is audited");
+    for e in failed {
+        let reason = e["reason"][0].as_str().unwrap();
+        assert!(reason == "bad_request" || reason == "out_of_range", "{e}");
+    }
+}
+
+#[tokio::test]
+async fn other_roles_cannot_reach_the_auditor_routes() {
+    let app = spawn_app().await;
+    for path in ["/v1/audit/checkpoint", "/v1/audit/key", "/v1/audit/proofs/inclusion?index=0&tree_size=1"] {
+        let res = app.call(Method::GET, path, Some(&app.merchant()), None, None).await;
+        assert_eq!(res.status, StatusCode::FORBIDDEN, "{path}");
+        let res = app.call(Method::GET, path, None, None, None).await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let denied = app.audit_events().await.iter().filter(|e| e["action"] == "auth.denied").count();
+    assert_eq!(denied, 6);
+}
+
+#[tokio::test]
+async fn leaf_hashes_page_through_the_log_and_match_the_events() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.create_customer(json!({"name": format!("N{i}")})).await;
+    }
+    let events = app.audit_events().await;
+    let res = get(&app, "/v1/audit/leaves?from=1&limit=2").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(res.body["next_from"], 3);
+    let leaves = hashes(&res.body["leaf_hashes"]);
+    assert_eq!(leaves, vec![own::leaf(&events[1]), own::leaf(&events[2])]);
+    let res = get(&app, "/v1/audit/leaves?from=0&limit=10000").await;
+    assert_eq!(res.body["next_from"], Value::Null);
+    // The listing's own event and the first leaves call's event came after `events`.
+    assert_eq!(hashes(&res.body["leaf_hashes"]).len(), events.len() + 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_is_signed_in_the_background_while_events_arrive() {
+    use custodia::startup::App;
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::build(test_settings(dir.path())).await.unwrap();
+    let vault = app.vault();
+    let base = format!("http://{}", app.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_with_shutdown(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let token = TestApp::token_for_tests();
+    let mut last = 0;
+    for round in 0..3 {
+        for i in 0..3 {
+            let res = client
+                .post(format!("{base}/v1/customers"))
+                .bearer_auth(&token)
+                .json(&json!({"fields": {"name": format!("R{round}-{i}")}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::CREATED);
+        }
+        let head = vault.audit_log().head().await.0;
+        // Nobody asks for a checkpoint: the background task signs one about every second. The
+        // deadline leaves room for a loaded test machine.
+        let started = std::time::Instant::now();
+        let size = loop {
+            let latest = vault.store().latest_checkpoint().await.unwrap().map_or(0, |(size, _)| size);
+            if latest >= head || started.elapsed() > Duration::from_secs(3) {
+                break latest;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(size >= head && size > last, "round {round}: checkpoint {size}, head {head}");
+        last = size;
+    }
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// Runs the real binary with `args` and returns (success, stdout, stderr).
+async fn custodia(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia")).args(args).output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+async fn export(app: &TestApp, out: &Path) -> (bool, String, String) {
+    custodia(&[
+        "audit",
+        "export",
+        "--url",
+        &app.base,
+        "--token",
+        &app.auditor(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .await
+}
+
+async fn verify(dir: &Path, extra: &[&str]) -> (bool, String, String) {
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    let mut args = vec![
+        "audit".to_owned(),
+        "verify".into(),
+        "--events".into(),
+        file("events.ndjson"),
+        "--checkpoint".into(),
+        file("checkpoint.txt"),
+        "--key".into(),
+        file("key.txt"),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    custodia(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+}
+
+fn open_raw_store(app: &TestApp) -> sled::Tree {
+    let db = sled::open(app.data_dir.path().join("store")).unwrap();
+    db.open_tree("custodia").unwrap()
+}
+
+fn event_key(seq: u64) -> Vec<u8> {
+    let mut key = vec![b'e'];
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_edited_in_the_data_directory_is_named_by_audit_verify() {
+    let app = spawn_app().await;
+    let id = app.create_customer(json!({"name": "Di", "email": "di@example.com"})).await;
+    for _ in 0..4 {
+        assert_eq!(app.read_customer(&id, "order_fulfillment").await.status, StatusCode::OK);
+    }
+    let res = app.read_customer(&id, "no_such_purpose").await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+
+    // An honest export verifies, and is consistent with an earlier checkpoint.
+    let first = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = export(&app, first.path()).await;
+    assert!(ok, "export failed: {stderr}");
+    assert!(stdout.starts_with("exported "), "{stdout}");
+    let (ok, stdout, stderr) =
+        verify(first.path(), &["--leaves", first.path().join("leaves.txt").to_str().unwrap()]).await;
+    assert!(ok, "verify failed: {stderr}");
+    assert!(stdout.starts_with("ok: ") && stdout.lines().count() == 1, "{stdout}");
+    let later = tempfile::tempdir().unwrap();
+    assert!(export(&app, later.path()).await.0);
+    let (ok, stdout, stderr) =
+        verify(later.path(), &["--previous", first.path().join("checkpoint.txt").to_str().unwrap()]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("consistent with the earlier checkpoint"), "{stdout}");
+
+    // The denied read is rewritten as allowed, directly in the store.
+    let denied = app
+        .audit_events()
+        .await
+        .into_iter()
+        .find(|e| e["action"] == "customer.read" && e["outcome"] == "denied")
+        .expect("the denied read");
+    let seq = denied["seq"].as_u64().unwrap();
+    let mut app = app;
+    app.shutdown().await;
+    {
+        let tree = open_raw_store(&app);
+        let stored = tree.get(event_key(seq)).unwrap().unwrap();
+        let text = String::from_utf8(stored.to_vec()).unwrap();
+        assert!(text.contains(r#""outcome":"denied""#), "{text}");
+        let forged = text
+            .replace(r#""outcome":"denied""#, r#""outcome":"allowed""#)
+            .replace(r#","reason":["unknown_purpose"]"#, "");
+        tree.insert(event_key(seq), forged.as_bytes()).unwrap();
+        tree.flush().unwrap();
+    }
+    let app = app.restart().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = export(&app, dir.path()).await;
+    assert!(ok, "export failed: {stderr}");
+    // With the leaf hashes the forged event is named; without them the root check fails.
+    let (ok, _, stderr) =
+        verify(dir.path(), &["--leaves", dir.path().join("leaves.txt").to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(stderr.contains(&format!("event {seq}: altered")), "{stderr}");
+    let (ok, _, stderr) = verify(dir.path(), &[]).await;
+    assert!(!ok);
+    assert!(stderr.contains("root:"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_last_event_is_named_and_the_server_refuses_to_start() {
+    let mut app = spawn_app().await;
+    app.create_customer(json!({"name": "Ed"})).await;
+    let key = get(&app, "/v1/audit/key").await.body["verifier_key"].as_str().unwrap().to_owned();
+    let res = get(&app, "/v1/audit/checkpoint").await;
+    let note = res.body["note"].as_str().unwrap().to_owned();
+    let size = res.body["tree_size"].as_u64().unwrap();
+    app.shutdown().await;
+
+    // Build the export from the raw store, as a copy of the data directory would give it,
+    // without the last event the checkpoint covers.
+    let tree = open_raw_store(&app);
+    let mut ndjson = String::new();
+    for seq in 0..size - 1 {
+        let bytes = tree.get(event_key(seq)).unwrap().unwrap();
+        ndjson.push_str(std::str::from_utf8(&bytes).unwrap());
+        ndjson.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("events.ndjson"), &ndjson).unwrap();
+    std::fs::write(dir.path().join("checkpoint.txt"), &note).unwrap();
+    std::fs::write(dir.path().join("key.txt"), &key).unwrap();
+    let (ok, _, stderr) = verify(dir.path(), &[]).await;
+    assert!(!ok);
+    assert!(stderr.contains(&format!("event {}: missing", size - 1)), "{stderr}");
+
+    // The full set verifies (the key given as a string this time).
+    let last = tree.get(event_key(size - 1)).unwrap().unwrap();
+    ndjson.push_str(std::str::from_utf8(&last).unwrap());
+    ndjson.push('\n');
+    std::fs::write(dir.path().join("events.ndjson"), &ndjson).unwrap();
+    let file = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let (ok, _, stderr) = custodia(&[
+        "audit",
+        "verify",
+        "--events",
+        &file("events.ndjson"),
+        "--checkpoint",
+        &file("checkpoint.txt"),
+        "--key",
+        &key,
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+
+    // Removing the event from the store itself: the server will not open a log shorter than
+    // a checkpoint it signed.
+    let last_seq = tree.iter().keys().filter_map(Result::ok).filter(|k| k[0] == b'e').count() as u64 - 1;
+    tree.remove(event_key(last_seq)).unwrap();
+    tree.flush().unwrap();
+    drop(tree);
+    let err = custodia::startup::App::build(app.settings.clone()).await.err().expect("refuses to start");
+    assert!(err.to_string().contains("events were removed"), "{err}");
+}
+
+mod fail_closed {
+    //! A store whose flush can be made to fail: every auditor route must then answer 503 with
+    //! no data, and no checkpoint may be signed over the events that are not durable.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use axum::body::Body;
+    use axum::http::Request;
+    use custodia::audit::AuditLog;
+    use custodia::audit::checkpoint::CheckpointSigner;
+    use custodia::auth::Authenticator;
+    use custodia::crypto::{BlindIndex, MasterKey, MasterKeyring, SigningKey, SystemKeys};
+    use custodia::domain::CustomerId;
+    use custodia::http::{AppState, Limits, router};
+    use custodia::policy::PolicySet;
+    use custodia::store::{Commit, CustomerRecord, SledStore, Store, StoreError};
+    use custodia::vault::Vault;
+    use secrecy::SecretString;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::helpers::{MASTER_KEY, SECRET};
+
+    struct FlakyStore {
+        inner: SledStore,
+        fail_sync: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Store for FlakyStore {
+        async fn customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
+            self.inner.customer(id).await
+        }
+        async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError> {
+            self.inner.lookup(field, index).await
+        }
+        async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+            self.inner.commit(commit).await
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("disk full (test)".into()));
+            }
+            self.inner.sync().await
+        }
+        async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.meta(name).await
+        }
+        async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+            self.inner.init_meta(name, value).await
+        }
+        async fn audit_size(&self) -> Result<u64, StoreError> {
+            self.inner.audit_size().await
+        }
+        async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            self.inner.audit_events(from, limit).await
+        }
+        async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
+            self.inner.audit_node(level, index).await
+        }
+        async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StoreError> {
+            self.inner.put_checkpoint(size, note).await
+        }
+        async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+            self.inner.latest_checkpoint().await
+        }
+        async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+            self.inner.put_meta(name, value).await
+        }
+        async fn audit_events_for_customer(
+            &self,
+            customer: &CustomerId,
+            after: Option<u64>,
+            limit: usize,
+        ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+            self.inner.audit_events_for_customer(customer, after, limit).await
+        }
+        async fn customer_ids(
+            &self,
+            after: Option<CustomerId>,
+            limit: usize,
+        ) -> Result<Vec<CustomerId>, StoreError> {
+            self.inner.customer_ids(after, limit).await
+        }
+    }
+
+    async fn call(app: &axum::Router, path: &str, token: &str) -> (StatusCode, Value) {
+        let req = Request::get(path)
+            .header("Authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn when_events_cannot_be_made_durable_auditor_calls_answer_503_without_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let flaky = Arc::new(FlakyStore {
+            inner: SledStore::open(&dir.path().join("store"), 8 << 20).unwrap(),
+            fail_sync: AtomicBool::new(false),
+        });
+        let store: Arc<dyn Store> = flaky.clone();
+        let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), vec![]);
+        let (keys, _) = SystemKeys::generate(&master).unwrap();
+        let signer =
+            CheckpointSigner::new("test/log", SigningKey::from_pkcs8(&keys.audit_signing_pkcs8).unwrap())
+                .unwrap();
+        let audit = AuditLog::open(Arc::clone(&store), signer).await.unwrap();
+        let policies =
+            Arc::new(PolicySet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap());
+        let vault = Arc::new(Vault::new(policies, store, audit, master, keys));
+        let auth = Arc::new(Authenticator::hs256(&SecretString::from(SECRET)).unwrap());
+        let app = router(
+            AppState {
+                vault: Arc::clone(&vault),
+                auth,
+                limiter: Arc::new(custodia::http::rate_limit::CallerLimiter::new(0, 0)),
+            },
+            Limits { max_body_bytes: 1 << 16, request_timeout: Duration::from_secs(10) },
+        );
+        let merchant = TestApp::token_for_tests();
+        let auditor = crate::helpers::sign_hs256(
+            json!({"sub": "a", "role": "auditor", "exp": crate::helpers::now() + 600}),
+        );
+        assert_eq!(call(&app, "/v1/audit/checkpoint", &auditor).await.0, StatusCode::OK);
+        let signed_before = vault.store().latest_checkpoint().await.unwrap().unwrap().0;
+
+        let ctx = custodia::vault::RequestContext {
+            principal: custodia::domain::Principal {
+                role: custodia::domain::Role::Merchant,
+                sub: Some("m".into()),
+            },
+            request_id: "r".into(),
+        };
+        let body =
+            serde_json::from_value(json!({"fields": {"name": "Fail Closed", "email": "fc@example.com"}}))
+                .unwrap();
+        let customer = vault.create_customer(&ctx, body, None).await.unwrap();
+
+        flaky.fail_sync.store(true, Ordering::SeqCst);
+        // A merchant read whose event cannot be made durable returns no data.
+        let req = Request::get(format!("/v1/customers/{customer}"))
+            .header("Authorization", format!("Bearer {merchant}"))
+            .header("X-Purpose", "order_fulfillment")
+            .body(Body::empty())
+            .unwrap();
+        let res = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("Fail Closed"), "no data in a 503");
+        let req = Request::post("/v1/customers")
+            .header("Authorization", format!("Bearer {merchant}"))
+            .header("Content-Type", "application/json")
+            .body(Body::from(json!({"fields": {"name": "Never acknowledged"}}).to_string()))
+            .unwrap();
+        assert_eq!(app.clone().oneshot(req).await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        for path in [
+            "/v1/audit/checkpoint",
+            "/v1/audit/key",
+            "/v1/audit/events",
+            "/v1/audit/leaves",
+            "/v1/audit/proofs/inclusion?index=0&tree_size=1",
+            "/v1/audit/proofs/consistency?from=1&to=1",
+            "/v1/audit/proofs/inclusion?index=5&tree_size=1",
+        ] {
+            let (status, body) = call(&app, path, &auditor).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {body}");
+            assert_eq!(body["error"], "audit_unavailable", "{path}");
+            assert_eq!(body.as_object().unwrap().len(), 2, "{path}: no data besides the error: {body}");
+        }
+        // A wrong role is refused too, but its auth.denied event cannot be recorded: 503.
+        assert_eq!(call(&app, "/v1/audit/key", &merchant).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        // Nothing was signed over events that never became durable.
+        assert!(vault.audit_log().checkpoint().await.is_err());
+        assert_eq!(vault.store().latest_checkpoint().await.unwrap().unwrap().0, signed_before);
+
+        flaky.fail_sync.store(false, Ordering::SeqCst);
+        let (status, body) = call(&app, "/v1/audit/checkpoint", &auditor).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body["tree_size"].as_u64().unwrap() > signed_before);
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_or_changed_origin_stops_the_server_from_starting() {
+    let bad = custodia::startup::App::build(custodia::config::Settings {
+        audit_origin: "two words".into(),
+        ..test_settings(tempfile::tempdir().unwrap().path())
+    })
+    .await
+    .err()
+    .expect("refused");
+    assert!(bad.to_string().contains("CUSTODIA_AUDIT_ORIGIN"), "{bad}");
+
+    let mut app = spawn_app().await;
+    assert_eq!(get(&app, "/v1/audit/checkpoint").await.status, StatusCode::OK);
+    app.shutdown().await;
+    let mut settings = app.settings.clone();
+    settings.audit_origin = "another.example/log".into();
+    let err = custodia::startup::App::build(settings).await.err().expect("refused");
+    assert!(err.to_string().contains("was CUSTODIA_AUDIT_ORIGIN changed?"), "{err}");
+}
