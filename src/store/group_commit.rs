@@ -89,7 +89,10 @@ fn run(shared: &Shared, flush: Flush) {
             }
             (std::mem::take(&mut state.waiters), state.stopping)
         };
+        let started = std::time::Instant::now();
         let result = flush();
+        metrics::histogram!("custodia_group_commit_batch_size").record(batch.len() as f64);
+        metrics::histogram!("custodia_group_commit_flush_seconds").record(started.elapsed().as_secs_f64());
         for waiter in batch {
             let _ = waiter.send(result.clone());
         }

@@ -8,6 +8,7 @@
 mod group_commit;
 mod record;
 mod sled;
+mod wal;
 
 use async_trait::async_trait;
 

@@ -3,6 +3,8 @@
 //! Keeping everything in one tree lets a single `sled::Batch` carry a record, its index entries
 //! and its audit event, which sled applies atomically. Every write goes through one writer lock,
 //! so version checks, unique checks and audit sequence numbers need no retries inside sled.
+//! Durability comes from the write-ahead log (`wal.rs`): each batch is logged in apply order,
+//! group commit syncs the log, and a background checkpoint flushes sled and drops old segments.
 //!
 //! Key layout:
 //! - `c` ‖ customer id (16) → encoded [`CustomerRecord`]
@@ -11,13 +13,16 @@
 //! - `h` ‖ level (1) ‖ index (8, big-endian) → Merkle subtree hash (32)
 //! - `x` ‖ customer id (16) ‖ seq (8) → empty (per-customer audit history)
 //! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
-//! - `m` ‖ name → metadata
+//! - `m` ‖ name → metadata (`m` ‖ `wal_lsn` holds the LSN of the last applied batch)
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::wal::{Op, Wal};
 use super::{
     AuditAppend, Commit, CustomerChange, CustomerRecord, GroupCommit, IndexEntry, Store, StoreError,
 };
@@ -28,42 +33,84 @@ use crate::domain::CustomerId;
 pub struct SledStore {
     tree: sled::Tree,
     db: sled::Db,
+    wal: Arc<Wal>,
     writer: Mutex<WriterState>,
     group_commit: GroupCommit,
+    /// Held for its `Drop`, which stops the checkpoint thread.
+    _checkpointer: Checkpointer,
 }
 
 struct WriterState {
     audit_size: u64,
+    /// LSN of the last batch applied (and logged).
+    lsn: u64,
 }
 
+/// A checkpoint is taken when the current log segment is this large, or this old.
+const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+const WAL_LSN: &str = "wal_lsn";
+
 impl SledStore {
-    /// Opens (or creates) the database in `dir`. `cache_bytes` bounds sled's page cache.
+    /// Opens (or creates) the database in `dir`, replaying the write-ahead log. `cache_bytes`
+    /// bounds sled's page cache.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            // Every write is flushed by group commit; sled's own timer thread would only add
-            // uncontrolled I/O and hold the directory lock after the store is dropped.
+            // Durability comes from the write-ahead log and checkpoints; sled's timer thread
+            // would only add uncontrolled I/O and hold the directory lock after a drop.
             .flush_every_ms(None)
             .open()
             .map_err(unavailable)?;
         let tree = db.open_tree("custodia").map_err(unavailable)?;
+        let wal_dir = dir.join("wal");
+        let mut lsn = match tree.get(meta_key(WAL_LSN)).map_err(unavailable)? {
+            Some(bytes) => u64::from_be_bytes(
+                bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("wal lsn length".into()))?,
+            ),
+            None => 0,
+        };
+        // Replay what sled lost: every logged batch newer than the last one sled holds.
+        let durable_in_sled = lsn;
+        for record in Wal::read_all(&wal_dir)?.into_iter().filter(|r| r.lsn > durable_in_sled) {
+            tree.apply_batch(to_batch(&record.ops)).map_err(unavailable)?;
+            lsn = record.lsn;
+        }
+        db.flush().map_err(unavailable)?;
+        let wal = Arc::new(Wal::start(&wal_dir)?);
         let audit_size = match tree.scan_prefix([b'e']).next_back() {
             Some(entry) => seq_from_key(&entry.map_err(unavailable)?.0)? + 1,
             None => 0,
         };
-        let flush_db = db.clone();
-        let group_commit = GroupCommit::start(
-            "sled",
-            Box::new(move || flush_db.flush().map(|_| ()).map_err(|e| e.to_string())),
-        );
-        Ok(SledStore { tree, db, writer: Mutex::new(WriterState { audit_size }), group_commit })
+        let flush_wal = Arc::clone(&wal);
+        let group_commit = GroupCommit::start("wal", Box::new(move || flush_wal.write_pending()));
+        let checkpointer = Checkpointer::start(db.clone(), Arc::clone(&wal));
+        Ok(SledStore {
+            tree,
+            db,
+            wal,
+            writer: Mutex::new(WriterState { audit_size, lsn }),
+            group_commit,
+            _checkpointer: checkpointer,
+        })
     }
 
-    /// Flushes everything to disk (used at shutdown).
+    /// Makes everything durable in sled itself and empties the log (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(unavailable)
+        self.wal.write_pending().map_err(StoreError::Unavailable)?;
+        checkpoint(&self.db, &self.wal)
+    }
+
+    /// Applies `ops` as one atomic sled batch and logs them. Called with the writer lock held,
+    /// so LSN order, log order and apply order are one order.
+    fn apply_ops(&self, writer: &mut WriterState, mut ops: Vec<Op>) -> Result<(), StoreError> {
+        let lsn = writer.lsn + 1;
+        ops.push(Op::Put(meta_key(WAL_LSN), lsn.to_be_bytes().to_vec()));
+        self.tree.apply_batch(to_batch(&ops)).map_err(unavailable)?;
+        writer.lsn = lsn;
+        self.wal.append(lsn, &ops)
     }
 
     fn apply(&self, commit: Commit) -> Result<(), StoreError> {
@@ -73,23 +120,23 @@ impl SledStore {
         {
             return Err(StoreError::AuditOutOfOrder { expected: writer.audit_size, got: audit.seq });
         }
-        let mut batch = sled::Batch::default();
+        let mut ops = Vec::with_capacity(8);
         if let Some(change) = commit.customer {
-            self.stage_customer(&mut batch, change)?;
+            self.stage_customer(&mut ops, change)?;
         }
         if let Some(audit) = &commit.audit {
-            stage_audit(&mut batch, audit);
+            stage_audit(&mut ops, audit);
         }
-        self.tree.apply_batch(batch).map_err(unavailable)?;
+        self.apply_ops(&mut writer, ops)?;
         if commit.audit.is_some() {
             writer.audit_size += 1;
         }
         Ok(())
     }
 
-    /// Checks the change against what is stored and adds its writes to `batch`.
+    /// Checks the change against what is stored and adds its writes to `ops`.
     /// Called with the writer lock held.
-    fn stage_customer(&self, batch: &mut sled::Batch, change: CustomerChange) -> Result<(), StoreError> {
+    fn stage_customer(&self, ops: &mut Vec<Op>, change: CustomerChange) -> Result<(), StoreError> {
         let id = match &change {
             CustomerChange::Put { record, .. } => record.id,
             CustomerChange::Delete { id, .. } => *id,
@@ -113,22 +160,22 @@ impl SledStore {
                     return Err(StoreError::VersionConflict);
                 }
                 for entry in old_entries.iter().filter(|e| !record.index_entries.contains(e)) {
-                    batch.remove(index_key(&entry.field, &entry.index, &id));
+                    ops.push(Op::Remove(index_key(&entry.field, &entry.index, &id)));
                 }
                 for entry in record.index_entries.iter().filter(|e| !old_entries.contains(e)) {
                     if entry.unique && self.index_owners(&entry.field, &entry.index)?.iter().any(|o| o != &id)
                     {
                         return Err(StoreError::UniqueViolation { field: entry.field.clone() });
                     }
-                    batch.insert(index_key(&entry.field, &entry.index, &id), &[][..]);
+                    ops.push(Op::Put(index_key(&entry.field, &entry.index, &id), Vec::new()));
                 }
-                batch.insert(customer_key(&id).as_slice(), record.encode()?);
+                ops.push(Op::Put(customer_key(&id).to_vec(), record.encode()?));
             }
             CustomerChange::Delete { .. } => {
                 for entry in old_entries {
-                    batch.remove(index_key(&entry.field, &entry.index, &id));
+                    ops.push(Op::Remove(index_key(&entry.field, &entry.index, &id)));
                 }
-                batch.remove(customer_key(&id).as_slice());
+                ops.push(Op::Remove(customer_key(&id).to_vec()));
             }
         }
         Ok(())
@@ -178,11 +225,11 @@ impl Store for SledStore {
 
     async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let stored = {
-            let _writer = self.writer.lock().map_err(|_| poisoned())?;
+            let mut writer = self.writer.lock().map_err(|_| poisoned())?;
             match self.tree.get(meta_key(name)).map_err(unavailable)? {
                 Some(existing) => existing.to_vec(),
                 None => {
-                    self.tree.insert(meta_key(name), value.as_slice()).map_err(unavailable)?;
+                    self.apply_ops(&mut writer, vec![Op::Put(meta_key(name), value.clone())])?;
                     value
                 }
             }
@@ -193,8 +240,8 @@ impl Store for SledStore {
 
     async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
         {
-            let _writer = self.writer.lock().map_err(|_| poisoned())?;
-            self.tree.insert(meta_key(name), value).map_err(unavailable)?;
+            let mut writer = self.writer.lock().map_err(|_| poisoned())?;
+            self.apply_ops(&mut writer, vec![Op::Put(meta_key(name), value)])?;
         }
         self.sync().await
     }
@@ -272,8 +319,8 @@ impl Store for SledStore {
     }
 
     async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StoreError> {
-        self.tree.insert(checkpoint_key(size), note).map_err(unavailable)?;
-        Ok(())
+        let mut writer = self.writer.lock().map_err(|_| poisoned())?;
+        self.apply_ops(&mut writer, vec![Op::Put(checkpoint_key(size).to_vec(), note)])
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
@@ -287,15 +334,75 @@ impl Store for SledStore {
     }
 }
 
-fn stage_audit(batch: &mut sled::Batch, audit: &AuditAppend) {
-    batch.insert(event_key(audit.seq), audit.event.as_slice());
+fn stage_audit(ops: &mut Vec<Op>, audit: &AuditAppend) {
+    ops.push(Op::Put(event_key(audit.seq), audit.event.clone()));
     for (level, index, hash) in &audit.nodes {
-        batch.insert(node_key(*level, *index), &hash[..]);
+        ops.push(Op::Put(node_key(*level, *index), hash.to_vec()));
     }
     if let Some(customer) = &audit.customer {
         let mut key = history_prefix(customer);
         key.extend_from_slice(&audit.seq.to_be_bytes());
-        batch.insert(key, &[][..]);
+        ops.push(Op::Put(key, Vec::new()));
+    }
+}
+
+fn to_batch(ops: &[Op]) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
+            Op::Remove(k) => batch.remove(k.as_slice()),
+        }
+    }
+    batch
+}
+
+/// Flushes sled and drops the log segments the flush made redundant.
+fn checkpoint(db: &sled::Db, wal: &Wal) -> Result<(), StoreError> {
+    // invariant: rotate before flushing, so every record in the returned segments was applied
+    // before the flush started and is covered by it.
+    let old = wal.rotate()?;
+    db.flush().map_err(unavailable)?;
+    wal.remove(&old)
+}
+
+/// Takes a checkpoint in the background when the log segment grows large or old.
+struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(db: sled::Db, wal: Arc<Wal>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("sled-checkpoint".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                while !stopping.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                    let due = wal.segment_bytes() >= CHECKPOINT_BYTES
+                        || (last.elapsed() >= CHECKPOINT_EVERY && wal.segment_bytes() > 0);
+                    if due {
+                        if let Err(e) = checkpoint(&db, &wal) {
+                            tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
+                        }
+                        last = Instant::now();
+                    }
+                }
+            })
+            .ok();
+        Checkpointer { stop, thread }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
