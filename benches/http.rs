@@ -5,7 +5,9 @@
 //! cargo bench --bench http                 # full run: 100,000 customers, 64 connections, 10 s
 //! cargo bench --bench http -- --smoke      # seconds-long run with tiny N (CI runs this)
 //! ```
-//! Knobs (environment): `HTTP_BENCH_CUSTOMERS`, `HTTP_BENCH_CONNECTIONS`, `HTTP_BENCH_SECONDS`.
+//! Knobs (environment): `HTTP_BENCH_CUSTOMERS`, `HTTP_BENCH_CONNECTIONS`, `HTTP_BENCH_SECONDS`,
+//! `HTTP_BENCH_ONLY` (comma-separated scenario names), and `HTTP_BENCH_PROFILE=FILE` to run the
+//! server under `perf record -e cpu-clock -g` writing FILE (profile before optimising).
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`), the server's peak
 //! RSS and data-directory size, and writes the same figures to `target/http-bench.json`.
 
@@ -107,7 +109,17 @@ fn main() {
 }
 
 fn start_server(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_custodia"))
+    let profile = std::env::var("HTTP_BENCH_PROFILE").ok();
+    let mut command = match &profile {
+        Some(file) => {
+            let mut c = Command::new("perf");
+            c.args(["record", "-e", "cpu-clock", "-F", "999", "-g", "-o", file, "--"])
+                .arg(env!("CARGO_BIN_EXE_custodia"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_custodia")),
+    };
+    let mut child = command
         .arg("serve")
         .env("CUSTODIA_LISTEN", "127.0.0.1:0")
         .env("CUSTODIA_DATA_DIR", data_dir)
@@ -127,7 +139,9 @@ fn start_server(data_dir: &Path) -> (Child, String) {
 }
 
 fn stop_server(child: &mut Child) {
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    // Under perf, SIGINT makes perf finish its file and stop the server with it.
+    let signal = if std::env::var("HTTP_BENCH_PROFILE").is_ok() { "-INT" } else { "-TERM" };
+    let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
     let _ = child.wait();
 }
 
@@ -170,7 +184,14 @@ async fn run(config: &Config, base: &str) -> Vec<Outcome> {
     eprintln!("preloaded {} customers in {:.1?}", client.ids.len(), started.elapsed());
     let client = Arc::new(client);
     let mut outcomes = Vec::new();
+    let only = std::env::var("HTTP_BENCH_ONLY").ok();
     for scenario in Scenario::ALL {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.split(',').any(|n| n == scenario.name()) && scenario != Scenario::Healthz)
+        {
+            continue;
+        }
         outcomes.push(drive(&client, scenario, config).await);
     }
     outcomes

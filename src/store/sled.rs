@@ -9,8 +9,10 @@
 //! Key layout:
 //! - `c` ‖ customer id (16) → encoded [`CustomerRecord`]
 //! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty
-//! - `e` ‖ seq (8, big-endian) → audit event, canonical JSON
-//! - `h` ‖ level (1) ‖ index (8, big-endian) → Merkle subtree hash (32)
+//! - `e` ‖ seq (8, big-endian) → `n (1) ‖ n × (level (1) ‖ hash (32)) ‖ event` — the Merkle
+//!   nodes this leaf completes (its own leaf hash at level 0 first), then the canonical JSON.
+//!   Node (level, index) is completed by leaf `(index + 1) · 2^level − 1`, so it is found in
+//!   that leaf's value: one key per event instead of one per node (fewer pages to write).
 //! - `x` ‖ customer id (16) ‖ seq (8) → empty (per-customer audit history)
 //! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
 //! - `m` ‖ name → metadata (`m` ‖ `wal_lsn` holds the LSN of the last applied batch)
@@ -254,7 +256,7 @@ impl Store for SledStore {
         let mut out = Vec::new();
         for entry in self.tree.range(event_key(from)..[b'e' + 1].to_vec()).take(limit) {
             let (key, value) = entry.map_err(unavailable)?;
-            out.push((seq_from_key(&key)?, value.to_vec()));
+            out.push((seq_from_key(&key)?, stored_event(&value)?.1.to_vec()));
         }
         Ok(out)
     }
@@ -281,7 +283,7 @@ impl Store for SledStore {
                 .get(event_key(seq))
                 .map_err(unavailable)?
                 .ok_or_else(|| StoreError::Corrupt(format!("history names missing event {seq}")))?;
-            out.push((seq, event.to_vec()));
+            out.push((seq, stored_event(&event)?.1.to_vec()));
         }
         Ok(out)
     }
@@ -310,10 +312,16 @@ impl Store for SledStore {
     }
 
     async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
-        match self.tree.get(node_key(level, index)).map_err(unavailable)? {
-            Some(bytes) => Ok(Some(
-                bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("node hash length".into()))?,
-            )),
+        // The leaf that completes node (level, index) is (index + 1) · 2^level − 1.
+        let Some(seq) = index
+            .checked_add(1)
+            .and_then(|n| n.checked_mul(1u64.checked_shl(u32::from(level))?))
+            .map(|n| n - 1)
+        else {
+            return Ok(None);
+        };
+        match self.tree.get(event_key(seq)).map_err(unavailable)? {
+            Some(value) => Ok(stored_event(&value)?.0.into_iter().find(|(l, _)| *l == level).map(|(_, h)| h)),
             None => Ok(None),
         }
     }
@@ -335,10 +343,15 @@ impl Store for SledStore {
 }
 
 fn stage_audit(ops: &mut Vec<Op>, audit: &AuditAppend) {
-    ops.push(Op::Put(event_key(audit.seq), audit.event.clone()));
-    for (level, index, hash) in &audit.nodes {
-        ops.push(Op::Put(node_key(*level, *index), hash.to_vec()));
+    let mut value = Vec::with_capacity(1 + 33 * audit.nodes.len() + audit.event.len());
+    // invariant: a leaf completes at most 64 nodes (one per level), so the count fits a byte.
+    value.push(audit.nodes.len() as u8);
+    for (level, _, hash) in &audit.nodes {
+        value.push(*level);
+        value.extend_from_slice(hash);
     }
+    value.extend_from_slice(&audit.event);
+    ops.push(Op::Put(event_key(audit.seq), value));
     if let Some(customer) = &audit.customer {
         let mut key = history_prefix(customer);
         key.extend_from_slice(&audit.seq.to_be_bytes());
@@ -442,12 +455,21 @@ fn event_key(seq: u64) -> Vec<u8> {
     key
 }
 
-fn node_key(level: u8, index: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(10);
-    key.push(b'h');
-    key.push(level);
-    key.extend_from_slice(&index.to_be_bytes());
-    key
+/// (level, hash) of the Merkle nodes one leaf completed.
+type CompletedNodes = Vec<(u8, [u8; 32])>;
+
+/// Splits a stored `e` value into the nodes its leaf completed and the event bytes.
+fn stored_event(value: &[u8]) -> Result<(CompletedNodes, &[u8]), StoreError> {
+    let corrupt = || StoreError::Corrupt("audit entry layout".into());
+    let (&count, mut rest) = value.split_first().ok_or_else(corrupt)?;
+    let mut nodes = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (head, tail) = rest.split_at_checked(33).ok_or_else(corrupt)?;
+        let hash: [u8; 32] = head[1..].try_into().map_err(|_| corrupt())?;
+        nodes.push((head[0], hash));
+        rest = tail;
+    }
+    Ok((nodes, rest))
 }
 
 fn checkpoint_key(size: u64) -> [u8; 9] {

@@ -422,6 +422,12 @@ fn event_key(seq: u64) -> Vec<u8> {
     key
 }
 
+/// Splits a stored audit entry into its node header (see `store/sled.rs`) and the event JSON.
+fn split_stored(value: &[u8]) -> (Vec<u8>, String) {
+    let header_len = 1 + 33 * usize::from(value[0]);
+    (value[..header_len].to_vec(), String::from_utf8(value[header_len..].to_vec()).unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_edited_in_the_data_directory_is_named_by_audit_verify() {
     let app = spawn_app().await;
@@ -461,12 +467,12 @@ async fn an_event_edited_in_the_data_directory_is_named_by_audit_verify() {
     {
         let tree = open_raw_store(&app);
         let stored = tree.get(event_key(seq)).unwrap().unwrap();
-        let text = String::from_utf8(stored.to_vec()).unwrap();
+        let (header, text) = split_stored(&stored);
         assert!(text.contains(r#""outcome":"denied""#), "{text}");
         let forged = text
             .replace(r#""outcome":"denied""#, r#""outcome":"allowed""#)
             .replace(r#","reason":["unknown_purpose"]"#, "");
-        tree.insert(event_key(seq), forged.as_bytes()).unwrap();
+        tree.insert(event_key(seq), [header, forged.into_bytes()].concat()).unwrap();
         tree.flush().unwrap();
     }
     let app = app.restart().await;
@@ -500,7 +506,7 @@ async fn a_dropped_last_event_is_named_and_the_server_refuses_to_start() {
     let mut ndjson = String::new();
     for seq in 0..size - 1 {
         let bytes = tree.get(event_key(seq)).unwrap().unwrap();
-        ndjson.push_str(std::str::from_utf8(&bytes).unwrap());
+        ndjson.push_str(&split_stored(&bytes).1);
         ndjson.push('\n');
     }
     let dir = tempfile::tempdir().unwrap();
@@ -513,7 +519,7 @@ async fn a_dropped_last_event_is_named_and_the_server_refuses_to_start() {
 
     // The full set verifies (the key given as a string this time).
     let last = tree.get(event_key(size - 1)).unwrap().unwrap();
-    ndjson.push_str(std::str::from_utf8(&last).unwrap());
+    ndjson.push_str(&split_stored(&last).1);
     ndjson.push('\n');
     std::fs::write(dir.path().join("events.ndjson"), &ndjson).unwrap();
     let file = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
