@@ -105,7 +105,43 @@ fn main() {
     let rss_kib = peak_rss_kib(pid);
     stop_server(&mut child);
     let data_bytes = dir_size(dir.path());
-    report(&config, smoke, &outcomes, rss_kib, data_bytes);
+    let restart = measure_restart(dir.path(), &runtime);
+    report(&config, smoke, &outcomes, rss_kib, data_bytes, &restart);
+}
+
+/// A restart over the data directory the run left behind.
+struct Restart {
+    startup: Duration,
+    events: u64,
+    rss_kib: Option<u64>,
+}
+
+/// Starts the server again over `dir`, times it until it listens, serves a read, and reports
+/// the audit log size it opened and its RSS.
+fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
+    let started = Instant::now();
+    let (mut child, base) = start_server(dir);
+    let startup = started.elapsed();
+    let events = runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        let claims = json!({"sub": "load-bench", "role": "auditor", "exp": exp});
+        let auditor = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        let res = http.get(format!("{base}/v1/audit/checkpoint")).bearer_auth(&auditor).send().await;
+        let body: Value = match res {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => Value::Null,
+        };
+        body["tree_size"].as_u64().unwrap_or(0)
+    });
+    let rss_kib = peak_rss_kib(child.id());
+    stop_server(&mut child);
+    Restart { startup, events, rss_kib }
 }
 
 fn start_server(data_dir: &Path) -> (Child, String) {
@@ -330,7 +366,14 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn report(config: &Config, smoke: bool, outcomes: &[Outcome], rss_kib: Option<u64>, data_bytes: u64) {
+fn report(
+    config: &Config,
+    smoke: bool,
+    outcomes: &[Outcome],
+    rss_kib: Option<u64>,
+    data_bytes: u64,
+    restart: &Restart,
+) {
     let ceiling = outcomes.iter().find(|o| o.scenario == Scenario::Healthz).map_or(1.0, Outcome::rps);
     println!(
         "\nHTTP load benchmark{}: {} customers preloaded, {} connections, {:.1} s per scenario",
@@ -364,10 +407,19 @@ fn report(config: &Config, smoke: bool, outcomes: &[Outcome], rss_kib: Option<u6
     let rss_mib = rss_kib.map(|k| k as f64 / 1024.0);
     println!("server peak RSS: {}", rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")));
     println!("data directory: {:.1} MiB", data_bytes as f64 / (1024.0 * 1024.0));
+    let restart_rss = restart.rss_kib.map(|k| k as f64 / 1024.0);
+    println!(
+        "restart over it ({} customers, {} audit events): listening after {:.0} ms, RSS {}",
+        config.customers,
+        restart.events,
+        restart.startup.as_secs_f64() * 1e3,
+        restart_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+    );
     let out = json!({
         "smoke": smoke, "customers": config.customers, "connections": config.connections,
         "seconds_per_scenario": config.seconds, "scenarios": rows,
         "server_peak_rss_mib": rss_mib, "data_dir_mib": data_bytes as f64 / (1024.0 * 1024.0),
+        "restart": {"startup_ms": restart.startup.as_secs_f64() * 1e3, "audit_events": restart.events, "rss_mib": restart_rss},
     });
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
