@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use super::profile::ConsentInput;
 use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
-use crate::audit::{Action, EventDraft};
-use crate::domain::{CustomerId, Timestamp};
+use crate::audit::Action;
+use crate::domain::Timestamp;
 use crate::store::{ConsentRecord, CustomerChange, CustomerRecord};
 
 /// A consent record as the API shows it.
@@ -95,16 +95,12 @@ impl Vault {
         purpose: &str,
         choice: Choice<'_>,
     ) -> Result<CustomerRecord, VaultError> {
-        let id = id.parse::<CustomerId>().ok();
         let action = match choice {
             Choice::Consent(_) => Action::ConsentUpdate,
             Choice::Objection(_) => Action::ObjectionUpdate,
             Choice::Restriction(_) => Action::RestrictionUpdate,
         };
-        let mut draft = EventDraft::new(action, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (draft, id) = ctx.draft_for(action, id);
         let declared = match choice {
             Choice::Restriction(_) => None,
             _ => match self.policies.purpose(purpose) {

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{RequestContext, Vault, VaultError, fields};
-use crate::audit::{Action, EventDraft};
-use crate::domain::{CustomerId, Timestamp};
+use crate::audit::Action;
+use crate::domain::Timestamp;
 use crate::policy::{FieldDecision, FieldKind, Reason};
 
 /// The body of `POST /v1/disclosures`.
@@ -49,11 +49,7 @@ impl Vault {
         ctx: &RequestContext,
         req: DisclosureRequest,
     ) -> Result<Disclosure, VaultError> {
-        let id = req.customer_id.parse::<CustomerId>().ok();
-        let mut draft = EventDraft::new(Action::Disclosure, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (mut draft, id) = ctx.draft_for(Action::Disclosure, &req.customer_id);
         // Only declared names reach the audit log; undeclared ones are caller-controlled text.
         if self.policies.recipient(&req.recipient).is_some() {
             draft = draft.recipient(&req.recipient);

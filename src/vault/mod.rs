@@ -46,6 +46,19 @@ pub struct RequestContext {
     pub request_id: String,
 }
 
+impl RequestContext {
+    /// An event draft for `action` on the customer named by `id`, and that id if it parses.
+    /// A malformed id is simply a customer that does not exist; it is never recorded.
+    pub fn draft_for(&self, action: crate::audit::Action, id: &str) -> (EventDraft, Option<CustomerId>) {
+        let id = id.parse::<CustomerId>().ok();
+        let mut draft = EventDraft::new(action, &self.principal, &self.request_id);
+        if let Some(id) = id {
+            draft = draft.customer(id);
+        }
+        (draft, id)
+    }
+}
+
 /// Why an operation did not succeed. Messages never contain a customer's value.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {

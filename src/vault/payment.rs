@@ -10,7 +10,7 @@ use serde_json::Value;
 use zeroize::Zeroizing;
 
 use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
-use crate::audit::{Action, EventDraft};
+use crate::audit::Action;
 use crate::crypto::{DataKey, Plaintext};
 use crate::domain::card::{CardNumber, check_expiry};
 use crate::domain::{CustomerId, Timestamp};
@@ -177,11 +177,7 @@ impl Vault {
         id: &str,
         body: Value,
     ) -> Result<(PaymentMethodView, bool), VaultError> {
-        let id = id.parse::<CustomerId>().ok();
-        let mut draft = EventDraft::new(Action::PaymentMethodCreate, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (draft, id) = ctx.draft_for(Action::PaymentMethodCreate, id);
         if has_forbidden_member(&body) {
             let e = VaultError::InvalidField {
                 field: "payment method".into(),
@@ -241,11 +237,7 @@ impl Vault {
         id: &str,
         purpose: Option<&str>,
     ) -> Result<Vec<PaymentMethodView>, VaultError> {
-        let id = id.parse::<CustomerId>().ok();
-        let mut draft = EventDraft::new(Action::PaymentMethodList, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (draft, id) = ctx.draft_for(Action::PaymentMethodList, id);
         let purpose = self.resolve_purpose(&draft, purpose, true).await?;
         // invariant: resolve_purpose with required = true returns a purpose or an error.
         let purpose = purpose.expect("purpose is required");
@@ -271,11 +263,7 @@ impl Vault {
         id: &str,
         token: &str,
     ) -> Result<(), VaultError> {
-        let id = id.parse::<CustomerId>().ok();
-        let mut draft = EventDraft::new(Action::PaymentMethodDelete, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (draft, id) = ctx.draft_for(Action::PaymentMethodDelete, id);
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let mut record = self.load(&draft, id).await?;
             let Some(pos) = record.payment_methods.iter().position(|m| m.token == token) else {

@@ -135,11 +135,7 @@ impl Vault {
         purpose: Option<&str>,
         only: Option<Vec<String>>,
     ) -> Result<CustomerView, VaultError> {
-        let id = id.parse::<CustomerId>().ok();
-        let mut draft = EventDraft::new(Action::CustomerRead, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (draft, id) = ctx.draft_for(Action::CustomerRead, id);
         let purpose = self.resolve_purpose(&draft, purpose, true).await?;
         // invariant: resolve_purpose with required = true returns a purpose or an error.
         let purpose = purpose.expect("purpose is required");
@@ -168,11 +164,7 @@ impl Vault {
         patch: BTreeMap<String, Value>,
         purpose: Option<&str>,
     ) -> Result<CustomerView, VaultError> {
-        let id = id.parse::<CustomerId>().ok();
-        let mut draft = EventDraft::new(Action::CustomerUpdate, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (draft, id) = ctx.draft_for(Action::CustomerUpdate, id);
         let purpose = self.resolve_purpose(&draft, purpose, false).await?;
         let draft = draft.purpose(purpose.map(|p| p.name.as_str()));
         let (set, removed) = match fields::validate_patch(&self.policies, &patch) {
@@ -221,11 +213,7 @@ impl Vault {
         id: &str,
         purpose: Option<&str>,
     ) -> Result<ErasureReceipt, VaultError> {
-        let id = id.parse::<CustomerId>().ok();
-        let mut draft = EventDraft::new(Action::CustomerErase, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
+        let (draft, id) = ctx.draft_for(Action::CustomerErase, id);
         let purpose = self.resolve_purpose(&draft, purpose, false).await?;
         let draft = draft.purpose(purpose.map(|p| p.name.as_str()));
         for _ in 0..MAX_WRITE_ATTEMPTS {

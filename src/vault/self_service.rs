@@ -159,11 +159,6 @@ impl Vault {
 
     /// A draft for the caller's own record and the id from their token.
     fn own_draft(&self, ctx: &RequestContext, action: Action) -> (EventDraft, Option<CustomerId>) {
-        let id = ctx.principal.sub.as_deref().and_then(|s| s.parse::<CustomerId>().ok());
-        let mut draft = EventDraft::new(action, &ctx.principal, &ctx.request_id);
-        if let Some(id) = id {
-            draft = draft.customer(id);
-        }
-        (draft, id)
+        ctx.draft_for(action, ctx.principal.sub.as_deref().unwrap_or_default())
     }
 }

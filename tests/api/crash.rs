@@ -5,50 +5,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
 
-use crate::helpers::{ServerProcess, TestApp, test_settings};
+use crate::helpers::{ServerProcess, TestApp, test_settings, write_until_stopped};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_creates_survive_sigkill_with_their_audit_events() {
     let data_dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(data_dir.path(), &[]);
-    let probe = TestApp::token_for_tests();
-    let client = reqwest::Client::new();
-    let acknowledged = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
-
-    let mut writers = Vec::new();
-    for w in 0..32 {
-        let (client, base, token, acked) =
-            (client.clone(), server.base.clone(), probe.clone(), Arc::clone(&acknowledged));
-        writers.push(tokio::spawn(async move {
-            for i in 0.. {
-                let email = format!("writer{w}-n{i}@crash.test");
-                let res = client
-                    .post(format!("{base}/v1/customers"))
-                    .bearer_auth(&token)
-                    .json(&json!({"fields": {"email": email, "name": format!("Writer {w} {i}")}}))
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status() == StatusCode::CREATED => {
-                        let body: serde_json::Value = r.json().await.unwrap_or_default();
-                        if let Some(id) = body["id"].as_str() {
-                            acked.lock().unwrap().push((id.to_owned(), email));
-                        }
-                    }
-                    _ => return,
-                }
-            }
-        }));
-    }
+    let base = server.base.clone();
+    let writers =
+        tokio::spawn(async move { write_until_stopped(&base, 32, Arc::new(Mutex::new(false))).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.child.kill().expect("SIGKILL");
-    server.child.wait().unwrap();
-    for w in writers {
-        let _ = w.await;
-    }
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    server.kill();
+    // Writers stop at their first failed request, which the kill guarantees.
+    let acknowledged = writers.await.unwrap();
     assert!(acknowledged.len() > 50, "only {} creates before the kill", acknowledged.len());
 
     // Restart in-process over the same directory and check every acknowledged create.

@@ -6,49 +6,11 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{MASTER_KEY, ServerProcess, TestApp, contains, stored_records, test_settings};
+use crate::helpers::{
+    MASTER_KEY, ServerProcess, TestApp, contains, stored_records, test_settings, write_until_stopped,
+};
 
 const NEW_MASTER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
-
-/// Creates customers from `writers` concurrent tasks until a request fails or `stop` is set;
-/// returns (id, email) of every acknowledged create.
-async fn write_until_stopped(base: &str, writers: usize, stop: Arc<Mutex<bool>>) -> Vec<(String, String)> {
-    let client = reqwest::Client::new();
-    let token = TestApp::token_for_tests();
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let (client, base, token, acked, stop) =
-            (client.clone(), base.to_owned(), token.clone(), Arc::clone(&acked), Arc::clone(&stop));
-        tasks.push(tokio::spawn(async move {
-            for i in 0.. {
-                if *stop.lock().unwrap() {
-                    return;
-                }
-                let email = format!("w{w}-{i}@ops.test");
-                let res = client
-                    .post(format!("{base}/v1/customers"))
-                    .bearer_auth(&token)
-                    .json(&json!({"fields": {"email": email, "name": format!("Writer {w} {i}")}}))
-                    .send()
-                    .await;
-                match res {
-                    Ok(r) if r.status() == StatusCode::CREATED => {
-                        let body: Value = r.json().await.unwrap_or_default();
-                        if let Some(id) = body["id"].as_str() {
-                            acked.lock().unwrap().push((id.to_owned(), email));
-                        }
-                    }
-                    _ => return,
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    acked.lock().unwrap().clone()
-}
 
 /// Creates `n` customers from `writers` concurrent tasks; returns (id, email) of each.
 async fn create_many(base: &str, n: usize, writers: usize) -> Vec<(String, String)> {
