@@ -46,7 +46,9 @@ impl App {
     /// Loads policies and keys, opens the store and the audit log, and binds the listener.
     /// Fails, naming the reason, when policies are invalid or keys are missing.
     pub async fn build(settings: Settings) -> Result<App, Error> {
+        crate::metric::install();
         let (vault, store, auth) = open_vault(&settings).await?;
+        crate::metric::audit_tree_size(vault.audit_log().head().await.0);
         if vault.rotation_pending().await.map_err(vault_error)? {
             spawn_rotation(Arc::clone(&vault), Duration::from_millis(settings.rotation_pause_ms));
         }

@@ -362,7 +362,10 @@ impl AuditLog {
             let commit =
                 Commit { customer: change, audit: Some(AuditAppend { seq, event: bytes, customer, nodes }) };
             match self.store.commit(commit).await {
-                Ok(()) => *frontier = next,
+                Ok(()) => {
+                    *frontier = next;
+                    crate::metric::audit_appended(event.action, event.outcome, seq + 1);
+                }
                 Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
                     return Err(AuditError::Rejected(e));
                 }

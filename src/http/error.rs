@@ -6,7 +6,11 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 
+use crate::policy::Reason;
 use crate::vault::VaultError;
 
 /// An error answer.
@@ -20,19 +24,52 @@ pub struct ApiError {
 }
 
 /// One refused field of a `policy_denied` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Denied {
+    /// The field name as requested.
     field: String,
+    /// Why it was refused.
+    #[schema(value_type = ReasonCode)]
     reason: &'static str,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// Every error answer: a stable code and a human message that never contains a submitted or
+/// stored value. Codes: `malformed_json`, `bad_request`, `purpose_required`, `unknown_purpose`
+/// (400); `unauthenticated` (401); `forbidden`, `policy_denied` (403); `not_found` (404);
+/// `method_not_allowed` (405); `conflict` (409); `payload_too_large` (413);
+/// `unsupported_media_type` (415); `invalid_body`, `invalid_field`, `unknown_field` (422);
+/// `rate_limited` (429); `internal` (500); `audit_unavailable` (503). A request that takes longer
+/// than the configured timeout is answered 408 with an empty body.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": "not_found", "message": "customer not found"}))]
+pub struct ErrorBody<'a> {
+    /// The stable error code.
+    #[schema(value_type = String)]
     error: &'a str,
+    /// What went wrong, for humans.
+    #[schema(value_type = String)]
     message: &'a str,
+    /// Only on `policy_denied`: one entry per refused field.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Denied>>, nullable = false)]
     denied: Option<&'a [Denied]>,
 }
+
+/// A disclosure reason code, as a schema: the enumeration comes from [`Reason::ALL`], so the
+/// document cannot fall behind the policy engine.
+pub struct ReasonCode;
+
+impl PartialSchema for ReasonCode {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("The first failing check of the disclosure rule for this field."))
+            .enum_values(Some(Reason::ALL.iter().map(|r| r.as_str())))
+            .into()
+    }
+}
+
+impl ToSchema for ReasonCode {}
 
 impl ApiError {
     /// An error with a status, a stable code and a human message.
@@ -122,7 +159,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body { error: self.code, message: &self.message, denied: self.denied.as_deref() };
+        let body = ErrorBody { error: self.code, message: &self.message, denied: self.denied.as_deref() };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.max(1).into());

@@ -4,6 +4,7 @@
 //! decision reads the stored record, so a withdrawal takes effect on the very next request.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::profile::ConsentInput;
 use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
@@ -12,7 +13,7 @@ use crate::domain::Timestamp;
 use crate::store::{ConsentRecord, CustomerChange, CustomerRecord};
 
 /// A consent record as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConsentView {
     /// The purpose.
     pub purpose: String,

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::{RequestContext, Vault, VaultError, fields};
 use crate::audit::Action;
@@ -12,21 +13,22 @@ use crate::domain::Timestamp;
 use crate::policy::{FieldDecision, FieldKind, Reason};
 
 /// The body of `POST /v1/disclosures`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DisclosureRequest {
     /// The customer whose data would leave.
+    #[schema(format = Uuid)]
     pub customer_id: String,
     /// The third party.
     pub recipient: String,
     /// Why.
     pub purpose: String,
-    /// Which fields.
+    /// Which fields (1 to 64 names).
     pub fields: Vec<String>,
 }
 
 /// An allowed disclosure: the masked values to hand over.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Disclosure {
     /// Random id, also the audit event's request correlation.
     pub disclosure_id: String,
@@ -35,6 +37,7 @@ pub struct Disclosure {
     /// The purpose.
     pub purpose: String,
     /// Field → masked value (`null` when the customer has no value for the field).
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub fields: Map<String, Value>,
 }
 
@@ -76,6 +79,8 @@ impl Vault {
                 FieldDecision::Deny(reason) => denied.push(((*field).to_owned(), reason)),
             }
         }
+        // One count per decision; a denial is counted under its first refused field's reason.
+        crate::metric::disclosure(denied.first().map(|(_, reason)| *reason));
         if !denied.is_empty() {
             let reasons: Vec<String> = denied
                 .iter()

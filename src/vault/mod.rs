@@ -29,7 +29,7 @@ use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
 pub use audit_read::{EventPage, EventQuery};
 pub use consent::ConsentView;
 pub use disclosure::{Disclosure, DisclosureRequest};
-pub use payment::PaymentMethodView;
+pub use payment::{NewPaymentMethod, PaymentMethodView};
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
 pub use rotation::SYSTEM_KEYS;
 pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};

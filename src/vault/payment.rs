@@ -7,6 +7,7 @@
 use chrono::Datelike;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
@@ -47,20 +48,31 @@ const FORBIDDEN_MEMBERS: &[&str] = &[
 /// The most payment methods one customer may hold.
 const MAX_METHODS: usize = 32;
 
-/// The body of `POST /v1/customers/{id}/payment-methods`.
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/customers/{id}/payment-methods`: exactly one of `card` and
+/// `provider_token`. A security code (CVV/CVC), track data or PIN member anywhere is refused.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPaymentMethod {
+    /// A card.
+    #[schema(nullable = false)]
     card: Option<CardInput>,
+    /// A token issued by a payment provider.
+    #[schema(nullable = false)]
     provider_token: Option<ProviderTokenInput>,
 }
 
-#[derive(Deserialize)]
+/// A card as submitted.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CardInput {
+    /// The card number (12–19 digits, spaces and dashes allowed; Luhn checked).
+    #[schema(value_type = String)]
     number: Zeroizing<String>,
+    /// 1–12.
     exp_month: u32,
+    /// Four digits; the expiry must not be in the past.
     exp_year: u32,
+    /// The cardholder's name.
     #[serde(default)]
     holder: Option<String>,
 }
@@ -71,10 +83,14 @@ impl std::fmt::Debug for CardInput {
     }
 }
 
-#[derive(Deserialize)]
+/// A payment provider's token as submitted.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ProviderTokenInput {
+    /// The provider's name.
     provider: String,
+    /// The provider's token.
+    #[schema(value_type = String)]
     token: Zeroizing<String>,
 }
 
@@ -93,12 +109,13 @@ enum Secret {
 }
 
 /// A payment method as listings show it: nothing that allows a charge.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PaymentMethodView {
     /// The random handle of the method.
     pub token: String,
     /// `card` or `provider_token`.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// Card brand, or the provider's name for a provider token.
     pub brand: String,
@@ -110,6 +127,7 @@ pub struct PaymentMethodView {
     pub exp_year: Option<u32>,
     /// On create: the token of the same card already stored for this customer, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub duplicate_of: Option<String>,
 }
 

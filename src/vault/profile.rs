@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::fields::{self, ValidField};
 use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
@@ -14,19 +15,19 @@ use crate::policy::{FieldDecision, FieldKind, LegalBasis, Purpose, Reason};
 use crate::store::{ConsentRecord, CustomerChange, CustomerRecord};
 
 /// The body of a create.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCustomer {
-    /// Field name → value.
+    /// Field name → value; each value must satisfy its field's declared type.
     #[serde(default)]
     pub fields: BTreeMap<String, Value>,
-    /// Consents collected together with the data.
+    /// Consents collected together with the data (each names its `purpose`).
     #[serde(default)]
     pub consents: Vec<ConsentInput>,
 }
 
 /// A consent as a caller states it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsentInput {
     /// The purpose (required in a create body; taken from the path otherwise).
@@ -42,21 +43,25 @@ pub struct ConsentInput {
 }
 
 /// A customer's fields as one caller may see them.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CustomerView {
     /// The customer's id.
+    #[schema(value_type = String, format = Uuid)]
     pub id: CustomerId,
     /// Field name → value.
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub fields: Map<String, Value>,
     /// Fields the customer has that this purpose may not see (absent when no purpose applied).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub withheld: Option<Vec<String>>,
 }
 
 /// Proof of an erasure.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ErasureReceipt {
     /// The erased customer.
+    #[schema(value_type = String, format = Uuid)]
     pub id: CustomerId,
     /// When, RFC 3339.
     pub erased_at: String,

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use super::consent::ConsentView;
 use super::payment::PaymentMethodView;
@@ -19,11 +20,13 @@ pub const EXPORT_FORMAT_VERSION: u32 = 1;
 const HISTORY_PAGE: usize = 1000;
 
 /// What `GET /v1/me` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OwnProfile {
     /// The customer's id.
+    #[schema(value_type = String, format = Uuid)]
     pub id: CustomerId,
     /// Every stored field, unmasked.
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub fields: Map<String, Value>,
     /// Payment methods, masked.
     pub payment_methods: Vec<PaymentMethodView>,
@@ -36,17 +39,20 @@ pub struct OwnProfile {
 }
 
 /// The Art. 15 / Art. 20 export document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Export {
     /// Shape version of this document.
     pub format_version: u32,
     /// When it was generated, RFC 3339.
     pub generated_at: String,
     /// The customer's id.
+    #[schema(value_type = String, format = Uuid)]
     pub customer_id: CustomerId,
     /// Every stored field, unmasked.
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub fields: Map<String, Value>,
     /// For each stored field: its data category and the purposes it may serve.
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub field_info: Map<String, Value>,
     /// Payment methods, masked.
     pub payment_methods: Vec<PaymentMethodView>,

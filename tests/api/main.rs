@@ -7,6 +7,8 @@ mod customer;
 mod disclosure;
 mod helpers;
 mod merchant;
+mod metrics;
+mod openapi;
 mod operate;
 mod payment;
 mod storage;
