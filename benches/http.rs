@@ -98,12 +98,12 @@ fn main() {
         }
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut child, base) = start_server(dir.path());
+    let (mut child, base) = start_server(dir.path(), true);
     let pid = child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let outcomes = runtime.block_on(run(&config, &base));
     let rss_kib = peak_rss_kib(pid);
-    stop_server(&mut child);
+    stop_server(&mut child, true);
     let data_bytes = dir_size(dir.path());
     let restart = measure_restart(dir.path(), &runtime);
     report(&config, smoke, &outcomes, rss_kib, data_bytes, &restart);
@@ -120,7 +120,7 @@ struct Restart {
 /// the audit log size it opened and its RSS.
 fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
     let started = Instant::now();
-    let (mut child, base) = start_server(dir);
+    let (mut child, base) = start_server(dir, false);
     let startup = started.elapsed();
     let events = runtime.block_on(async {
         let http = reqwest::Client::new();
@@ -140,12 +140,12 @@ fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
         body["tree_size"].as_u64().unwrap_or(0)
     });
     let rss_kib = peak_rss_kib(child.id());
-    stop_server(&mut child);
+    stop_server(&mut child, false);
     Restart { startup, events, rss_kib }
 }
 
-fn start_server(data_dir: &Path) -> (Child, String) {
-    let profile = std::env::var("HTTP_BENCH_PROFILE").ok();
+fn start_server(data_dir: &Path, profiled: bool) -> (Child, String) {
+    let profile = std::env::var("HTTP_BENCH_PROFILE").ok().filter(|_| profiled);
     let mut command = match &profile {
         Some(file) => {
             let mut c = Command::new("perf");
@@ -174,9 +174,9 @@ fn start_server(data_dir: &Path) -> (Child, String) {
     (child, base)
 }
 
-fn stop_server(child: &mut Child) {
+fn stop_server(child: &mut Child, profiled: bool) {
     // Under perf, SIGINT makes perf finish its file and stop the server with it.
-    let signal = if std::env::var("HTTP_BENCH_PROFILE").is_ok() { "-INT" } else { "-TERM" };
+    let signal = if profiled && std::env::var("HTTP_BENCH_PROFILE").is_ok() { "-INT" } else { "-TERM" };
     let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
     let _ = child.wait();
 }
