@@ -5,6 +5,7 @@
 //! that is not customer data (versions, times, consent flags). No backend type appears outside
 //! this module; the rest of the crate holds an `Arc<dyn Store>`.
 
+mod audit_files;
 mod group_commit;
 mod record;
 mod sled;

@@ -9,10 +9,11 @@
 //! Key layout:
 //! - `c` ‖ customer id (16) → encoded [`CustomerRecord`]
 //! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty
-//! - `e` ‖ seq (8, big-endian) → `n (1) ‖ n × (level (1) ‖ hash (32)) ‖ event` — the Merkle
-//!   nodes this leaf completes (its own leaf hash at level 0 first), then the canonical JSON.
-//!   Node (level, index) is completed by leaf `(index + 1) · 2^level − 1`, so it is found in
-//!   that leaf's value: one key per event instead of one per node (fewer pages to write).
+//!
+//! Audit entries are not in sled but in append-only files (`audit_files.rs`), one entry per
+//! event: `n (1) ‖ n × (level (1) ‖ hash (32)) ‖ event` — the Merkle nodes this leaf completes
+//! (its own leaf hash at level 0 first), then the canonical JSON. Node (level, index) is
+//! completed by leaf `(index + 1) · 2^level − 1`, so it is found in that leaf's entry.
 //! - `x` ‖ customer id (16) ‖ seq (8) → empty (per-customer audit history)
 //! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
 //! - `m` ‖ name → metadata (`m` ‖ `wal_lsn` holds the LSN of the last applied batch)
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::audit_files::AuditFiles;
 use super::wal::{Op, Wal};
 use super::{
     AuditAppend, Commit, CustomerChange, CustomerRecord, GroupCommit, IndexEntry, Store, StoreError,
@@ -36,6 +38,7 @@ pub struct SledStore {
     tree: sled::Tree,
     db: sled::Db,
     wal: Arc<Wal>,
+    audit: Arc<AuditFiles>,
     writer: Mutex<WriterState>,
     group_commit: GroupCommit,
     /// Held for its `Drop`, which stops the checkpoint thread.
@@ -43,7 +46,6 @@ pub struct SledStore {
 }
 
 struct WriterState {
-    audit_size: u64,
     /// LSN of the last batch applied (and logged).
     lsn: u64,
 }
@@ -75,25 +77,37 @@ impl SledStore {
             None => 0,
         };
         // Replay what sled lost: every logged batch newer than the last one sled holds.
+        let audit_dir = dir.join("audit");
+        std::fs::create_dir_all(&audit_dir)
+            .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", audit_dir.display())))?;
+        let audit = Arc::new(AuditFiles::open(&audit_dir)?);
         let durable_in_sled = lsn;
-        for record in Wal::read_all(&wal_dir)?.into_iter().filter(|r| r.lsn > durable_in_sled) {
-            tree.apply_batch(to_batch(&record.ops)).map_err(unavailable)?;
-            lsn = record.lsn;
+        for record in Wal::read_all(&wal_dir)? {
+            // Audit entries: whatever the files lack. Sled changes: batches newer than sled's.
+            for op in &record.ops {
+                if let Op::Audit(seq, entry) = op
+                    && *seq >= audit.len()?
+                {
+                    audit.push(*seq, Arc::from(entry.as_slice()))?;
+                }
+            }
+            if record.lsn > durable_in_sled {
+                tree.apply_batch(to_batch(&record.ops)).map_err(unavailable)?;
+                lsn = record.lsn;
+            }
         }
         db.flush().map_err(unavailable)?;
+        audit.persist()?;
         let wal = Arc::new(Wal::start(&wal_dir)?);
-        let audit_size = match tree.scan_prefix([b'e']).next_back() {
-            Some(entry) => seq_from_key(&entry.map_err(unavailable)?.0)? + 1,
-            None => 0,
-        };
         let flush_wal = Arc::clone(&wal);
         let group_commit = GroupCommit::start("wal", Box::new(move || flush_wal.write_pending()));
-        let checkpointer = Checkpointer::start(db.clone(), Arc::clone(&wal));
+        let checkpointer = Checkpointer::start(db.clone(), Arc::clone(&wal), Arc::clone(&audit));
         Ok(SledStore {
             tree,
             db,
             wal,
-            writer: Mutex::new(WriterState { audit_size, lsn }),
+            audit,
+            writer: Mutex::new(WriterState { lsn }),
             group_commit,
             _checkpointer: checkpointer,
         })
@@ -102,7 +116,7 @@ impl SledStore {
     /// Makes everything durable in sled itself and empties the log (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
         self.wal.write_pending().map_err(StoreError::Unavailable)?;
-        checkpoint(&self.db, &self.wal)
+        checkpoint(&self.db, &self.wal, &self.audit)
     }
 
     /// Applies `ops` as one atomic sled batch and logs them. Called with the writer lock held,
@@ -112,15 +126,21 @@ impl SledStore {
         ops.push(Op::Put(meta_key(WAL_LSN), lsn.to_be_bytes().to_vec()));
         self.tree.apply_batch(to_batch(&ops)).map_err(unavailable)?;
         writer.lsn = lsn;
+        for op in &ops {
+            if let Op::Audit(seq, entry) = op {
+                self.audit.push(*seq, Arc::from(entry.as_slice()))?;
+            }
+        }
         self.wal.append(lsn, &ops)
     }
 
     fn apply(&self, commit: Commit) -> Result<(), StoreError> {
         let mut writer = self.writer.lock().map_err(|_| poisoned())?;
-        if let Some(audit) = &commit.audit
-            && audit.seq != writer.audit_size
-        {
-            return Err(StoreError::AuditOutOfOrder { expected: writer.audit_size, got: audit.seq });
+        if let Some(audit) = &commit.audit {
+            let expected = self.audit.len()?;
+            if audit.seq != expected {
+                return Err(StoreError::AuditOutOfOrder { expected, got: audit.seq });
+            }
         }
         let mut ops = Vec::with_capacity(8);
         if let Some(change) = commit.customer {
@@ -129,11 +149,7 @@ impl SledStore {
         if let Some(audit) = &commit.audit {
             stage_audit(&mut ops, audit);
         }
-        self.apply_ops(&mut writer, ops)?;
-        if commit.audit.is_some() {
-            writer.audit_size += 1;
-        }
-        Ok(())
+        self.apply_ops(&mut writer, ops)
     }
 
     /// Checks the change against what is stored and adds its writes to `ops`.
@@ -249,14 +265,14 @@ impl Store for SledStore {
     }
 
     async fn audit_size(&self) -> Result<u64, StoreError> {
-        Ok(self.writer.lock().map_err(|_| poisoned())?.audit_size)
+        self.audit.len()
     }
 
     async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
-        for entry in self.tree.range(event_key(from)..[b'e' + 1].to_vec()).take(limit) {
-            let (key, value) = entry.map_err(unavailable)?;
-            out.push((seq_from_key(&key)?, stored_event(&value)?.1.to_vec()));
+        for seq in from..from.saturating_add(limit as u64) {
+            let Some(entry) = self.audit.get(seq)? else { break };
+            out.push((seq, stored_event(&entry)?.1.to_vec()));
         }
         Ok(out)
     }
@@ -279,9 +295,8 @@ impl Store for SledStore {
                 key[prefix_len..].try_into().map_err(|_| StoreError::Corrupt("history key length".into()))?,
             );
             let event = self
-                .tree
-                .get(event_key(seq))
-                .map_err(unavailable)?
+                .audit
+                .get(seq)?
                 .ok_or_else(|| StoreError::Corrupt(format!("history names missing event {seq}")))?;
             out.push((seq, stored_event(&event)?.1.to_vec()));
         }
@@ -320,7 +335,7 @@ impl Store for SledStore {
         else {
             return Ok(None);
         };
-        match self.tree.get(event_key(seq)).map_err(unavailable)? {
+        match self.audit.get(seq)? {
             Some(value) => Ok(stored_event(&value)?.0.into_iter().find(|(l, _)| *l == level).map(|(_, h)| h)),
             None => Ok(None),
         }
@@ -351,7 +366,7 @@ fn stage_audit(ops: &mut Vec<Op>, audit: &AuditAppend) {
         value.extend_from_slice(hash);
     }
     value.extend_from_slice(&audit.event);
-    ops.push(Op::Put(event_key(audit.seq), value));
+    ops.push(Op::Audit(audit.seq, value));
     if let Some(customer) = &audit.customer {
         let mut key = history_prefix(customer);
         key.extend_from_slice(&audit.seq.to_be_bytes());
@@ -365,17 +380,19 @@ fn to_batch(ops: &[Op]) -> sled::Batch {
         match op {
             Op::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
             Op::Remove(k) => batch.remove(k.as_slice()),
+            Op::Audit(..) => {}
         }
     }
     batch
 }
 
 /// Flushes sled and drops the log segments the flush made redundant.
-fn checkpoint(db: &sled::Db, wal: &Wal) -> Result<(), StoreError> {
-    // invariant: rotate before flushing, so every record in the returned segments was applied
-    // before the flush started and is covered by it.
+fn checkpoint(db: &sled::Db, wal: &Wal, audit: &AuditFiles) -> Result<(), StoreError> {
+    // invariant: rotate first, so every record in the returned segments was applied (to sled
+    // and to the audit tail) before the flush and the persist started, which both cover it.
     let old = wal.rotate()?;
     db.flush().map_err(unavailable)?;
+    audit.persist()?;
     wal.remove(&old)
 }
 
@@ -386,7 +403,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(db: sled::Db, wal: Arc<Wal>) -> Self {
+    fn start(db: sled::Db, wal: Arc<Wal>, audit: Arc<AuditFiles>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -398,7 +415,7 @@ impl Checkpointer {
                     let due = wal.segment_bytes() >= CHECKPOINT_BYTES
                         || (last.elapsed() >= CHECKPOINT_EVERY && wal.segment_bytes() > 0);
                     if due {
-                        if let Err(e) = checkpoint(&db, &wal) {
+                        if let Err(e) = checkpoint(&db, &wal, &audit) {
                             tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
                         }
                         last = Instant::now();
@@ -445,13 +462,6 @@ fn index_prefix(field: &str, index: &[u8; 32]) -> Vec<u8> {
 fn index_key(field: &str, index: &[u8; 32], id: &CustomerId) -> Vec<u8> {
     let mut key = index_prefix(field, index);
     key.extend_from_slice(id.as_bytes());
-    key
-}
-
-fn event_key(seq: u64) -> Vec<u8> {
-    let mut key = Vec::with_capacity(9);
-    key.push(b'e');
-    key.extend_from_slice(&seq.to_be_bytes());
     key
 }
 

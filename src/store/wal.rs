@@ -13,7 +13,8 @@
 //! log record became durable — never regressing a key sled already had newer.
 //!
 //! Frame: `len (u32 LE) ‖ crc32 (u32 LE) ‖ payload`; payload: `lsn (u64 LE)` then ops, each
-//! `1 ‖ klen (u32) ‖ key ‖ vlen (u32) ‖ value` (put) or `2 ‖ klen (u32) ‖ key` (remove). A torn
+//! `1 ‖ klen (u32) ‖ key ‖ vlen (u32) ‖ value` (put), `2 ‖ klen (u32) ‖ key` (remove) or
+//! `3 ‖ seq (u64) ‖ vlen (u32) ‖ entry` (audit append). A torn
 //! or corrupt frame ends the replay of the last segment; anywhere else it is an error.
 
 use std::fs::{File, OpenOptions};
@@ -30,6 +31,8 @@ pub(super) enum Op {
     Put(Vec<u8>, Vec<u8>),
     /// Delete `key`.
     Remove(Vec<u8>),
+    /// Append audit entry `seq` (kept in the audit files, not in sled).
+    Audit(u64, Vec<u8>),
 }
 
 /// A logged batch.
@@ -106,6 +109,11 @@ impl Wal {
                     payload.push(2);
                     put_bytes(&mut payload, k);
                 }
+                Op::Audit(seq, v) => {
+                    payload.push(3);
+                    payload.extend_from_slice(&seq.to_le_bytes());
+                    put_bytes(&mut payload, v);
+                }
             }
         }
         let mut pending = self.pending.lock().map_err(|_| poisoned())?;
@@ -155,6 +163,7 @@ fn op_len(op: &Op) -> usize {
     match op {
         Op::Put(k, v) => 9 + k.len() + v.len(),
         Op::Remove(k) => 5 + k.len(),
+        Op::Audit(_, v) => 13 + v.len(),
     }
 }
 
@@ -190,6 +199,11 @@ fn parse_frame(bytes: &[u8]) -> Option<(Record, usize)> {
                 ops.push(Op::Put(k, v));
             }
             2 => ops.push(Op::Remove(take(&mut at)?)),
+            3 => {
+                let seq = u64::from_le_bytes(payload.get(at..at + 8)?.try_into().ok()?);
+                at += 8;
+                ops.push(Op::Audit(seq, take(&mut at)?));
+            }
             _ => return None,
         }
     }
@@ -240,17 +254,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::start(dir.path()).unwrap();
         wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec()), Op::Remove(b"b".to_vec())]).unwrap();
-        wal.append(2, &[Op::Put(b"c".to_vec(), vec![0; 1000])]).unwrap();
+        wal.append(2, &[Op::Put(b"c".to_vec(), vec![0; 1000]), Op::Audit(7, b"{}".to_vec())]).unwrap();
         wal.write_pending().unwrap();
         drop(wal);
         let records = Wal::read_all(dir.path()).unwrap();
         assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(records[0].ops[1], Op::Remove(b"b".to_vec()));
+        assert_eq!(records[1].ops[1], Op::Audit(7, b"{}".to_vec()));
 
         // Cut the last frame in half, as a crash during the write would.
         let path = segment_path(dir.path(), segment_ids(dir.path()).unwrap()[0]);
         let len = std::fs::metadata(&path).unwrap().len();
-        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 500).unwrap();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 510).unwrap();
         let records = Wal::read_all(dir.path()).unwrap();
         assert_eq!(records.len(), 1);
     }

@@ -1,0 +1,187 @@
+//! The audit log's entries in two append-only files instead of sled: every request appends an
+//! event, and keeping those out of sled's B-tree spares sled most of its page writes.
+//!
+//! `audit.dat` holds the entries back to back; `audit.idx` holds, per seq, the 8-byte end
+//! offset of that entry in `audit.dat`, so entry `seq` is found with two positioned reads.
+//! Entries reach the files only at a checkpoint; until then they live in memory (`tail`) and in
+//! the write-ahead log, which is what makes them durable. Files are written entries first, then
+//! the index, each synced, so on open an index entry never points past the data; anything
+//! after the last indexed entry is a torn write and is cut off.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use super::StoreError;
+
+/// Entries persisted in the files plus the in-memory tail.
+pub(super) struct AuditFiles {
+    dat: File,
+    idx: File,
+    state: RwLock<State>,
+    /// Serialises `persist` (checkpoint thread and shutdown).
+    persisting: Mutex<()>,
+}
+
+struct State {
+    /// Entries 0..persisted are in the files.
+    persisted: u64,
+    /// Length of `audit.dat` covered by the index.
+    dat_len: u64,
+    /// Entries persisted..: not in the files yet.
+    tail: BTreeMap<u64, Arc<[u8]>>,
+}
+
+impl AuditFiles {
+    /// Opens (or creates) the files in `dir`, cutting off any torn tail.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let open = |name: &str| {
+            OpenOptions::new().create(true).read(true).append(true).open(dir.join(name)).map_err(io)
+        };
+        let (dat, idx) = (open("audit.dat")?, open("audit.idx")?);
+        let dat_file_len = dat.metadata().map_err(io)?.len();
+        let mut entries = idx.metadata().map_err(io)?.len() / 8;
+        // Drop index entries that point past the data (the data sync did not finish).
+        let mut dat_len = 0;
+        while entries > 0 {
+            let end = read_u64(&idx, (entries - 1) * 8)?;
+            if end <= dat_file_len {
+                dat_len = end;
+                break;
+            }
+            entries -= 1;
+        }
+        idx.set_len(entries * 8).map_err(io)?;
+        dat.set_len(dat_len).map_err(io)?;
+        let state = State { persisted: entries, dat_len, tail: BTreeMap::new() };
+        Ok(AuditFiles { dat, idx, state: RwLock::new(state), persisting: Mutex::new(()) })
+    }
+
+    /// The number of entries (persisted and in memory).
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let state = self.state.read().map_err(|_| poisoned())?;
+        Ok(state.tail.last_key_value().map_or(state.persisted, |(seq, _)| seq + 1))
+    }
+
+    /// Adds entry `seq`, which must be the next one.
+    pub fn push(&self, seq: u64, entry: Arc<[u8]>) -> Result<(), StoreError> {
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        let next = state.tail.last_key_value().map_or(state.persisted, |(s, _)| s + 1);
+        if seq != next {
+            return Err(StoreError::AuditOutOfOrder { expected: next, got: seq });
+        }
+        state.tail.insert(seq, entry);
+        Ok(())
+    }
+
+    /// Entry `seq`, if it exists.
+    pub fn get(&self, seq: u64) -> Result<Option<Arc<[u8]>>, StoreError> {
+        let (persisted, dat_len) = {
+            let state = self.state.read().map_err(|_| poisoned())?;
+            if let Some(entry) = state.tail.get(&seq) {
+                return Ok(Some(Arc::clone(entry)));
+            }
+            (state.persisted, state.dat_len)
+        };
+        if seq >= persisted {
+            return Ok(None);
+        }
+        // Persisted entries never change, so they are read without holding the lock.
+        let start = if seq == 0 { 0 } else { read_u64(&self.idx, (seq - 1) * 8)? };
+        let end = read_u64(&self.idx, seq * 8)?;
+        if start > end || end > dat_len {
+            return Err(StoreError::Corrupt(format!("audit index entry {seq}")));
+        }
+        let mut buf = vec![0u8; (end - start) as usize];
+        self.dat.read_exact_at(&mut buf, start).map_err(io)?;
+        Ok(Some(buf.into()))
+    }
+
+    /// Writes every in-memory entry to the files and syncs them (a checkpoint step).
+    pub fn persist(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.persisting.lock().map_err(|_| poisoned())?;
+        let (entries, mut end) = {
+            let state = self.state.read().map_err(|_| poisoned())?;
+            let entries: Vec<(u64, Arc<[u8]>)> =
+                state.tail.iter().map(|(s, e)| (*s, Arc::clone(e))).collect();
+            (entries, state.dat_len)
+        };
+        let Some(&(last, _)) = entries.last() else { return Ok(()) };
+        let mut data = Vec::with_capacity(entries.iter().map(|(_, e)| e.len()).sum());
+        let mut index = Vec::with_capacity(entries.len() * 8);
+        for (_, entry) in &entries {
+            data.extend_from_slice(entry);
+            end += entry.len() as u64;
+            index.extend_from_slice(&end.to_le_bytes());
+        }
+        (&self.dat).write_all(&data).map_err(io)?;
+        self.dat.sync_data().map_err(io)?;
+        (&self.idx).write_all(&index).map_err(io)?;
+        self.idx.sync_data().map_err(io)?;
+        let mut state = self.state.write().map_err(|_| poisoned())?;
+        state.persisted = last + 1;
+        state.dat_len = end;
+        state.tail.retain(|seq, _| *seq > last);
+        Ok(())
+    }
+}
+
+fn read_u64(file: &File, at: u64) -> Result<u64, StoreError> {
+    let mut buf = [0u8; 8];
+    file.read_exact_at(&mut buf, at).map_err(io)?;
+    Ok(u64::from_le_bytes(buf))
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("audit files: {e}"))
+}
+
+fn poisoned() -> StoreError {
+    StoreError::Unavailable("audit files lock poisoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_read_back_from_memory_and_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = AuditFiles::open(dir.path()).unwrap();
+        files.push(0, Arc::from(&b"zero"[..])).unwrap();
+        files.push(1, Arc::from(&b"one"[..])).unwrap();
+        assert!(matches!(files.push(3, Arc::from(&b"x"[..])), Err(StoreError::AuditOutOfOrder { .. })));
+        assert_eq!(&*files.get(1).unwrap().unwrap(), b"one");
+        files.persist().unwrap();
+        files.push(2, Arc::from(&b"two"[..])).unwrap();
+        assert_eq!(&*files.get(0).unwrap().unwrap(), b"zero");
+        assert_eq!(&*files.get(2).unwrap().unwrap(), b"two");
+        assert!(files.get(3).unwrap().is_none());
+        files.persist().unwrap();
+        drop(files);
+        let again = AuditFiles::open(dir.path()).unwrap();
+        assert_eq!(again.len().unwrap(), 3);
+        assert_eq!(&*again.get(1).unwrap().unwrap(), b"one");
+        assert_eq!(&*again.get(2).unwrap().unwrap(), b"two");
+    }
+
+    #[test]
+    fn a_torn_write_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = AuditFiles::open(dir.path()).unwrap();
+        files.push(0, Arc::from(&b"zero"[..])).unwrap();
+        files.push(1, Arc::from(&b"one"[..])).unwrap();
+        files.persist().unwrap();
+        drop(files);
+        // The data of entry 1 lost, its index entry kept (the data sync never finished).
+        let dat = OpenOptions::new().write(true).open(dir.path().join("audit.dat")).unwrap();
+        dat.set_len(5).unwrap();
+        let again = AuditFiles::open(dir.path()).unwrap();
+        assert_eq!(again.len().unwrap(), 1);
+        again.push(1, Arc::from(&b"uno"[..])).unwrap();
+        assert_eq!(&*again.get(1).unwrap().unwrap(), b"uno");
+    }
+}
