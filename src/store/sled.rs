@@ -52,7 +52,7 @@ struct WriterState {
 
 /// A checkpoint is taken when the current log segment is this large, or this old.
 const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const WAL_LSN: &str = "wal_lsn";
 
 impl SledStore {
