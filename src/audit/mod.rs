@@ -361,6 +361,10 @@ impl AuditLog {
             let nodes = next.push(merkle::leaf_hash(&bytes));
             let commit =
                 Commit { customer: change, audit: Some(AuditAppend { seq, event: bytes, customer, nodes }) };
+            // invariant: between a successful store commit and the frontier update there is no
+            // await point, and `Store::commit` must not be cancellable after it applied (the
+            // sled backend's commit never yields); otherwise a dropped request future could
+            // leave the in-memory frontier behind the stored log.
             match self.store.commit(commit).await {
                 Ok(()) => {
                     *frontier = next;

@@ -105,7 +105,9 @@ pub trait Store: Send + Sync + 'static {
     async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError>;
 
     /// Applies a commit atomically: the customer change, its index entries and the audit event
-    /// land together or not at all. Not yet durable: see [`Store::sync`].
+    /// land together or not at all. Not yet durable: see [`Store::sync`]. Implementations must
+    /// finish (or not start) the commit even if the returned future is dropped half-way, since
+    /// the audit log's frontier follows what this call reports.
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
 
     /// Returns once everything committed before this call is durable on disk. Concurrent callers
