@@ -2,7 +2,7 @@
 //! token's `sub`; no route takes a customer id, so another customer's record is unreachable.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, CustomerCaller};
+use super::extract::{ApiJson, ApiPath, CustomerCaller};
 use super::merchant::{ConsentBody, CustomerPatch};
 use crate::vault::{ConsentView, CustomerView, ErasureReceipt, Export, OwnProfile, RequestContext};
 
@@ -192,7 +192,7 @@ async fn consents(
 async fn consent(
     State(state): State<AppState>,
     CustomerCaller(ctx): CustomerCaller,
-    Path(purpose): Path<String>,
+    ApiPath(purpose): ApiPath<String>,
     ApiJson(body): ApiJson<ConsentBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.vault.update_consent(&ctx, own_id(&ctx), &purpose, body.into()).await?))
@@ -220,7 +220,7 @@ async fn consent(
 async fn objection(
     State(state): State<AppState>,
     CustomerCaller(ctx): CustomerCaller,
-    Path(purpose): Path<String>,
+    ApiPath(purpose): ApiPath<String>,
     ApiJson(body): ApiJson<Objection>,
 ) -> Result<impl IntoResponse, ApiError> {
     state.vault.update_objection(&ctx, own_id(&ctx), &purpose, body.objected).await?;

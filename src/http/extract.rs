@@ -184,3 +184,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     de.end().map_err(|e| malformed(&e))?;
     Ok(value)
 }
+
+/// Path parameters whose rejection (e.g. invalid percent-encoding) is our JSON 400, not
+/// axum's plain text. Ids inside are checked by the vault (a malformed id is simply unknown).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(|_| ApiError::bad_request("bad_request", "the path is not valid"))
+    }
+}

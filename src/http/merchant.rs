@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, MerchantCaller, PurposeHeader};
+use super::extract::{ApiJson, ApiPath, MerchantCaller, PurposeHeader};
 use crate::domain::CustomerId;
 use crate::vault::{
     ConsentInput, ConsentView, CustomerView, Disclosure, DisclosureRequest, ErasureReceipt, NewCustomer,
@@ -143,7 +143,7 @@ async fn read(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
     PurposeHeader(purpose): PurposeHeader,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     RawQuery(query): RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
     let mut only = None;
@@ -187,7 +187,7 @@ async fn update(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
     PurposeHeader(purpose): PurposeHeader,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(patch): ApiJson<CustomerPatch>,
 ) -> Result<impl IntoResponse, ApiError> {
     let view = state.vault.update_customer(&ctx, &id, patch.fields, purpose.as_deref()).await?;
@@ -218,7 +218,7 @@ async fn erase(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
     PurposeHeader(purpose): PurposeHeader,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let receipt = state.vault.erase_customer(&ctx, &id, purpose.as_deref()).await?;
     Ok(Json(receipt))
@@ -285,7 +285,7 @@ async fn lookup(
 async fn consent(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
-    Path((id, purpose)): Path<(String, String)>,
+    ApiPath((id, purpose)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<ConsentBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     let record = state.vault.update_consent(&ctx, &id, &purpose, body.into()).await?;
@@ -348,7 +348,7 @@ async fn disclose(
 async fn add_payment_method(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (view, created) = state.vault.add_payment_method(&ctx, &id, body).await?;
@@ -378,7 +378,7 @@ async fn list_payment_methods(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
     PurposeHeader(purpose): PurposeHeader,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let methods = state.vault.list_payment_methods(&ctx, &id, purpose.as_deref()).await?;
     Ok(Json(PaymentMethods { payment_methods: methods }))
@@ -403,7 +403,7 @@ async fn list_payment_methods(
 async fn delete_payment_method(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
-    Path((id, token)): Path<(String, String)>,
+    ApiPath((id, token)): ApiPath<(String, String)>,
 ) -> Result<impl IntoResponse, ApiError> {
     state.vault.delete_payment_method(&ctx, &id, &token).await?;
     Ok(StatusCode::NO_CONTENT)

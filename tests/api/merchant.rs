@@ -526,6 +526,12 @@ async fn health_answers_and_unknown_paths_are_json_404() {
     assert_eq!(res.body["error"], "not_found");
     let res = app.call(Method::PUT, "/v1/customers", Some(&app.merchant()), None, None).await;
     assert_eq!(res.status, StatusCode::METHOD_NOT_ALLOWED);
+    // A path that does not decode is a JSON 400 too.
+    let res = app
+        .call(Method::GET, "/v1/customers/%FF%FE", Some(&app.merchant()), Some("order_fulfillment"), None)
+        .await;
+    assert_eq!(res.status, StatusCode::BAD_REQUEST);
+    assert_eq!(res.body["error"], "bad_request");
 }
 
 #[tokio::test]
