@@ -16,8 +16,9 @@ pub struct CustomerId(uuid::Uuid);
 pub struct InvalidCustomerId;
 
 impl CustomerId {
-    /// A new id from 16 bytes of the system's CSPRNG (122 of them random after the UUID v4
-    /// version and variant bits).
+    /// A new id of 122 random bits (UUID v4) from a CSPRNG: uuid's `fast-rng` draws from
+    /// rand's thread-local ChaCha generator seeded by the OS, instead of one `getrandom`
+    /// syscall per id (measured: one syscall per request otherwise, for request ids).
     pub fn random() -> Self {
         CustomerId(uuid::Uuid::new_v4())
     }
