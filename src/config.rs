@@ -68,7 +68,7 @@ impl Default for Settings {
             jwt_issuer: None,
             jwt_audience: None,
             audit_origin: "custodia.localhost/audit".into(),
-            cache_mb: 128,
+            cache_mb: 32,
             max_body_bytes: 64 * 1024,
             request_timeout_ms: 10_000,
             log_format: "text".into(),
