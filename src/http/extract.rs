@@ -47,11 +47,13 @@ async fn authenticate(parts: &mut Parts, state: &AppState, role: Role) -> Result
         Some(t) => state.auth.verify(t.trim()),
     };
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    let budget_key = match &verified {
-        Ok(p) => CallerLimiter::caller_key(p.role.as_str(), p.sub.as_deref().unwrap_or_default()),
-        Err(_) => CallerLimiter::peer_key(peer),
+    let budget = match &verified {
+        Ok(p) => state
+            .limiter
+            .check(&CallerLimiter::caller_key(p.role.as_str(), p.sub.as_deref().unwrap_or_default())),
+        Err(_) => state.limiter.check_peer(&CallerLimiter::peer_key(peer)),
     };
-    if let Err(wait) = state.limiter.check(&budget_key) {
+    if let Err(wait) = budget {
         return Err(ApiError::too_many_requests(wait));
     }
     let (principal, refusal, reason) = match verified {

@@ -1,6 +1,8 @@
 //! Per-caller rate limiting: a token bucket per authenticated caller (`role:sub`), and one per
 //! peer address for requests whose token fails, so a flood of bad tokens cannot fill the audit
-//! log. Refusals are 429 with `Retry-After` and are not audited (they touch no data).
+//! log. The per-caller budget is off unless configured; the per-peer budget for failed tokens
+//! is always on (the configured rate, or 20/s with bursts of 40). Refusals are 429 with
+//! `Retry-After` and are not audited (they touch no data).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -9,25 +11,43 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// A keyed limiter; `None` inside when limiting is off.
+/// Budget per peer for requests whose token fails, when no rate is configured.
+const DEFAULT_PEER_RATE: NonZeroU32 = NonZeroU32::new(20).unwrap();
+const DEFAULT_PEER_BURST: u32 = 40;
+
+/// Keyed limiters for callers (optional) and for peers with failing tokens (always on).
 pub struct CallerLimiter {
-    inner: Option<(DefaultKeyedRateLimiter<String>, DefaultClock)>,
+    callers: Option<DefaultKeyedRateLimiter<String>>,
+    peers: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+fn keyed(rate: NonZeroU32, burst: u32) -> DefaultKeyedRateLimiter<String> {
+    let burst = NonZeroU32::new(burst.max(rate.get())).unwrap_or(rate);
+    RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
 }
 
 impl CallerLimiter {
-    /// `per_second` requests per second per key with bursts up to `burst`; 0 turns it off.
+    /// `per_second` requests per second per caller with bursts up to `burst`; 0 turns the
+    /// per-caller budget off (peers with failing tokens then get the default budget).
     pub fn new(per_second: u32, burst: u32) -> Self {
-        let inner = NonZeroU32::new(per_second).map(|rate| {
-            let burst = NonZeroU32::new(burst.max(per_second)).unwrap_or(rate);
-            (RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)), DefaultClock::default())
-        });
-        CallerLimiter { inner }
+        let callers = NonZeroU32::new(per_second).map(|rate| keyed(rate, burst));
+        let peers = match NonZeroU32::new(per_second) {
+            Some(rate) => keyed(rate, burst),
+            None => keyed(DEFAULT_PEER_RATE, DEFAULT_PEER_BURST),
+        };
+        CallerLimiter { callers, peers, clock: DefaultClock::default() }
     }
 
-    /// Takes one request from `key`'s bucket, or says how long to wait.
+    /// Takes one request from an authenticated caller's bucket, or says how long to wait.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        let Some((limiter, clock)) = &self.inner else { return Ok(()) };
-        limiter.check_key(&key.to_owned()).map_err(|not_until| not_until.wait_time_from(clock.now()))
+        let Some(limiter) = &self.callers else { return Ok(()) };
+        limiter.check_key(&key.to_owned()).map_err(|n| n.wait_time_from(self.clock.now()))
+    }
+
+    /// Takes one request from the bucket of a peer whose token failed.
+    pub fn check_peer(&self, key: &str) -> Result<(), Duration> {
+        self.peers.check_key(&key.to_owned()).map_err(|n| n.wait_time_from(self.clock.now()))
     }
 
     /// The key of a caller.
@@ -42,7 +62,7 @@ impl CallerLimiter {
 
     /// Drops buckets that are full again, bounding memory under many distinct keys.
     pub fn prune(&self) {
-        if let Some((limiter, _)) = &self.inner {
+        for limiter in self.callers.iter().chain(std::iter::once(&self.peers)) {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -62,6 +82,9 @@ mod tests {
         let wait = limiter.check("merchant:a").unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
         assert!(limiter.check("merchant:b").is_ok());
-        assert!(CallerLimiter::new(0, 0).check("x").is_ok(), "0 turns limiting off");
+        let off = CallerLimiter::new(0, 0);
+        assert!((0..100).all(|_| off.check("x").is_ok()), "0 turns the caller budget off");
+        let refused = (0..100).filter(|_| off.check_peer("peer:10.0.0.1").is_err()).count();
+        assert!(refused >= 50, "failing tokens keep a default per-peer budget: {refused}");
     }
 }

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -39,7 +38,13 @@ impl AuditFiles {
     /// Opens (or creates) the files in `dir`, cutting off any torn tail.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let open = |name: &str| {
-            OpenOptions::new().create(true).read(true).append(true).open(dir.join(name)).map_err(io)
+            OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(false)
+                .open(dir.join(name))
+                .map_err(io)
         };
         let (dat, idx) = (open("audit.dat")?, open("audit.idx")?);
         let dat_file_len = dat.metadata().map_err(io)?.len();
@@ -103,12 +108,13 @@ impl AuditFiles {
     /// Writes every in-memory entry to the files and syncs them (a checkpoint step).
     pub fn persist(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.persisting.lock().map_err(|_| poisoned())?;
-        let (entries, mut end) = {
+        let (entries, start, first) = {
             let state = self.state.read().map_err(|_| poisoned())?;
             let entries: Vec<(u64, Arc<[u8]>)> =
                 state.tail.iter().map(|(s, e)| (*s, Arc::clone(e))).collect();
-            (entries, state.dat_len)
+            (entries, state.dat_len, state.persisted)
         };
+        let mut end = start;
         let Some(&(last, _)) = entries.last() else { return Ok(()) };
         let mut data = Vec::with_capacity(entries.iter().map(|(_, e)| e.len()).sum());
         let mut index = Vec::with_capacity(entries.len() * 8);
@@ -117,9 +123,11 @@ impl AuditFiles {
             end += entry.len() as u64;
             index.extend_from_slice(&end.to_le_bytes());
         }
-        (&self.dat).write_all(&data).map_err(io)?;
+        // Positioned writes at the known ends: a failed or partial earlier attempt is simply
+        // overwritten, never followed by misplaced bytes.
+        self.dat.write_all_at(&data, start).map_err(io)?;
         self.dat.sync_data().map_err(io)?;
-        (&self.idx).write_all(&index).map_err(io)?;
+        self.idx.write_all_at(&index, first * 8).map_err(io)?;
         self.idx.sync_data().map_err(io)?;
         let mut state = self.state.write().map_err(|_| poisoned())?;
         state.persisted = last + 1;

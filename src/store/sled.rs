@@ -39,7 +39,7 @@ pub struct SledStore {
     db: sled::Db,
     wal: Arc<Wal>,
     audit: Arc<AuditFiles>,
-    writer: Mutex<WriterState>,
+    writer: Arc<Mutex<WriterState>>,
     group_commit: GroupCommit,
     /// Held for its `Drop`, which stops the checkpoint thread.
     _checkpointer: Checkpointer,
@@ -70,11 +70,9 @@ impl SledStore {
             .map_err(unavailable)?;
         let tree = db.open_tree("custodia").map_err(unavailable)?;
         let wal_dir = dir.join("wal");
-        let mut lsn = match tree.get(meta_key(WAL_LSN)).map_err(unavailable)? {
-            Some(bytes) => u64::from_be_bytes(
-                bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt("wal lsn length".into()))?,
-            ),
-            None => 0,
+        let (mut lsn, sled_audit_len) = match tree.get(meta_key(WAL_LSN)).map_err(unavailable)? {
+            Some(bytes) => decode_lsn(&bytes)?,
+            None => (0, 0),
         };
         // Replay what sled lost: every logged batch newer than the last one sled holds.
         let audit_dir = dir.join("audit");
@@ -96,42 +94,51 @@ impl SledStore {
                 lsn = record.lsn;
             }
         }
+        // invariant: the log is written before sled, so sled cannot hold a batch whose audit
+        // entry the log and files lack. If it does (the disk lost synced log pages), refuse to
+        // run rather than reuse sequence numbers for other events.
+        if sled_audit_len > audit.len()? {
+            return Err(StoreError::Corrupt(format!(
+                "the store holds changes up to audit entry {} but the audit log ends at {}: refusing to start",
+                sled_audit_len,
+                audit.len()?
+            )));
+        }
         db.flush().map_err(unavailable)?;
         audit.persist()?;
         let wal = Arc::new(Wal::start(&wal_dir)?);
         let flush_wal = Arc::clone(&wal);
-        let group_commit = GroupCommit::start("wal", Box::new(move || flush_wal.write_pending()));
-        let checkpointer = Checkpointer::start(db.clone(), Arc::clone(&wal), Arc::clone(&audit));
-        Ok(SledStore {
-            tree,
-            db,
-            wal,
-            audit,
-            writer: Mutex::new(WriterState { lsn }),
-            group_commit,
-            _checkpointer: checkpointer,
-        })
+        let group_commit = GroupCommit::start("wal", Box::new(move || flush_wal.sync()));
+        let writer = Arc::new(Mutex::new(WriterState { lsn }));
+        let checkpointer =
+            Checkpointer::start(db.clone(), Arc::clone(&wal), Arc::clone(&audit), Arc::clone(&writer));
+        Ok(SledStore { tree, db, wal, audit, writer, group_commit, _checkpointer: checkpointer })
     }
 
     /// Makes everything durable in sled itself and empties the log (used at shutdown).
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.wal.write_pending().map_err(StoreError::Unavailable)?;
-        checkpoint(&self.db, &self.wal, &self.audit)
+        self.wal.sync().map_err(StoreError::Unavailable)?;
+        checkpoint(&self.db, &self.wal, &self.audit, &self.writer)
     }
 
-    /// Applies `ops` as one atomic sled batch and logs them. Called with the writer lock held,
+    /// Logs `ops`, then applies them as one atomic sled batch. Called with the writer lock held,
     /// so LSN order, log order and apply order are one order.
     fn apply_ops(&self, writer: &mut WriterState, mut ops: Vec<Op>) -> Result<(), StoreError> {
         let lsn = writer.lsn + 1;
-        ops.push(Op::Put(meta_key(WAL_LSN), lsn.to_be_bytes().to_vec()));
-        self.tree.apply_batch(to_batch(&ops)).map_err(unavailable)?;
+        let appended = ops.iter().filter(|op| matches!(op, Op::Audit(..))).count() as u64;
+        let audit_len = self.audit.len()? + appended;
+        ops.push(Op::Put(meta_key(WAL_LSN), encode_lsn(lsn, audit_len)));
+        // invariant: log first. A batch sled holds is always in the log (a crash can leave a
+        // logged batch unapplied, which replay applies, never the reverse).
+        self.wal.append(lsn, &ops)?;
         writer.lsn = lsn;
+        self.tree.apply_batch(to_batch(&ops)).map_err(unavailable)?;
         for op in &ops {
             if let Op::Audit(seq, entry) = op {
                 self.audit.push(*seq, Arc::from(entry.as_slice()))?;
             }
         }
-        self.wal.append(lsn, &ops)
+        Ok(())
     }
 
     fn apply(&self, commit: Commit) -> Result<(), StoreError> {
@@ -374,6 +381,25 @@ fn stage_audit(ops: &mut Vec<Op>, audit: &AuditAppend) {
     }
 }
 
+/// The `wal_lsn` value: the batch's LSN and the audit log length after it.
+fn encode_lsn(lsn: u64, audit_len: u64) -> Vec<u8> {
+    let mut value = lsn.to_be_bytes().to_vec();
+    value.extend_from_slice(&audit_len.to_be_bytes());
+    value
+}
+
+fn decode_lsn(bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+    let part = |r: std::ops::Range<usize>| -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(
+            bytes
+                .get(r)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| StoreError::Corrupt("wal lsn".into()))?,
+        ))
+    };
+    Ok((part(0..8)?, part(8..16)?))
+}
+
 fn to_batch(ops: &[Op]) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for op in ops {
@@ -387,10 +413,19 @@ fn to_batch(ops: &[Op]) -> sled::Batch {
 }
 
 /// Flushes sled and drops the log segments the flush made redundant.
-fn checkpoint(db: &sled::Db, wal: &Wal, audit: &AuditFiles) -> Result<(), StoreError> {
-    // invariant: rotate first, so every record in the returned segments was applied (to sled
-    // and to the audit tail) before the flush and the persist started, which both cover it.
-    let old = wal.rotate()?;
+fn checkpoint(
+    db: &sled::Db,
+    wal: &Wal,
+    audit: &AuditFiles,
+    writer: &Mutex<WriterState>,
+) -> Result<(), StoreError> {
+    // invariant: rotate under the writer lock, so no batch is between its log write and its
+    // apply; every record in the returned segments was then applied (to sled and to the audit
+    // tail) before the flush and the persist started, which both cover it.
+    let old = {
+        let _no_writes = writer.lock().map_err(|_| poisoned())?;
+        wal.rotate()?
+    };
     db.flush().map_err(unavailable)?;
     audit.persist()?;
     wal.remove(&old)
@@ -403,7 +438,7 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(db: sled::Db, wal: Arc<Wal>, audit: Arc<AuditFiles>) -> Self {
+    fn start(db: sled::Db, wal: Arc<Wal>, audit: Arc<AuditFiles>, writer: Arc<Mutex<WriterState>>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopping = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
@@ -415,7 +450,7 @@ impl Checkpointer {
                     let due = wal.segment_bytes() >= CHECKPOINT_BYTES
                         || (last.elapsed() >= CHECKPOINT_EVERY && wal.segment_bytes() > 0);
                     if due {
-                        if let Err(e) = checkpoint(&db, &wal, &audit) {
+                        if let Err(e) = checkpoint(&db, &wal, &audit, &writer) {
                             tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds");
                         }
                         last = Instant::now();

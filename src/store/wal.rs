@@ -1,10 +1,13 @@
 //! The write-ahead log that makes commits durable.
 //!
 //! sled's own flush rewrites every dirty page and syncs with `sync_file_range`, which neither
-//! scales with many small writes nor flushes the device cache. So every write is also appended,
-//! in apply order, to this log, and group commit makes the log durable with one sequential
-//! write and one `fdatasync` per batch. sled itself is flushed in the background (a
-//! checkpoint), after which the log segments it covers are deleted.
+//! scales with many small writes nor flushes the device cache. So every batch is first written
+//! to this log — before it is applied to sled, so sled can never hold a batch the log lacks —
+//! and group commit makes the log durable with one `fdatasync` for every waiting request. sled
+//! itself is flushed in the background (a checkpoint), after which the log segments it covers
+//! are deleted. After any write or sync error the log refuses every further write until a
+//! restart replays it: a failed `fdatasync` may have dropped pages that a retry would report
+//! as synced.
 //!
 //! Recovery invariant: every sled batch also stores its log sequence number (LSN) under one
 //! metadata key, and batches are applied in LSN order under the store's writer lock. sled
@@ -21,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::StoreError;
 
@@ -47,11 +51,12 @@ struct Segment {
     bytes: u64,
 }
 
-/// The log: records framed into `pending` by writers, written and synced by the flusher.
+/// The log: records written by writers (under the store's writer lock), synced by the
+/// group-commit flusher.
 pub(super) struct Wal {
     dir: PathBuf,
-    pending: Mutex<Vec<u8>>,
     segment: Mutex<Segment>,
+    failed: AtomicBool,
 }
 
 impl Wal {
@@ -90,12 +95,15 @@ impl Wal {
             std::fs::remove_file(segment_path(dir, id)).map_err(io)?;
         }
         sync_dir(dir)?;
-        Ok(Wal { dir: dir.to_owned(), pending: Mutex::new(Vec::new()), segment: Mutex::new(segment) })
+        Ok(Wal { dir: dir.to_owned(), segment: Mutex::new(segment), failed: AtomicBool::new(false) })
     }
 
-    /// Frames a record into the pending buffer. Called under the store's writer lock, so the
-    /// log order is the apply order.
+    /// Writes a record to the current segment (not yet synced). Called under the store's writer
+    /// lock before the batch is applied, so the log order is the apply order.
     pub fn append(&self, lsn: u64, ops: &[Op]) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(failed());
+        }
         let mut payload = Vec::with_capacity(64 + ops.iter().map(op_len).sum::<usize>());
         payload.extend_from_slice(&lsn.to_le_bytes());
         for op in ops {
@@ -116,22 +124,31 @@ impl Wal {
                 }
             }
         }
-        let mut pending = self.pending.lock().map_err(|_| poisoned())?;
-        pending.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        pending.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        pending.extend_from_slice(&payload);
+        let mut frame = Vec::with_capacity(8 + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        let mut segment = self.segment.lock().map_err(|_| poisoned())?;
+        if let Err(e) = segment.file.write_all(&frame) {
+            // Cut a partial frame off, and refuse further writes: the caller answers 503.
+            let _ = segment.file.set_len(segment.bytes);
+            self.failed.store(true, Ordering::Release);
+            return Err(io(e));
+        }
+        segment.bytes += frame.len() as u64;
         Ok(())
     }
 
-    /// Writes everything appended so far and syncs it: the group-commit flush.
-    pub fn write_pending(&self) -> Result<(), String> {
-        let buffer = std::mem::take(&mut *self.pending.lock().map_err(|_| "wal poisoned".to_owned())?);
-        let mut segment = self.segment.lock().map_err(|_| "wal poisoned".to_owned())?;
-        if !buffer.is_empty() {
-            segment.file.write_all(&buffer).map_err(|e| e.to_string())?;
-            segment.bytes += buffer.len() as u64;
+    /// Makes every record written so far durable: the group-commit flush.
+    pub fn sync(&self) -> Result<(), String> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(failed().to_string());
         }
-        segment.file.sync_data().map_err(|e| e.to_string())
+        let segment = self.segment.lock().map_err(|_| "write-ahead log lock poisoned".to_owned())?;
+        segment.file.sync_data().map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            e.to_string()
+        })
     }
 
     /// Bytes in the current segment.
@@ -139,11 +156,16 @@ impl Wal {
         self.segment.lock().map_or(0, |s| s.bytes)
     }
 
-    /// Starts a new segment and returns the ids of the older ones. Every record in them was
-    /// applied to sled before this call, so they may be deleted once a sled flush that starts
-    /// after this call has finished.
+    /// Syncs the current segment, starts a new one and returns the ids of the older ones. The
+    /// caller holds the store's writer lock, so every record in them was also applied to sled
+    /// before this call; they may be deleted once a sled flush that starts after it finished.
     pub fn rotate(&self) -> Result<Vec<u64>, StoreError> {
         let mut segment = self.segment.lock().map_err(|_| poisoned())?;
+        // Records acknowledged by a later sync of the new segment must be durable here too.
+        segment.file.sync_data().map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            io(e)
+        })?;
         let next = open_segment(&self.dir, segment.id + 1)?;
         let old = std::mem::replace(&mut *segment, next);
         drop(segment);
@@ -245,6 +267,10 @@ fn poisoned() -> StoreError {
     StoreError::Unavailable("write-ahead log lock poisoned".into())
 }
 
+fn failed() -> StoreError {
+    StoreError::Unavailable("write-ahead log failed earlier; restart to recover".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,7 +281,7 @@ mod tests {
         let wal = Wal::start(dir.path()).unwrap();
         wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec()), Op::Remove(b"b".to_vec())]).unwrap();
         wal.append(2, &[Op::Put(b"c".to_vec(), vec![0; 1000]), Op::Audit(7, b"{}".to_vec())]).unwrap();
-        wal.write_pending().unwrap();
+        wal.sync().unwrap();
         drop(wal);
         let records = Wal::read_all(dir.path()).unwrap();
         assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2]);
@@ -275,10 +301,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::start(dir.path()).unwrap();
         wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
-        wal.write_pending().unwrap();
+        wal.sync().unwrap();
         let old = wal.rotate().unwrap();
         wal.append(2, &[Op::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
-        wal.write_pending().unwrap();
+        wal.sync().unwrap();
         wal.remove(&old).unwrap();
         let records = Wal::read_all(dir.path()).unwrap();
         assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2]);
@@ -289,10 +315,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::start(dir.path()).unwrap();
         wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
-        wal.write_pending().unwrap();
+        wal.sync().unwrap();
         let _ = wal.rotate().unwrap();
         wal.append(2, &[Op::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
-        wal.write_pending().unwrap();
+        wal.sync().unwrap();
         let first = segment_path(dir.path(), segment_ids(dir.path()).unwrap()[0]);
         let mut bytes = std::fs::read(&first).unwrap();
         bytes[10] ^= 0xff;

@@ -62,7 +62,8 @@ impl Vault {
     ) -> Result<ConsentView, VaultError> {
         let record = self.change_choice(ctx, id, purpose, Choice::Consent(&input)).await?;
         let history = record.consents.get(purpose).and_then(|h| h.last());
-        // invariant: change_choice just appended a record for this purpose.
+        // invariant: change_choice appended a record for this purpose, or found an identical
+        // newest one.
         Ok(ConsentView::new(purpose, history.expect("consent just recorded")))
     }
 
@@ -130,6 +131,14 @@ impl Vault {
             match &choice {
                 Choice::Consent(input) => {
                     let previous = record.consents.get(purpose).and_then(|h| h.last());
+                    // A repeated identical statement adds no version: the history (and the
+                    // record every later write re-encodes) must not grow with retries.
+                    if previous.is_some_and(|p| {
+                        p.granted == input.granted && p.notice == input.notice && p.source == input.source
+                    }) {
+                        self.record(draft.clone().withheld(["unchanged"])).await?;
+                        return Ok(record);
+                    }
                     let (name, entry) = match self.consent_record(input, Some(purpose), previous, now) {
                         Ok(r) => r,
                         Err(e) => return self.refuse(draft.failed(["invalid_consent"]), e).await,

@@ -78,7 +78,7 @@ pub enum VaultError {
         denied: Vec<(String, Reason)>,
     },
     /// The body names a field the policy files do not declare.
-    #[error("unknown field `{0}`")]
+    #[error("unknown field{}", shown_name(.0))]
     UnknownField(String),
     /// A field value does not satisfy its declared type.
     #[error("field `{field}` {expected}")]
@@ -233,6 +233,15 @@ impl Vault {
             Err(e) => Err(audit_failure(e)),
         }
     }
+}
+
+/// A caller-given field name as error messages show it: only if it looks like a field name, so
+/// a value sent by mistake in a key's place is never echoed.
+fn shown_name(name: &str) -> String {
+    let plausible = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if plausible { format!(" `{name}`") } else { String::new() }
 }
 
 fn audit_failure(e: AuditError) -> VaultError {

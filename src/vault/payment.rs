@@ -133,8 +133,13 @@ pub struct PaymentMethodView {
 
 impl Secret {
     fn view(&self, token: &str) -> PaymentMethodView {
-        let last4 =
-            |s: &str| s.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect::<String>();
+        // The last four characters only of values long enough that four reveal little.
+        let last4 = |s: &str| {
+            if s.chars().count() < 12 {
+                return "****".to_owned();
+            }
+            s.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect::<String>()
+        };
         match self {
             Secret::Card { brand, number, exp_month, exp_year, .. } => PaymentMethodView {
                 token: token.to_owned(),

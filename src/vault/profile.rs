@@ -274,10 +274,21 @@ impl Vault {
             Ok(v) => v,
             Err(e) => return self.refuse(draft.failed(["invalid_field"]), e).await,
         };
-        let ids = match fields::index_entry(&self.keys.blind_index, &valid) {
+        let matches = match fields::index_entry(&self.keys.blind_index, &valid) {
             Some(entry) => self.store.lookup(&name, &crate::crypto::BlindIndex(entry.index)).await?,
             None => Vec::new(),
         };
+        // Using a customer's value to find them is a use for the purpose: customers whose
+        // consent, objection, restriction or retention rules it out (rules 3–5) are not found.
+        let now = Timestamp::now().millis();
+        let mut ids = Vec::with_capacity(matches.len());
+        for id in matches {
+            if let Some(record) = self.store.customer(&id).await?
+                && self.policies.decide_use(&purpose.name, &name, &record, now).is_allow()
+            {
+                ids.push(id);
+            }
+        }
         let draft = match ids.as_slice() {
             [only] => draft.customer(*only),
             _ => draft,

@@ -579,11 +579,12 @@ async fn a_dropped_last_event_is_named_and_the_server_refuses_to_start() {
     assert!(ok, "{stderr}");
 
     // Removing the event from the store itself: the server will not open a log shorter than
-    // a checkpoint it signed.
+    // the data changes it holds (the store's own check) or than a checkpoint it signed.
     assert!(files.len() >= size);
     files.drop_last();
     let err = custodia::startup::App::build(app.settings.clone()).await.err().expect("refuses to start");
-    assert!(err.to_string().contains("events were removed"), "{err}");
+    let err = err.to_string();
+    assert!(err.contains("the audit log ends at") || err.contains("events were removed"), "{err}");
 }
 
 mod fail_closed {

@@ -226,6 +226,18 @@ async fn objection_and_restriction_are_refused_when_they_do_not_apply() {
     // A restricted customer's data is withheld from the merchant's own contract reads too.
     let res = app.read_customer(&id, "order_fulfillment").await;
     assert_eq!(res.body["fields"], json!({}));
+    // ... and a lookup by their email for that purpose no longer finds them (rules 3–5).
+    let res = app
+        .call(
+            Method::GET,
+            "/v1/customers?email=jane.self%40example.com",
+            Some(&app.merchant()),
+            Some("order_fulfillment"),
+            None,
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.body["customers"], json!([]));
     let events = app.audit_events().await;
     for action in ["objection.update", "restriction.update"] {
         assert!(events.iter().any(|e| e["action"] == action && e["actor"]["role"] == "customer"), "{action}");

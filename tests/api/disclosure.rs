@@ -127,6 +127,15 @@ async fn consent_grant_allows_and_withdrawal_denies_the_very_next_request() {
         disclose(&app, &id, "newsletter", "marketing", &["email", "name"]).await.status,
         StatusCode::OK
     );
+    // Repeating the same statement adds no version (the history does not grow with retries).
+    let res = consent(
+        &app,
+        &id,
+        "marketing",
+        json!({"granted": true, "source": "signup-form", "notice": "marketing-v2"}),
+    )
+    .await;
+    assert_eq!(res.body["version"], 1);
 
     let res = consent(&app, &id, "marketing", json!({"granted": false, "source": "unsubscribe-link"})).await;
     assert_eq!(res.body["version"], 2);

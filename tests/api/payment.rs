@@ -153,6 +153,11 @@ async fn provider_tokens_are_stored_too() {
     assert_eq!(res.body["type"], "provider_token");
     assert_eq!(res.body["brand"], "paystream");
     assert!(!res.body.to_string().contains("tok_1NvXyZ2eZvKYlo2C"));
+    assert_eq!(res.body["last4"], "lo2C");
+    // A short token is not shown at all: its "last four" would be most of it.
+    let res = add(&app, &id, &json!({"provider_token": {"provider": "paystream", "token": "abc123"}})).await;
+    assert_eq!(res.status, StatusCode::CREATED);
+    assert_eq!(res.body["last4"], "****");
 }
 
 #[tokio::test]
