@@ -96,5 +96,16 @@ pub(super) fn index_entry(index_key: &BlindIndexKey, field: &ValidField) -> Opti
 }
 
 fn internal(e: serde_json::Error) -> VaultError {
-    VaultError::Internal(format!("value encoding: {e}"))
+    value_error("field value", &e)
+}
+
+/// An internal error about decrypted data that names only where decoding failed: serde's own
+/// messages can quote the offending value, which here is a customer's data.
+pub(super) fn value_error(what: &str, e: &serde_json::Error) -> VaultError {
+    VaultError::Internal(format!(
+        "{what}: {:?} error at line {} column {}",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
 }

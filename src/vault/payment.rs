@@ -354,7 +354,7 @@ impl Vault {
     ) -> Result<Secret, VaultError> {
         let plaintext = key.open(customer, &context(&method.token), &method.sealed)?;
         serde_json::from_slice(plaintext.expose())
-            .map_err(|e| VaultError::Internal(format!("payment method: {e}")))
+            .map_err(|e| super::fields::value_error("payment method", &e))
     }
 
     /// Validates a body into the sealed form and the card's keyed fingerprint.
