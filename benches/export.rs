@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use custodia::audit::{Action, EventDraft};
 use custodia::config::Settings;
 use custodia::domain::{CustomerId, Principal, Role};
 use custodia::startup::App;
 use custodia::vault::{NewCustomer, RequestContext};
-use secrecy::SecretString;
 use serde_json::json;
 
 /// Customers exported round-robin.
@@ -22,21 +23,10 @@ fn export(c: &mut Criterion) {
         std::env::var("EXPORT_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_owned(),
-        policies: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
-        master_key: Some(SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")),
-        jwt_hs256_secret: Some(SecretString::from("bench-secret-bench-secret-bench-secret-0000")),
-        cache_mb: 256,
-        ..Settings::default()
-    };
+    let settings = Settings { cache_mb: 256, ..common::settings(dir.path()) };
     let app = rt.block_on(App::build(settings)).unwrap();
     let vault = app.vault();
-    let merchant = RequestContext {
-        principal: Principal { role: Role::Merchant, sub: Some("bench".into()) },
-        request_id: "bench".into(),
-    };
+    let merchant = common::merchant();
     // A pool of customers, each with a small history (create, 20 reads, a disclosure), exported
     // round-robin so each export's own `customer.export` event grows any one history slowly.
     let mut ids = Vec::new();

@@ -1,12 +1,11 @@
 //! One full create and one read through the service layer over a real sled store, including
 //! validation, sealing, the audit append and the durable group-commit flush.
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
-use custodia::config::Settings;
-use custodia::domain::Principal;
 use custodia::startup::App;
-use custodia::vault::{NewCustomer, RequestContext};
-use secrecy::SecretString;
+use custodia::vault::NewCustomer;
 use serde_json::json;
 use std::hint::black_box;
 
@@ -24,20 +23,10 @@ fn customer_body(n: u64) -> NewCustomer {
 fn vault_ops(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let settings = Settings {
-        listen: "127.0.0.1:0".into(),
-        data_dir: dir.path().to_owned(),
-        policies: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
-        master_key: Some(SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")),
-        jwt_hs256_secret: Some(SecretString::from("bench-secret-bench-secret-bench-secret-0000")),
-        ..Settings::default()
-    };
+    let settings = common::settings(dir.path());
     let app = rt.block_on(App::build(settings)).unwrap();
     let vault = app.vault();
-    let ctx = RequestContext {
-        principal: Principal { role: custodia::domain::Role::Merchant, sub: Some("bench".into()) },
-        request_id: "bench".into(),
-    };
+    let ctx = common::merchant();
     let mut n = 0u64;
     c.bench_function("vault/create_durable", |b| {
         b.iter(|| {

@@ -111,11 +111,6 @@ impl MasterKeyring {
         &self.current.id
     }
 
-    /// The ids of every configured master key, current first.
-    pub fn ids(&self) -> Vec<&KeyId> {
-        std::iter::once(&self.current.id).chain(self.previous.iter().map(|k| &k.id)).collect()
-    }
-
     /// Re-wraps a customer's data key under the current master key; `None` if it already is.
     pub fn rewrap_data_key(
         &self,
