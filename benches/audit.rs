@@ -20,7 +20,7 @@ use custodia::audit::checkpoint::{CheckpointSigner, VerifierKey};
 use custodia::audit::merkle::{Frontier, Hash, leaf_hash};
 use custodia::audit::proof::{self, MemoryTree};
 use custodia::audit::{Action, Actor, AuditLog, Event, EventDraft, Outcome, verify};
-use custodia::crypto::SigningKey;
+use custodia::crypto::{PseudonymKey, SigningKey};
 use custodia::domain::{Principal, Role};
 use custodia::store::{AuditAppend, Commit, SledStore, Store};
 
@@ -64,7 +64,7 @@ fn append(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("store"), 64 << 20).unwrap());
-    let log = Arc::new(rt.block_on(AuditLog::open(store, signer())).unwrap());
+    let log = Arc::new(rt.block_on(AuditLog::open(store, signer(), PseudonymKey::derive(&[9; 32]))).unwrap());
     let actor = Principal { role: Role::Merchant, sub: Some("bench".into()) };
     let draft = EventDraft::new(Action::CustomerRead, &actor, "bench-request").fields(["email", "name"]);
 
@@ -112,7 +112,7 @@ fn sled_log(rt: &tokio::runtime::Runtime, dir: &std::path::Path, size: u64) -> A
         }
         store.sync().await.unwrap();
     });
-    let log = rt.block_on(AuditLog::open(store, signer())).unwrap();
+    let log = rt.block_on(AuditLog::open(store, signer(), PseudonymKey::derive(&[9; 32]))).unwrap();
     eprintln!("built a {size}-event sled log in {:.1?}", started.elapsed());
     log
 }

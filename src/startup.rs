@@ -120,7 +120,7 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<SledStor
     let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
     let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
         .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
-    let audit = AuditLog::open(Arc::clone(&dyn_store), signer).await?;
+    let audit = AuditLog::open(Arc::clone(&dyn_store), signer, keys.actor_pseudonym_key()).await?;
     let vault = Arc::new(Vault::new(policies, dyn_store, audit, master, keys));
     if fresh {
         vault.mark_rotated().await.map_err(vault_error)?;

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::crypto::PseudonymKey;
 use crate::domain::{CustomerId, Principal, Timestamp};
 use crate::store::{AuditAppend, Commit, CustomerChange, Store, StoreError};
 use checkpoint::{CheckpointSigner, SignedCheckpoint, VerifierKey};
@@ -221,13 +222,15 @@ impl EventDraft {
         self.customer
     }
 
-    fn place(self, seq: u64, time: Timestamp) -> Event {
+    /// The event at `seq`, decided at `time`, with the actor's `sub` as the log may hold it.
+    fn place(self, seq: u64, time: Timestamp, pseudonyms: &PseudonymKey) -> Event {
+        let Actor { role, sub } = self.actor;
         Event {
             seq,
             time: time.to_rfc3339(),
             action: self.action,
             outcome: self.outcome,
-            actor: self.actor,
+            actor: Actor { role, sub: sub.map(|s| recorded_sub(s, pseudonyms)) },
             customer_id: self.customer.map(|c| c.to_string()),
             fields: self.fields,
             purpose: self.purpose,
@@ -236,6 +239,22 @@ impl EventDraft {
             request_id: self.request_id,
         }
     }
+}
+
+/// The longest token `sub` recorded as it is (when it has the shape of a service name).
+const MAX_SERVICE_NAME: usize = 64;
+
+/// A token's `sub` as the append-only log may hold it. The log cannot be erased, so a subject
+/// that might be personal data (an e-mail address, a person's name) is replaced by its keyed
+/// pseudonym. Recorded as given: a customer id (the customer's own tokens; the id is opaque and
+/// random), and a service name of 1–64 characters from `[a-z0-9_-]` starting with a letter
+/// (`shop-backend`, `auditor-1`). Anything else (capitals, dots, `@`, spaces, non-ASCII) becomes
+/// `pseudonym:` and 32 hex digits, the same for the same subject.
+pub fn recorded_sub(sub: String, pseudonyms: &PseudonymKey) -> String {
+    let service_name = sub.len() <= MAX_SERVICE_NAME
+        && sub.starts_with(|c: char| c.is_ascii_lowercase())
+        && sub.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if service_name || sub.parse::<CustomerId>().is_ok() { sub } else { pseudonyms.pseudonym(&sub) }
 }
 
 impl Event {
@@ -281,6 +300,8 @@ pub struct AuditLog {
     /// A size known to be durable: every event below it survived a flush.
     durable: AtomicU64,
     signer: CheckpointSigner,
+    /// Keys the pseudonyms of token subjects that may be personal data ([`recorded_sub`]).
+    pseudonyms: PseudonymKey,
     /// The newest signed checkpoint; the lock also serialises signing so sizes only grow.
     latest: Mutex<Option<SignedCheckpoint>>,
 }
@@ -289,8 +310,12 @@ impl AuditLog {
     /// Opens the log over `store`, rebuilding the append frontier from O(log n) stored nodes,
     /// and checks the stored tree against the newest signed checkpoint: a log shorter than a
     /// checkpoint it signed (events removed) or with a different root at that size (history
-    /// rewritten) refuses to open.
-    pub async fn open(store: Arc<dyn Store>, signer: CheckpointSigner) -> Result<Self, AuditError> {
+    /// rewritten) refuses to open. `pseudonyms` keys the recorded form of token subjects.
+    pub async fn open(
+        store: Arc<dyn Store>,
+        signer: CheckpointSigner,
+        pseudonyms: PseudonymKey,
+    ) -> Result<Self, AuditError> {
         let size = store.audit_size().await.map_err(AuditError::Unavailable)?;
         let mut roots = Vec::new();
         for (level, index) in Frontier::positions(size) {
@@ -306,6 +331,7 @@ impl AuditLog {
             frontier: Mutex::new(frontier),
             durable: AtomicU64::new(size),
             signer,
+            pseudonyms,
             latest: Mutex::new(None),
         };
         let latest = log.check_latest_checkpoint(size).await?;
@@ -351,36 +377,61 @@ impl AuditLog {
     ///
     /// On `Rejected` nothing was written; the caller records what happened with a new draft.
     pub async fn record(&self, draft: EventDraft, change: Option<CustomerChange>) -> Result<u64, AuditError> {
-        let seq = {
+        let seqs = self.record_batch(vec![draft], change).await?;
+        // invariant: record_batch returns one seq per draft on success.
+        Ok(seqs[0])
+    }
+
+    /// Appends several events of one request in order, the first one committed atomically with
+    /// `change`, then waits until all are durable (one flush for the whole batch). Returns
+    /// their seqs. Used where one answer concerns several customers (one event each, DESIGN
+    /// §6) or where a write's answer is also a read (an update event, then a read event).
+    ///
+    /// On `Rejected` nothing was written. On `Unavailable` some events of the batch may have
+    /// been committed; the request fails and returns no data, so the log shows at most an
+    /// attempt that was never answered.
+    pub async fn record_batch(
+        &self,
+        drafts: Vec<EventDraft>,
+        mut change: Option<CustomerChange>,
+    ) -> Result<Vec<u64>, AuditError> {
+        let mut seqs = Vec::with_capacity(drafts.len());
+        {
             let mut frontier = self.frontier.lock().await;
-            let seq = frontier.size();
-            let customer = draft.customer_id();
-            let event = draft.place(seq, Timestamp::now());
-            let bytes = event.canonical_bytes();
-            let mut next = frontier.clone();
-            let nodes = next.push(merkle::leaf_hash(&bytes));
-            let commit =
-                Commit { customer: change, audit: Some(AuditAppend { seq, event: bytes, customer, nodes }) };
-            // invariant: between a successful store commit and the frontier update there is no
-            // await point, and `Store::commit` must not be cancellable after it applied (the
-            // sled backend's commit never yields); otherwise a dropped request future could
-            // leave the in-memory frontier behind the stored log.
-            match self.store.commit(commit).await {
-                Ok(()) => {
-                    *frontier = next;
-                    crate::metric::audit_appended(event.action, event.outcome, seq + 1);
+            for draft in drafts {
+                let seq = frontier.size();
+                let customer = draft.customer_id();
+                let event = draft.place(seq, Timestamp::now(), &self.pseudonyms);
+                let bytes = event.canonical_bytes();
+                let mut next = frontier.clone();
+                let nodes = next.push(merkle::leaf_hash(&bytes));
+                let commit = Commit {
+                    customer: change.take(),
+                    audit: Some(AuditAppend { seq, event: bytes, customer, nodes }),
+                };
+                // invariant: between a successful store commit and the frontier update there is
+                // no await point, and `Store::commit` must not be cancellable after it applied
+                // (the sled backend's commit never yields); otherwise a dropped request future
+                // could leave the in-memory frontier behind the stored log.
+                match self.store.commit(commit).await {
+                    Ok(()) => {
+                        *frontier = next;
+                        crate::metric::audit_appended(event.action, event.outcome, seq + 1);
+                    }
+                    Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
+                        return Err(AuditError::Rejected(e));
+                    }
+                    Err(e) => return Err(AuditError::Unavailable(e)),
                 }
-                Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
-                    return Err(AuditError::Rejected(e));
-                }
-                Err(e) => return Err(AuditError::Unavailable(e)),
+                seqs.push(seq);
             }
-            seq
-        };
+        }
         self.store.sync().await.map_err(AuditError::Unavailable)?;
-        // Every seq up to this one was committed before the flush that just finished started.
-        self.durable.fetch_max(seq + 1, Ordering::AcqRel);
-        Ok(seq)
+        // Every seq up to the last one was committed before the flush that just finished started.
+        if let Some(last) = seqs.last() {
+            self.durable.fetch_max(last + 1, Ordering::AcqRel);
+        }
+        Ok(seqs)
     }
 
     /// The current tree size and root hash (committed events; some may still await a flush).

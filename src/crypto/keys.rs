@@ -287,6 +287,14 @@ impl SystemKeys {
     }
 }
 
+impl SystemKeys {
+    /// The key of actor pseudonyms in the audit log, derived from the blind-index key (so no
+    /// further key is stored, and rotating the master key does not change pseudonyms).
+    pub fn actor_pseudonym_key(&self) -> super::PseudonymKey {
+        super::PseudonymKey::derive(&self.raw[0])
+    }
+}
+
 impl WrappedSystemKeys {
     /// The master key versions these secrets are wrapped under.
     pub fn master_keys(&self) -> Vec<&KeyId> {

@@ -12,11 +12,13 @@
 mod blind_index;
 mod envelope;
 mod keys;
+mod pseudonym;
 mod signing;
 
 pub use blind_index::{BlindIndex, BlindIndexKey};
 pub use envelope::{Sealed, WrappedKey};
 pub use keys::{DataKey, KeyId, MasterKey, MasterKeyring, Plaintext, SystemKeys, WrappedSystemKeys};
+pub use pseudonym::PseudonymKey;
 pub use signing::{SigningKey, verify_ed25519};
 
 /// A cryptographic operation failed.

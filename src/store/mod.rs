@@ -15,7 +15,9 @@ use async_trait::async_trait;
 
 pub use self::sled::SledStore;
 pub use group_commit::GroupCommit;
-pub use record::{ConsentRecord, CustomerRecord, IndexEntry, StoredField, StoredPaymentMethod};
+pub use record::{
+    ConsentRecord, ConsentSource, CustomerRecord, IndexEntry, StoredField, StoredPaymentMethod,
+};
 
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;

@@ -9,8 +9,10 @@ use super::StoreError;
 use crate::crypto::{Sealed, WrappedKey};
 use crate::domain::{CustomerId, Timestamp};
 
-/// Format version byte in front of every encoded record.
+/// Format version byte of records written before consent sources were sealed (still read).
 const RECORD_V1: u8 = 1;
+/// Format version byte in front of every record written now.
+const RECORD_V2: u8 = 2;
 
 /// One customer as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,12 +68,23 @@ pub struct ConsentRecord {
     pub version: u32,
     /// Granted (true) or withdrawn (false).
     pub granted: bool,
-    /// The notice version the customer saw, if any.
+    /// The notice version the customer saw, if any (always a version the policy declares).
     pub notice: Option<String>,
-    /// Where the consent was collected (e.g. `checkout-form`).
-    pub source: String,
+    /// Where the consent was collected (e.g. `checkout-form`): caller text, so sealed.
+    pub source: ConsentSource,
     /// When it was recorded.
     pub time: Timestamp,
+}
+
+/// The `source` of a consent record. It is free text from the caller and may name a person, so
+/// it is sealed under the customer's data key like a field value (and shredded with it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ConsentSource {
+    /// Sealed with the data key (context: `consents/<purpose>/<version>/source`).
+    Sealed(Sealed),
+    /// Plaintext, as records of format 1 stored it; sealed by the vault on the record's next
+    /// write.
+    Legacy(String),
 }
 
 /// One payment method, sealed.
@@ -88,21 +101,142 @@ pub struct StoredPaymentMethod {
 }
 
 impl CustomerRecord {
-    /// Encodes the record for storage.
+    /// Encodes the record for storage (format 2).
     pub fn encode(&self) -> Result<Vec<u8>, StoreError> {
-        let mut out = vec![RECORD_V1];
+        let mut out = vec![RECORD_V2];
         let body = postcard::to_stdvec(self).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         out.extend_from_slice(&body);
         Ok(out)
     }
 
-    /// Decodes a stored record.
+    /// Decodes a stored record of format 2, or of format 1 (plaintext consent sources).
     pub fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        let corrupt = |e: postcard::Error| StoreError::Corrupt(e.to_string());
         match bytes.split_first() {
+            Some((&RECORD_V2, body)) => postcard::from_bytes(body).map_err(corrupt),
             Some((&RECORD_V1, body)) => {
-                postcard::from_bytes(body).map_err(|e| StoreError::Corrupt(e.to_string()))
+                postcard::from_bytes::<v1::CustomerRecord>(body).map(Into::into).map_err(corrupt)
             }
             _ => Err(StoreError::Corrupt("unknown record format".into())),
+        }
+    }
+}
+
+/// Records of format 1: the same fields, with a plaintext consent `source`.
+mod v1 {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use serde::Deserialize;
+
+    use super::{ConsentSource, StoredField, StoredPaymentMethod};
+    use crate::crypto::WrappedKey;
+    use crate::domain::{CustomerId, Timestamp};
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    pub(super) struct CustomerRecord {
+        id: CustomerId,
+        version: u64,
+        data_key: WrappedKey,
+        fields: BTreeMap<String, StoredField>,
+        index_entries: Vec<super::IndexEntry>,
+        consents: BTreeMap<String, Vec<ConsentRecord>>,
+        objections: BTreeSet<String>,
+        restricted: bool,
+        payment_methods: Vec<StoredPaymentMethod>,
+        created_at: Timestamp,
+        updated_at: Timestamp,
+    }
+
+    #[derive(Deserialize)]
+    #[cfg_attr(test, derive(serde::Serialize))]
+    struct ConsentRecord {
+        version: u32,
+        granted: bool,
+        notice: Option<String>,
+        source: String,
+        time: Timestamp,
+    }
+
+    impl From<CustomerRecord> for super::CustomerRecord {
+        fn from(r: CustomerRecord) -> Self {
+            let consents = r
+                .consents
+                .into_iter()
+                .map(|(purpose, history)| {
+                    let history = history
+                        .into_iter()
+                        .map(|c| super::ConsentRecord {
+                            version: c.version,
+                            granted: c.granted,
+                            notice: c.notice,
+                            source: ConsentSource::Legacy(c.source),
+                            time: c.time,
+                        })
+                        .collect();
+                    (purpose, history)
+                })
+                .collect();
+            super::CustomerRecord {
+                id: r.id,
+                version: r.version,
+                data_key: r.data_key,
+                fields: r.fields,
+                index_entries: r.index_entries,
+                consents,
+                objections: r.objections,
+                restricted: r.restricted,
+                payment_methods: r.payment_methods,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_format_1_record_reads_with_its_consent_source_as_legacy_text() {
+            let master = crate::crypto::MasterKeyring::new(
+                crate::crypto::MasterKey::from_bytes(&[3; 32]).unwrap(),
+                vec![],
+            );
+            let id = CustomerId::random();
+            let key = crate::crypto::DataKey::generate().unwrap();
+            let old = CustomerRecord {
+                id,
+                version: 3,
+                data_key: master.wrap_data_key(&id, &key).unwrap(),
+                fields: BTreeMap::new(),
+                index_entries: Vec::new(),
+                consents: BTreeMap::from([(
+                    "marketing".to_owned(),
+                    vec![ConsentRecord {
+                        version: 1,
+                        granted: true,
+                        notice: None,
+                        source: "signup-form".into(),
+                        time: Timestamp::now(),
+                    }],
+                )]),
+                objections: BTreeSet::new(),
+                restricted: false,
+                payment_methods: Vec::new(),
+                created_at: Timestamp::now(),
+                updated_at: Timestamp::now(),
+            };
+            let mut bytes = vec![super::super::RECORD_V1];
+            bytes.extend(postcard::to_stdvec(&old).unwrap());
+            let read = super::super::CustomerRecord::decode(&bytes).unwrap();
+            assert_eq!(read.version, 3);
+            let consent = &read.consents["marketing"][0];
+            assert!(matches!(&consent.source, ConsentSource::Legacy(s) if s == "signup-form"));
+            // Written back, it is format 2 and reads the same.
+            let again = super::super::CustomerRecord::decode(&read.encode().unwrap()).unwrap();
+            assert!(matches!(&again.consents["marketing"][0].source, ConsentSource::Legacy(_)));
+            assert_eq!(read.encode().unwrap()[0], super::super::RECORD_V2);
         }
     }
 }

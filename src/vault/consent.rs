@@ -6,11 +6,12 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::profile::ConsentInput;
+use super::profile::{ConsentInput, consent_source_context};
 use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
 use crate::audit::Action;
-use crate::domain::Timestamp;
-use crate::store::{ConsentRecord, CustomerChange, CustomerRecord};
+use crate::crypto::DataKey;
+use crate::domain::{CustomerId, Timestamp};
+use crate::store::{ConsentRecord, ConsentSource, CustomerChange, CustomerRecord};
 
 /// A consent record as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -29,16 +30,71 @@ pub struct ConsentView {
     pub time: String,
 }
 
-impl ConsentView {
-    /// The API view of a stored record.
-    pub fn new(purpose: &str, record: &ConsentRecord) -> Self {
-        ConsentView {
-            purpose: purpose.to_owned(),
-            version: record.version,
-            granted: record.granted,
-            notice: record.notice.clone(),
-            source: record.source.clone(),
-            time: record.time.to_rfc3339(),
+impl Vault {
+    /// The consent records of `record` as the API shows them, their sources opened: every
+    /// version (`history`), or the newest per purpose.
+    pub(super) fn consent_views(
+        &self,
+        record: &CustomerRecord,
+        history: bool,
+    ) -> Result<Vec<ConsentView>, VaultError> {
+        if record.consents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.data_key(record)?;
+        let mut views = Vec::new();
+        for (purpose, versions) in &record.consents {
+            let shown =
+                if history { versions.as_slice() } else { &versions[versions.len().saturating_sub(1)..] };
+            for consent in shown {
+                views.push(ConsentView {
+                    purpose: purpose.clone(),
+                    version: consent.version,
+                    granted: consent.granted,
+                    notice: consent.notice.clone(),
+                    source: consent_source(&key, &record.id, purpose, consent)?,
+                    time: consent.time.to_rfc3339(),
+                });
+            }
+        }
+        Ok(views)
+    }
+
+    /// Seals the plaintext sources that records of format 1 kept, so a record leaves the vault's
+    /// hands with no caller text in the clear. Called on every write of a record.
+    pub(super) fn seal_legacy_consents(&self, record: &mut CustomerRecord) -> Result<(), VaultError> {
+        let legacy = |c: &ConsentRecord| matches!(c.source, ConsentSource::Legacy(_));
+        if !record.consents.values().flatten().any(legacy) {
+            return Ok(());
+        }
+        let key = self.data_key(record)?;
+        for (purpose, versions) in &mut record.consents {
+            for consent in versions.iter_mut() {
+                if let ConsentSource::Legacy(text) = &consent.source {
+                    let context = consent_source_context(purpose, consent.version);
+                    consent.source =
+                        ConsentSource::Sealed(key.seal(&record.id, &context, text.as_bytes())?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The plaintext `source` of one consent record.
+fn consent_source(
+    key: &DataKey,
+    customer: &CustomerId,
+    purpose: &str,
+    consent: &ConsentRecord,
+) -> Result<String, VaultError> {
+    match &consent.source {
+        ConsentSource::Legacy(text) => Ok(text.clone()),
+        ConsentSource::Sealed(sealed) => {
+            let context = consent_source_context(purpose, consent.version);
+            let plaintext = key.open(customer, &context, sealed)?;
+            String::from_utf8(plaintext.expose().to_vec())
+                .map_err(|_| VaultError::Internal("a sealed consent source is not UTF-8".into()))
         }
     }
 }
@@ -61,10 +117,10 @@ impl Vault {
         input: ConsentInput,
     ) -> Result<ConsentView, VaultError> {
         let record = self.change_choice(ctx, id, purpose, Choice::Consent(&input)).await?;
-        let history = record.consents.get(purpose).and_then(|h| h.last());
         // invariant: change_choice appended a record for this purpose, or found an identical
-        // newest one.
-        Ok(ConsentView::new(purpose, history.expect("consent just recorded")))
+        // newest one, so the newest views include it.
+        let view = self.consent_views(&record, false)?.into_iter().find(|v| v.purpose == purpose);
+        Ok(view.expect("consent just recorded"))
     }
 
     /// Sets or lifts an objection (Art. 21) to `purpose`; only objectable purposes accept one.
@@ -130,16 +186,22 @@ impl Vault {
             let now = Timestamp::now();
             match &choice {
                 Choice::Consent(input) => {
+                    let key = self.data_key(&record)?;
                     let previous = record.consents.get(purpose).and_then(|h| h.last());
                     // A repeated identical statement adds no version: the history (and the
                     // record every later write re-encodes) must not grow with retries.
-                    if previous.is_some_and(|p| {
-                        p.granted == input.granted && p.notice == input.notice && p.source == input.source
-                    }) {
+                    let same = match previous {
+                        Some(p) if p.granted == input.granted && p.notice == input.notice => {
+                            consent_source(&key, &record.id, purpose, p)? == input.source
+                        }
+                        _ => false,
+                    };
+                    if same {
                         self.record(draft.clone().withheld(["unchanged"])).await?;
                         return Ok(record);
                     }
-                    let (name, entry) = match self.consent_record(input, Some(purpose), previous, now) {
+                    let consent = self.consent_record(&key, &record.id, input, Some(purpose), previous, now);
+                    let (name, entry) = match consent {
                         Ok(r) => r,
                         Err(e) => return self.refuse(draft.failed(["invalid_consent"]), e).await,
                     };

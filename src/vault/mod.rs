@@ -170,6 +170,11 @@ impl Vault {
         self.audit.record(draft, None).await.map_err(audit_failure)
     }
 
+    /// Appends several events of one request with no data change, made durable together.
+    async fn record_all(&self, drafts: Vec<EventDraft>) -> Result<Vec<u64>, VaultError> {
+        self.audit.record_batch(drafts, None).await.map_err(audit_failure)
+    }
+
     /// Records a refusal and returns the error to answer with. If even the refusal cannot be
     /// recorded, the answer becomes 503.
     async fn refuse<T>(&self, draft: EventDraft, error: VaultError) -> Result<T, VaultError> {
@@ -223,8 +228,24 @@ impl Vault {
         draft: EventDraft,
         change: CustomerChange,
     ) -> Result<Option<u64>, VaultError> {
-        match self.audit.record(draft.clone(), Some(change)).await {
-            Ok(seq) => Ok(Some(seq)),
+        self.commit_change_then(draft, change, Vec::new()).await
+    }
+
+    /// As [`Vault::commit_change`], then appends `then` (e.g. the read event of a write whose
+    /// answer shows stored values), all made durable by one flush. Returns the change's seq.
+    async fn commit_change_then(
+        &self,
+        draft: EventDraft,
+        change: CustomerChange,
+        then: Vec<EventDraft>,
+    ) -> Result<Option<u64>, VaultError> {
+        let mut change = change;
+        if let CustomerChange::Put { record, .. } = &mut change {
+            self.seal_legacy_consents(record)?;
+        }
+        let drafts = std::iter::once(draft.clone()).chain(then).collect();
+        match self.audit.record_batch(drafts, Some(change)).await {
+            Ok(seqs) => Ok(seqs.first().copied()),
             Err(AuditError::Rejected(StoreError::VersionConflict)) => Ok(None),
             Err(AuditError::Rejected(StoreError::UniqueViolation { field })) => {
                 let draft = draft.fields([field.clone()]).failed(["unique_conflict"]);

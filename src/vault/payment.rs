@@ -218,7 +218,10 @@ impl Vault {
             if let Some(existing) =
                 fingerprint.and_then(|f| record.payment_methods.iter().find(|m| m.fingerprint == Some(f)))
             {
-                let mut view = self.open_method(&key, &record.id, existing)?.view(&existing.token);
+                // The answer is built from the submitted card, which has the same number: it
+                // shows no stored value (the stored expiry or holder may differ), only the
+                // existing method's handle, which the event names.
+                let mut view = secret.view(&existing.token);
                 view.duplicate_of = Some(existing.token.clone());
                 let draft = draft.clone().fields([context(&existing.token)]).failed(["duplicate"]);
                 self.record(draft).await?;

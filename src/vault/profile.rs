@@ -12,7 +12,7 @@ use crate::audit::{Action, EventDraft};
 use crate::crypto::DataKey;
 use crate::domain::{CustomerId, Role, Timestamp};
 use crate::policy::{FieldDecision, FieldKind, LegalBasis, Purpose, Reason};
-use crate::store::{ConsentRecord, CustomerChange, CustomerRecord};
+use crate::store::{ConsentRecord, ConsentSource, CustomerChange, CustomerRecord};
 
 /// The body of a create.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -100,15 +100,15 @@ impl Vault {
             self.check_write_purpose(&draft, p, &names).await?;
         }
         let now = Timestamp::now();
+        let key = DataKey::generate()?;
         let mut consents = BTreeMap::new();
         for input in &body.consents {
-            let record = match self.consent_record(input, input.purpose.as_deref(), None, now) {
+            let record = match self.consent_record(&key, &id, input, input.purpose.as_deref(), None, now) {
                 Ok(r) => r,
                 Err(e) => return self.refuse(draft.clone().failed(["invalid_consent"]), e).await,
             };
             consents.insert(record.0, vec![record.1]);
         }
-        let key = DataKey::generate()?;
         let mut record = CustomerRecord {
             id,
             version: 1,
@@ -189,23 +189,37 @@ impl Vault {
             let expected = record.version;
             record.version += 1;
             record.updated_at = now;
-            let change =
-                CustomerChange::Put { record: Box::new(record.clone()), expected_version: Some(expected) };
-            if self.commit_change(draft.clone(), change).await?.is_none() {
-                continue;
-            }
-            return match purpose {
-                Some(p) => Ok(self.view(&record, p, None)?.0),
+            // The answer is decided before the commit so that, when it shows stored values (a
+            // purpose's view, or a customer's own record), its read is audited with the write.
+            let read = EventDraft::new(Action::CustomerRead, &ctx.principal, &ctx.request_id)
+                .customer(record.id)
+                .purpose(purpose.map(|p| p.name.as_str()));
+            let (view, reads) = match purpose {
+                Some(p) => {
+                    let (view, reasons) = self.view(&record, p, None)?;
+                    let mut read = read.fields(view.fields.keys().cloned());
+                    if !reasons.is_empty() {
+                        read = read.withheld(reasons);
+                    }
+                    (view, vec![read])
+                }
                 // A customer rectifying their own record sees all of it.
                 None if ctx.principal.role == Role::Customer => {
-                    Ok(CustomerView { id: record.id, fields: self.all_fields(&record)?, withheld: None })
+                    let fields = self.all_fields(&record)?;
+                    let read = read.fields(fields.keys().cloned());
+                    (CustomerView { id: record.id, fields, withheld: None }, vec![read])
                 }
-                None => Ok(CustomerView {
-                    id: record.id,
-                    fields: set.into_iter().map(|f| (f.name, f.value)).collect(),
-                    withheld: None,
-                }),
+                // Without a purpose only what was just written is echoed: the update event
+                // already names those fields, and no stored value is shown.
+                None => {
+                    let fields = set.iter().map(|f| (f.name.clone(), f.value.clone())).collect();
+                    (CustomerView { id: record.id, fields, withheld: None }, Vec::new())
+                }
             };
+            let change = CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
+            if self.commit_change_then(draft.clone(), change, reads).await?.is_some() {
+                return Ok(view);
+            }
         }
         Err(VaultError::Internal("update kept conflicting with concurrent writers".into()))
     }
@@ -289,11 +303,14 @@ impl Vault {
                 ids.push(id);
             }
         }
-        let draft = match ids.as_slice() {
-            [only] => draft.customer(*only),
-            _ => draft,
+        // One event per customer found, so each finds the lookup in their export and under the
+        // auditor's `customer_id` filter (DESIGN §6); one event without a customer if none was.
+        let drafts = if ids.is_empty() {
+            vec![draft]
+        } else {
+            ids.iter().map(|id| draft.clone().customer(*id)).collect()
         };
-        self.record(draft).await?;
+        self.record_all(drafts).await?;
         Ok(ids)
     }
 
@@ -369,9 +386,12 @@ impl Vault {
         self.refuse(draft.clone().denied(reasons), VaultError::PolicyDenied { denied }).await
     }
 
-    /// Validates a consent statement and returns (purpose, record) for the history.
+    /// Validates a consent statement and returns (purpose, record) for the history, its
+    /// `source` sealed under the customer's data key `key`.
     pub(super) fn consent_record(
         &self,
+        key: &DataKey,
+        customer: &CustomerId,
         input: &ConsentInput,
         purpose: Option<&str>,
         previous: Option<&ConsentRecord>,
@@ -396,11 +416,16 @@ impl Vault {
                 expected: format!("must be 1–{MAX_LABEL_LEN} printable characters"),
             });
         }
-        if input.notice.as_deref().is_some_and(|n| !label_ok(n)) {
-            return Err(VaultError::InvalidField {
-                field: "notice".into(),
-                expected: format!("must be 1–{MAX_LABEL_LEN} printable characters"),
-            });
+        // The notice is stored in plaintext beside the sealed source, so it may only be a
+        // version the policy declares: never free text.
+        if let Some(notice) = &input.notice
+            && purpose.notice.as_deref() != Some(notice.as_str())
+        {
+            let expected = match &purpose.notice {
+                Some(current) => format!("must be the purpose's notice version `{current}` when given"),
+                None => format!("must be omitted: purpose `{}` declares no notice version", purpose.name),
+            };
+            return Err(VaultError::InvalidField { field: "notice".into(), expected });
         }
         if let Some(required) = purpose.notice.as_ref().filter(|_| input.granted)
             && input.notice.as_deref() != Some(required.as_str())
@@ -410,11 +435,16 @@ impl Vault {
                 expected: format!("must be the current notice version `{required}` to grant consent"),
             });
         }
+        let version = previous.map_or(1, |p| p.version + 1);
         let record = ConsentRecord {
-            version: previous.map_or(1, |p| p.version + 1),
+            version,
             granted: input.granted,
             notice: input.notice.clone(),
-            source: input.source.clone(),
+            source: ConsentSource::Sealed(key.seal(
+                customer,
+                &consent_source_context(&purpose.name, version),
+                input.source.as_bytes(),
+            )?),
             time: now,
         };
         Ok((purpose.name.clone(), record))
@@ -430,4 +460,9 @@ impl Vault {
             _ => draft.clone().failed(["invalid_request"]),
         }
     }
+}
+
+/// The seal context of the `source` of consent `version` for `purpose`.
+pub(super) fn consent_source_context(purpose: &str, version: u32) -> String {
+    format!("consents/{purpose}/{version}/source")
 }

@@ -55,6 +55,9 @@ impl Vault {
                     let Some(mut record) = self.store.customer(id).await? else { break };
                     let Some(new_key) = self.master.rewrap_data_key(id, &record.data_key)? else { break };
                     record.data_key = new_key;
+                    // A rotation rewrites every record: the moment to seal what format 1 kept
+                    // in the clear.
+                    self.seal_legacy_consents(&mut record)?;
                     let expected = record.version;
                     record.version += 1;
                     // Data-key re-wraps are recorded by the start and completion events, not one

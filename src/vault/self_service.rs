@@ -76,16 +76,13 @@ impl Vault {
         let record = self.load(&draft, id).await?;
         let fields = self.all_fields(&record)?;
         let payment_methods = self.payment_method_views(&record)?;
-        self.record(draft.fields(fields.keys().cloned())).await?;
+        let consents = self.consent_views(&record, false)?;
+        self.record(draft.fields(shown_names(&fields, &payment_methods))).await?;
         Ok(OwnProfile {
             id: record.id,
             fields,
             payment_methods,
-            consents: record
-                .consents
-                .iter()
-                .filter_map(|(p, h)| h.last().map(|c| ConsentView::new(p, c)))
-                .collect(),
+            consents,
             objections: record.objections.iter().cloned().collect(),
             restricted: record.restricted,
         })
@@ -134,11 +131,7 @@ impl Vault {
             generated_at: Timestamp::now().to_rfc3339(),
             customer_id: record.id,
             payment_methods: self.payment_method_views(&record)?,
-            consent_history: record
-                .consents
-                .iter()
-                .flat_map(|(p, h)| h.iter().map(move |c| ConsentView::new(p, c)))
-                .collect(),
+            consent_history: self.consent_views(&record, true)?,
             objections: record.objections.iter().cloned().collect(),
             restricted: record.restricted,
             fields,
@@ -146,7 +139,7 @@ impl Vault {
             disclosures,
             access_log,
         };
-        self.record(draft.fields(export.fields.keys().cloned())).await?;
+        self.record(draft.fields(shown_names(&export.fields, &export.payment_methods))).await?;
         Ok(export)
     }
 
@@ -167,4 +160,14 @@ impl Vault {
     fn own_draft(&self, ctx: &RequestContext, action: Action) -> (EventDraft, Option<CustomerId>) {
         ctx.draft_for(action, ctx.principal.sub.as_deref().unwrap_or_default())
     }
+}
+
+/// The names an answer showing `fields` and (masked) `payment_methods` carries, as its audit
+/// event records them: every field, and `payment_methods` when there is one.
+fn shown_names(fields: &Map<String, Value>, payment_methods: &[PaymentMethodView]) -> Vec<String> {
+    let mut names: Vec<String> = fields.keys().cloned().collect();
+    if !payment_methods.is_empty() {
+        names.push(crate::policy::PAYMENT_METHODS.to_owned());
+    }
+    names
 }

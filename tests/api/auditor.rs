@@ -359,7 +359,7 @@ async fn a_checkpoint_is_signed_in_the_background_while_events_arrive() {
         let started = std::time::Instant::now();
         let size = loop {
             let latest = vault.store().latest_checkpoint().await.unwrap().map_or(0, |(size, _)| size);
-            if latest >= head || started.elapsed() > Duration::from_secs(3) {
+            if latest >= head || started.elapsed() > Duration::from_secs(20) {
                 break latest;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -699,7 +699,7 @@ mod fail_closed {
         let signer =
             CheckpointSigner::new("test/log", SigningKey::from_pkcs8(&keys.audit_signing_pkcs8).unwrap())
                 .unwrap();
-        let audit = AuditLog::open(Arc::clone(&store), signer).await.unwrap();
+        let audit = AuditLog::open(Arc::clone(&store), signer, keys.actor_pseudonym_key()).await.unwrap();
         let policies =
             Arc::new(PolicySet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap());
         let vault = Arc::new(Vault::new(policies, store, audit, master, keys));

@@ -190,7 +190,7 @@ async fn a_consent_recorded_under_an_old_notice_is_notice_outdated() {
                 version: 1,
                 granted: true,
                 notice: Some("marketing-v1".into()),
-                source: "signup-form".into(),
+                source: custodia::store::ConsentSource::Legacy("signup-form".into()),
                 time: custodia::domain::Timestamp::now(),
             }],
         );

@@ -1,5 +1,6 @@
 //! HTTP integration tests: a real server on a random port over a real sled directory.
 
+mod accountability;
 mod auditor;
 mod auth;
 mod crash;

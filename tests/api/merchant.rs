@@ -540,11 +540,11 @@ async fn a_client_request_id_is_kept_when_well_formed_and_replaced_otherwise() {
     let res = app
         .client
         .get(format!("{}/healthz", app.base))
-        .header("X-Request-Id", "abc-123")
+        .header("X-Request-Id", "0F8FAD5B-D9CB-469F-A165-70867728950E")
         .send()
         .await
         .unwrap();
-    assert_eq!(res.headers()["x-request-id"], "abc-123");
+    assert_eq!(res.headers()["x-request-id"], "0f8fad5b-d9cb-469f-a165-70867728950e");
     let res = app
         .client
         .get(format!("{}/healthz", app.base))
