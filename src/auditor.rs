@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::audit::checkpoint::VerifierKey;
+use crate::audit::checkpoint::{CheckpointError, VerifierKey};
 use crate::audit::verify::{Failure, Summary, verify_export};
 
 /// The events, one per line exactly as `GET /v1/audit/events` returns them.
@@ -165,8 +165,8 @@ pub fn verify_files(
 ) -> Result<Summary, Failure> {
     let key_text = if Path::new(key).is_file() { read(Path::new(key))? } else { key.to_owned() };
     let key = VerifierKey::parse(&key_text).map_err(Failure::Key)?;
-    let checkpoint = read_note(checkpoint)?;
-    let previous = previous.map(read_note).transpose()?;
+    let checkpoint = read_note(checkpoint, Failure::Checkpoint)?;
+    let previous = previous.map(|path| read_note(path, Failure::Previous)).transpose()?;
     let leaves = leaves.map(read).transpose()?;
     let file = File::open(events).map_err(|e| Failure::Io(format!("{}: {e}", events.display())))?;
     verify_export(BufReader::new(file), &checkpoint, &key, previous.as_deref(), leaves.as_deref())
@@ -213,9 +213,13 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> ExportError {
 }
 
 /// A note file, with extra trailing newlines (as `jq -r .note > file` leaves) reduced to the
-/// one the note ends with; the signature covers only the text above its blank line.
-fn read_note(path: &Path) -> Result<String, Failure> {
-    let text = read(path)?;
+/// one the note ends with; the signature covers only the text above its blank line. A file that
+/// is not UTF-8 is a malformed note (C2SP signed-note), not an I/O failure.
+/// `failure` says which note it is (checkpoint or previous).
+fn read_note(path: &Path, failure: fn(CheckpointError) -> Failure) -> Result<String, Failure> {
+    let bytes = std::fs::read(path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| failure(CheckpointError::MalformedNote("it is not UTF-8")))?;
     let trimmed = text.trim_end_matches('\n');
     Ok(if trimmed.len() < text.len() { format!("{trimmed}\n") } else { text })
 }

@@ -6,9 +6,21 @@
 //! only if its header's `alg` is the algorithm of a configured key; `alg: none` and algorithm
 //! confusion (an HS256 token checked against a public key) are therefore impossible. `exp` is
 //! required; `iss` and `aud` are checked when configured.
+//!
+//! The protected header must not carry `crit` (RFC 7515 §4.1.11: a recipient must reject a JWS
+//! whose critical extensions it does not understand, and Custodia understands none) nor `b64`
+//! (RFC 7797, unencoded payloads, only meaningful under `crit`), and must not repeat a member
+//! name (RFC 7515 §4: reject or keep the last; we reject). Other unknown header members are
+//! ignored, as RFC 7515 §4 requires. An optional maximum lifetime bounds `exp - iat` and
+//! `exp - now` (see [`Authenticator::with_max_lifetime`]).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
@@ -19,6 +31,11 @@ use crate::domain::{Principal, Role};
 
 /// The longest `sub` accepted; it is recorded in every audit event of the caller.
 const MAX_SUB_LEN: usize = 256;
+/// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+const LEEWAY_SECS: u64 = 30;
+/// Header members that change how a JWS must be processed and that Custodia does not implement:
+/// a token carrying any of them is refused, whatever its value.
+const REFUSED_HEADER_MEMBERS: [&str; 2] = ["crit", "b64"];
 
 /// Why a token was refused. Only the code reaches the audit log; nothing of the token does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -61,6 +78,7 @@ pub struct Authenticator {
     keys: Vec<VerifyingKey>,
     issuer: Option<String>,
     audience: Option<String>,
+    max_lifetime_secs: Option<u64>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -74,6 +92,10 @@ impl fmt::Debug for Authenticator {
 struct Claims {
     sub: Option<String>,
     role: Option<String>,
+    // Read only under a maximum lifetime; kept as raw JSON so that without one any value
+    // passes (a repeated `iat` is refused, as RFC 7519 §4 allows). jsonwebtoken checks `exp`.
+    iat: Option<serde_json::Value>,
+    exp: Option<serde_json::Value>,
 }
 
 impl Authenticator {
@@ -91,6 +113,7 @@ impl Authenticator {
             }],
             issuer: None,
             audience: None,
+            max_lifetime_secs: None,
         })
     }
 
@@ -102,7 +125,7 @@ impl Authenticator {
         if keys.is_empty() {
             return Err(KeyConfigError(format!("{} holds no usable public key", path.display())));
         }
-        Ok(Authenticator { keys, issuer: None, audience: None })
+        Ok(Authenticator { keys, issuer: None, audience: None, max_lifetime_secs: None })
     }
 
     /// Requires `iss` to equal `issuer`.
@@ -117,9 +140,20 @@ impl Authenticator {
         self
     }
 
+    /// Bounds how long a token may live, in whole seconds; `None` (or zero) turns the bound off.
+    /// With a bound `max`, a token must carry a numeric `iat` no later than now + 30 s, and both
+    /// `exp - iat` and `exp - now` must be at most `max` (the latter with the same 30 s of
+    /// leeway); otherwise it is [`AuthError::Invalid`]. A stolen long-lived token is thereby
+    /// refused even when the issuer minted it.
+    pub fn with_max_lifetime(mut self, max: Option<Duration>) -> Self {
+        self.max_lifetime_secs = max.map(|d| d.as_secs()).filter(|&secs| secs > 0);
+        self
+    }
+
     /// Verifies a token and returns the caller it names.
     pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid)?;
+        check_header_members(token)?;
         let mut last = AuthError::Invalid;
         let candidates = self.keys.iter().filter(|k| {
             k.alg == header.alg
@@ -130,7 +164,10 @@ impl Authenticator {
         });
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(key.alg)) {
-                Ok(data) => return principal(data.claims),
+                Ok(data) => {
+                    self.check_lifetime(&data.claims)?;
+                    return principal(data.claims);
+                }
                 Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
                     last = AuthError::Expired;
                 }
@@ -154,7 +191,7 @@ impl Authenticator {
         v.set_required_spec_claims(&required);
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.leeway = 30;
+        v.leeway = LEEWAY_SECS;
         match &self.audience {
             Some(aud) => v.set_audience(&[aud]),
             None => v.validate_aud = false,
@@ -163,6 +200,68 @@ impl Authenticator {
             v.set_issuer(&[iss]);
         }
         v
+    }
+
+    /// The maximum lifetime check (see [`Authenticator::with_max_lifetime`]); a no-op without one.
+    fn check_lifetime(&self, claims: &Claims) -> Result<(), AuthError> {
+        let Some(max) = self.max_lifetime_secs else {
+            return Ok(());
+        };
+        let now = jsonwebtoken::get_current_timestamp();
+        let iat = claims.iat.as_ref().and_then(numeric_date).ok_or(AuthError::Invalid)?;
+        let exp = claims.exp.as_ref().and_then(numeric_date).ok_or(AuthError::Invalid)?;
+        let issued_in_future = iat > now.saturating_add(LEEWAY_SECS);
+        // exp before iat is no lifetime at all: refused too.
+        let too_long = exp.checked_sub(iat).is_none_or(|lifetime| lifetime > max);
+        let lasts_too_long = exp.saturating_sub(now) > max.saturating_add(LEEWAY_SECS);
+        if issued_in_future || too_long || lasts_too_long {
+            return Err(AuthError::Invalid);
+        }
+        Ok(())
+    }
+}
+
+/// A JWT NumericDate (RFC 7519 §2) as whole seconds: a non-negative integer, or a finite
+/// non-negative number rounded as jsonwebtoken rounds `exp`.
+fn numeric_date(value: &serde_json::Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        let f = value.as_f64()?;
+        (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+    })
+}
+
+/// Refuses a token whose protected header repeats a member name or carries a member of
+/// [`REFUSED_HEADER_MEMBERS`]. jsonwebtoken parses `crit` but never acts on it.
+fn check_header_members(token: &str) -> Result<(), AuthError> {
+    let encoded = token.split('.').next().ok_or(AuthError::Invalid)?;
+    let json = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| AuthError::Invalid)?;
+    let mut de = serde_json::Deserializer::from_slice(&json);
+    let names = serde::Deserializer::deserialize_map(&mut de, MemberNames).map_err(|_| AuthError::Invalid)?;
+    if names.iter().any(|name| REFUSED_HEADER_MEMBERS.contains(&name.as_str())) {
+        return Err(AuthError::Invalid);
+    }
+    Ok(())
+}
+
+/// Reads a JSON object's member names, failing on a repeated one; values are skipped.
+struct MemberNames;
+
+impl<'de> serde::de::Visitor<'de> for MemberNames {
+    type Value = HashSet<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object with unique member names")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut names = HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            map.next_value::<serde::de::IgnoredAny>()?;
+            if !names.insert(name) {
+                return Err(serde::de::Error::custom("repeated member name"));
+            }
+        }
+        Ok(names)
     }
 }
 

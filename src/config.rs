@@ -33,6 +33,10 @@ pub struct Settings {
     pub jwt_issuer: Option<String>,
     /// Required `aud` (`CUSTODIA_JWT_AUDIENCE`).
     pub jwt_audience: Option<String>,
+    /// Longest token lifetime accepted, in seconds; 0 turns the bound off
+    /// (`CUSTODIA_JWT_MAX_LIFETIME_SECS`). When set, tokens must carry `iat`, and `exp - iat`
+    /// and `exp - now` must not exceed it.
+    pub jwt_max_lifetime_secs: u64,
     /// The audit log's origin line in checkpoints (`CUSTODIA_AUDIT_ORIGIN`).
     pub audit_origin: String,
     /// sled page cache in MiB (`CUSTODIA_CACHE_MB`).
@@ -67,6 +71,7 @@ impl Default for Settings {
             jwt_public_keys: None,
             jwt_issuer: None,
             jwt_audience: None,
+            jwt_max_lifetime_secs: 0,
             audit_origin: "custodia.localhost/audit".into(),
             cache_mb: 32,
             max_body_bytes: 64 * 1024,
@@ -124,6 +129,7 @@ struct FileSettings {
     jwt_public_keys: Option<PathBuf>,
     jwt_issuer: Option<String>,
     jwt_audience: Option<String>,
+    jwt_max_lifetime_secs: Option<u64>,
     audit_origin: Option<String>,
     cache_mb: Option<u64>,
     max_body_bytes: Option<usize>,
@@ -173,7 +179,8 @@ impl Settings {
             retention_sweep_secs,
             rotation_pause_ms,
             rate_limit_per_second,
-            rate_limit_burst
+            rate_limit_burst,
+            jwt_max_lifetime_secs
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -254,6 +261,9 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_REQUEST_TIMEOUT_MS") {
             self.request_timeout_ms = number("CUSTODIA_REQUEST_TIMEOUT_MS", v)?;
         }
+        if let Some(v) = get("CUSTODIA_JWT_MAX_LIFETIME_SECS") {
+            self.jwt_max_lifetime_secs = number("CUSTODIA_JWT_MAX_LIFETIME_SECS", v)?;
+        }
         if let Some(v) = get("CUSTODIA_RETENTION_SWEEP_SECS") {
             self.retention_sweep_secs = number("CUSTODIA_RETENTION_SWEEP_SECS", v)?;
         }
@@ -316,6 +326,7 @@ mod tests {
             "jwt_public_keys",
             "jwt_issuer",
             "jwt_audience",
+            "jwt_max_lifetime_secs",
             "audit_origin",
             "cache_mb",
             "max_body_bytes",
@@ -325,6 +336,21 @@ mod tests {
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }
+    }
+
+    #[test]
+    fn the_maximum_token_lifetime_is_off_by_default_and_set_by_file_or_environment() {
+        assert_eq!(Settings::load_from(None, |_| None).unwrap().jwt_max_lifetime_secs, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("custodia.toml");
+        std::fs::write(&file, "jwt_max_lifetime_secs = 900\n").unwrap();
+        assert_eq!(Settings::load_from(Some(&file), |_| None).unwrap().jwt_max_lifetime_secs, 900);
+        let env = |value: &'static str| {
+            move |name: &str| (name == "CUSTODIA_JWT_MAX_LIFETIME_SECS").then(|| value.to_owned())
+        };
+        assert_eq!(Settings::load_from(Some(&file), env("300")).unwrap().jwt_max_lifetime_secs, 300);
+        let err = Settings::load_from(None, env("15m")).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIA_JWT_MAX_LIFETIME_SECS"), "{err}");
     }
 
     #[test]

@@ -269,7 +269,12 @@ fn authenticator(settings: &Settings) -> Result<Option<Authenticator>, Error> {
     } else {
         return Ok(None);
     };
-    Ok(Some(auth.with_issuer(settings.jwt_issuer.clone()).with_audience(settings.jwt_audience.clone())))
+    let max_lifetime = Some(Duration::from_secs(settings.jwt_max_lifetime_secs));
+    Ok(Some(
+        auth.with_issuer(settings.jwt_issuer.clone())
+            .with_audience(settings.jwt_audience.clone())
+            .with_max_lifetime(max_lifetime),
+    ))
 }
 
 /// The HS256 secret `serve --dev` uses (and `dev-token` signs with), generated on first use.

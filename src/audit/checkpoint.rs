@@ -4,8 +4,11 @@
 //! ```text
 //! <origin>\n<tree size>\n<base64 root>\n          the body (what is signed, final newline included)
 //! \n
-//! — <key name> <base64(key id ‖ signature)>\n   one signature line
+//! — <key name> <base64(key id ‖ signature)>\n   one signature line (Custodia writes one)
 //! ```
+//!
+//! Notes are read by one rule, [`VerifierKey::open_note`]: other keys' lines are ignored, every
+//! line by the trusted key must verify, whatever the order of the lines.
 //!
 //! The key name is the origin. key id = SHA-256(name ‖ 0x0A ‖ 0x01 ‖ public key)[..4]; the
 //! verifier key is `<name>+<hex key id>+<base64(0x01 ‖ public key)>`. This module formats and
@@ -198,33 +201,27 @@ impl VerifierKey {
         self.public_key
     }
 
-    /// Checks `note`'s signature by this key and returns the signed text (the part before the
-    /// blank line, final newline included). Signatures by other keys are ignored; a signature
-    /// that claims this key but does not verify rejects the note.
+    /// Checks `note` as a C2SP signed note trusted under this key alone, and returns the signed
+    /// text (the part before the last blank line, final newline included).
+    ///
+    /// The one rule every reader of Custodia's notes applies (server startup, `audit export`,
+    /// `audit verify`), whatever the order of the signature lines:
+    /// - the note is text ending in a newline, a blank line, then 1 to 100 signature lines
+    ///   `— <name> <base64(key id (4) ‖ signature)>`; it contains no ASCII control character
+    ///   but newline. Any line that breaks this (no `— ` prefix, invalid key name, bad base64,
+    ///   a blob under 5 bytes) makes the whole note [`CheckpointError::MalformedNote`];
+    /// - lines whose name or key id differ from this key's are ignored (C2SP: other keys);
+    /// - every line with this key's name and key id must verify, else
+    ///   [`CheckpointError::BadSignature`]; repeating a valid line is harmless;
+    /// - at least one must, else [`CheckpointError::NotSigned`].
+    ///
+    /// Lines are all parsed before any is verified, so a malformed line is reported as such
+    /// even after a bad signature.
     pub fn open_note<'a>(&self, note: &'a str) -> Result<&'a str, CheckpointError> {
-        let malformed = CheckpointError::MalformedNote;
-        if !note.ends_with('\n') {
-            return Err(malformed("it must end with a newline"));
-        }
-        let split = note.rfind("\n\n").ok_or(malformed("no blank line before the signatures"))?;
-        let (text, signatures) = (&note[..split + 1], &note[split + 2..]);
-        let mut lines = 0;
+        let (text, signatures) = parse_note(note)?;
         let mut verified = false;
-        for line in signatures.split_terminator('\n') {
-            lines += 1;
-            if lines > MAX_SIGNATURES {
-                return Err(malformed("too many signature lines"));
-            }
-            let rest = line
-                .strip_prefix(SIGNATURE_PREFIX)
-                .ok_or(malformed("a signature line must start with '\u{2014} '"))?;
-            let (name, blob) =
-                rest.split_once(' ').ok_or(malformed("a signature line needs a name and a signature"))?;
-            let blob = STANDARD.decode(blob).map_err(|_| malformed("a signature is not base64"))?;
-            if blob.len() < 5 || !valid_name(name) {
-                return Err(malformed("a signature line is too short or badly named"));
-            }
-            if verified || name != self.name || blob[..4] != self.key_id {
+        for SignatureLine { name, blob } in signatures {
+            if name != self.name || blob[..4] != self.key_id {
                 continue;
             }
             if !verify_ed25519(&self.public_key, text.as_bytes(), &blob[4..]) {
@@ -232,13 +229,17 @@ impl VerifierKey {
             }
             verified = true;
         }
-        if lines == 0 {
-            return Err(malformed("no signature lines"));
-        }
         if !verified {
             return Err(CheckpointError::NotSigned(self.to_string()));
         }
         Ok(text)
+    }
+
+    /// As [`VerifierKey::open_note`] for raw bytes: a note that is not UTF-8 is malformed.
+    pub fn open_note_bytes<'a>(&self, note: &'a [u8]) -> Result<&'a str, CheckpointError> {
+        let note =
+            std::str::from_utf8(note).map_err(|_| CheckpointError::MalformedNote("it is not UTF-8"))?;
+        self.open_note(note)
     }
 
     /// Verifies a signed checkpoint note and parses its body. The checkpoint's origin must be
@@ -259,6 +260,51 @@ impl fmt::Display for VerifierKey {
         key.extend_from_slice(&self.public_key);
         write!(f, "{}+{}+{}", self.name, hex(&self.key_id), STANDARD.encode(key))
     }
+}
+
+/// One signature line of a note: the key name and the decoded blob, at least 5 bytes long
+/// (key id and one more).
+struct SignatureLine<'a> {
+    name: &'a str,
+    blob: Vec<u8>,
+}
+
+/// Splits a signed note into its text and its signature lines, checking the C2SP signed-note
+/// syntax only.
+fn parse_note(note: &str) -> Result<(&str, Vec<SignatureLine<'_>>), CheckpointError> {
+    let malformed = CheckpointError::MalformedNote;
+    if note.chars().any(|c| c != '\n' && c < ' ') {
+        return Err(malformed("it contains a control character other than newline"));
+    }
+    if !note.ends_with('\n') {
+        return Err(malformed("it must end with a newline"));
+    }
+    // The text may hold blank lines itself: the signatures follow the last one.
+    let split = note.rfind("\n\n").ok_or(malformed("no blank line before the signatures"))?;
+    let (text, signatures) = (&note[..split + 1], &note[split + 2..]);
+    let mut parsed = Vec::new();
+    for line in signatures.split_terminator('\n') {
+        if parsed.len() == MAX_SIGNATURES {
+            return Err(malformed("too many signature lines"));
+        }
+        let rest = line
+            .strip_prefix(SIGNATURE_PREFIX)
+            .ok_or(malformed("a signature line must start with '\u{2014} '"))?;
+        let (name, blob) =
+            rest.split_once(' ').ok_or(malformed("a signature line needs a name and a signature"))?;
+        if !valid_name(name) {
+            return Err(malformed("a signature line's key name is empty or holds a space or '+'"));
+        }
+        let blob = STANDARD.decode(blob).map_err(|_| malformed("a signature is not base64"))?;
+        if blob.len() < 5 {
+            return Err(malformed("a signature is shorter than a key id and a signature"));
+        }
+        parsed.push(SignatureLine { name, blob });
+    }
+    if parsed.is_empty() {
+        return Err(malformed("no signature lines"));
+    }
+    Ok((text, parsed))
 }
 
 /// C2SP signed-note key names: non-empty, no Unicode white space, no `+`.
@@ -338,6 +384,109 @@ mod tests {
         for bad in ["", "no newline", "a\n1\nAA==\n", &signed.note[..signed.note.len() - 1]] {
             assert!(key.open_checkpoint(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A signature line `— name base64(id ‖ sig)`.
+    fn line(name: &str, id: &[u8], sig: &[u8]) -> String {
+        format!("\u{2014} {name} {}\n", STANDARD.encode([id, sig].concat()))
+    }
+
+    /// The note with `extra` inserted before (`first`) or after its signature line.
+    fn with_line(note: &str, extra: &str, first: bool) -> String {
+        let (text, sig) = note.rsplit_once("\n\n").unwrap();
+        if first { format!("{text}\n\n{extra}{sig}") } else { format!("{text}\n\n{sig}{extra}") }
+    }
+
+    #[test]
+    fn every_signature_line_by_the_trusted_key_must_verify_whatever_the_order() {
+        let signer =
+            CheckpointSigner::new("o.example/log", SigningKey::from_seed(&[9; 32]).unwrap()).unwrap();
+        let key = signer.verifier_key().clone();
+        let signed = signer.sign(3, [1u8; 32]);
+        let note = signed.note;
+        let good_line = note.rsplit_once("\n\n").unwrap().1.to_owned();
+        let id = key.key_id();
+        let mut other_id = id;
+        other_id[0] ^= 1;
+        let kind = |e: &CheckpointError| match e {
+            CheckpointError::BadSignature(_) => "bad",
+            CheckpointError::MalformedNote(_) => "malformed",
+            _ => "other",
+        };
+        let cases: [(&str, String, Option<&str>); 8] = [
+            ("zero signature by our key", line("o.example/log", &id, &[0; 64]), Some("bad")),
+            ("short signature by our key", line("o.example/log", &id, &[7; 10]), Some("bad")),
+            (
+                "our signature over another text",
+                line(
+                    "o.example/log",
+                    &id,
+                    &STANDARD.decode(signer.sign_note("x\n").rsplit_once(' ').unwrap().1.trim_end()).unwrap()
+                        [4..],
+                ),
+                Some("bad"),
+            ),
+            ("a second good signature", good_line.clone(), None),
+            ("another key id under our name", line("o.example/log", &other_id, &[0; 64]), None),
+            ("a bad signature under another name", line("other.example/log", &id, &[0; 64]), None),
+            ("a truncated blob", line("o.example/log", &id, &[]), Some("malformed")),
+            ("not base64", "\u{2014} o.example/log AAA*\n".to_owned(), Some("malformed")),
+        ];
+        for (what, extra, refused) in &cases {
+            for first in [false, true] {
+                let altered = with_line(&note, extra, first);
+                let got = key.open_checkpoint(&altered);
+                match refused {
+                    None => assert_eq!(got.as_ref().ok(), Some(&signed.checkpoint), "{what}, first: {first}"),
+                    Some(expected) => {
+                        assert!(
+                            got.as_ref().is_err_and(|e| kind(e) == *expected),
+                            "{what}, first: {first}: {got:?}"
+                        )
+                    }
+                }
+            }
+        }
+        // A malformed line wins over a bad signature, whichever comes first.
+        for first in [false, true] {
+            let both = with_line(
+                &with_line(&note, &line("o.example/log", &id, &[0; 64]), first),
+                "garbage\n",
+                !first,
+            );
+            assert!(matches!(key.open_note(&both), Err(CheckpointError::MalformedNote(_))), "{both}");
+        }
+    }
+
+    #[test]
+    fn malformed_notes_are_refused_before_any_signature_is_checked() {
+        let signer = CheckpointSigner::new("o", SigningKey::from_seed(&[4; 32]).unwrap()).unwrap();
+        let key = signer.verifier_key().clone();
+        let note = signer.sign_note("hello\n\nworld\n");
+        assert_eq!(key.open_note(&note).unwrap(), "hello\n\nworld\n", "the text may hold blank lines");
+        let sig_line = note.rsplit_once("\n\n").unwrap().1;
+        let too_many = format!("hello\n\nworld\n\n{}{sig_line}", sig_line.repeat(MAX_SIGNATURES));
+        for bad in [
+            "hello\nworld\n".to_owned(),                  // no blank line
+            "hello\n\n".to_owned(),                       // no signature lines
+            note.replace('\u{2014}', "-"),                // not an em dash
+            note.replace("\u{2014} o ", "\u{2014}  o "),  // empty key name
+            note.replace("\u{2014} o ", "\u{2014} o+x "), // '+' in the name
+            note.trim_end().to_owned(),                   // no final newline
+            note.replace("world", "wor\tld"),             // a control character
+            note.replace("world", "wor\rld"),
+            format!("{note}\n"), // blank line at the end
+            too_many,
+        ] {
+            assert!(matches!(key.open_note(&bad), Err(CheckpointError::MalformedNote(_))), "{bad:?}");
+        }
+        let mut bytes = note.clone().into_bytes();
+        bytes[1] = 0xff;
+        assert!(matches!(key.open_note_bytes(&bytes), Err(CheckpointError::MalformedNote(_))));
+        assert!(key.open_note_bytes(note.as_bytes()).is_ok());
+        let mut enough = note.clone();
+        enough.push_str(&sig_line.repeat(MAX_SIGNATURES - 1));
+        assert!(key.open_note(&enough).is_ok(), "100 lines (C2SP asks for at least 16) are accepted");
     }
 
     #[test]

@@ -139,26 +139,41 @@ mod own {
         Key { name: parts[0].to_owned(), id, public }
     }
 
-    /// Checks the note's Ed25519 signature by `key` and returns (origin, size, root).
-    pub fn open_checkpoint(note: &str, key: &Key) -> (String, u64, H) {
-        let cut = note.rfind("\n\n").expect("blank line before signatures");
-        let (body, sigs) = (&note[..cut + 1], &note[cut + 2..]);
-        let mut verified = false;
-        for line in sigs.lines() {
-            let rest = line.strip_prefix("\u{2014} ").expect("em dash and space");
-            let (name, b64) = rest.split_once(' ').unwrap();
-            let blob = STANDARD.decode(b64).unwrap();
-            if name == key.name && blob[..4] == key.id {
-                ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public)
-                    .verify(body.as_bytes(), &blob[4..])
-                    .expect("Ed25519 signature verifies");
-                verified = true;
-            }
+    /// Checks a signed note against `key` and returns (origin, size, root), or why it is refused.
+    /// C2SP signed-note: text, a blank line (the last one), signature lines `— name base64`;
+    /// any malformed line refuses the note; lines of other names or key ids are ignored; every
+    /// line of this name and key id must verify, and at least one must exist.
+    pub fn open_checkpoint(note: &str, key: &Key) -> Result<(String, u64, H), String> {
+        if note.chars().any(|c| c < ' ' && c != '\n') || !note.ends_with('\n') {
+            return Err("control character or no final newline".into());
         }
-        assert!(verified, "no signature by the log key");
+        let cut = note.rfind("\n\n").ok_or("no blank line before the signatures")?;
+        let (body, sigs) = (&note[..cut + 1], &note[cut + 2..]);
+        let mut lines = Vec::new();
+        for line in sigs.split_terminator('\n') {
+            let rest = line.strip_prefix("\u{2014} ").ok_or("no em dash and space")?;
+            let (name, b64) = rest.split_once(' ').ok_or("no name")?;
+            let blob = STANDARD.decode(b64).map_err(|_| "not base64")?;
+            if name.is_empty() || name.contains(char::is_whitespace) || name.contains('+') || blob.len() < 5 {
+                return Err("bad name or short signature".into());
+            }
+            lines.push((name, blob));
+        }
+        let ours: Vec<&Vec<u8>> = lines
+            .iter()
+            .filter(|(name, blob)| *name == key.name && blob[..4] == key.id)
+            .map(|l| &l.1)
+            .collect();
+        let public = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public);
+        if ours.iter().any(|blob| public.verify(body.as_bytes(), &blob[4..]).is_err()) {
+            return Err("a signature by the log key does not verify".into());
+        }
+        if ours.is_empty() {
+            return Err("no signature by the log key".into());
+        }
         let lines: Vec<&str> = body.lines().collect();
         let root: H = STANDARD.decode(lines[2]).unwrap().try_into().unwrap();
-        (lines[0].to_owned(), lines[1].parse().unwrap(), root)
+        Ok((lines[0].to_owned(), lines[1].parse().unwrap(), root))
     }
 }
 
@@ -178,7 +193,7 @@ async fn get(app: &TestApp, path: &str) -> crate::helpers::Response {
 async fn checkpoint(app: &TestApp, key: &own::Key) -> (u64, own::H, Value) {
     let res = get(app, "/v1/audit/checkpoint").await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-    let (origin, size, root) = own::open_checkpoint(res.body["note"].as_str().unwrap(), key);
+    let (origin, size, root) = own::open_checkpoint(res.body["note"].as_str().unwrap(), key).unwrap();
     assert_eq!(origin, res.body["origin"]);
     assert_eq!(size, res.body["tree_size"]);
     assert_eq!(STANDARD.encode(root), res.body["root_hash"]);
@@ -793,4 +808,101 @@ async fn an_invalid_or_changed_origin_stops_the_server_from_starting() {
     settings.audit_origin = "another.example/log".into();
     let err = custodia::startup::App::build(settings).await.err().expect("refused");
     assert!(err.to_string().contains("was CUSTODIA_AUDIT_ORIGIN changed?"), "{err}");
+}
+
+/// A signature line `— name base64(id ‖ sig)`.
+fn signature_line(name: &str, id: &[u8], sig: &[u8]) -> String {
+    format!("\u{2014} {name} {}\n", STANDARD.encode([id, sig].concat()))
+}
+
+/// `note` with `extra` put before (`first`) or after its signature lines.
+fn with_signature_line(note: &str, extra: &str, first: bool) -> String {
+    let (text, signatures) = note.rsplit_once("\n\n").unwrap();
+    if first { format!("{text}\n\n{extra}{signatures}") } else { format!("{text}\n\n{signatures}{extra}") }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_refuses_a_bad_signature_line_by_the_log_key_before_or_after_the_good_one() {
+    let app = spawn_app().await;
+    app.create_customer(json!({"name": "Flo"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, stderr) = export(&app, dir.path()).await;
+    assert!(ok, "export failed: {stderr}");
+    let note = std::fs::read_to_string(dir.path().join("checkpoint.txt")).unwrap();
+    let key = own::parse_key(&std::fs::read_to_string(dir.path().join("key.txt")).unwrap());
+    let good = note.rsplit_once("\n\n").unwrap().1.to_owned();
+    let mut other_id = key.id;
+    other_id[0] ^= 0xff;
+    let cases = [
+        ("a zero signature by the log key", signature_line(&key.name, &key.id, &[0; 64]), false),
+        ("a short signature by the log key", signature_line(&key.name, &key.id, &[0; 9]), false),
+        ("a truncated blob", signature_line(&key.name, &key.id[..3], &[]), false),
+        ("a second good signature", good.clone(), true),
+        ("another key id under the log's name", signature_line(&key.name, &other_id, &[0; 64]), true),
+        ("a bad signature under another name", signature_line("witness.example/w", &key.id, &[0; 64]), true),
+    ];
+    for (what, extra, accepted) in &cases {
+        for first in [false, true] {
+            let altered = with_signature_line(&note, extra, first);
+            std::fs::write(dir.path().join("checkpoint.txt"), &altered).unwrap();
+            let (ok, stdout, stderr) = verify(dir.path(), &[]).await;
+            assert_eq!(ok, *accepted, "{what}, first: {first}: {stdout}{stderr}");
+            if !accepted {
+                assert!(stderr.contains("checkpoint: "), "{what}: {stderr}");
+            }
+            // The test's own verifier, written from the C2SP text, gives the same answer.
+            assert_eq!(
+                own::open_checkpoint(&altered, &key).is_ok(),
+                *accepted,
+                "own: {what}, first: {first}"
+            );
+        }
+    }
+    // The same rule holds for the earlier checkpoint given with --previous.
+    std::fs::write(dir.path().join("checkpoint.txt"), &note).unwrap();
+    let previous = dir.path().join("previous.txt");
+    std::fs::write(&previous, with_signature_line(&note, &cases[0].1, false)).unwrap();
+    let (ok, _, stderr) = verify(dir.path(), &["--previous", previous.to_str().unwrap()]).await;
+    assert!(!ok);
+    assert!(stderr.contains("previous checkpoint: "), "{stderr}");
+    // A note file that is not UTF-8 is named as a malformed note.
+    let mut bytes = note.clone().into_bytes();
+    bytes[0] = 0xff;
+    std::fs::write(dir.path().join("checkpoint.txt"), bytes).unwrap();
+    let (ok, _, stderr) = verify(dir.path(), &[]).await;
+    assert!(!ok);
+    assert!(stderr.contains("checkpoint: malformed signed note: it is not UTF-8"), "{stderr}");
+    std::fs::write(dir.path().join("checkpoint.txt"), &note).unwrap();
+    assert!(verify(dir.path(), &[]).await.0, "the untouched export verifies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_refuses_to_start_over_a_stored_checkpoint_with_a_bad_line_by_its_key() {
+    use custodia::store::{SledStore, Store};
+    let mut app = spawn_app().await;
+    app.create_customer(json!({"name": "Gus"})).await;
+    let key = own::parse_key(get(&app, "/v1/audit/key").await.body["verifier_key"].as_str().unwrap());
+    app.shutdown().await;
+    let store_dir = app.settings.data_dir.join("store");
+    let (size, note) = {
+        let store = SledStore::open(&store_dir, 8 << 20).unwrap();
+        let (size, note) = store.latest_checkpoint().await.unwrap().expect("a checkpoint was signed");
+        (size, String::from_utf8(note).unwrap())
+    };
+    let put = |note: String| {
+        let store_dir = store_dir.clone();
+        async move {
+            let store = SledStore::open(&store_dir, 8 << 20).unwrap();
+            store.put_checkpoint(size, note.into_bytes()).await.unwrap();
+            store.sync().await.unwrap();
+        }
+    };
+    let bad = signature_line(&key.name, &key.id, &[0; 64]);
+    for first in [false, true] {
+        put(with_signature_line(&note, &bad, first)).await;
+        let err = custodia::startup::App::build(app.settings.clone()).await.err().expect("refuses to start");
+        assert!(err.to_string().contains("does not verify"), "first: {first}: {err}");
+    }
+    put(note).await;
+    assert!(custodia::startup::App::build(app.settings.clone()).await.is_ok(), "the intact note is accepted");
 }

@@ -181,3 +181,120 @@ async fn issuer_and_audience_are_checked_when_configured() {
     );
     assert_eq!(status_with(&app, &app.merchant()).await, StatusCode::UNAUTHORIZED, "missing iss and aud");
 }
+
+/// An HS256 token with the test secret over a header written by hand (`header` is the exact
+/// JSON text, so repeated members survive).
+fn hs256_with_raw_header(header: &str, claims: &Value) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.to_string().as_bytes()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+    format!("{input}.{}", b64(ring::hmac::sign(&key, input.as_bytes()).as_ref()))
+}
+
+#[tokio::test]
+async fn tokens_with_crit_b64_or_repeated_header_members_are_refused_as_invalid() {
+    let app = spawn_app().await;
+    let claims = merchant_claims();
+    let plain = hs256_with_raw_header(r#"{"alg":"HS256","typ":"JWT"}"#, &claims);
+    assert_eq!(status_with(&app, &plain).await, StatusCode::OK, "the hand-made token itself is good");
+    // Unknown members outside crit are ignored, as RFC 7515 §4 requires.
+    let unknown = hs256_with_raw_header(r#"{"alg":"HS256","typ":"JWT","x-note":"hi"}"#, &claims);
+    assert_eq!(status_with(&app, &unknown).await, StatusCode::OK, "an unknown, non-critical member");
+
+    let headers = [
+        r#"{"alg":"HS256","typ":"JWT","crit":["x-unknown"],"x-unknown":1}"#,
+        r#"{"alg":"HS256","typ":"JWT","crit":["x-unknown"]}"#,
+        r#"{"alg":"HS256","crit":["b64"],"b64":false}"#,
+        r#"{"alg":"HS256","b64":true}"#,
+        r#"{"alg":"HS256","crit":[]}"#,
+        r#"{"alg":"HS256","crit":["exp"]}"#,
+        r#"{"alg":"HS256","crit":null}"#,
+        r#"{"alg":"HS256","typ":"JWT","typ":"JWT"}"#,
+        r#"{"alg":"HS256","kid":"a","kid":"b"}"#,
+    ];
+    for header in headers {
+        let token = hs256_with_raw_header(header, &claims);
+        let res = app
+            .call(
+                Method::GET,
+                "/v1/customers?email=a%40b.test",
+                Some(&token),
+                Some("order_fulfillment"),
+                None,
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::UNAUTHORIZED, "{header}");
+        assert_eq!(res.body["error"], "unauthenticated", "{header}: the one opaque answer");
+    }
+    // jsonwebtoken's own Header with crit set is refused the same way.
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["x-unknown".into()]);
+    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap();
+    assert_eq!(status_with(&app, &token).await, StatusCode::UNAUTHORIZED);
+
+    let events = app.audit_events().await;
+    let reasons: Vec<&Value> =
+        events.iter().filter(|e| e["action"] == "auth.denied").map(|e| &e["reason"]).collect();
+    assert_eq!(reasons.len(), headers.len() + 1);
+    assert!(reasons.iter().all(|r| **r == json!(["token_invalid"])), "{reasons:?}");
+}
+
+fn claims_lasting(iat: Option<i64>, exp: i64) -> Value {
+    let mut claims = json!({"sub": "shop-backend", "role": "merchant", "exp": exp});
+    if let Some(iat) = iat {
+        claims["iat"] = json!(iat);
+    }
+    claims
+}
+
+#[tokio::test]
+async fn a_configured_maximum_lifetime_refuses_long_lived_undated_and_future_dated_tokens() {
+    let app = spawn_app_with(|s| s.jwt_max_lifetime_secs = 900).await;
+    let t = now();
+    let accepted = [
+        ("15 minutes from now", claims_lasting(Some(t), t + 900)),
+        ("issued 10 minutes ago, 5 left", claims_lasting(Some(t - 600), t + 300)),
+        ("iat within the leeway ahead", claims_lasting(Some(t + 20), t + 900)),
+        (
+            "fractional NumericDates",
+            json!({"sub": "s", "role": "merchant", "iat": t as f64 + 0.5, "exp": t as f64 + 600.5}),
+        ),
+    ];
+    for (what, claims) in &accepted {
+        assert_eq!(status_with(&app, &sign_hs256(claims.clone())).await, StatusCode::OK, "{what}");
+    }
+    let refused = [
+        ("an hour long", claims_lasting(Some(t), t + 3600)),
+        ("no iat", claims_lasting(None, t + 600)),
+        ("iat as a string", json!({"sub": "s", "role": "merchant", "iat": t.to_string(), "exp": t + 600})),
+        ("short lifetime claimed, but exp far ahead", claims_lasting(Some(t + 3000), t + 3600)),
+        ("iat far in the future", claims_lasting(Some(t + 120), t + 600)),
+        ("exp before iat", claims_lasting(Some(t + 10), t + 5)),
+        ("issued long ago, lived too long", claims_lasting(Some(t - 7200), t + 60)),
+    ];
+    for (what, claims) in &refused {
+        assert_eq!(status_with(&app, &sign_hs256(claims.clone())).await, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    // The helpers' tokens carry no iat: read the log with a dated one (one page is enough here).
+    let auditor = sign_hs256(json!({"sub": "a", "role": "auditor", "iat": t, "exp": t + 600}));
+    let res = app.call(Method::GET, "/v1/audit/events?limit=1000", Some(&auditor), None, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let events = res.body["events"].as_array().unwrap();
+    let denied: Vec<&Value> = events.iter().filter(|e| e["action"] == "auth.denied").collect();
+    assert_eq!(denied.len(), refused.len());
+    assert!(denied.iter().all(|e| e["reason"] == json!(["token_invalid"])));
+}
+
+#[tokio::test]
+async fn without_a_maximum_lifetime_long_lived_and_undated_tokens_are_still_accepted() {
+    let app = spawn_app().await;
+    let t = now();
+    for claims in [
+        claims_lasting(None, t + 30 * 86_400),
+        claims_lasting(Some(t), t + 365 * 86_400),
+        claims_lasting(Some(t + 3600), t + 7200),
+    ] {
+        assert_eq!(status_with(&app, &sign_hs256(claims.clone())).await, StatusCode::OK, "{claims}");
+    }
+}
