@@ -350,7 +350,7 @@ impl AuditLog {
         let checkpoint = self.signer.verifier_key().open_checkpoint(&note).map_err(|e| {
             AuditError::Corrupt(format!(
                 "the latest stored checkpoint (size {stored_size}) does not verify under this log's key \
-                 and origin {:?} ({e}); was CUSTODIA_AUDIT_ORIGIN changed?",
+                 and origin {:?} ({e}): was CUSTODIA_AUDIT_ORIGIN changed, or the stored note altered?",
                 self.signer.origin()
             ))
         })?;
