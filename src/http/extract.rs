@@ -41,8 +41,8 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Missing);
     }
-    // hyper has already trimmed the value's trailing whitespace; a space inside the token
-    // leaves it unverifiable, which is `token_invalid`.
+    // Surrounding whitespace is not part of a field value (RFC 9110 §5.5); a space inside the
+    // token leaves it unverifiable, which is `token_invalid`.
     let token = rest.trim_start_matches(' ').trim_end_matches([' ', '\t']);
     if token.is_empty() { Err(AuthError::Missing) } else { Ok(token) }
 }
@@ -128,7 +128,9 @@ role_extractor!(
     Role::Auditor
 );
 
-/// The `X-Purpose` header, if present. Validated against the policy by the vault.
+/// The `X-Purpose` header, if present. Validated against the policy by the vault (a purpose
+/// name has no comma, so a list is simply undeclared); a repeated header never gets here, the
+/// head check refuses it.
 #[derive(Debug)]
 pub struct PurposeHeader(pub Option<String>);
 
