@@ -34,8 +34,10 @@ pub struct Denied {
 }
 
 /// Every error answer: a stable code and a human message that never contains a submitted or
-/// stored value. Codes: `malformed_json`, `bad_request`, `purpose_required`, `unknown_purpose`
-/// (400); `unauthenticated` (401); `forbidden`, `policy_denied` (403); `not_found` (404);
+/// stored value. Codes: `malformed_json`, `duplicate_key` (a member named twice in one JSON
+/// object), `nesting_too_deep`, `duplicate_header` (`Authorization`, `X-Purpose`,
+/// `Content-Type`, `Content-Length` or `X-Request-Id` given more than once), `bad_request`,
+/// `purpose_required`, `unknown_purpose` (400); `unauthenticated` (401); `forbidden`, `policy_denied` (403); `not_found` (404);
 /// `method_not_allowed` (405); `conflict` (409); `payload_too_large` (413);
 /// `unsupported_media_type` (415); `invalid_body`, `invalid_field`, `unknown_field` (422);
 /// `rate_limited` (429); `internal` (500); `audit_unavailable` (503). A request that takes longer
@@ -92,6 +94,11 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", "this role may not call this route")
     }
 
+    /// 413: the body is, or declares to be, larger than the configured limit.
+    pub fn payload_too_large() -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the body is too large")
+    }
+
     /// 404.
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "not found")
@@ -108,6 +115,11 @@ impl ApiError {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// The stable code and the message.
+    pub fn parts(&self) -> (&'static str, &str) {
+        (self.code, &self.message)
     }
 }
 

@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::body::HttpBody as _;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
@@ -69,8 +70,12 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone())
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(
+            HeadCheck { state, max_body_bytes: limits.max_body_bytes },
+            check_head,
+        ))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -93,6 +98,66 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, limits.request_timeout))
         .layer(middleware::from_fn(count))
         .layer(middleware::from_fn(request_id))
+}
+
+/// What [`check_head`] needs: the state (to audit a refused `Authorization`) and the limit.
+#[derive(Clone)]
+struct HeadCheck {
+    state: AppState,
+    max_body_bytes: usize,
+}
+
+/// Headers that carry identity, purpose or the body's framing: given twice, the request's
+/// meaning would depend on which copy a reader picks, so it is refused (RFC 9110 §5.3 allows
+/// repeating only list-valued fields, and none of these is one).
+const SINGLE_HEADERS: [(HeaderName, &str); 5] = [
+    (header::AUTHORIZATION, "Authorization"),
+    (HeaderName::from_static("x-purpose"), "X-Purpose"),
+    (header::CONTENT_TYPE, "Content-Type"),
+    (header::CONTENT_LENGTH, "Content-Length"),
+    (REQUEST_ID, "X-Request-Id"),
+];
+
+/// Decides everything the request head alone can decide, before authentication and before any
+/// body byte is read (so no `100 Continue` is sent for a refused request):
+/// - a declared body length (`Content-Length`, or the body's exact size hint on HTTP/2) over
+///   `max_body_bytes` is 413 `payload_too_large` at once, not after waiting for the bytes;
+/// - any of [`SINGLE_HEADERS`] given more than once is 400 `duplicate_header`. A repeated
+///   `Authorization` is also recorded as `auth.denied` (`token_invalid`, anonymous actor) under
+///   the per-peer budget for failing credentials, like any unusable token, so probes show in
+///   the log; once that budget is spent the answer is 429 and nothing is recorded.
+///
+/// Bodies without a declared length (chunked) are still cut at the limit while being read
+/// (`DefaultBodyLimit`, 413). Hyper itself refuses conflicting `Content-Length` values (400)
+/// and heads over its limits (431): more than 100 header lines, or a head over ~408 KiB.
+async fn check_head(State(check): State<HeadCheck>, req: Request, next: Next) -> Response {
+    let by_header = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let declared = by_header.max(req.body().size_hint().lower());
+    if declared > u64::try_from(check.max_body_bytes).unwrap_or(u64::MAX) {
+        return ApiError::payload_too_large().into_response();
+    }
+    for (name, shown) in &SINGLE_HEADERS {
+        if req.headers().get_all(name).iter().nth(1).is_none() {
+            continue;
+        }
+        if name == header::AUTHORIZATION {
+            let reason = crate::auth::AuthError::Invalid.code();
+            if let Err(answer) = extract::deny_anonymous(&check.state, req.extensions(), reason).await {
+                return answer.into_response();
+            }
+        }
+        return ApiError::bad_request(
+            "duplicate_header",
+            format!("the {shown} header is given more than once"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts every answer (timeouts included) and its latency under the route template, or
