@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::rate_limit::CallerLimiter;
 use crate::auth::AuthError;
 use crate::domain::{Principal, Role};
-use crate::vault::RequestContext;
+use crate::vault::{RequestContext, shown_name};
 
 /// The request id assigned by the request-id middleware.
 #[derive(Debug, Clone)]
@@ -280,24 +280,11 @@ fn shown_path(segments: impl IntoIterator<Item = Segment>) -> String {
                 if !out.is_empty() {
                     out.push('.');
                 }
-                out.push_str(if is_plausible_name(&key) { &key } else { "?" });
+                out.push_str(if crate::vault::looks_like_name(&key) { &key } else { "?" });
             }
         }
     }
     if out.is_empty() { ".".to_owned() } else { out }
-}
-
-/// The rule of `shown_name` in `vault`: a key is echoed only when it looks like a member name
-/// (1–64 of `[a-z0-9_-]`), since a caller may paste a value where a name belongs.
-fn is_plausible_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-/// `` ` `name` `` when the name is plausible, else nothing.
-fn shown_name(name: &str) -> String {
-    if is_plausible_name(name) { format!(" `{name}`") } else { String::new() }
 }
 
 /// Why [`Shape`] stopped.

@@ -256,13 +256,18 @@ impl Vault {
     }
 }
 
-/// A caller-given field name as error messages show it: only if it looks like a field name, so
-/// a value sent by mistake in a key's place is never echoed.
-fn shown_name(name: &str) -> String {
-    let plausible = !name.is_empty()
+/// True if caller text has the shape of a declared name (1–64 of `[a-z0-9_-]`), so an error
+/// message may echo it: a value sent by mistake in a key's place is never echoed.
+pub fn looks_like_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if plausible { format!(" `{name}`") } else { String::new() }
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A caller-given name as error messages show it: `` `name` `` if it [`looks_like_name`], else
+/// nothing.
+pub fn shown_name(name: &str) -> String {
+    if looks_like_name(name) { format!(" `{name}`") } else { String::new() }
 }
 
 fn audit_failure(e: AuditError) -> VaultError {
