@@ -6,6 +6,7 @@ mod crash;
 mod customer;
 mod disclosure;
 mod helpers;
+mod identity;
 mod merchant;
 mod metrics;
 mod openapi;
