@@ -21,6 +21,11 @@ impl BlindIndexKey {
 
     /// The blind index of `normalised` in `field`. The field name is part of the input so equal
     /// values in different fields do not share an index.
+    ///
+    /// `normalised` must be the value's canonical index form
+    /// ([`crate::domain::field_value::FieldType::normalise`]); the HMAC compares bytes, so any
+    /// other spelling of the same value gives a different index and would escape unique checks
+    /// and lookups.
     pub fn compute(&self, field: &str, normalised: &str) -> BlindIndex {
         let mut ctx = ring::hmac::Context::with_key(&self.0);
         ctx.update(&(field.len() as u32).to_be_bytes());

@@ -4,17 +4,25 @@
 //! the form in which it is stored, and the form a blind index is computed over. It must never put
 //! a value into an error, a log line or a panic message: [`InvalidValue`] names only what was
 //! expected, so it is safe to hand to a client or to the audit log.
+//!
+//! One identifier has one index form ([`FieldType::normalise`]): writes, unique checks and
+//! lookups all compute the blind index over it, so two spellings are the same value exactly when
+//! their index forms are equal. Text is stored in Unicode NFC; the per-type rules are on
+//! [`FieldType`]'s variants.
 
 use std::fmt;
 
 use chrono::NaiveDate;
+use idna::uts46::{AsciiDenyList, DnsLength, Hyphens, Uts46};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Longest `string` value (and longest address member), in bytes.
+use super::unicode;
+
+/// Longest `string` value (and longest address member), in bytes of its NFC form.
 pub const MAX_STRING_BYTES: usize = 4096;
 
-/// Longest `email` value, in characters.
+/// Longest `email` value, in characters of its trimmed NFC form.
 pub const MAX_EMAIL_CHARS: usize = 254;
 
 /// Fewest and most digits a `phone` value may carry after its `+` (E.164 allows 15).
@@ -22,20 +30,23 @@ const PHONE_DIGITS: std::ops::RangeInclusive<usize> = 8..=15;
 
 /// The type of a declared field, as written in `type = "…"` in a policy file.
 ///
-/// The type decides what a write must satisfy ([`FieldType::parse`]), what is stored and what a
-/// blind index covers ([`FieldType::index_form`]), and which masks fit the field.
+/// The type decides what a write must satisfy, what is stored and what a blind index covers
+/// ([`FieldType::normalise`]), and which masks fit the field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FieldType {
-    /// A non-empty string of at most 4096 bytes.
+    /// A non-empty string of at most 4096 bytes. Stored and indexed in NFC; otherwise exact
+    /// (case and spaces matter).
     String,
-    /// An email address; stored as given, indexed lower-cased and trimmed.
+    /// An email address (RFC 5321 mailbox, RFC 6531 internationalised). Stored trimmed and in
+    /// NFC. Indexed as the local part with ASCII `A`–`Z` lower-cased, `@`, and the domain in its
+    /// UTS #46 ASCII form (lower case, A-labels). See [`FieldType::normalise`] for what is refused.
     Email,
-    /// A phone number in international form, stored as `+` and 8–15 digits.
+    /// A phone number in international form, stored and indexed as `+` and 8–15 ASCII digits.
     Phone,
-    /// A calendar date `YYYY-MM-DD`.
+    /// A calendar date `YYYY-MM-DD` (ASCII digits).
     Date,
-    /// A postal address object.
+    /// A postal address object; members stored in NFC; never indexed.
     Address,
     /// An ISO 3166-1 alpha-2 country code in capitals.
     Country,
@@ -50,6 +61,16 @@ pub enum FieldType {
 pub struct InvalidValue {
     /// What the value should have been, phrased to follow "must be", e.g. "an email address".
     pub expected: &'static str,
+}
+
+/// The two forms Custodia keeps of a valid value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Normalised {
+    /// What is stored and read back. Normalising it again gives it unchanged.
+    pub stored: Value,
+    /// What a blind index is computed over (`None` for an address, which cannot be indexed).
+    /// Two values name the same thing exactly when their index forms are equal.
+    pub index: Option<String>,
 }
 
 impl FieldType {
@@ -80,44 +101,72 @@ impl FieldType {
         FieldType::ALL.into_iter().find(|t| t.as_str() == name)
     }
 
-    /// Validates a JSON value for this type and returns its stored (normalised) form.
+    /// Validates a JSON value for this type and returns its stored and index forms: the one
+    /// place that decides when two spellings are the same value. Writes, unique checks and
+    /// lookups all go through it.
+    ///
+    /// - `string`: Unicode NFC (UAX #15); non-empty, at most 4096 bytes after NFC.
+    /// - `email`: surrounding white space trimmed, then NFC. Exactly one `@`, a non-empty local
+    ///   part, at most 254 characters. Refused: white space, controls, format and other invisible
+    ///   (default-ignorable), private-use or unassigned characters anywhere; compatibility
+    ///   characters (text that NFKC would change: fullwidth letters, ligatures, superscripts);
+    ///   a domain that UTS #46 ToASCII rejects (with STD3 rules: letters, digits and hyphens;
+    ///   no hyphen first or last in a label; DNS lengths) or that has fewer than two labels;
+    ///   a local part, or a domain label, mixing scripts beyond UTS #39 "highly restrictive"
+    ///   (see [`unicode::is_single_script_or_cjk_with_latin`]). Index form: local part with only
+    ///   ASCII `A`–`Z` lower-cased (RFC 5321 §2.4 lets the receiving host decide case; no
+    ///   standard folds non-ASCII local parts, and a wrong merge would hand one customer's
+    ///   record to another), `@`, domain in ASCII (lower case, Punycode A-labels).
+    /// - `phone`: `+` then 8–15 ASCII digits (E.164); spaces and dashes are dropped; digits of
+    ///   other scripts (Arabic-Indic, fullwidth …) are refused, not converted.
+    /// - `date`, `country`: exact ASCII forms; stored and indexed as given.
+    /// - `address`: members in NFC; no index form.
     ///
     /// A JSON value of the wrong kind (number, bool, null, array, or an object where a string is
     /// expected) is invalid. Never panics.
-    pub fn parse(&self, value: &Value) -> Result<Value, InvalidValue> {
-        let parse_text: fn(&str) -> Option<String> = match self {
-            FieldType::Address => return parse_address(value),
-            FieldType::String => parse_string,
-            FieldType::Email => parse_email,
-            FieldType::Phone => parse_phone,
-            FieldType::Date => parse_date,
-            FieldType::Country => parse_country,
-        };
+    pub fn normalise(&self, value: &Value) -> Result<Normalised, InvalidValue> {
+        if *self == FieldType::Address {
+            return parse_address(value).map(|stored| Normalised { stored, index: None });
+        }
         let text = value.as_str().ok_or(self.invalid())?;
-        parse_text(text).map(Value::String).ok_or(self.invalid())
+        let (stored, index) = match self {
+            FieldType::Email => {
+                let email = parse_email(text)?;
+                (email.stored, email.index)
+            }
+            _ => {
+                let parse_text: fn(&str) -> Option<String> = match self {
+                    FieldType::String => parse_string,
+                    FieldType::Phone => parse_phone,
+                    FieldType::Date => parse_date,
+                    _ => parse_country,
+                };
+                // For these types the stored form is already the one canonical spelling.
+                let stored = parse_text(text).ok_or(self.invalid())?;
+                (stored.clone(), stored)
+            }
+        };
+        Ok(Normalised { stored: Value::String(stored), index: Some(index) })
     }
 
-    /// The normalised text a blind index is computed over (None for address).
-    ///
-    /// The value is normalised again here, so a lookup value that was only parsed and a value
-    /// read back from storage give the same text. An invalid value has no index form.
-    pub fn index_form(&self, stored: &Value) -> Option<String> {
-        let Value::String(text) = self.parse(stored).ok()? else {
-            return None;
-        };
-        match self {
-            FieldType::Email => Some(text.trim().to_lowercase()),
-            FieldType::Address => None,
-            FieldType::String | FieldType::Phone | FieldType::Date | FieldType::Country => Some(text),
-        }
+    /// Validates a JSON value for this type and returns its stored (normalised) form; see
+    /// [`FieldType::normalise`].
+    pub fn parse(&self, value: &Value) -> Result<Value, InvalidValue> {
+        self.normalise(value).map(|n| n.stored)
+    }
+
+    /// The text a blind index is computed over, for a value as given or as stored (None for an
+    /// address or an invalid value); see [`FieldType::normalise`].
+    pub fn index_form(&self, value: &Value) -> Option<String> {
+        self.normalise(value).ok()?.index
     }
 
     /// The error for a value that does not fit this type.
     fn invalid(&self) -> InvalidValue {
         let expected = match self {
             FieldType::String => "a non-empty string of at most 4096 bytes",
-            FieldType::Email => "an email address",
-            FieldType::Phone => "a phone number: + and 8 to 15 digits",
+            FieldType::Email => EMAIL_SHAPE,
+            FieldType::Phone => "a phone number: + and 8 to 15 ASCII digits 0-9 (spaces and dashes allowed)",
             FieldType::Date => "a calendar date YYYY-MM-DD",
             FieldType::Address => {
                 "an address object with line1, city, postal_code and country, and optionally \
@@ -140,31 +189,75 @@ pub fn is_country_code(code: &str) -> bool {
     COUNTRY_CODES.binary_search(&code).is_ok()
 }
 
+/// A string in NFC, non-empty and at most [`MAX_STRING_BYTES`] long after normalising.
 fn parse_string(text: &str) -> Option<String> {
-    (!text.is_empty() && text.len() <= MAX_STRING_BYTES).then(|| text.to_owned())
+    let text = unicode::nfc(text);
+    (!text.is_empty() && text.len() <= MAX_STRING_BYTES).then(|| text.into_owned())
 }
 
-/// Accepts `local@domain` where the local part is non-empty and the domain has at least two
-/// non-empty dot-separated labels. Surrounding whitespace is tolerated (the value is stored as
-/// given; its index form is trimmed), whitespace or control characters inside are not.
-fn parse_email(text: &str) -> Option<String> {
-    if text.chars().count() > MAX_EMAIL_CHARS {
-        return None;
+const EMAIL_SHAPE: &str = "an email address: one @, a non-empty local part and a domain with a \
+                           dot, at most 254 characters";
+const EMAIL_CHARACTERS: &str = "an email address without spaces, invisible, control, private-use \
+                                or unassigned characters";
+const EMAIL_COMPATIBILITY: &str = "an email address without compatibility characters such as \
+                                   fullwidth letters or ligatures (text Unicode NFKC would change)";
+const EMAIL_DOMAIN: &str = "an email address whose domain is a valid host name (IDNA, UTS #46: \
+                            letters, digits and inner hyphens in each label)";
+const EMAIL_SCRIPTS: &str = "an email address whose local part and each domain label use one \
+                             script (Latin may be combined only with Chinese, Japanese or Korean)";
+
+/// The stored and index forms of a valid email address.
+struct EmailForms {
+    stored: String,
+    index: String,
+}
+
+/// Validates an email address and computes its forms; the rules are listed on
+/// [`FieldType::normalise`]. Each refusal names the rule, never the value.
+fn parse_email(text: &str) -> Result<EmailForms, InvalidValue> {
+    let fail = |expected| InvalidValue { expected };
+    let address = unicode::nfc(text.trim());
+    if address.chars().count() > MAX_EMAIL_CHARS {
+        return Err(fail(EMAIL_SHAPE));
     }
-    let inner = text.trim();
-    if inner.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return None;
+    if address.chars().any(unicode::is_forbidden_in_identifier) {
+        return Err(fail(EMAIL_CHARACTERS));
     }
-    let (local, domain) = inner.split_once('@')?;
-    let valid = !local.is_empty()
-        && !domain.contains('@')
-        && domain.contains('.')
-        && domain.split('.').all(|label| !label.is_empty());
-    valid.then(|| text.to_owned())
+    let (local, domain) = address.split_once('@').ok_or(fail(EMAIL_SHAPE))?;
+    if local.is_empty() || domain.contains('@') || !domain.contains('.') {
+        return Err(fail(EMAIL_SHAPE));
+    }
+    if !unicode::is_nfkc_stable(&address) {
+        return Err(fail(EMAIL_COMPATIBILITY));
+    }
+    let idna = Uts46::new();
+    let ascii_domain = idna
+        .to_ascii(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast, DnsLength::Verify)
+        .map_err(|_| fail(EMAIL_DOMAIN))?;
+    // Only `.` separates labels here: UTS #46 would also split at U+3002 IDEOGRAPHIC FULL STOP,
+    // which would give one domain a second spelling.
+    if ascii_domain.split('.').count() != domain.split('.').count() {
+        return Err(fail(EMAIL_DOMAIN));
+    }
+    // Labels are judged in their Unicode form, so an A-label (`xn--…`) cannot hide a mixture.
+    let (unicode_domain, decoded) =
+        idna.to_unicode(ascii_domain.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast);
+    if decoded.is_err() {
+        return Err(fail(EMAIL_DOMAIN));
+    }
+    if !unicode::is_single_script_or_cjk_with_latin(local)
+        || !unicode_domain.split('.').all(unicode::is_single_script_or_cjk_with_latin)
+    {
+        return Err(fail(EMAIL_SCRIPTS));
+    }
+    let index = format!("{}@{}", local.to_ascii_lowercase(), ascii_domain);
+    Ok(EmailForms { stored: address.into_owned(), index })
 }
 
 /// Accepts `+` followed by 8–15 ASCII digits; spaces and dashes may appear anywhere after the
-/// `+`, and spaces around the whole number. Stores `+` and the digits only.
+/// `+`, and spaces around the whole number. Stores `+` and the digits only. Digits of other
+/// scripts are refused rather than converted: E.164 numbers are ASCII, and a converted number
+/// would read back differently from what was written.
 fn parse_phone(text: &str) -> Option<String> {
     let rest = text.trim_matches(' ').strip_prefix('+')?;
     let mut stored = String::with_capacity(16);
@@ -205,8 +298,8 @@ const ADDRESS_REQUIRED: [&str; 4] = ["line1", "city", "postal_code", "country"];
 const ADDRESS_OPTIONAL: [&str; 2] = ["line2", "region"];
 
 /// Validates an address object. Required members must be non-empty strings; optional members,
-/// when present, must be strings (possibly empty); every member is at most 4096 bytes. The stored
-/// form has the same members and values.
+/// when present, must be strings (possibly empty); every member is at most 4096 bytes in NFC. The
+/// stored form has the same members, each in NFC.
 fn parse_address(value: &Value) -> Result<Value, InvalidValue> {
     let invalid = |expected| InvalidValue { expected };
     let object = value.as_object().ok_or(FieldType::Address.invalid())?;
@@ -225,19 +318,20 @@ fn parse_address(value: &Value) -> Result<Value, InvalidValue> {
         let Some(Value::String(text)) = object.get(name) else {
             return Err(invalid("an address with string members line1, city, postal_code and country"));
         };
+        let text = unicode::nfc(text);
         if text.is_empty() || text.len() > MAX_STRING_BYTES {
             return Err(invalid(
                 "an address whose line1, city, postal_code and country are non-empty and at \
                  most 4096 bytes",
             ));
         }
-        stored.insert(name.to_owned(), Value::String(text.clone()));
+        stored.insert(name.to_owned(), Value::String(text.into_owned()));
     }
     for name in ADDRESS_OPTIONAL {
-        match object.get(name) {
+        match object.get(name).map(|v| v.as_str().map(unicode::nfc)) {
             None => {}
-            Some(Value::String(text)) if text.len() <= MAX_STRING_BYTES => {
-                stored.insert(name.to_owned(), Value::String(text.clone()));
+            Some(Some(text)) if text.len() <= MAX_STRING_BYTES => {
+                stored.insert(name.to_owned(), Value::String(text.into_owned()));
             }
             Some(_) => {
                 return Err(invalid(
@@ -319,6 +413,28 @@ mod tests {
         let max = "é".repeat(2048);
         assert_eq!(ok(FieldType::String, json!(max)), json!(max));
         assert!(bad(FieldType::String, json!(format!("{max}a"))));
+        // The limit applies to the NFC form: 2048 decomposed é are 6144 bytes given, 4096 stored.
+        let decomposed = "e\u{0301}".repeat(2048);
+        assert_eq!(ok(FieldType::String, json!(decomposed)), json!(max));
+    }
+
+    #[test]
+    fn string_is_stored_and_indexed_in_nfc_and_otherwise_exact() {
+        assert_eq!(ok(FieldType::String, json!("Zoe\u{0308}")), json!("Zo\u{00eb}"));
+        let index = |t: &str| FieldType::String.index_form(&json!(t));
+        assert_eq!(index("Zoe\u{0308}"), index("Zo\u{00eb}"));
+        assert_eq!(index("Zo\u{00eb}").as_deref(), Some("Zo\u{00eb}"));
+        assert_ne!(index("zo\u{00eb}"), index("Zo\u{00eb}"));
+        assert_ne!(index("Zo\u{00eb} "), index("Zo\u{00eb}"));
+    }
+
+    #[test]
+    fn address_members_are_stored_in_nfc() {
+        let given = json!({"line1": "Mu\u{0308}hlweg 1", "city": "Ko\u{0308}ln", "postal_code": "50667",
+                           "country": "DE", "line2": "Hinterhaus, 2. OG", "region": "Mu\u{0308}nster"});
+        let stored = json!({"line1": "M\u{00fc}hlweg 1", "city": "K\u{00f6}ln", "postal_code": "50667",
+                            "country": "DE", "line2": "Hinterhaus, 2. OG", "region": "M\u{00fc}nster"});
+        assert_eq!(ok(FieldType::Address, given), stored);
     }
 
     #[test]
@@ -334,17 +450,57 @@ mod tests {
         assert!(bad(FieldType::Address, json!("Main St 1")));
     }
 
+    fn email_index(text: &str) -> Option<String> {
+        FieldType::Email.index_form(&json!(text))
+    }
+
     #[test]
-    fn email_is_stored_as_given_and_indexed_lower_cased_and_trimmed() {
+    fn email_is_stored_trimmed_in_nfc_and_indexed_in_one_canonical_form() {
         let given = json!("  Jane.Doe@Example.COM ");
-        assert_eq!(ok(FieldType::Email, given.clone()), given);
-        assert_eq!(FieldType::Email.index_form(&given).as_deref(), Some("jane.doe@example.com"));
+        assert_eq!(ok(FieldType::Email, given.clone()), json!("Jane.Doe@Example.COM"));
+        assert_eq!(email_index("  Jane.Doe@Example.COM ").as_deref(), Some("jane.doe@example.com"));
+        assert_eq!(
+            ok(FieldType::Email, json!("zoe\u{0308}.b@example.com")),
+            json!("zo\u{00eb}.b@example.com")
+        );
+    }
+
+    #[test]
+    fn equivalent_spellings_of_an_email_have_one_index_form() {
+        let same = |a: &str, b: &str| {
+            let (x, y) = (email_index(a), email_index(b));
+            assert!(x.is_some(), "{a:?} refused");
+            assert_eq!(x, y, "{a:?} vs {b:?}");
+        };
+        same("zo\u{00eb}.b@example.com", "zoe\u{0308}.b@example.com");
+        same("Jane@EXAMPLE.com", "jane@example.com");
+        same("jane@b\u{00fc}cher.example", "jane@xn--bcher-kva.example");
+        same("jane@B\u{00dc}CHER.example", "jane@XN--BCHER-KVA.example");
+        same("jane@bu\u{0308}cher.example", "jane@b\u{00fc}cher.example");
+        // The Kelvin sign is canonically equivalent to K (a singleton decomposition): NFC makes it K.
+        same("\u{212a}@example.com", "k@example.com");
+        assert_eq!(email_index("jane@b\u{00fc}cher.example").as_deref(), Some("jane@xn--bcher-kva.example"));
+    }
+
+    #[test]
+    fn email_local_parts_fold_only_ascii_case() {
+        assert_ne!(email_index("ZO\u{00cb}@example.com"), email_index("zo\u{00eb}@example.com"));
+        assert_eq!(email_index("ZO\u{00eb}@example.com").as_deref(), Some("zo\u{00eb}@example.com"));
+        assert_ne!(email_index("stra\u{00df}e@example.com"), email_index("strasse@example.com"));
     }
 
     #[test]
     fn email_rules_reject_malformed_addresses() {
-        for good in ["a@b.co", "x+tag@mail.example.org", "ü@bücher.de"] {
-            assert!(!bad(FieldType::Email, json!(good)), "{good}");
+        for good in [
+            "a@b.co",
+            "x+tag@mail.example.org",
+            "\u{00fc}@b\u{00fc}cher.de",
+            "\u{0438}\u{0432}\u{0430}\u{043d}@\u{043f}\u{0440}\u{0438}\u{043c}\u{0435}\u{0440}.example",
+            "\u{5c71}\u{7530}\u{305f}\u{308d}\u{3046}@example.jp",
+            "a@xn--bcher-kva.example",
+            "a@r3--sn-abc.example.com",
+        ] {
+            assert!(!bad(FieldType::Email, json!(good)), "{good:?}");
         }
         for wrong in [
             "",
@@ -360,6 +516,12 @@ mod tests {
             "a@b .com",
             "a@b\t.com",
             "a@b.com\u{0}",
+            "a@b_c.com",
+            "a@-b.com",
+            "a@b-.com",
+            "a@[192.0.2.1]",
+            "a@xn--zz.example",
+            "a@example\u{3002}com",
         ] {
             assert!(bad(FieldType::Email, json!(wrong)), "{wrong:?}");
         }
@@ -367,6 +529,36 @@ mod tests {
         let local = "a".repeat(MAX_EMAIL_CHARS - domain.len() - 1);
         assert!(!bad(FieldType::Email, json!(format!("{local}@{domain}"))));
         assert!(bad(FieldType::Email, json!(format!("{local}a@{domain}"))));
+    }
+
+    #[test]
+    fn email_with_compatibility_invisible_or_mixed_script_characters_is_refused() {
+        let refused = |text: &str, expected: &'static str| {
+            assert_eq!(FieldType::Email.parse(&json!(text)), Err(InvalidValue { expected }), "{text:?}");
+        };
+        for compat in
+            ["\u{ff4b}@example.com", "\u{fb01}n@example.com", "k@\u{ff45}xample.com", "x\u{00b2}@example.com"]
+        {
+            refused(compat, EMAIL_COMPATIBILITY);
+        }
+        for invisible in [
+            "jo\u{200b}hn@example.com",
+            "jo\u{00ad}hn@example.com",
+            "john@exa\u{00ad}mple.com",
+            "\u{202e}john@example.com",
+            "john\u{e000}@example.com",
+        ] {
+            refused(invisible, EMAIL_CHARACTERS);
+        }
+        for mixed in [
+            "p\u{0430}ypal@example.com",
+            "jane@p\u{0430}ypal.com",
+            "jane@xn--pypal-4ve.com",
+            "\u{03bf}mega@example.com",
+            "ivan.\u{0438}\u{0432}\u{0430}\u{043d}@example.com",
+        ] {
+            refused(mixed, EMAIL_SCRIPTS);
+        }
     }
 
     #[test]
@@ -381,6 +573,10 @@ mod tests {
             "49151123456",
             "+49 (151) 123456",
             "+４９151123456",
+            "+\u{0664}\u{0669}\u{0661}\u{0665}\u{0661}\u{0661}\u{0662}\u{0663}\u{0664}",
+            "+49\u{0967}\u{096b}\u{0967}12345678",
+            "\u{ff0b}4915112345678",
+            "+49 151.1234 5678",
             "+",
             "",
             "++4915112345678",
@@ -474,7 +670,7 @@ mod tests {
         }
         assert_eq!(
             FieldType::Email.parse(&json!("nope")).unwrap_err().to_string(),
-            "must be an email address"
+            format!("must be {EMAIL_SHAPE}")
         );
     }
 
@@ -540,6 +736,38 @@ mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn normalising_is_idempotent_and_the_stored_form_keeps_the_index_form(
+            v in any_json(),
+            s in "\\PC{0,30}|[a-zA-Z\u{e0}-\u{ff}\u{300}-\u{36f}.+]{1,12}@[a-zA-Z\u{e0}-\u{ff}\u{300}-\u{36f}-]{1,10}\\.[a-z]{2,4}",
+        ) {
+            for ty in FieldType::ALL {
+                for input in [&v, &json!(s)] {
+                    if let Ok(once) = ty.normalise(input) {
+                        let twice = ty.normalise(&once.stored);
+                        prop_assert_eq!(twice, Ok(once.clone()));
+                        if let Some(index) = &once.index {
+                            prop_assert_eq!(ty.normalise(&json!(index)).ok().and_then(|n| n.index), Some(index.clone()));
+                        }
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn canonically_equivalent_text_has_one_index_form(
+            s in "[a-zA-Z\u{c0}-\u{ff}\u{1e00}-\u{1eff}.+]{1,12}@[a-z\u{e0}-\u{ff}]{1,10}\\.[a-z]{2,4}",
+        ) {
+            let nfd: String = icu_normalizer::DecomposingNormalizerBorrowed::new_nfd().normalize(&s).into_owned();
+            let upper_ascii = s.to_ascii_uppercase();
+            for ty in [FieldType::String, FieldType::Email] {
+                prop_assert_eq!(ty.index_form(&json!(s)), ty.index_form(&json!(nfd)));
+            }
+            let index = FieldType::Email.index_form(&json!(s));
+            prop_assert_eq!(&index, &FieldType::Email.index_form(&json!(upper_ascii)));
+            prop_assert!(index.is_none_or(|i| i.rsplit('@').next().is_some_and(str::is_ascii)));
         }
 
         #[test]

@@ -8,6 +8,7 @@ pub mod customer_id;
 pub mod field_value;
 pub mod principal;
 pub mod timestamp;
+pub mod unicode;
 
 pub use customer_id::CustomerId;
 pub use principal::{Principal, Role};

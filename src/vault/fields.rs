@@ -7,7 +7,6 @@ use serde_json::Value;
 
 use super::VaultError;
 use crate::crypto::{BlindIndexKey, DataKey, Plaintext};
-use crate::domain::field_value::FieldType;
 use crate::domain::{CustomerId, Timestamp};
 use crate::policy::{FieldKind, PolicySet};
 use crate::store::{IndexEntry, StoredField};
@@ -15,8 +14,9 @@ use crate::store::{IndexEntry, StoredField};
 /// A validated field value in its stored (normalised) form.
 pub(super) struct ValidField {
     pub name: String,
-    pub ty: FieldType,
     pub value: Value,
+    /// The canonical text its blind index covers ([`crate::domain::field_value::FieldType::normalise`]), if any.
+    pub index_form: Option<String>,
     pub index: bool,
     pub unique: bool,
 }
@@ -33,10 +33,16 @@ pub(super) fn validate(policies: &PolicySet, name: &str, value: &Value) -> Resul
             ));
         }
     };
-    let value = ty
-        .parse(value)
+    let normalised = ty
+        .normalise(value)
         .map_err(|e| VaultError::InvalidField { field: name.to_owned(), expected: e.to_string() })?;
-    Ok(ValidField { name: name.to_owned(), ty, value, index: field.index, unique: field.unique })
+    Ok(ValidField {
+        name: name.to_owned(),
+        value: normalised.stored,
+        index_form: normalised.index,
+        index: field.index,
+        unique: field.unique,
+    })
 }
 
 /// Validates every member of a `fields` object; `null` members are returned as removals.
@@ -83,14 +89,17 @@ pub(super) fn open(
 }
 
 /// The blind-index entry of a validated value, if its field is indexed.
+///
+/// Writes, unique checks and lookups all call this with a value from [`validate`], so the HMAC
+/// input is always the type's one canonical form and equivalent spellings share an entry.
 pub(super) fn index_entry(index_key: &BlindIndexKey, field: &ValidField) -> Option<IndexEntry> {
     if !field.index {
         return None;
     }
-    let form = field.ty.index_form(&field.value)?;
+    let form = field.index_form.as_deref()?;
     Some(IndexEntry {
         field: field.name.clone(),
-        index: index_key.compute(&field.name, &form).0,
+        index: index_key.compute(&field.name, form).0,
         unique: field.unique,
     })
 }

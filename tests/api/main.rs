@@ -7,6 +7,7 @@ mod crash;
 mod customer;
 mod disclosure;
 mod helpers;
+mod identity;
 mod input;
 mod merchant;
 mod metrics;
