@@ -807,7 +807,7 @@ async fn an_invalid_or_changed_origin_stops_the_server_from_starting() {
     let mut settings = app.settings.clone();
     settings.audit_origin = "another.example/log".into();
     let err = custodia::startup::App::build(settings).await.err().expect("refused");
-    assert!(err.to_string().contains("was CUSTODIA_AUDIT_ORIGIN changed?"), "{err}");
+    assert!(err.to_string().contains("was CUSTODIA_AUDIT_ORIGIN changed"), "{err}");
 }
 
 /// A signature line `— name base64(id ‖ sig)`.
