@@ -203,6 +203,9 @@ const EMAIL_COMPATIBILITY: &str = "an email address without compatibility charac
                                    fullwidth letters or ligatures (text Unicode NFKC would change)";
 const EMAIL_DOMAIN: &str = "an email address whose domain is a valid host name (IDNA, UTS #46: \
                             letters, digits and inner hyphens in each label)";
+const EMAIL_LOCAL_PART: &str = "an email address whose local part is a dot-atom (RFC 5322 §3.2.3, \
+                                RFC 6531): letters, digits and !#$%&'*+-/=?^_`{|}~ in dot-separated \
+                                parts; no quotes, comments, spaces or empty parts";
 const EMAIL_SCRIPTS: &str = "an email address whose local part and each domain label use one \
                              script (Latin may be combined only with Chinese, Japanese or Korean)";
 
@@ -230,6 +233,11 @@ fn parse_email(text: &str) -> Result<EmailForms, InvalidValue> {
     if !unicode::is_nfkc_stable(&address) {
         return Err(fail(EMAIL_COMPATIBILITY));
     }
+    // A quoted string or a comment would give one mailbox a second spelling (`"jane"@…` and
+    // `jane(x)@…` are `jane@…`, RFC 5321 §4.1.2), so only the dot-atom form is accepted.
+    if !is_dot_atom(local) {
+        return Err(fail(EMAIL_LOCAL_PART));
+    }
     let idna = Uts46::new();
     let ascii_domain = idna
         .to_ascii(domain.as_bytes(), AsciiDenyList::STD3, Hyphens::CheckFirstLast, DnsLength::Verify)
@@ -245,13 +253,33 @@ fn parse_email(text: &str) -> Result<EmailForms, InvalidValue> {
     if decoded.is_err() {
         return Err(fail(EMAIL_DOMAIN));
     }
+    // The last label of a host name is never all digits: `1.2.3.4` is an address literal in
+    // disguise, not a domain.
+    if ascii_domain.rsplit('.').next().is_none_or(|tld| tld.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(fail(EMAIL_DOMAIN));
+    }
     if !unicode::is_single_script_or_cjk_with_latin(local)
         || !unicode_domain.split('.').all(unicode::is_single_script_or_cjk_with_latin)
+        || !unicode_domain.chars().all(|c| c.is_ascii() || unicode::is_identifier_letter(c))
     {
         return Err(fail(EMAIL_SCRIPTS));
     }
     let index = format!("{}@{}", local.to_ascii_lowercase(), ascii_domain);
     Ok(EmailForms { stored: address.into_owned(), index })
+}
+
+/// True if `local` is a dot-atom (RFC 5322 §3.2.3) of `atext`, with non-ASCII characters
+/// allowed as RFC 6531 does, when they are letters, marks or digits.
+fn is_dot_atom(local: &str) -> bool {
+    const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
+    local.split('.').all(|atom| {
+        !atom.is_empty()
+            && atom.chars().all(|c| {
+                c.is_ascii_alphanumeric()
+                    || ATEXT_SPECIALS.contains(c)
+                    || (!c.is_ascii() && unicode::is_identifier_letter(c))
+            })
+    })
 }
 
 /// Accepts `+` followed by 8–15 ASCII digits; spaces and dashes may appear anywhere after the
@@ -499,6 +527,8 @@ mod tests {
             "\u{5c71}\u{7530}\u{305f}\u{308d}\u{3046}@example.jp",
             "a@xn--bcher-kva.example",
             "a@r3--sn-abc.example.com",
+            "o'brien.j_doe+x@example.com",
+            "!#$%&'*+-/=?^_`{|}~@example.com",
         ] {
             assert!(!bad(FieldType::Email, json!(good)), "{good:?}");
         }
@@ -520,6 +550,16 @@ mod tests {
             "a@-b.com",
             "a@b-.com",
             "a@[192.0.2.1]",
+            "t22@1.2.3.4",
+            "\"jane\"@example.com",
+            "jane(note)@example.com",
+            "jane<script>@example.com",
+            ".jane@example.com",
+            "jane.@example.com",
+            "ja..ne@example.com",
+            "jan\u{212e}@example.com",
+            "jane@exampl\u{212e}.com",
+            "ja\u{2229}e@example.com",
             "a@xn--zz.example",
             "a@example\u{3002}com",
         ] {

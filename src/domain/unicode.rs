@@ -38,6 +38,17 @@ pub fn is_forbidden_in_identifier(c: char) -> bool {
         || CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c)
 }
 
+/// True for a non-ASCII character that may stand in an identifier such as a mailbox name: a
+/// letter, a combining mark or a decimal digit (General Category L, M or Nd). Symbols and
+/// punctuation outside ASCII (`℮`, `∩`, `‐`) are lookalikes of letters or of ASCII punctuation
+/// and are refused.
+pub fn is_identifier_letter(c: char) -> bool {
+    let category = CodePointMapData::<GeneralCategory>::new().get(c);
+    GeneralCategoryGroup::Letter.contains(category)
+        || GeneralCategoryGroup::Mark.contains(category)
+        || category == GeneralCategory::DecimalNumber
+}
+
 /// Whether `text` is at most "Highly Restrictive" in the sense of Unicode Technical Standard #39
 /// §5.2: all its letters come from one script, or it is Latin combined only with the scripts of
 /// Japanese (Han, Hiragana, Katakana), Chinese (Han, Bopomofo) or Korean (Han, Hangul).

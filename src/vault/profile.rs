@@ -107,7 +107,14 @@ impl Vault {
                 Ok(r) => r,
                 Err(e) => return self.refuse(draft.clone().failed(["invalid_consent"]), e).await,
             };
-            consents.insert(record.0, vec![record.1]);
+            // Two statements for one purpose would leave the customer's choice to array order.
+            if consents.insert(record.0, vec![record.1]).is_some() {
+                let e = VaultError::InvalidField {
+                    field: "consents".into(),
+                    expected: "must state each purpose at most once".into(),
+                };
+                return self.refuse(draft.clone().failed(["invalid_consent"]), e).await;
+            }
         }
         let mut record = CustomerRecord {
             id,

@@ -535,16 +535,8 @@ async fn health_answers_and_unknown_paths_are_json_404() {
 }
 
 #[tokio::test]
-async fn a_client_request_id_is_kept_when_well_formed_and_replaced_otherwise() {
+async fn every_answer_carries_a_request_id_the_server_assigned() {
     let app = spawn_app().await;
-    let res = app
-        .client
-        .get(format!("{}/healthz", app.base))
-        .header("X-Request-Id", "0F8FAD5B-D9CB-469F-A165-70867728950E")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.headers()["x-request-id"], "0f8fad5b-d9cb-469f-a165-70867728950e");
     let res = app
         .client
         .get(format!("{}/healthz", app.base))
@@ -552,5 +544,6 @@ async fn a_client_request_id_is_kept_when_well_formed_and_replaced_otherwise() {
         .send()
         .await
         .unwrap();
-    assert_ne!(res.headers()["x-request-id"], "a b<script>");
+    let id = res.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::try_parse(id).is_ok(), "{id}");
 }
