@@ -229,6 +229,9 @@ const PHONE_PATTERN: &str = r"^ *\+[ -]*(?:[0-9][ -]*){8,15}$";
 /// A card number as the vault accepts it before the Luhn check: 12–19 digits, spaces and dashes
 /// anywhere.
 const CARD_PATTERN: &str = r"^[ -]*(?:[0-9][ -]*){12,19}$";
+/// A customer id as the server parses one: a UUID v4 in lower-case hyphenated form. Any other
+/// spelling is not found (404), or refused (400) where an auditor filters by it.
+const CUSTOMER_ID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[0-9a-f]{4}-[0-9a-f]{12}$";
 /// The consent routes whose `{purpose}` becomes one concrete path per consent purpose.
 const CONSENT_ROUTES: [&str; 2] = ["/v1/customers/{id}/consents/{purpose}", "/v1/me/consents/{purpose}"];
 /// The objection route, whose `{purpose}` is limited to the purposes that admit an objection.
@@ -334,6 +337,7 @@ pub fn specialise(doc: &mut Value, policies: &PolicySet, today: (i32, u32)) {
         json!({ "anyOf": [label("The notice version shown."), { "type": "null" }] });
 
     let disclosure = &mut schemas["DisclosureRequest"]["properties"];
+    disclosure["customer_id"]["pattern"] = json!(CUSTOMER_ID_PATTERN);
     disclosure["recipient"] = schema_ref("RecipientName");
     disclosure["purpose"] = schema_ref("PurposeName");
     disclosure["fields"] = json!({
@@ -373,6 +377,9 @@ pub fn specialise(doc: &mut Value, policies: &PolicySet, today: (i32, u32)) {
             for param in params.into_iter().flatten() {
                 match (param["in"].as_str(), param["name"].as_str()) {
                     (Some("header"), Some("X-Purpose")) => param["schema"] = schema_ref("PurposeName"),
+                    (Some("path"), Some("id")) | (Some("query"), Some("customer_id")) => {
+                        param["schema"]["pattern"] = json!(CUSTOMER_ID_PATTERN);
+                    }
                     (Some("query"), Some("fields")) if path == "/v1/customers/{id}" => {
                         param["schema"] =
                             json!({ "type": "array", "items": schema_ref("FieldName"), "minItems": 1 });
