@@ -376,6 +376,12 @@ pub fn specialise(doc: &mut Value, policies: &PolicySet, today: (i32, u32)) {
             let params = op.get_mut("parameters").and_then(Value::as_array_mut);
             for param in params.into_iter().flatten() {
                 match (param["in"].as_str(), param["name"].as_str()) {
+                    // utoipa calls a u64 `int64`, which stops at 2^63 - 1; the server takes any u64.
+                    _ if param["schema"]["format"] == "int64" && param["schema"]["minimum"] == 0 => {
+                        let schema = param["schema"].as_object_mut().expect("an object schema");
+                        schema.remove("format");
+                        schema.insert("maximum".into(), json!(u64::MAX));
+                    }
                     (Some("header"), Some("X-Purpose")) => param["schema"] = schema_ref("PurposeName"),
                     (Some("path"), Some("id")) | (Some("query"), Some("customer_id")) => {
                         param["schema"]["pattern"] = json!(CUSTOMER_ID_PATTERN);
