@@ -274,7 +274,7 @@ async fn key(
     security(("bearer_jwt" = [])),
     params(
         ("index" = u64, Query, description = "The event's seq"),
-        ("tree_size" = u64, Query, description = "A tree size greater than `index`, at most the log's size"),
+        ("tree_size" = u64, Query, minimum = 1, description = "A tree size greater than `index`, at most the log's size (else 400)"),
     ),
     responses(
         (status = 200, description = "The proof", body = InclusionProof),
@@ -304,8 +304,8 @@ async fn inclusion(
     tag = "auditor",
     security(("bearer_jwt" = [])),
     params(
-        ("from" = u64, Query, description = "The older tree size, at least 1"),
-        ("to" = u64, Query, description = "The newer tree size, at most the log's size"),
+        ("from" = u64, Query, minimum = 1, description = "The older tree size, at least 1"),
+        ("to" = u64, Query, minimum = 1, description = "The newer tree size, at least `from` and at most the log's size (else 400)"),
     ),
     responses(
         (status = 200, description = "The proof (empty when `from` equals `to`)", body = ConsistencyProof),
@@ -337,7 +337,7 @@ async fn consistency(
     tag = "auditor",
     security(("bearer_jwt" = [])),
     params(
-        ("from" = Option<u64>, Query, description = "The first seq (default 0)"),
+        ("from" = Option<u64>, Query, description = "The first seq (default 0), at most the log's size (else 400)"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "Page size, 1 to 10 000 (default 1000)"),
     ),
     responses(

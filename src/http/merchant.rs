@@ -130,13 +130,13 @@ async fn create(
     params(
         ("id" = String, Path, format = Uuid, description = "The customer's id"),
         ("X-Purpose" = String, Header, description = "Why the data is read: a purpose declared in the policy files"),
-        ("fields" = Option<String>, Query, description = "Comma-separated field names to narrow the read, e.g. `name,email`"),
+        ("fields" = Option<String>, Query, description = "Comma-separated declared field names to narrow the read, e.g. `name,email`"),
     ),
     responses(
         (status = 200, description = "The fields the purpose may see", body = CustomerView),
         (status = 400, description = "`purpose_required`, `unknown_purpose` or `bad_request` (another query parameter)", body = ErrorBody),
         (status = 404, description = "`not_found`: no such customer", body = ErrorBody),
-        (status = 422, description = "`unknown_field`: `fields` names an undeclared field", body = ErrorBody),
+        (status = 422, description = "`unknown_field`: `fields` names an undeclared field (or an empty name)", body = ErrorBody),
     )
 )]
 async fn read(
@@ -149,9 +149,8 @@ async fn read(
     let mut only = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
-            "fields" => {
-                only = Some(value.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
-            }
+            // An empty name (`fields=`, `a,,b`) names no declared field: 422 like any other.
+            "fields" => only = Some(value.split(',').map(|s| s.trim().to_owned()).collect()),
             _ => return Err(ApiError::bad_request("bad_request", "the only query parameter is `fields`")),
         }
     }
@@ -349,11 +348,33 @@ async fn add_payment_method(
     State(state): State<AppState>,
     MerchantCaller(ctx): MerchantCaller,
     ApiPath(id): ApiPath<String>,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(mut body): ApiJson<Value>,
 ) -> Result<impl IntoResponse, ApiError> {
+    integral_numbers(&mut body);
     let (view, created) = state.vault.add_payment_method(&ctx, &id, body).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(view)))
+}
+
+/// Rewrites every number with no fractional part (`12.0`) as an integer, at any depth.
+///
+/// JSON does not tell `12` from `12.0`, and JSON Schema calls both an `integer`; the card's
+/// `exp_month` and `exp_year` are read as integers, which would refuse `12.0`.
+fn integral_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) if !n.is_u64() && !n.is_i64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && (0.0..=u32::MAX as f64).contains(&f)
+            {
+                // The range check above makes the cast exact.
+                *value = Value::from(f as u64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(members) => members.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 /// List a customer's payment methods, masked.

@@ -3,6 +3,7 @@
 //! None of them touches customer data or the audit log, so none is audited; `/metrics` carries
 //! route templates and codes only, never an id or a value.
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
@@ -48,7 +49,8 @@ async fn metrics() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], crate::metric::render())
 }
 
-/// This document: the OpenAPI 3.1 description of every route.
+/// This document: the OpenAPI 3.1 description of every route, specialised to the loaded
+/// policy set (its purposes, fields and recipients are enums; each field is typed).
 #[utoipa::path(
     get,
     path = "/openapi.json",
@@ -56,6 +58,6 @@ async fn metrics() -> impl IntoResponse {
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json"))
 )]
-async fn openapi_json() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], openapi::json())
+async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::json(state.vault.policies()).to_string())
 }
