@@ -384,7 +384,7 @@ fn params(raw: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>
     let mut out = HashMap::new();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !allowed.contains(&key.as_ref()) {
-            return Err(format!("unknown query parameter `{}`", printable(&key)));
+            return Err(format!("unknown query parameter{}", crate::vault::shown_name(&key)));
         }
         if out.insert(key.to_string(), value.into_owned()).is_some() {
             return Err(format!("query parameter `{key}` given twice"));
@@ -402,12 +402,6 @@ fn optional_number(params: &HashMap<String, String>, name: &str) -> Result<Optio
         .get(name)
         .map(|v| v.parse().map_err(|_| format!("`{name}` must be a non-negative integer")))
         .transpose()
-}
-
-/// A caller-supplied parameter name, shortened and stripped of control characters for the
-/// error message.
-fn printable(name: &str) -> String {
-    name.chars().filter(|c| !c.is_control()).take(40).collect()
 }
 
 fn encode(hashes: &[Hash]) -> Vec<String> {

@@ -169,8 +169,8 @@ async fn consents(
     State(state): State<AppState>,
     CustomerCaller(ctx): CustomerCaller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let profile = state.vault.own_profile(&ctx).await?;
-    Ok(Json(Consents { consents: profile.consents }))
+    let consents = state.vault.own_consents(&ctx).await?;
+    Ok(Json(Consents { consents }))
 }
 
 /// Grant or withdraw one's consent to a purpose.

@@ -201,6 +201,14 @@ pub const MAX_JSON_DEPTH: usize = 16;
 /// after unescaping, so `"a"` and `"\u0061"` are the same member.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     check_shape(bytes)?;
+    // Every body is an object; serde would also read a struct from an array, by position.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = shown_path(e.path().iter().map(|s| match s {

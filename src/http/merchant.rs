@@ -150,6 +150,9 @@ async fn read(
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
             // An empty name (`fields=`, `a,,b`) names no declared field: 422 like any other.
+            "fields" if only.is_some() => {
+                return Err(ApiError::bad_request("bad_request", "query parameter `fields` given twice"));
+            }
             "fields" => only = Some(value.split(',').map(|s| s.trim().to_owned()).collect()),
             _ => return Err(ApiError::bad_request("bad_request", "the only query parameter is `fields`")),
         }

@@ -88,6 +88,17 @@ impl Vault {
         })
     }
 
+    /// The customer's newest consent record per purpose (`GET /v1/me/consents`). Recorded as a
+    /// read of no field: the answer carries consents, not field values.
+    #[tracing::instrument(skip_all)]
+    pub async fn own_consents(&self, ctx: &RequestContext) -> Result<Vec<ConsentView>, VaultError> {
+        let (draft, id) = self.own_draft(ctx, Action::CustomerRead);
+        let record = self.load(&draft, id).await?;
+        let consents = self.consent_views(&record, false)?;
+        self.record(draft.fields(Vec::<String>::new())).await?;
+        Ok(consents)
+    }
+
     /// Everything the vault holds and knows about the customer (`GET /v1/me/export`).
     #[tracing::instrument(skip_all)]
     pub async fn export(&self, ctx: &RequestContext) -> Result<Export, VaultError> {

@@ -342,3 +342,16 @@ async fn a_client_request_id_never_reaches_the_log_the_server_assigns_its_own() 
     let bytes = app.data_dir_bytes();
     assert!(given.iter().all(|id| !contains(&bytes, id.as_bytes())));
 }
+
+#[tokio::test]
+async fn listing_own_consents_records_a_read_of_no_field() {
+    let app = spawn_app().await;
+    let customer = app.create_customer(json!({ "name": "Ada", "email": "ada@example.com" })).await;
+    let token = TestApp::customer_token(&customer);
+    let (res, id) = traced(&app, Method::GET, "/v1/me/consents", &token, None, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let events = events_of(&app, &id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["action"], "customer.read");
+    assert_eq!(events[0]["fields"], json!([]));
+}

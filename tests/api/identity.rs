@@ -229,3 +229,15 @@ async fn an_indexed_string_in_composed_and_decomposed_form_is_one_value() {
     let other = create(&app, json!({"member_number": "zo\u{00eb}-0042"})).await;
     assert_eq!(other.status, StatusCode::CREATED, "{}", other.body);
 }
+
+#[tokio::test]
+async fn quoted_or_commented_spellings_of_a_mailbox_are_refused() {
+    let (app, _policies) = spawn_identity_app().await;
+    app.create_customer(json!({ "email": "jane@example.com" })).await;
+    for other in ["\"jane\"@example.com", "jane(note)@example.com", "jane.@example.com", "t22@1.2.3.4"] {
+        let body = json!({ "fields": { "email": other } });
+        let res = app.call(Method::POST, "/v1/customers", Some(&app.merchant()), None, Some(&body)).await;
+        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{other}: {}", res.body);
+        assert!(!res.body.to_string().contains("jane"), "the value is not echoed");
+    }
+}

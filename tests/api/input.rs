@@ -564,3 +564,49 @@ async fn content_length_given_twice_is_refused_unless_both_agree() {
     let answer = raw(&app, request(body.len()).as_bytes()).await;
     assert_eq!(answer.status, 201, "{}", answer.body);
 }
+
+#[tokio::test]
+async fn a_read_that_repeats_the_fields_parameter_is_refused() {
+    let app = spawn_app().await;
+    let id = app.create_customer(json!({ "name": "Ada", "email": "ada@example.com" })).await;
+    for query in ["fields=name&fields=email", "fields=name&%66ields=email"] {
+        let path = format!("/v1/customers/{id}?{query}");
+        let res = app.call(Method::GET, &path, Some(&app.merchant()), Some("customer_support"), None).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{query}: {}", res.body);
+    }
+}
+
+#[tokio::test]
+async fn a_create_that_states_consent_to_one_purpose_twice_is_refused() {
+    let app = spawn_app().await;
+    for statements in [
+        json!([{ "purpose": "marketing", "granted": false, "source": "form-a" },
+               { "purpose": "marketing", "granted": true, "source": "form-b", "notice": "marketing-v2" }]),
+        json!([{ "purpose": "marketing", "granted": true, "source": "form-b", "notice": "marketing-v2" },
+               { "purpose": "marketing", "granted": false, "source": "form-a" }]),
+    ] {
+        let body = json!({ "fields": { "name": "Ada" }, "consents": statements });
+        let res = app.call(Method::POST, "/v1/customers", Some(&app.merchant()), None, Some(&body)).await;
+        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
+        assert!(res.body["message"].as_str().unwrap().contains("consents"));
+    }
+    let events = app.audit_events().await;
+    assert!(events.iter().all(|e| e["outcome"] != "allowed" || e["action"] != "customer.create"));
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_and_creates_nothing() {
+    let app = spawn_app().await;
+    let merchant = app.merchant();
+    for body in [json!([]), json!([{}]), json!("fields"), json!(1), json!(null)] {
+        let res = app.call(Method::POST, "/v1/customers", Some(&merchant), None, Some(&body)).await;
+        assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", res.body);
+        assert_eq!(res.body["error"], "invalid_body");
+    }
+    let id = app.create_customer(json!({ "name": "Ada" })).await;
+    let path = format!("/v1/customers/{id}/consents/marketing");
+    let res = app.call(Method::PUT, &path, Some(&merchant), None, Some(&json!([true, "form"]))).await;
+    assert_eq!(res.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", res.body);
+    let creates = app.audit_events().await.into_iter().filter(|e| e["action"] == "customer.create").count();
+    assert_eq!(creates, 1, "only the one valid create");
+}
