@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use custodia::audit::checkpoint::{CheckpointSigner, VerifierKey};
-use custodia::audit::merkle::{Frontier, Hash, leaf_hash};
+use custodia::audit::merkle::{Hash, leaf_hash};
 use custodia::audit::proof::{self, MemoryTree};
+use custodia::audit::tree::Tree;
 use custodia::audit::{Action, Actor, AuditLog, Event, EventDraft, Outcome, verify};
 use custodia::crypto::{PseudonymKey, SigningKey};
 use custodia::domain::{Principal, Role};
-use custodia::store::{AuditAppend, Commit, SledStore, Store};
+use custodia::store::{StorageSettings, Store};
 
 const ONE_MILLION: u64 = 1_000_003;
 const TEN_MILLION: u64 = 10_000_019;
@@ -63,7 +64,7 @@ fn indices(size: u64) -> impl Iterator<Item = u64> {
 fn append(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("store"), 64 << 20).unwrap());
+    let store = sled_store(&dir.path().join("store"), 64 << 20);
     let log = Arc::new(rt.block_on(AuditLog::open(store, signer(), PseudonymKey::derive(&[9; 32]))).unwrap());
     let actor = Principal { role: Role::Merchant, sub: Some("bench".into()) };
     let draft = EventDraft::new(Action::CustomerRead, &actor, "bench-request").fields(["email", "name"]);
@@ -97,22 +98,30 @@ fn append(c: &mut Criterion) {
     group.finish();
 }
 
-/// A sled log of `size` events, written through `Store::commit` with the nodes each append
-/// completes (as `AuditLog::record` does), flushed once at the end.
+/// A sled store in `dir`, chosen through configuration as the server does.
+fn sled_store(dir: &std::path::Path, cache_bytes: u64) -> Arc<dyn Store> {
+    let settings = StorageSettings::Sled { dir: dir.to_owned(), cache_bytes };
+    custodia::store::open(&settings, Arc::new(Tree)).unwrap()
+}
+
+/// A sled log of `size` events, appended through the audit log in batches of 1,000 events
+/// per durable write.
 fn sled_log(rt: &tokio::runtime::Runtime, dir: &std::path::Path, size: u64) -> AuditLog {
     let started = Instant::now();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.join("store"), 256 << 20).unwrap());
-    rt.block_on(async {
-        let mut frontier = Frontier::default();
-        for seq in 0..size {
-            let bytes = event(seq).canonical_bytes();
-            let nodes = frontier.push(leaf_hash(&bytes));
-            let audit = AuditAppend { seq, event: bytes, customer: None, nodes };
-            store.commit(Commit { customer: None, audit: Some(audit) }).await.unwrap();
-        }
-        store.sync().await.unwrap();
-    });
+    let store = sled_store(&dir.join("store"), 256 << 20);
     let log = rt.block_on(AuditLog::open(store, signer(), PseudonymKey::derive(&[9; 32]))).unwrap();
+    let actor = Principal { role: Role::Merchant, sub: Some("bench".into()) };
+    rt.block_on(async {
+        let mut seq = 0;
+        while seq < size {
+            let n = (size - seq).min(1000);
+            let drafts = (seq..seq + n)
+                .map(|i| EventDraft::new(Action::CustomerRead, &actor, &format!("r{i}")).fields(["email"]))
+                .collect();
+            log.record_batch(drafts, None).await.unwrap();
+            seq += n;
+        }
+    });
     eprintln!("built a {size}-event sled log in {:.1?}", started.elapsed());
     log
 }

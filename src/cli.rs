@@ -260,7 +260,7 @@ async fn rotate(config: Option<PathBuf>) -> Result<(), Error> {
         .rotate_master_key(std::time::Duration::ZERO)
         .await
         .map_err(|e| Error::MissingKeys(format!("rotation failed: {e}")))?;
-    store.flush()?;
+    store.close().await?;
     println!(
         "rotation complete: {rewrapped} customer keys re-wrapped; the previous master keys can now be removed"
     );

@@ -276,6 +276,15 @@ impl Settings {
         Ok(())
     }
 
+    /// The storage backend these settings select: sled under `data_dir/store`, its cache
+    /// bounded by `cache_mb`.
+    pub fn storage(&self) -> crate::store::StorageSettings {
+        crate::store::StorageSettings::Sled {
+            dir: self.data_dir.join("store"),
+            cache_bytes: self.cache_mb * 1024 * 1024,
+        }
+    }
+
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)

@@ -49,6 +49,11 @@ impl Frontier {
             .collect()
     }
 
+    /// The subtree roots, largest first (see [`Frontier::positions`]).
+    pub fn roots(&self) -> &[Hash] {
+        &self.roots
+    }
+
     /// A frontier from the subtree roots at [`Frontier::positions`]`(size)`.
     pub fn from_roots(size: u64, roots: Vec<Hash>) -> Option<Self> {
         (roots.len() == size.count_ones() as usize).then_some(Frontier { size, roots })

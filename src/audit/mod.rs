@@ -14,20 +14,20 @@ pub mod checkpoint;
 pub mod jcs;
 pub mod merkle;
 pub mod proof;
+pub mod tree;
 pub mod verify;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::crypto::PseudonymKey;
 use crate::domain::{CustomerId, Principal, Timestamp};
-use crate::store::{AuditAppend, Commit, CustomerChange, Store, StoreError};
+use crate::store::{CustomerChange, PendingEvent, Store, StoreError, Write};
 use checkpoint::{CheckpointSigner, SignedCheckpoint, VerifierKey};
-use merkle::{Frontier, Hash};
+use merkle::Hash;
 use proof::{Plan, ProofError};
 
 /// What an audited request did (DESIGN §6).
@@ -222,22 +222,36 @@ impl EventDraft {
         self.customer
     }
 
-    /// The event at `seq`, decided at `time`, with the actor's `sub` as the log may hold it.
-    fn place(self, seq: u64, time: Timestamp, pseudonyms: &PseudonymKey) -> Event {
+    /// The event as the sequencer takes it: everything but its place, decided at `time`, with
+    /// the actor's `sub` as the log may hold it.
+    fn pending(self, time: Timestamp, pseudonyms: &PseudonymKey) -> PendingEvent {
         let Actor { role, sub } = self.actor;
-        Event {
-            seq,
+        let customer = self.customer;
+        let event = Event {
+            seq: 0,
             time: time.to_rfc3339(),
             action: self.action,
             outcome: self.outcome,
             actor: Actor { role, sub: sub.map(|s| recorded_sub(s, pseudonyms)) },
-            customer_id: self.customer.map(|c| c.to_string()),
+            customer_id: customer.map(|c| c.to_string()),
             fields: self.fields,
             purpose: self.purpose,
             recipient: self.recipient,
             reason: self.reason,
             request_id: self.request_id,
+        };
+        let time = event.time.clone();
+        // invariant: an Event is plain strings, integers and enums; it always serialises.
+        let mut value = serde_json::to_value(&event).expect("event serialises");
+        if let Some(members) = value.as_object_mut() {
+            members.remove("seq");
+            members.remove("time");
         }
+        // `seq` and `time` sort last in RFC 8785, so the event without them, less its closing
+        // brace, is the prefix of the leaf's bytes (see `tree::integrate`).
+        let mut prefix = jcs::canonical(&value);
+        prefix.pop();
+        PendingEvent { prefix, time, customer }
     }
 }
 
@@ -293,12 +307,12 @@ impl From<ProofError> for AuditError {
 }
 
 /// The audit log: appends, proofs and signed checkpoints.
+///
+/// The log's head lives in the store, which integrates events as it writes them (through
+/// [`tree::Tree`]); this type builds pending events on the request path, reads proofs, and
+/// signs checkpoints of the durable head.
 pub struct AuditLog {
     store: Arc<dyn Store>,
-    /// Serialises appends so sequence numbers are dense and the frontier stays in step.
-    frontier: Mutex<Frontier>,
-    /// A size known to be durable: every event below it survived a flush.
-    durable: AtomicU64,
     signer: CheckpointSigner,
     /// Keys the pseudonyms of token subjects that may be personal data ([`recorded_sub`]).
     pseudonyms: PseudonymKey,
@@ -307,34 +321,21 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens the log over `store`, rebuilding the append frontier from O(log n) stored nodes,
-    /// and checks the stored tree against the newest signed checkpoint: a log shorter than a
-    /// checkpoint it signed (events removed) or with a different root at that size (history
-    /// rewritten) refuses to open. `pseudonyms` keys the recorded form of token subjects.
+    /// Opens the log over `store` and checks the stored tree against the newest signed
+    /// checkpoint: a log shorter than a checkpoint it signed (events removed) or with a
+    /// different root at that size (history rewritten) refuses to open. `pseudonyms` keys the
+    /// recorded form of token subjects.
     pub async fn open(
         store: Arc<dyn Store>,
         signer: CheckpointSigner,
         pseudonyms: PseudonymKey,
     ) -> Result<Self, AuditError> {
-        let size = store.audit_size().await.map_err(AuditError::Unavailable)?;
-        let mut roots = Vec::new();
-        for (level, index) in Frontier::positions(size) {
-            let node = store.audit_node(level, index).await.map_err(AuditError::Unavailable)?;
-            roots.push(node.ok_or_else(|| {
-                AuditError::Corrupt(format!("missing tree node at level {level}, index {index}"))
-            })?);
+        let head = store.head().await.map_err(AuditError::Unavailable)?;
+        if tree::root(&head).is_none() {
+            return Err(AuditError::Corrupt("the stored head does not match the log size".into()));
         }
-        let frontier = Frontier::from_roots(size, roots)
-            .ok_or_else(|| AuditError::Corrupt("frontier does not match the log size".into()))?;
-        let log = AuditLog {
-            store,
-            frontier: Mutex::new(frontier),
-            durable: AtomicU64::new(size),
-            signer,
-            pseudonyms,
-            latest: Mutex::new(None),
-        };
-        let latest = log.check_latest_checkpoint(size).await?;
+        let log = AuditLog { store, signer, pseudonyms, latest: Mutex::new(None) };
+        let latest = log.check_latest_checkpoint(head.size).await?;
         *log.latest.lock().await = latest;
         Ok(log)
     }
@@ -372,72 +373,45 @@ impl AuditLog {
         Ok(Some(SignedCheckpoint { checkpoint, note }))
     }
 
-    /// Appends an event and applies `change` in the same atomic commit, then waits until both
-    /// are durable. Returns the event's seq.
+    /// Appends an event and applies `change` in the same atomic write, durable on return.
+    /// Returns the event's seq.
     ///
     /// On `Rejected` nothing was written; the caller records what happened with a new draft.
     pub async fn record(&self, draft: EventDraft, change: Option<CustomerChange>) -> Result<u64, AuditError> {
         let seqs = self.record_batch(vec![draft], change).await?;
-        // invariant: record_batch returns one seq per draft on success.
-        Ok(seqs[0])
+        seqs.first().copied().ok_or_else(|| AuditError::Corrupt("the store gave an event no seq".into()))
     }
 
-    /// Appends several events of one request in order, the first one committed atomically with
-    /// `change`, then waits until all are durable (one flush for the whole batch). Returns
-    /// their seqs. Used where one answer concerns several customers (one event each, DESIGN
-    /// §6) or where a write's answer is also a read (an update event, then a read event).
+    /// Appends several events of one request in order, atomically with `change`, durable on
+    /// return (one write, so one group commit). Returns their seqs. Used where one answer
+    /// concerns several customers (one event each, DESIGN §6) or where a write's answer is also
+    /// a read (an update event, then a read event).
     ///
-    /// On `Rejected` nothing was written. On `Unavailable` some events of the batch may have
-    /// been committed; the request fails and returns no data, so the log shows at most an
-    /// attempt that was never answered.
+    /// On `Rejected` nothing was written, not even the events.
     pub async fn record_batch(
         &self,
         drafts: Vec<EventDraft>,
-        mut change: Option<CustomerChange>,
+        change: Option<CustomerChange>,
     ) -> Result<Vec<u64>, AuditError> {
-        let mut seqs = Vec::with_capacity(drafts.len());
-        {
-            let mut frontier = self.frontier.lock().await;
-            for draft in drafts {
-                let seq = frontier.size();
-                let customer = draft.customer_id();
-                let event = draft.place(seq, Timestamp::now(), &self.pseudonyms);
-                let bytes = event.canonical_bytes();
-                let mut next = frontier.clone();
-                let nodes = next.push(merkle::leaf_hash(&bytes));
-                let commit = Commit {
-                    customer: change.take(),
-                    audit: Some(AuditAppend { seq, event: bytes, customer, nodes }),
-                };
-                // invariant: between a successful store commit and the frontier update there is
-                // no await point, and `Store::commit` must not be cancellable after it applied
-                // (the sled backend's commit never yields); otherwise a dropped request future
-                // could leave the in-memory frontier behind the stored log.
-                match self.store.commit(commit).await {
-                    Ok(()) => {
-                        *frontier = next;
-                        crate::metric::audit_appended(event.action, event.outcome, seq + 1);
-                    }
-                    Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
-                        return Err(AuditError::Rejected(e));
-                    }
-                    Err(e) => return Err(AuditError::Unavailable(e)),
-                }
-                seqs.push(seq);
-            }
+        let now = Timestamp::now();
+        let kinds: Vec<(Action, Outcome)> = drafts.iter().map(|d| (d.action, d.outcome)).collect();
+        let events = drafts.into_iter().map(|d| d.pending(now, &self.pseudonyms)).collect();
+        let written = self.store.write(Write { change, events }).await.map_err(|e| match e {
+            e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. }) => AuditError::Rejected(e),
+            e => AuditError::Unavailable(e),
+        })?;
+        for ((action, outcome), seq) in kinds.into_iter().zip(&written.seqs) {
+            crate::metric::audit_appended(action, outcome, seq + 1);
         }
-        self.store.sync().await.map_err(AuditError::Unavailable)?;
-        // Every seq up to the last one was committed before the flush that just finished started.
-        if let Some(last) = seqs.last() {
-            self.durable.fetch_max(last + 1, Ordering::AcqRel);
-        }
-        Ok(seqs)
+        Ok(written.seqs)
     }
 
-    /// The current tree size and root hash (committed events; some may still await a flush).
-    pub async fn head(&self) -> (u64, Hash) {
-        let frontier = self.frontier.lock().await;
-        (frontier.size(), frontier.root())
+    /// The durable tree size and root hash.
+    pub async fn head(&self) -> Result<(u64, Hash), AuditError> {
+        let head = self.store.head().await.map_err(AuditError::Unavailable)?;
+        let root =
+            tree::root(&head).ok_or_else(|| AuditError::Corrupt("the stored head is malformed".into()))?;
+        Ok((head.size, root))
     }
 
     /// The log's origin line.
@@ -450,25 +424,27 @@ impl AuditLog {
         self.signer.verifier_key()
     }
 
-    /// The newest signed checkpoint, signing a new one first if the log grew since. A new
-    /// checkpoint only covers durable events (it waits for a flush if need be) and is stored.
-    /// `None` while the log is empty.
+    /// The newest signed checkpoint, signing a new one first if the log grew since. It covers
+    /// only durable events (the store's head is durable) and is stored insert-if-absent: a
+    /// different note already stored for that size is a fork, and an error. `None` while the
+    /// log is empty.
     pub async fn checkpoint(&self) -> Result<Option<SignedCheckpoint>, AuditError> {
         let mut latest = self.latest.lock().await;
-        let (size, root) = self.head().await;
+        let (size, root) = self.head().await?;
         if size == 0 || latest.as_ref().is_some_and(|c| c.checkpoint.size >= size) {
             return Ok(latest.clone());
         }
-        if self.durable.load(Ordering::Acquire) < size {
-            // Everything in `head` was committed before this flush starts.
-            self.store.sync().await.map_err(AuditError::Unavailable)?;
-            self.durable.fetch_max(size, Ordering::AcqRel);
-        }
         let signed = self.signer.sign(size, root);
-        self.store
+        let stored = self
+            .store
             .put_checkpoint(size, signed.note.clone().into_bytes())
             .await
             .map_err(AuditError::Unavailable)?;
+        if stored != signed.note.as_bytes() {
+            return Err(AuditError::Corrupt(format!(
+                "a different checkpoint is stored for tree size {size}: the log has forked"
+            )));
+        }
         *latest = Some(signed.clone());
         Ok(Some(signed))
     }
@@ -495,21 +471,23 @@ impl AuditLog {
 
     /// Up to `limit` stored leaf hashes from seq `from` on (fewer at the end of the log).
     pub async fn leaf_hashes(&self, from: u64, limit: usize) -> Result<Vec<Hash>, AuditError> {
-        let size = self.head().await.0;
+        let size = self.head().await?.0;
         if from > size {
             return Err(AuditError::OutOfRange(format!("from ({from}) is beyond the log size {size}")));
         }
         let end = size.min(from.saturating_add(limit as u64));
-        let mut out = Vec::with_capacity((end - from) as usize);
-        for index in from..end {
-            let leaf = self.store.audit_node(0, index).await.map_err(AuditError::Unavailable)?;
-            out.push(leaf.ok_or_else(|| AuditError::Corrupt(format!("leaf hash {index} is missing")))?);
-        }
-        Ok(out)
+        let ids: Vec<(u8, u64)> = (from..end).map(|index| (0, index)).collect();
+        let leaves = self.store.nodes(&ids).await.map_err(AuditError::Unavailable)?;
+        ids.iter()
+            .zip(leaves)
+            .map(|((_, index), leaf)| {
+                leaf.ok_or_else(|| AuditError::Corrupt(format!("leaf hash {index} is missing")))
+            })
+            .collect()
     }
 
     async fn check_size(&self, name: &str, size: u64) -> Result<(), AuditError> {
-        let current = self.head().await.0;
+        let current = self.head().await?.0;
         if size > current {
             return Err(AuditError::OutOfRange(format!("{name} ({size}) exceeds the log size {current}")));
         }
@@ -527,14 +505,10 @@ impl AuditLog {
         Ok(plan.assemble(&nodes)?)
     }
 
-    /// Reads the O(log n) stored nodes a plan needs.
+    /// Reads the O(log n) stored nodes a plan needs, in one store call.
     async fn fetch(&self, plan: &Plan) -> Result<HashMap<(u8, u64), Hash>, AuditError> {
-        let mut nodes = HashMap::new();
-        for (level, index) in plan.nodes() {
-            if let Some(hash) = self.store.audit_node(level, index).await.map_err(AuditError::Unavailable)? {
-                nodes.insert((level, index), hash);
-            }
-        }
-        Ok(nodes)
+        let ids: Vec<(u8, u64)> = plan.nodes().into_iter().collect();
+        let hashes = self.store.nodes(&ids).await.map_err(AuditError::Unavailable)?;
+        Ok(ids.into_iter().zip(hashes).filter_map(|(id, hash)| hash.map(|h| (id, h))).collect())
     }
 }

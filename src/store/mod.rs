@@ -1,20 +1,29 @@
 //! Storage behind one interface. The store keeps sealed records, blind-index entries and the
-//! audit log, and applies a data change together with its audit event atomically.
+//! audit log, and applies a data change together with its audit events atomically, durable on
+//! return.
+//!
+//! The seam follows transparency logs (Trillian, Sunlight): a request hands over its change and
+//! its *pending* events; the backend's sequencer gives them seqs and Merkle nodes through the
+//! injected, pure [`Integrator`] and advances the head. Each backend lives in its own folder
+//! (`sled/`, `memory/`) with everything that exists only for it (sled's write-ahead log, group
+//! commit and audit files).
 //!
 //! The store never sees plaintext: records hold only sealed bytes, blind indexes and metadata
 //! that is not customer data (versions, times, consent flags). No backend type appears outside
 //! this module; the rest of the crate holds an `Arc<dyn Store>`.
 
-mod audit_files;
-mod group_commit;
+mod memory;
 mod record;
 mod sled;
-mod wal;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use self::sled::SledStore;
-pub use group_commit::GroupCommit;
+pub use self::memory::MemoryData;
+use self::memory::MemoryStore;
+use self::sled::SledStore;
 pub use record::{
     ConsentRecord, ConsentSource, CustomerRecord, IndexEntry, StoredField, StoredPaymentMethod,
 };
@@ -23,7 +32,7 @@ use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
 
 /// A storage failure.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The record changed since it was read (optimistic concurrency); reload and retry.
     #[error("the record changed concurrently")]
@@ -50,17 +59,25 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// One atomic write: at most one customer change and its audit event.
+/// One atomic write: at most one customer change and the pending audit events that record it,
+/// landing together or not at all, durable on return.
 ///
-/// Invariant: every change of customer data carries its audit event. The one exception is a
-/// master-key re-wrap (`audit: None`), which changes no field and is recorded by the
-/// `key.rotate` events around the rotation.
-#[derive(Debug)]
-pub struct Commit {
+/// Invariant: every change of customer data carries an event. The one exception is a
+/// master-key re-wrap (no events), which changes no field and is recorded by the `key.rotate`
+/// events around the rotation.
+#[derive(Debug, Default)]
+pub struct Write {
     /// The data change, if the request changes data.
-    pub customer: Option<CustomerChange>,
-    /// The audit event that records the request.
-    pub audit: Option<AuditAppend>,
+    pub change: Option<CustomerChange>,
+    /// The events that record the request, in order.
+    pub events: Vec<PendingEvent>,
+}
+
+/// What a write became: the seqs its events were given, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// One leaf index per event of the write.
+    pub seqs: Vec<u64>,
 }
 
 /// A change to one customer. The store keeps the blind-index entries in step with
@@ -83,21 +100,96 @@ pub enum CustomerChange {
     },
 }
 
-/// One audit log leaf and the Merkle nodes it completes.
+/// An audit event before the sequencer gives it a place in the log.
+///
+/// `prefix` is the event's RFC 8785 canonical JSON without its `seq` and `time` members and
+/// without the closing brace. Those two members sort last in JCS (after `request_id`), so the
+/// leaf's bytes are `prefix ‖ ,"seq":N,"time":"T"}`: the request renders everything else before
+/// any lock, and the sequencer only appends.
 #[derive(Debug, Clone)]
-pub struct AuditAppend {
-    /// The leaf index; must equal the current log size.
+pub struct PendingEvent {
+    /// Canonical JSON of the event without `seq`, `time` and the closing `}`.
+    pub prefix: Vec<u8>,
+    /// The time of the decision, RFC 3339 UTC with milliseconds.
+    pub time: String,
+    /// The customer the event names, for the per-customer history index.
+    pub customer: Option<CustomerId>,
+}
+
+/// A SHA-256 Merkle tree hash (RFC 9162 §2.1.1).
+pub type Hash = [u8; 32];
+
+/// A Merkle tree node: (level, index at that level); level 0 are the leaves.
+pub type NodeId = (u8, u64);
+
+/// The head of the log: its size and the roots of its perfect subtrees, largest (leftmost)
+/// first, from which the next leaf's completed nodes and the root are computed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeHead {
+    /// The number of leaves.
+    pub size: u64,
+    /// The frontier: one root per set bit of `size`, highest first.
+    pub roots: Vec<Hash>,
+}
+
+/// A leaf as the sequencer completed it.
+#[derive(Debug, Clone)]
+pub struct IntegratedLeaf {
+    /// Its index.
     pub seq: u64,
-    /// The event as canonical JSON (RFC 8785): exactly the bytes that are hashed.
+    /// The event's canonical JSON: exactly the bytes the leaf hashes.
     pub event: Vec<u8>,
-    /// The customer the event concerns, for the per-customer history index.
+    /// The customer the event names.
     pub customer: Option<CustomerId>,
     /// Hashes of the subtrees this leaf completes: (level, index at that level, hash); level 0
     /// is the leaf hash itself.
-    pub nodes: Vec<(u8, u64, [u8; 32])>,
+    pub nodes: Vec<(u8, u64, Hash)>,
+}
+
+/// The tree math, injected by the audit log so the store never imports it: gives pending
+/// events their seqs and computes leaves and nodes. Pure: no I/O, the same answer for the same
+/// input, so every backend (and every node) integrates identically.
+pub trait Integrator: Send + Sync + 'static {
+    /// Appends `pending` to the tree `head`, in order: the completed leaves and the new head.
+    fn integrate(&self, head: &TreeHead, pending: Vec<PendingEvent>) -> (Vec<IntegratedLeaf>, TreeHead);
+}
+
+/// Which backend, and its settings (DESIGN §8).
+#[derive(Debug, Clone)]
+pub enum StorageSettings {
+    /// The embedded default: sled in `dir`, its page cache bounded by `cache_bytes`.
+    Sled {
+        /// The store's directory.
+        dir: PathBuf,
+        /// sled's page cache, in bytes.
+        cache_bytes: u64,
+    },
+    /// Everything in process memory, lost at exit: the reference backend for tests. Opened
+    /// twice with the same data, it gives two handles over one store.
+    Memory(MemoryData),
+}
+
+/// Opens the configured backend. The rest of the crate holds the result as `Arc<dyn Store>`
+/// and never names a backend type.
+pub fn open(
+    settings: &StorageSettings,
+    integrator: Arc<dyn Integrator>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match settings {
+        StorageSettings::Sled { dir, cache_bytes } => {
+            Arc::new(SledStore::open(dir, *cache_bytes, integrator)?)
+        }
+        StorageSettings::Memory(data) => Arc::new(MemoryStore::open(data, integrator)),
+    })
 }
 
 /// The storage interface every backend implements. Object-safe: used as `Arc<dyn Store>`.
+///
+/// Every write is durable on return, and atomic: a backend may batch concurrent writes (sled's
+/// group commit), but each caller sees its own write fully done or not at all. A backend
+/// integrates the events of a write into the log (seqs, leaves, nodes, head) through the
+/// injected [`Integrator`]; `head`, `nodes` and the event readers never show an event before
+/// it is durable.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The stored record of a customer, if any.
@@ -106,15 +198,21 @@ pub trait Store: Send + Sync + 'static {
     /// Customers whose `field` has the blind index `index`.
     async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError>;
 
-    /// Applies a commit atomically: the customer change, its index entries and the audit event
-    /// land together or not at all. Not yet durable: see [`Store::sync`]. Implementations must
-    /// finish (or not start) the commit even if the returned future is dropped half-way, since
-    /// the audit log's frontier follows what this call reports.
-    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// Up to `limit` customer ids greater than `after`, in id order (for background sweeps).
+    async fn customer_ids(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<CustomerId>, StoreError>;
 
-    /// Returns once everything committed before this call is durable on disk. Concurrent callers
-    /// share flushes (group commit).
-    async fn sync(&self) -> Result<(), StoreError>;
+    /// Applies the change (version check, unique entries) and appends its events, atomically;
+    /// durable on return. `VersionConflict` / `UniqueViolation`: nothing was written, not even
+    /// the events.
+    async fn write(&self, write: Write) -> Result<Written, StoreError>;
+
+    /// Independent writes made durable together (key rotation, retention sweeps): one outcome
+    /// per write, in order. The outer error means the batch as a whole failed.
+    async fn write_many(&self, writes: Vec<Write>) -> Result<Vec<Result<Written, StoreError>>, StoreError>;
 
     /// A vault-wide metadata value (wrapped system keys, format version).
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
@@ -126,8 +224,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `value` under `name`, replacing any value. Durable on return.
     async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError>;
 
-    /// The number of audit events (the next seq).
-    async fn audit_size(&self) -> Result<u64, StoreError>;
+    /// The durable head of the log.
+    async fn head(&self) -> Result<TreeHead, StoreError>;
+
+    /// The stored Merkle nodes with these ids (`None` for a subtree not complete), in one call:
+    /// a proof is one round trip on a network backend.
+    async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, StoreError>;
 
     /// Up to `limit` audit events with seq ≥ `from`, in order, as stored canonical JSON.
     async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
@@ -141,20 +243,15 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
 
-    /// Up to `limit` customer ids greater than `after`, in id order (for background sweeps).
-    async fn customer_ids(
-        &self,
-        after: Option<CustomerId>,
-        limit: usize,
-    ) -> Result<Vec<CustomerId>, StoreError>;
-
-    /// The stored Merkle node at (`level`, `index`), if that subtree is complete.
-    async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError>;
-
-    /// Keeps a signed checkpoint (its note) of the tree of `size` leaves. Storing a size again
-    /// replaces that size's note. Not yet durable: see [`Store::sync`].
-    async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StoreError>;
+    /// Keeps a signed checkpoint (its note) of the tree of `size` leaves unless one is stored
+    /// for that size; returns the note now stored for `size`. Durable on return. The caller
+    /// compares: a different note for the same size is a fork.
+    async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<Vec<u8>, StoreError>;
 
     /// The checkpoint with the largest size, as (size, note).
     async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Makes everything durable in its final place and releases the backend (at shutdown).
+    /// Later calls fail.
+    async fn close(&self) -> Result<(), StoreError>;
 }

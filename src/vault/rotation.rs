@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::{Vault, VaultError};
 use crate::audit::{Action, EventDraft};
 use crate::domain::Principal;
-use crate::store::{Commit, CustomerChange, StoreError};
+use crate::store::{CustomerChange, StoreError, Write};
 
 /// Metadata name: the id of the master key every wrap was last brought under.
 const ROTATED_TO: &str = "rotated_to";
@@ -49,32 +49,40 @@ impl Vault {
         let mut after = None;
         loop {
             let ids = self.store.customer_ids(after, PAGE).await?;
-            for id in &ids {
-                // A concurrent writer may win; the record is then re-read and tried again.
-                for _ in 0..super::MAX_WRITE_ATTEMPTS {
-                    let Some(mut record) = self.store.customer(id).await? else { break };
-                    let Some(new_key) = self.master.rewrap_data_key(id, &record.data_key)? else { break };
+            // One durable write per page; a customer a concurrent writer changed in between is
+            // re-read and tried again.
+            let mut todo = ids.clone();
+            for _ in 0..super::MAX_WRITE_ATTEMPTS {
+                if todo.is_empty() {
+                    break;
+                }
+                let mut writes = Vec::with_capacity(todo.len());
+                let mut targets = Vec::with_capacity(todo.len());
+                for id in &todo {
+                    let Some(mut record) = self.store.customer(id).await? else { continue };
+                    let Some(new_key) = self.master.rewrap_data_key(id, &record.data_key)? else { continue };
                     record.data_key = new_key;
                     // A rotation rewrites every record: the moment to seal what format 1 kept
                     // in the clear.
                     self.seal_legacy_consents(&mut record)?;
                     let expected = record.version;
                     record.version += 1;
-                    // Data-key re-wraps are recorded by the start and completion events, not one
-                    // event per customer: they touch no field. Made durable once per page.
+                    // Data-key re-wraps are recorded by the start and completion events, not
+                    // one event per customer: they touch no field.
                     let change =
                         CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-                    match self.store.commit(Commit { customer: Some(change), audit: None }).await {
-                        Ok(()) => {
-                            rewrapped += 1;
-                            break;
-                        }
-                        Err(StoreError::VersionConflict) => continue,
+                    writes.push(Write { change: Some(change), events: Vec::new() });
+                    targets.push(*id);
+                }
+                todo.clear();
+                for (id, outcome) in targets.into_iter().zip(self.store.write_many(writes).await?) {
+                    match outcome {
+                        Ok(_) => rewrapped += 1,
+                        Err(StoreError::VersionConflict) => todo.push(id),
                         Err(e) => return Err(e.into()),
                     }
                 }
             }
-            self.store.sync().await?;
             match ids.last() {
                 Some(last) if ids.len() == PAGE => after = Some(*last),
                 _ => break,

@@ -368,7 +368,7 @@ async fn a_checkpoint_is_signed_in_the_background_while_events_arrive() {
                 .unwrap();
             assert_eq!(res.status(), StatusCode::CREATED);
         }
-        let head = vault.audit_log().head().await.0;
+        let head = vault.audit_log().head().await.unwrap().0;
         // Nobody asks for a checkpoint: the background task signs one about every second. The
         // deadline leaves room for a loaded test machine.
         let started = std::time::Instant::now();
@@ -619,7 +619,9 @@ mod fail_closed {
     use custodia::domain::CustomerId;
     use custodia::http::{AppState, Limits, router};
     use custodia::policy::PolicySet;
-    use custodia::store::{Commit, CustomerRecord, SledStore, Store, StoreError};
+    use custodia::store::{
+        CustomerRecord, NodeId, StorageSettings, Store, StoreError, TreeHead, Write, Written,
+    };
     use custodia::vault::Vault;
     use secrecy::SecretString;
     use tower::ServiceExt;
@@ -627,9 +629,10 @@ mod fail_closed {
     use super::*;
     use crate::helpers::{MASTER_KEY, SECRET};
 
+    /// The reference store, except that writes fail while `fail_writes` is set.
     struct FlakyStore {
-        inner: SledStore,
-        fail_sync: AtomicBool,
+        inner: Arc<dyn Store>,
+        fail_writes: AtomicBool,
     }
 
     #[async_trait]
@@ -640,14 +643,27 @@ mod fail_closed {
         async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError> {
             self.inner.lookup(field, index).await
         }
-        async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-            self.inner.commit(commit).await
+        async fn customer_ids(
+            &self,
+            after: Option<CustomerId>,
+            limit: usize,
+        ) -> Result<Vec<CustomerId>, StoreError> {
+            self.inner.customer_ids(after, limit).await
         }
-        async fn sync(&self) -> Result<(), StoreError> {
-            if self.fail_sync.load(Ordering::SeqCst) {
+        async fn write(&self, write: Write) -> Result<Written, StoreError> {
+            if self.fail_writes.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("disk full (test)".into()));
             }
-            self.inner.sync().await
+            self.inner.write(write).await
+        }
+        async fn write_many(
+            &self,
+            writes: Vec<Write>,
+        ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+            if self.fail_writes.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("disk full (test)".into()));
+            }
+            self.inner.write_many(writes).await
         }
         async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.meta(name).await
@@ -655,23 +671,17 @@ mod fail_closed {
         async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
             self.inner.init_meta(name, value).await
         }
-        async fn audit_size(&self) -> Result<u64, StoreError> {
-            self.inner.audit_size().await
+        async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+            self.inner.put_meta(name, value).await
+        }
+        async fn head(&self) -> Result<TreeHead, StoreError> {
+            self.inner.head().await
+        }
+        async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<[u8; 32]>>, StoreError> {
+            self.inner.nodes(ids).await
         }
         async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
             self.inner.audit_events(from, limit).await
-        }
-        async fn audit_node(&self, level: u8, index: u64) -> Result<Option<[u8; 32]>, StoreError> {
-            self.inner.audit_node(level, index).await
-        }
-        async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<(), StoreError> {
-            self.inner.put_checkpoint(size, note).await
-        }
-        async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-            self.inner.latest_checkpoint().await
-        }
-        async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
-            self.inner.put_meta(name, value).await
         }
         async fn audit_events_for_customer(
             &self,
@@ -681,12 +691,14 @@ mod fail_closed {
         ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
             self.inner.audit_events_for_customer(customer, after, limit).await
         }
-        async fn customer_ids(
-            &self,
-            after: Option<CustomerId>,
-            limit: usize,
-        ) -> Result<Vec<CustomerId>, StoreError> {
-            self.inner.customer_ids(after, limit).await
+        async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+            self.inner.put_checkpoint(size, note).await
+        }
+        async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+            self.inner.latest_checkpoint().await
+        }
+        async fn close(&self) -> Result<(), StoreError> {
+            self.inner.close().await
         }
     }
 
@@ -703,11 +715,11 @@ mod fail_closed {
 
     #[tokio::test]
     async fn when_events_cannot_be_made_durable_auditor_calls_answer_503_without_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let flaky = Arc::new(FlakyStore {
-            inner: SledStore::open(&dir.path().join("store"), 8 << 20).unwrap(),
-            fail_sync: AtomicBool::new(false),
-        });
+        let inner = custodia::store::open(
+            &StorageSettings::Memory(Default::default()),
+            Arc::new(custodia::audit::tree::Tree),
+        );
+        let flaky = Arc::new(FlakyStore { inner: inner.unwrap(), fail_writes: AtomicBool::new(false) });
         let store: Arc<dyn Store> = flaky.clone();
         let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), vec![]);
         let (keys, _) = SystemKeys::generate(&master).unwrap();
@@ -746,7 +758,8 @@ mod fail_closed {
                 .unwrap();
         let customer = vault.create_customer(&ctx, body, None).await.unwrap();
 
-        flaky.fail_sync.store(true, Ordering::SeqCst);
+        let durable = vault.audit_log().head().await.unwrap().0;
+        flaky.fail_writes.store(true, Ordering::SeqCst);
         // A merchant read whose event cannot be made durable returns no data.
         let req = Request::get(format!("/v1/customers/{customer}"))
             .header("Authorization", format!("Bearer {merchant}"))
@@ -779,14 +792,15 @@ mod fail_closed {
         }
         // A wrong role is refused too, but its auth.denied event cannot be recorded: 503.
         assert_eq!(call(&app, "/v1/audit/key", &merchant).await.0, StatusCode::SERVICE_UNAVAILABLE);
-        // Nothing was signed over events that never became durable.
-        assert!(vault.audit_log().checkpoint().await.is_err());
-        assert_eq!(vault.store().latest_checkpoint().await.unwrap().unwrap().0, signed_before);
+        // A checkpoint covers only durable events: none of the failed requests is in it.
+        let signed = vault.audit_log().checkpoint().await.unwrap().unwrap();
+        assert_eq!(signed.checkpoint.size, durable);
+        assert!(durable > signed_before);
 
-        flaky.fail_sync.store(false, Ordering::SeqCst);
+        flaky.fail_writes.store(false, Ordering::SeqCst);
         let (status, body) = call(&app, "/v1/audit/checkpoint", &auditor).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert!(body["tree_size"].as_u64().unwrap() > signed_before);
+        assert!(body["tree_size"].as_u64().unwrap() > durable);
     }
 }
 
@@ -878,24 +892,16 @@ async fn audit_verify_refuses_a_bad_signature_line_by_the_log_key_before_or_afte
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_refuses_to_start_over_a_stored_checkpoint_with_a_bad_line_by_its_key() {
-    use custodia::store::{SledStore, Store};
     let mut app = spawn_app().await;
     app.create_customer(json!({"name": "Gus"})).await;
     let key = own::parse_key(get(&app, "/v1/audit/key").await.body["verifier_key"].as_str().unwrap());
     app.shutdown().await;
-    let store_dir = app.settings.data_dir.join("store");
-    let (size, note) = {
-        let store = SledStore::open(&store_dir, 8 << 20).unwrap();
-        let (size, note) = store.latest_checkpoint().await.unwrap().expect("a checkpoint was signed");
-        (size, String::from_utf8(note).unwrap())
-    };
+    // The stored note is edited in place in the stopped server's files, as an attacker would.
+    let (size, note) = crate::helpers::latest_stored_checkpoint(&app.settings.data_dir);
+    let note = String::from_utf8(note).unwrap();
     let put = |note: String| {
-        let store_dir = store_dir.clone();
-        async move {
-            let store = SledStore::open(&store_dir, 8 << 20).unwrap();
-            store.put_checkpoint(size, note.into_bytes()).await.unwrap();
-            store.sync().await.unwrap();
-        }
+        crate::helpers::replace_stored_checkpoint(&app.settings.data_dir, size, note.into_bytes());
+        std::future::ready(())
     };
     let bad = signature_line(&key.name, &key.id, &[0; 64]);
     for first in [false, true] {

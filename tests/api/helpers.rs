@@ -331,6 +331,24 @@ pub fn stored_record(data_dir: &Path, id: &str) -> custodia::store::CustomerReco
     stored_records(data_dir, &[id]).remove(0)
 }
 
+/// The newest stored checkpoint (size, note) of a stopped server.
+pub fn latest_stored_checkpoint(data_dir: &Path) -> (u64, Vec<u8>) {
+    let db = open_store_files(data_dir);
+    let tree = db.open_tree("custodia").unwrap();
+    let (key, note) = tree.scan_prefix([b'k']).next_back().expect("a checkpoint was signed").unwrap();
+    (u64::from_be_bytes(key[1..9].try_into().unwrap()), note.to_vec())
+}
+
+/// Overwrites the stored checkpoint note of `size` in a stopped server's files.
+pub fn replace_stored_checkpoint(data_dir: &Path, size: u64, note: Vec<u8>) {
+    let db = open_store_files(data_dir);
+    let tree = db.open_tree("custodia").unwrap();
+    let mut key = vec![b'k'];
+    key.extend_from_slice(&size.to_be_bytes());
+    tree.insert(key, note).unwrap();
+    db.flush().unwrap();
+}
+
 /// Opens a stopped server's sled files without sled's background flusher thread, so the file
 /// lock is released as soon as the handle is dropped.
 fn open_store_files(data_dir: &Path) -> sled::Db {

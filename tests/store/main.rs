@@ -1,50 +1,43 @@
-//! Store contract tests: written once against `dyn Store`, run per backend.
-//! Only sled exists today; a new backend adds one `backend!` line.
-
-mod contract;
+//! Store contract tests: `contract.rs` is written once against `dyn Store` and included whole
+//! into one module per backend, so every test runs on every backend, and a new backend is one
+//! more module here.
 
 use std::sync::Arc;
 
-use custodia::store::{SledStore, Store};
+use custodia::audit::tree::Tree;
+use custodia::store::{MemoryData, StorageSettings, Store};
 
-/// A fresh sled store in a temporary directory (kept alive by the returned guard).
-pub fn sled_store() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(&dir.path().join("store"), 8 * 1024 * 1024).unwrap();
-    (Arc::new(store), dir)
+/// A backend under test. Every `open` gives a new handle over the same data, as a restart does.
+pub struct Fixture {
+    settings: StorageSettings,
+    _dir: Option<tempfile::TempDir>,
 }
 
-macro_rules! backend {
-    ($backend:ident, $make:path) => {
-        mod $backend {
-            contract_tests!($make);
-        }
-    };
+impl Fixture {
+    /// A handle over the fixture's data.
+    pub fn open(&self) -> Arc<dyn Store> {
+        custodia::store::open(&self.settings, Arc::new(Tree)).unwrap()
+    }
 }
 
-macro_rules! contract_tests {
-    ($make:path) => {
-        macro_rules! case {
-            ($name:ident) => {
-                #[tokio::test]
-                async fn $name() {
-                    let (store, _guard) = $make();
-                    crate::contract::$name(store).await;
-                }
-            };
-        }
-        case!(a_created_record_reads_back);
-        case!(a_stale_version_is_a_conflict_and_writes_nothing);
-        case!(unique_index_entries_belong_to_one_customer);
-        case!(index_entries_follow_updates_and_deletion);
-        case!(audit_appends_must_be_dense_and_read_back_in_order);
-        case!(merkle_nodes_are_stored_with_their_leaf);
-        case!(init_meta_keeps_the_first_value);
-        case!(a_rewrap_commit_without_event_keeps_the_log_as_it_is);
-        case!(customer_history_and_id_listing_are_served_by_indexes);
-        case!(sync_returns_after_commits);
-        case!(checkpoints_are_kept_per_size_and_the_latest_is_found);
-    };
+mod sled {
+    use super::*;
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StorageSettings::Sled { dir: dir.path().join("store"), cache_bytes: 8 << 20 };
+        Fixture { settings, _dir: Some(dir) }
+    }
+
+    include!("contract.rs");
 }
 
-backend!(sled, crate::sled_store);
+mod memory {
+    use super::*;
+
+    fn fixture() -> Fixture {
+        Fixture { settings: StorageSettings::Memory(MemoryData::default()), _dir: None }
+    }
+
+    include!("contract.rs");
+}

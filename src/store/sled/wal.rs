@@ -4,13 +4,13 @@
 //! scales with many small writes nor flushes the device cache. So every batch is first written
 //! to this log — before it is applied to sled, so sled can never hold a batch the log lacks —
 //! and group commit makes the log durable with one `fdatasync` for every waiting request. sled
-//! itself is flushed in the background (a checkpoint), after which the log segments it covers
+//! itself is flushed in the background (`flusher.rs`), after which the log segments it covers
 //! are deleted. After any write or sync error the log refuses every further write until a
 //! restart replays it: a failed `fdatasync` may have dropped pages that a retry would report
 //! as synced.
 //!
 //! Recovery invariant: every sled batch also stores its log sequence number (LSN) under one
-//! metadata key, and batches are applied in LSN order under the store's writer lock. sled
+//! metadata key, and batches are applied in LSN order under the store's apply lock. sled
 //! recovers a prefix of its own log, so after a crash it holds exactly the batches up to some
 //! LSN `L`; replaying the logged records with LSN > `L`, in order, restores every batch whose
 //! log record became durable — never regressing a key sled already had newer.
@@ -23,10 +23,10 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// One key change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,12 +47,13 @@ pub(super) struct Record {
 
 struct Segment {
     id: u64,
-    file: File,
+    /// Shared so a sync can run without the segment lock.
+    file: Arc<File>,
     bytes: u64,
 }
 
-/// The log: records written by writers (under the store's writer lock), synced by the
-/// group-commit flusher.
+/// The log: records written by the writer thread (under the store's apply lock) and synced by
+/// it once per group.
 pub(super) struct Wal {
     dir: PathBuf,
     segment: Mutex<Segment>,
@@ -129,7 +130,7 @@ impl Wal {
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
         let mut segment = self.segment.lock().map_err(|_| poisoned())?;
-        if let Err(e) = segment.file.write_all(&frame) {
+        if let Err(e) = (&*segment.file).write_all(&frame) {
             // Cut a partial frame off, and refuse further writes: the caller answers 503.
             let _ = segment.file.set_len(segment.bytes);
             self.failed.store(true, Ordering::Release);
@@ -139,13 +140,18 @@ impl Wal {
         Ok(())
     }
 
-    /// Makes every record written so far durable: the group-commit flush.
+    /// Makes every record written so far durable: the group-commit sync. It holds no lock
+    /// while it waits for the disk: an `fdatasync` covers every write completed before it
+    /// started, and appends from then on wait for the next sync.
     pub fn sync(&self) -> Result<(), String> {
         if self.failed.load(Ordering::Acquire) {
             return Err(failed().to_string());
         }
-        let segment = self.segment.lock().map_err(|_| "write-ahead log lock poisoned".to_owned())?;
-        segment.file.sync_data().map_err(|e| {
+        let file = {
+            let segment = self.segment.lock().map_err(|_| "write-ahead log lock poisoned".to_owned())?;
+            Arc::clone(&segment.file)
+        };
+        file.sync_data().map_err(|e| {
             self.failed.store(true, Ordering::Release);
             e.to_string()
         })
@@ -157,7 +163,7 @@ impl Wal {
     }
 
     /// Syncs the current segment, starts a new one and returns the ids of the older ones. The
-    /// caller holds the store's writer lock, so every record in them was also applied to sled
+    /// caller holds the store's apply lock, so every record in them was also applied to sled
     /// before this call; they may be deleted once a sled flush that starts after it finished.
     pub fn rotate(&self) -> Result<Vec<u64>, StoreError> {
         let mut segment = self.segment.lock().map_err(|_| poisoned())?;
@@ -252,7 +258,7 @@ fn segment_ids(dir: &Path) -> Result<Vec<u64>, StoreError> {
 fn open_segment(dir: &Path, id: u64) -> Result<Segment, StoreError> {
     let file = OpenOptions::new().create(true).append(true).open(segment_path(dir, id)).map_err(io)?;
     sync_dir(dir)?;
-    Ok(Segment { id, file, bytes: 0 })
+    Ok(Segment { id, file: Arc::new(file), bytes: 0 })
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

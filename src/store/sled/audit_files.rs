@@ -3,7 +3,7 @@
 //!
 //! `audit.dat` holds the entries back to back; `audit.idx` holds, per seq, the 8-byte end
 //! offset of that entry in `audit.dat`, so entry `seq` is found with two positioned reads.
-//! Entries reach the files only at a checkpoint; until then they live in memory (`tail`) and in
+//! Entries reach the files only at a flush; until then they live in memory (`tail`) and in
 //! the write-ahead log, which is what makes them durable. Files are written entries first, then
 //! the index, each synced, so on open an index entry never points past the data; anything
 //! after the last indexed entry is a torn write and is cut off.
@@ -14,14 +14,14 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// Entries persisted in the files plus the in-memory tail.
 pub(super) struct AuditFiles {
     dat: File,
     idx: File,
     state: RwLock<State>,
-    /// Serialises `persist` (checkpoint thread and shutdown).
+    /// Serialises `persist` (the flusher and shutdown).
     persisting: Mutex<()>,
 }
 
@@ -105,7 +105,7 @@ impl AuditFiles {
         Ok(Some(buf.into()))
     }
 
-    /// Writes every in-memory entry to the files and syncs them (a checkpoint step).
+    /// Writes every in-memory entry to the files and syncs them (a flush step).
     pub fn persist(&self) -> Result<(), StoreError> {
         let _one_at_a_time = self.persisting.lock().map_err(|_| poisoned())?;
         let (entries, start, first) = {

@@ -1,0 +1,137 @@
+//! The sled key layout: one tree, keys namespaced by a one-byte prefix.
+//!
+//! - `c` ‖ customer id (16) → encoded [`crate::store::CustomerRecord`]
+//! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty
+//! - `x` ‖ customer id (16) ‖ seq (8, big-endian) → empty: per-customer audit history, written
+//!   at flush time for every entry below the `history_len` metadata value
+//! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
+//! - `m` ‖ name → metadata (`wal_lsn`: the LSN of the last batch applied to sled and the audit
+//!   length after it; `history_len`: entries whose history rows are in sled)
+//!
+//! Audit entries are not in sled but in append-only files (`audit_files.rs`), one entry per
+//! event: `n (1) ‖ n × (level (1) ‖ hash (32)) ‖ event` — the Merkle nodes the leaf completes
+//! (its own leaf hash at level 0 first), then the canonical JSON. Node (level, index) is
+//! completed by leaf `(index + 1) · 2^level − 1`, so it is found in that leaf's entry.
+
+use crate::domain::CustomerId;
+use crate::store::{Hash, IntegratedLeaf, StoreError};
+
+/// Metadata name of the last applied batch's LSN and audit length.
+pub(super) const WAL_LSN: &str = "wal_lsn";
+/// Metadata name of the number of audit entries whose history rows are in sled.
+pub(super) const HISTORY_LEN: &str = "history_len";
+
+pub(super) fn customer_key(id: &CustomerId) -> [u8; 17] {
+    let mut key = [0u8; 17];
+    key[0] = b'c';
+    key[1..].copy_from_slice(id.as_bytes());
+    key
+}
+
+/// The customer id of a `c` key.
+pub(super) fn customer_of_key(key: &[u8]) -> Result<CustomerId, StoreError> {
+    let bytes: [u8; 16] =
+        key.get(1..).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("customer key length"))?;
+    Ok(CustomerId::from_bytes(bytes))
+}
+
+pub(super) fn index_prefix(field: &str, index: &[u8; 32]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + field.len() + 32 + 16);
+    key.push(b'i');
+    key.extend_from_slice(field.as_bytes());
+    key.push(0);
+    key.extend_from_slice(index);
+    key
+}
+
+pub(super) fn index_key(field: &str, index: &[u8; 32], id: &CustomerId) -> Vec<u8> {
+    let mut key = index_prefix(field, index);
+    key.extend_from_slice(id.as_bytes());
+    key
+}
+
+pub(super) fn history_prefix(customer: &CustomerId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(25);
+    key.push(b'x');
+    key.extend_from_slice(customer.as_bytes());
+    key
+}
+
+pub(super) fn history_key(customer: &CustomerId, seq: u64) -> Vec<u8> {
+    let mut key = history_prefix(customer);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+pub(super) fn checkpoint_key(size: u64) -> [u8; 9] {
+    let mut key = [0u8; 9];
+    key[0] = b'k';
+    key[1..].copy_from_slice(&size.to_be_bytes());
+    key
+}
+
+/// The big-endian u64 that ends a `k` or `x` key.
+pub(super) fn trailing_u64(key: &[u8]) -> Result<u64, StoreError> {
+    let at = key.len().checked_sub(8).ok_or_else(|| corrupt("key too short"))?;
+    Ok(u64::from_be_bytes(key[at..].try_into().map_err(|_| corrupt("key too short"))?))
+}
+
+pub(super) fn meta_key(name: &str) -> Vec<u8> {
+    let mut key = vec![b'm'];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+/// An audit entry as stored: the nodes the leaf completes, then the event.
+pub(super) fn encode_entry(leaf: &IntegratedLeaf) -> Vec<u8> {
+    let mut value = Vec::with_capacity(1 + 33 * leaf.nodes.len() + leaf.event.len());
+    // invariant: a leaf completes at most 64 nodes (one per level), so the count fits a byte.
+    value.push(leaf.nodes.len() as u8);
+    for (level, _, hash) in &leaf.nodes {
+        value.push(*level);
+        value.extend_from_slice(hash);
+    }
+    value.extend_from_slice(&leaf.event);
+    value
+}
+
+/// (level, hash) of the Merkle nodes one leaf completed.
+pub(super) type CompletedNodes = Vec<(u8, Hash)>;
+
+/// Splits a stored audit entry into the nodes its leaf completed and the event bytes.
+pub(super) fn decode_entry(value: &[u8]) -> Result<(CompletedNodes, &[u8]), StoreError> {
+    let (&count, mut rest) = value.split_first().ok_or_else(|| corrupt("audit entry layout"))?;
+    let mut nodes = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let (head, tail) = rest.split_at_checked(33).ok_or_else(|| corrupt("audit entry layout"))?;
+        let hash: Hash = head[1..].try_into().map_err(|_| corrupt("audit entry layout"))?;
+        nodes.push((head[0], hash));
+        rest = tail;
+    }
+    Ok((nodes, rest))
+}
+
+/// The leaf that completes node (`level`, `index`): `(index + 1) · 2^level − 1`.
+pub(super) fn completing_leaf(level: u8, index: u64) -> Option<u64> {
+    index.checked_add(1)?.checked_mul(1u64.checked_shl(u32::from(level))?).map(|n| n - 1)
+}
+
+/// A pair of u64s (big-endian), the value of `wal_lsn`.
+pub(super) fn encode_pair(a: u64, b: u64) -> Vec<u8> {
+    let mut value = a.to_be_bytes().to_vec();
+    value.extend_from_slice(&b.to_be_bytes());
+    value
+}
+
+pub(super) fn decode_pair(bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+    let part = |r: std::ops::Range<usize>| -> Result<u64, StoreError> {
+        Ok(u64::from_be_bytes(
+            bytes.get(r).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("u64 pair"))?,
+        ))
+    };
+    Ok((part(0..8)?, part(8..16)?))
+}
+
+pub(super) fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_owned())
+}

@@ -1,0 +1,424 @@
+//! The embedded default backend: one sled tree (key layout in `keys.rs`), audit entries in
+//! append-only files (`audit_files.rs`), made durable by a write-ahead log (`wal.rs`).
+//!
+//! Writes go to one writer thread (`writer.rs`) that commits them in groups: one log record,
+//! one sled batch and one `fdatasync` per group, events integrated inline, so a single node
+//! needs no separate sequencer. A flusher thread (`flusher.rs`) flushes sled in the background,
+//! writes the per-customer history rows of the entries since the last flush, persists the audit
+//! files and deletes the log segments they made redundant.
+//!
+//! Recovery invariant: every sled batch stores its log sequence number (LSN) under `wal_lsn`,
+//! and batches are applied in LSN order. sled recovers a prefix of its own log, so after a
+//! crash it holds the batches up to some LSN `L`; replaying the logged records with LSN > `L`,
+//! in order, restores every batch whose log record became durable. Audit entries the files
+//! lack are taken from the log too.
+
+mod audit_files;
+mod flusher;
+mod keys;
+mod wal;
+mod writer;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use self::audit_files::AuditFiles;
+use self::flusher::Flusher;
+use self::keys::{
+    HISTORY_LEN, WAL_LSN, completing_leaf, corrupt, customer_key, customer_of_key, decode_entry, decode_pair,
+    history_prefix, index_prefix, meta_key, trailing_u64,
+};
+use self::wal::{Op, Wal};
+use self::writer::Job;
+use super::{CustomerRecord, Hash, Integrator, NodeId, Store, StoreError, TreeHead, Write, Written};
+use crate::crypto::BlindIndex;
+use crate::domain::CustomerId;
+
+/// Customer records, index entries, audit log and metadata in one sled database.
+pub struct SledStore {
+    shared: Arc<Shared>,
+    /// The writer thread's queue; `None` once closed.
+    jobs: Mutex<Option<Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    flusher: Mutex<Option<Flusher>>,
+}
+
+/// What the store's handle, the writer thread and the flusher share.
+struct Shared {
+    tree: sled::Tree,
+    db: sled::Db,
+    wal: Wal,
+    audit: AuditFiles,
+    integrator: Arc<dyn Integrator>,
+    /// Held from a group's log append until sled and the audit files have it; the flusher takes
+    /// it to rotate the log between groups.
+    apply: Mutex<Applied>,
+    /// The durable head: events below `size` are in the log and synced.
+    head: RwLock<TreeHead>,
+    /// (customer, seq) of the entries whose history rows are not in sled yet (at or after the
+    /// stored `history_len`); readers merge them with the rows.
+    history_tail: RwLock<BTreeSet<(CustomerId, u64)>>,
+    /// Set after any failure that followed a log append: writes answer 503 until a restart.
+    poisoned: AtomicBool,
+}
+
+struct Applied {
+    /// LSN of the last group logged.
+    lsn: u64,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`, replaying the write-ahead log; `cache_bytes`
+    /// bounds sled's page cache, and `integrator` completes the log's leaves.
+    pub fn open(dir: &Path, cache_bytes: u64, integrator: Arc<dyn Integrator>) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            .mode(sled::Mode::HighThroughput)
+            // Durability comes from the write-ahead log and the flusher; sled's timer thread
+            // would only add uncontrolled I/O and hold the directory lock after a drop.
+            .flush_every_ms(None)
+            .open()
+            .map_err(unavailable)?;
+        let tree = db.open_tree("custodia").map_err(unavailable)?;
+        let (mut lsn, sled_audit_len) = match tree.get(meta_key(WAL_LSN)).map_err(unavailable)? {
+            Some(bytes) => decode_pair(&bytes)?,
+            None => (0, 0),
+        };
+        let audit_dir = dir.join("audit");
+        std::fs::create_dir_all(&audit_dir)
+            .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", audit_dir.display())))?;
+        let audit = AuditFiles::open(&audit_dir)?;
+        // Replay what sled lost: every logged batch newer than the last one sled holds, and
+        // every audit entry the files lack.
+        let wal_dir = dir.join("wal");
+        let durable_in_sled = lsn;
+        for record in Wal::read_all(&wal_dir)? {
+            for op in &record.ops {
+                if let Op::Audit(seq, entry) = op
+                    && *seq >= audit.len()?
+                {
+                    audit.push(*seq, Arc::from(entry.as_slice()))?;
+                }
+            }
+            if record.lsn > durable_in_sled {
+                if record.ops.iter().any(|op| !matches!(op, Op::Audit(..))) {
+                    tree.apply_batch(to_batch(&record.ops)).map_err(unavailable)?;
+                }
+                lsn = record.lsn;
+            }
+        }
+        // invariant: the log is written before sled, so sled cannot hold a batch whose audit
+        // entry the log and files lack. If it does (the disk lost synced log pages), refuse to
+        // run rather than give other events the same seqs.
+        if sled_audit_len > audit.len()? {
+            return Err(StoreError::Corrupt(format!(
+                "the store holds changes up to audit entry {} but the audit log ends at {}: refusing to start",
+                sled_audit_len,
+                audit.len()?
+            )));
+        }
+        db.flush().map_err(unavailable)?;
+        audit.persist()?;
+        let wal = Wal::start(&wal_dir)?;
+        let size = audit.len()?;
+        // Stores written before history rows were derived at flush time hold a row for every
+        // entry sled has: `history_len` defaults to that.
+        let history_len = match tree.get(meta_key(HISTORY_LEN)).map_err(unavailable)? {
+            Some(bytes) => trailing_u64(&bytes)?,
+            None => sled_audit_len,
+        };
+        let history_tail = history_of(&audit, history_len, size)?;
+        let head = stored_head(&audit, size)?;
+        let shared = Arc::new(Shared {
+            tree,
+            db,
+            wal,
+            audit,
+            integrator,
+            apply: Mutex::new(Applied { lsn }),
+            head: RwLock::new(head),
+            history_tail: RwLock::new(history_tail),
+            poisoned: AtomicBool::new(false),
+        });
+        let (sender, receiver) = mpsc::channel();
+        let writer_shared = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("sled-writer".into())
+            .spawn(move || writer::run(&writer_shared, &receiver))
+            .map_err(|e| StoreError::Unavailable(format!("starting the writer thread: {e}")))?;
+        let flusher = Flusher::start(Arc::clone(&shared))?;
+        Ok(SledStore {
+            shared,
+            jobs: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+            flusher: Mutex::new(Some(flusher)),
+        })
+    }
+
+    /// Hands a job to the writer thread.
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self.jobs.lock().map_err(|_| closed())?;
+        jobs.as_ref().ok_or_else(closed)?.send(job).map_err(|_| closed())
+    }
+
+    fn read_customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
+        match self.shared.tree.get(customer_key(id)).map_err(unavailable)? {
+            Some(bytes) => CustomerRecord::decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The durable size: events at or past it are not shown.
+    fn size(&self) -> Result<u64, StoreError> {
+        Ok(self.shared.head.read().map_err(|_| closed())?.size)
+    }
+
+    /// The event bytes of entry `seq`.
+    fn event(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.shared.audit.get(seq)? {
+            Some(entry) => Ok(Some(decode_entry(&entry)?.1.to_vec())),
+            None => Ok(None),
+        }
+    }
+
+    /// Stops the threads; the writer finishes the groups already queued.
+    fn stop(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) {
+            let _ = writer.join();
+        }
+        if let Some(flusher) = self.flusher.lock().ok().and_then(|mut f| f.take()) {
+            drop(flusher);
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn answer<T>(reply: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    reply.await.map_err(|_| StoreError::Unavailable("the store's writer stopped".into()))?
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
+        self.read_customer(id)
+    }
+
+    async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError> {
+        let prefix = index_prefix(field, &index.0);
+        let mut owners = Vec::new();
+        for entry in self.shared.tree.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(unavailable)?;
+            let tail: [u8; 16] = key[prefix.len()..].try_into().map_err(|_| corrupt("index key length"))?;
+            owners.push(CustomerId::from_bytes(tail));
+        }
+        Ok(owners)
+    }
+
+    async fn customer_ids(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<CustomerId>, StoreError> {
+        let start = match after {
+            Some(id) => {
+                let mut key = customer_key(&id).to_vec();
+                key.push(0);
+                key
+            }
+            None => vec![b'c'],
+        };
+        let mut out = Vec::new();
+        for entry in self.shared.tree.range(start..vec![b'c' + 1]).take(limit) {
+            let (key, _) = entry.map_err(unavailable)?;
+            out.push(customer_of_key(&key)?);
+        }
+        Ok(out)
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        let mut outcomes = self.write_many(vec![write]).await?;
+        // invariant: the writer answers one outcome per write.
+        outcomes.pop().unwrap_or_else(|| Err(StoreError::Unavailable("no outcome for a write".into())))
+    }
+
+    async fn write_many(&self, writes: Vec<Write>) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Job::Writes { writes, reply })?;
+        answer(outcome).await
+    }
+
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.shared.tree.get(meta_key(name)).map_err(unavailable)?.map(|v| v.to_vec()))
+    }
+
+    async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Job::init_meta(name, value, reply))?;
+        answer(outcome).await
+    }
+
+    async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Job::Put { key: meta_key(name), value, reply })?;
+        answer(outcome).await
+    }
+
+    async fn head(&self) -> Result<TreeHead, StoreError> {
+        Ok(self.shared.head.read().map_err(|_| closed())?.clone())
+    }
+
+    async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<Hash>>, StoreError> {
+        let size = self.size()?;
+        ids.iter()
+            .map(|&(level, index)| {
+                let Some(seq) = completing_leaf(level, index).filter(|seq| *seq < size) else {
+                    return Ok(None);
+                };
+                match self.shared.audit.get(seq)? {
+                    Some(entry) => {
+                        Ok(decode_entry(&entry)?.0.into_iter().find(|(l, _)| *l == level).map(|(_, h)| h))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .collect()
+    }
+
+    async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let end = self.size()?.min(from.saturating_add(limit as u64));
+        let mut out = Vec::with_capacity(end.saturating_sub(from) as usize);
+        for seq in from..end {
+            let event =
+                self.event(seq)?.ok_or_else(|| corrupt("an audit entry below the head is missing"))?;
+            out.push((seq, event));
+        }
+        Ok(out)
+    }
+
+    async fn audit_events_for_customer(
+        &self,
+        customer: &CustomerId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let size = self.size()?;
+        let first = after.map_or(0, |a| a.saturating_add(1));
+        // Rows in sled, then the tail not flushed yet; a row and its tail entry may both exist
+        // for a moment during a flush, so the union is taken.
+        let mut seqs = BTreeSet::new();
+        let mut start = history_prefix(customer);
+        start.extend_from_slice(&first.to_be_bytes());
+        let mut end = history_prefix(customer);
+        end.extend_from_slice(&u64::MAX.to_be_bytes());
+        for entry in self.shared.tree.range(start..=end).take(limit) {
+            let (key, _) = entry.map_err(unavailable)?;
+            seqs.insert(trailing_u64(&key)?);
+        }
+        {
+            let tail = self.shared.history_tail.read().map_err(|_| closed())?;
+            seqs.extend(
+                tail.range((*customer, first)..=(*customer, u64::MAX)).map(|(_, seq)| *seq).take(limit),
+            );
+        }
+        let mut out = Vec::new();
+        for seq in seqs.into_iter().filter(|seq| *seq < size).take(limit) {
+            let event = self.event(seq)?.ok_or_else(|| corrupt("history names a missing event"))?;
+            out.push((seq, event));
+        }
+        Ok(out)
+    }
+
+    async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Job::checkpoint(size, note, reply))?;
+        answer(outcome).await
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        match self.shared.tree.scan_prefix([b'k']).next_back() {
+            Some(entry) => {
+                let (key, value) = entry.map_err(unavailable)?;
+                Ok(Some((trailing_u64(&key)?, value.to_vec())))
+            }
+            None => Ok(None),
+        }
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.stop();
+        // Everything the writer logged is in sled and the files; make it final there.
+        flusher::flush(&self.shared)
+    }
+}
+
+/// The (customer, seq) pairs of entries `from..to`, read from the entries themselves.
+fn history_of(audit: &AuditFiles, from: u64, to: u64) -> Result<BTreeSet<(CustomerId, u64)>, StoreError> {
+    let mut tail = BTreeSet::new();
+    for seq in from..to {
+        let entry = audit.get(seq)?.ok_or_else(|| corrupt("an audit entry is missing"))?;
+        let (_, event) = decode_entry(&entry)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(event).map_err(|_| corrupt("an audit entry is not JSON"))?;
+        if let Some(customer) = value.get("customer_id").and_then(|c| c.as_str()) {
+            let id = customer.parse().map_err(|_| corrupt("an audit entry names a malformed customer id"))?;
+            tail.insert((id, seq));
+        }
+    }
+    Ok(tail)
+}
+
+/// The head of a log of `size` entries, from the O(log n) stored frontier nodes.
+fn stored_head(audit: &AuditFiles, size: u64) -> Result<TreeHead, StoreError> {
+    let mut roots = Vec::new();
+    for level in (0..64u8).rev().filter(|level| size & (1u64 << level) != 0) {
+        let start = (size >> (level + 1)) << (level + 1);
+        let index = start >> level;
+        let seq = completing_leaf(level, index).ok_or_else(|| corrupt("tree position"))?;
+        let entry = audit.get(seq)?.ok_or_else(|| corrupt("a frontier entry is missing"))?;
+        let node = decode_entry(&entry)?.0.into_iter().find(|(l, _)| *l == level).map(|(_, h)| h);
+        roots.push(node.ok_or_else(|| {
+            StoreError::Corrupt(format!("missing tree node at level {level}, index {index}"))
+        })?);
+    }
+    Ok(TreeHead { size, roots })
+}
+
+fn to_batch(ops: &[Op]) -> sled::Batch {
+    let mut batch = sled::Batch::default();
+    for op in ops {
+        match op {
+            Op::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
+            Op::Remove(k) => batch.remove(k.as_slice()),
+            Op::Audit(..) => {}
+        }
+    }
+    batch
+}
+
+fn unavailable(e: sled::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
+}
+
+fn poisoned_error() -> StoreError {
+    StoreError::Unavailable("an earlier write failed after its log record; restart to recover".into())
+}

@@ -1,0 +1,326 @@
+//! Group commit: one writer thread takes every write waiting for it, checks and integrates them
+//! as one group, writes **one** log record and **one** sled batch for the group, syncs the log
+//! once, and answers each waiter with its own outcome.
+//!
+//! Invariants:
+//! - Groups are processed one at a time on this thread, so the head a group starts from is the
+//!   durable head, and seqs are dense.
+//! - Log first: a group's record is written before sled or the audit files see the group, all
+//!   under `Shared::apply`, so sled never holds a batch the log lacks, and the flusher (which
+//!   rotates the log under the same lock) never cuts a group in half.
+//! - Any failure after the log append poisons the store: every later write answers 503 until a
+//!   restart replays the log. Otherwise a failed group's seqs could be given to the next group
+//!   while the log still holds the failed one, and replay would resurrect it in their place.
+//! - A group's head (and so its events) becomes visible only after the log sync.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Receiver;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use super::keys::{
+    WAL_LSN, checkpoint_key, customer_key, encode_entry, encode_pair, index_key, index_prefix, meta_key,
+};
+use super::wal::Op;
+use super::{Shared, poisoned_error, unavailable};
+use crate::domain::CustomerId;
+use crate::store::{CustomerChange, CustomerRecord, IndexEntry, PendingEvent, StoreError, Write, Written};
+
+/// The most jobs one group takes; the rest wait for the next group.
+const MAX_GROUP: usize = 1024;
+
+/// Answer to a batch of writes: one outcome per write, or a failure of the whole group.
+pub(super) type WritesReply = oneshot::Sender<Result<Vec<Result<Written, StoreError>>, StoreError>>;
+
+/// Work for the writer thread.
+pub(super) enum Job {
+    /// Data changes with their events.
+    Writes { writes: Vec<Write>, reply: WritesReply },
+    /// Stores `value` under `key` unless a value is there; answers the stored value.
+    InsertIfAbsent { key: Vec<u8>, value: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, StoreError>> },
+    /// Stores `value` under `key`.
+    Put { key: Vec<u8>, value: Vec<u8>, reply: oneshot::Sender<Result<(), StoreError>> },
+}
+
+impl Job {
+    /// A meta value kept unless present.
+    pub(super) fn init_meta(
+        name: &str,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, StoreError>>,
+    ) -> Job {
+        Job::InsertIfAbsent { key: meta_key(name), value, reply }
+    }
+
+    /// A checkpoint note kept unless one is stored for that size.
+    pub(super) fn checkpoint(
+        size: u64,
+        note: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, StoreError>>,
+    ) -> Job {
+        Job::InsertIfAbsent { key: checkpoint_key(size).to_vec(), value: note, reply }
+    }
+
+    fn fail(self, error: &StoreError) {
+        match self {
+            Job::Writes { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Job::InsertIfAbsent { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Job::Put { reply, .. } => drop(reply.send(Err(error.clone()))),
+        }
+    }
+}
+
+/// Runs groups until every sender is gone.
+pub(super) fn run(shared: &Shared, jobs: &Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_group(shared, group);
+    }
+}
+
+/// What a job will be answered once its group is durable.
+enum Answer {
+    Writes { reply: WritesReply, outcomes: Vec<Result<(usize, usize), StoreError>> },
+    Bytes { reply: oneshot::Sender<Result<Vec<u8>, StoreError>>, value: Result<Vec<u8>, StoreError> },
+    Unit { reply: oneshot::Sender<Result<(), StoreError>> },
+}
+
+fn commit_group(shared: &Shared, group: Vec<Job>) {
+    let started = Instant::now();
+    if shared.poisoned.load(Ordering::Acquire) {
+        let error = poisoned_error();
+        group.into_iter().for_each(|job| job.fail(&error));
+        return;
+    }
+    let jobs = group.len();
+    let mut stage = Staging { tree: &shared.tree, overlay: BTreeMap::new() };
+    let mut events: Vec<PendingEvent> = Vec::new();
+    let mut answers = Vec::with_capacity(group.len());
+    for job in group {
+        answers.push(match job {
+            Job::Writes { writes, reply } => {
+                let outcomes = writes
+                    .into_iter()
+                    .map(|write| {
+                        if let Some(change) = write.change {
+                            stage.change(change)?;
+                        }
+                        let start = events.len();
+                        events.extend(write.events);
+                        Ok((start, events.len()))
+                    })
+                    .collect();
+                Answer::Writes { reply, outcomes }
+            }
+            Job::InsertIfAbsent { key, value, reply } => {
+                let stored = match stage.get(&key) {
+                    Ok(Some(existing)) => Ok(existing),
+                    Ok(None) => {
+                        stage.put(key, value.clone());
+                        Ok(value)
+                    }
+                    Err(e) => Err(e),
+                };
+                Answer::Bytes { reply, value: stored }
+            }
+            Job::Put { key, value, reply } => {
+                stage.put(key, value);
+                Answer::Unit { reply }
+            }
+        });
+    }
+    let result = make_durable(shared, stage, events);
+    let first_seq = match result {
+        Ok(first_seq) => first_seq,
+        Err(e) => {
+            shared.poisoned.store(true, Ordering::Release);
+            tracing::error!(error = %e, "a group commit failed after its log write; the store refuses writes until a restart");
+            let error = poisoned_error();
+            for answer in answers {
+                match answer {
+                    Answer::Writes { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    Answer::Bytes { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    Answer::Unit { reply } => drop(reply.send(Err(error.clone()))),
+                }
+            }
+            return;
+        }
+    };
+    metrics::histogram!("custodia_group_commit_batch_size").record(jobs as f64);
+    metrics::histogram!("custodia_group_commit_flush_seconds").record(started.elapsed().as_secs_f64());
+    for answer in answers {
+        match answer {
+            Answer::Writes { reply, outcomes } => {
+                let written = outcomes
+                    .into_iter()
+                    .map(|o| {
+                        o.map(|(start, end)| Written {
+                            seqs: (start..end).map(|i| first_seq + i as u64).collect(),
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(Ok(written));
+            }
+            Answer::Bytes { reply, value } => drop(reply.send(value)),
+            Answer::Unit { reply } => drop(reply.send(Ok(()))),
+        }
+    }
+}
+
+/// Integrates the group's events, logs and applies everything, syncs the log and publishes the
+/// new head. Returns the seq of the group's first event. Any error here poisons the store.
+fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) -> Result<u64, StoreError> {
+    let head = shared.head.read().map_err(|_| lock_error())?.clone();
+    let first_seq = head.size;
+    let mut ops = stage.into_ops();
+    if ops.is_empty() && events.is_empty() {
+        return Ok(first_seq);
+    }
+    let touches_sled = !ops.is_empty();
+    let (leaves, new_head) = shared.integrator.integrate(&head, events);
+    {
+        let mut applied = shared.apply.lock().map_err(|_| lock_error())?;
+        let lsn = applied.lsn + 1;
+        if touches_sled {
+            ops.push(Op::Put(meta_key(WAL_LSN), encode_pair(lsn, new_head.size)));
+        }
+        ops.extend(leaves.iter().map(|leaf| Op::Audit(leaf.seq, encode_entry(leaf))));
+        shared.wal.append(lsn, &ops)?;
+        applied.lsn = lsn;
+        if touches_sled {
+            shared.tree.apply_batch(super::to_batch(&ops)).map_err(unavailable)?;
+        }
+        let mut tail = shared.history_tail.write().map_err(|_| lock_error())?;
+        for (leaf, op) in leaves.iter().zip(ops.iter().filter(|op| matches!(op, Op::Audit(..)))) {
+            if let Op::Audit(seq, entry) = op {
+                shared.audit.push(*seq, Arc::from(entry.as_slice()))?;
+            }
+            if let Some(customer) = leaf.customer {
+                tail.insert((customer, leaf.seq));
+            }
+        }
+    }
+    // The sync needs no lock: an fdatasync covers every write completed before it started.
+    shared.wal.sync().map_err(StoreError::Unavailable)?;
+    *shared.head.write().map_err(|_| lock_error())? = new_head;
+    Ok(first_seq)
+}
+
+fn lock_error() -> StoreError {
+    StoreError::Unavailable("store lock poisoned".into())
+}
+
+/// A group's writes, checked against sled as changed by the group's earlier writes.
+struct Staging<'a> {
+    tree: &'a sled::Tree,
+    /// Keys written (`Some`) or removed (`None`) by the group so far, in key order.
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Staging<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(key) {
+            Some(value) => Ok(value.clone()),
+            None => Ok(self.tree.get(key).map_err(unavailable)?.map(|v| v.to_vec())),
+        }
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.overlay.insert(key, Some(value));
+    }
+
+    fn remove(&mut self, key: Vec<u8>) {
+        self.overlay.insert(key, None);
+    }
+
+    /// Customers owning the index entry `field`/`index`, as the group has left it.
+    fn index_owners(&self, field: &str, index: &[u8; 32]) -> Result<Vec<CustomerId>, StoreError> {
+        let prefix = index_prefix(field, index);
+        let mut keys = std::collections::BTreeSet::new();
+        for entry in self.tree.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(unavailable)?;
+            keys.insert(key.to_vec());
+        }
+        for (key, value) in self.overlay.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+            match value {
+                Some(_) => keys.insert(key.clone()),
+                None => keys.remove(key),
+            };
+        }
+        keys.iter()
+            .map(|key| {
+                let tail: [u8; 16] = key[prefix.len()..]
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("index key length".into()))?;
+                Ok(CustomerId::from_bytes(tail))
+            })
+            .collect()
+    }
+
+    /// Checks a change (version, unique entries) and stages its keys; on an error nothing of it
+    /// is staged.
+    fn change(&mut self, change: CustomerChange) -> Result<(), StoreError> {
+        let id = match &change {
+            CustomerChange::Put { record, .. } => record.id,
+            CustomerChange::Delete { id, .. } => *id,
+        };
+        let current =
+            self.get(&customer_key(&id))?.map(|bytes| CustomerRecord::decode(&bytes)).transpose()?;
+        let expected = match &change {
+            CustomerChange::Put { expected_version, .. } => *expected_version,
+            CustomerChange::Delete { expected_version, .. } => Some(*expected_version),
+        };
+        if current.as_ref().map(|r| r.version) != expected {
+            return Err(StoreError::VersionConflict);
+        }
+        let old_entries: &[IndexEntry] = current.as_ref().map_or(&[], |r| &r.index_entries);
+        match change {
+            CustomerChange::Put { record, expected_version } => {
+                if record.version != expected_version.unwrap_or(0) + 1 {
+                    return Err(StoreError::VersionConflict);
+                }
+                let added: Vec<&IndexEntry> =
+                    record.index_entries.iter().filter(|e| !old_entries.contains(e)).collect();
+                for entry in added.iter().filter(|e| e.unique) {
+                    if self.index_owners(&entry.field, &entry.index)?.iter().any(|o| o != &id) {
+                        return Err(StoreError::UniqueViolation { field: entry.field.clone() });
+                    }
+                }
+                let encoded = record.encode()?;
+                for entry in old_entries.iter().filter(|e| !record.index_entries.contains(e)) {
+                    self.remove(index_key(&entry.field, &entry.index, &id));
+                }
+                for entry in added {
+                    self.put(index_key(&entry.field, &entry.index, &id), Vec::new());
+                }
+                self.put(customer_key(&id).to_vec(), encoded);
+            }
+            CustomerChange::Delete { .. } => {
+                for entry in old_entries {
+                    self.remove(index_key(&entry.field, &entry.index, &id));
+                }
+                self.remove(customer_key(&id).to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    fn into_ops(self) -> Vec<Op> {
+        self.overlay
+            .into_iter()
+            .map(|(key, value)| match value {
+                Some(value) => Op::Put(key, value),
+                None => Op::Remove(key),
+            })
+            .collect()
+    }
+}
