@@ -8,18 +8,32 @@ use reqwest::{Method, StatusCode};
 
 use crate::helpers::{ServerProcess, TestApp, test_settings, write_until_stopped};
 
+/// How many kill cycles to run: `CUSTODIA_CRASH_CYCLES` (default 1; e.g. 100 for a long run).
+fn crash_cycles() -> usize {
+    std::env::var("CUSTODIA_CRASH_CYCLES").ok().and_then(|v| v.parse().ok()).unwrap_or(1)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_creates_survive_sigkill_with_their_audit_events() {
     let data_dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(data_dir.path(), &[]);
-    let base = server.base.clone();
-    let writers =
-        tokio::spawn(async move { write_until_stopped(&base, 32, Arc::new(Mutex::new(false))).await });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    server.kill();
-    // Writers stop at their first failed request, which the kill guarantees.
-    let acknowledged = writers.await.unwrap();
-    assert!(acknowledged.len() > 50, "only {} creates before the kill", acknowledged.len());
+    let cycles = crash_cycles();
+    let mut acknowledged = Vec::new();
+    for cycle in 0..cycles {
+        let mut server = ServerProcess::start(data_dir.path(), &[]);
+        let base = server.base.clone();
+        let writers =
+            tokio::spawn(async move { write_until_stopped(&base, 32, Arc::new(Mutex::new(false))).await });
+        // Kill at a different moment each cycle (mid-group, mid-flush, just after start).
+        let wait = if cycles == 1 { 1500 } else { 300 + (cycle as u64 * 137) % 1200 };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        server.kill();
+        // Writers stop at their first failed request, which the kill guarantees.
+        acknowledged.extend(writers.await.unwrap());
+    }
+    assert!(acknowledged.len() > 50 * cycles.min(2), "only {} creates before the kills", acknowledged.len());
+    if cycles > 1 {
+        eprintln!("{cycles} kill cycles, {} acknowledged creates", acknowledged.len());
+    }
 
     // Restart in-process over the same directory and check every acknowledged create.
     let settings = test_settings(data_dir.path());

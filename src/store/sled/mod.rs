@@ -67,6 +67,9 @@ struct Shared {
     history_tail: RwLock<BTreeSet<(CustomerId, u64)>>,
     /// Set after any failure that followed a log append: writes answer 503 until a restart.
     poisoned: AtomicBool,
+    /// Test hook: fail the next groups right after their log append.
+    #[cfg(test)]
+    fail_after_append: AtomicBool,
 }
 
 struct Applied {
@@ -147,6 +150,8 @@ impl SledStore {
             head: RwLock::new(head),
             history_tail: RwLock::new(history_tail),
             poisoned: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_after_append: AtomicBool::new(false),
         });
         let (sender, receiver) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
@@ -421,4 +426,46 @@ fn closed() -> StoreError {
 
 fn poisoned_error() -> StoreError {
     StoreError::Unavailable("an earlier write failed after its log record; restart to recover".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::audit::tree::Tree;
+    use crate::store::PendingEvent;
+
+    fn write(n: u64) -> Write {
+        let prefix = format!("{{\"n\":{n}").into_bytes();
+        Write {
+            change: None,
+            events: vec![PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: None }],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_log_append_poisons_the_store_until_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
+        let store = open();
+        assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
+        store.shared.fail_after_append.store(true, Ordering::SeqCst);
+        assert!(matches!(store.write(write(1)).await, Err(StoreError::Unavailable(_))));
+        store.shared.fail_after_append.store(false, Ordering::SeqCst);
+        // Poisoned: nothing more is acknowledged, so no later request can be given seq 1 while
+        // the log holds the failed group's event under it.
+        assert!(matches!(store.write(write(2)).await, Err(StoreError::Unavailable(_))));
+        assert!(store.put_meta("m", b"v".to_vec()).await.is_err());
+        assert_eq!(store.head().await.unwrap().size, 1, "the failed event never became visible");
+        drop(store);
+
+        // A restart replays the log: the failed group's event stays as an attempt that was
+        // never answered, and the log goes on after it.
+        let store = open();
+        let events = store.audit_events(0, 10).await.unwrap();
+        assert_eq!(events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![0, 1]);
+        assert!(String::from_utf8_lossy(&events[1].1).starts_with("{\"n\":1,"));
+        assert_eq!(store.write(write(3)).await.unwrap().seqs, vec![2]);
+    }
 }

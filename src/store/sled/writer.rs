@@ -196,6 +196,10 @@ fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) 
         ops.extend(leaves.iter().map(|leaf| Op::Audit(leaf.seq, encode_entry(leaf))));
         shared.wal.append(lsn, &ops)?;
         applied.lsn = lsn;
+        #[cfg(test)]
+        if shared.fail_after_append.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("injected failure after the log append".into()));
+        }
         if touches_sled {
             shared.tree.apply_batch(super::to_batch(&ops)).map_err(unavailable)?;
         }
