@@ -6,10 +6,14 @@
 //! cargo bench --bench http -- --smoke      # seconds-long run with tiny N (CI runs this)
 //! ```
 //! Knobs (environment): `HTTP_BENCH_CUSTOMERS`, `HTTP_BENCH_CONNECTIONS`, `HTTP_BENCH_SECONDS`,
-//! `HTTP_BENCH_ONLY` (comma-separated scenario names), and `HTTP_BENCH_PROFILE=FILE` to run the
-//! server under `perf record -e cpu-clock -g` writing FILE (profile before optimising).
-//! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`), the server's peak
-//! RSS and data-directory size, and writes the same figures to `target/http-bench.json`.
+//! `HTTP_BENCH_ONLY` (comma-separated scenario names), `HTTP_BENCH_GROW_TO=M` (after the
+//! scenarios, preload up to M customers and run `create` and `read` again, so the cost at two
+//! store sizes is compared in one run), and `HTTP_BENCH_PROFILE=FILE` to run the server under
+//! `perf record -e cpu-clock -g` writing FILE (profile before optimising).
+//! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`, the mean
+//! group-commit batch from the server's metrics and the bytes the server wrote to disk per
+//! request, from `/proc/PID/io`), the server's peak RSS and data-directory size, and writes the
+//! same figures to `target/http-bench.json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -64,6 +68,12 @@ impl Scenario {
 
 struct Outcome {
     scenario: Scenario,
+    /// The scenario's name, with the store size when it was run again on a grown store.
+    label: String,
+    /// Mean group-commit batch (writes per log sync) during the scenario.
+    mean_batch: Option<f64>,
+    /// Bytes the server wrote to disk per request during the scenario.
+    write_bytes_per_request: Option<f64>,
     requests: usize,
     errors: usize,
     elapsed: Duration,
@@ -101,7 +111,7 @@ fn main() {
     let (mut child, base) = start_server(dir.path(), true);
     let pid = child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let outcomes = runtime.block_on(run(&config, &base));
+    let outcomes = runtime.block_on(run(&config, &base, pid));
     let rss_kib = peak_rss_kib(pid);
     stop_server(&mut child, true);
     let data_bytes = dir_size(dir.path());
@@ -210,12 +220,12 @@ struct Client {
     next_new: AtomicU64,
 }
 
-async fn run(config: &Config, base: &str) -> Vec<Outcome> {
+async fn run(config: &Config, base: &str, pid: u32) -> Vec<Outcome> {
     let http = reqwest::Client::builder().pool_max_idle_per_host(config.connections).build().unwrap();
     let mut client =
         Client { http, base: base.to_owned(), token: token(), ids: Vec::new(), next_new: AtomicU64::new(0) };
     let started = Instant::now();
-    client.ids = preload(&client, config).await;
+    client.ids = preload(&client, config, 0..config.customers).await;
     client.next_new.store(config.customers as u64, Ordering::Relaxed);
     eprintln!("preloaded {} customers in {:.1?}", client.ids.len(), started.elapsed());
     let client = Arc::new(client);
@@ -228,17 +238,48 @@ async fn run(config: &Config, base: &str) -> Vec<Outcome> {
         {
             continue;
         }
-        outcomes.push(drive(&client, scenario, config).await);
+        outcomes.push(drive(&client, scenario, config, pid, None).await);
+    }
+    let grow_to = std::env::var("HTTP_BENCH_GROW_TO").ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(grow_to) = grow_to.filter(|m| *m > config.customers) {
+        let started = Instant::now();
+        let first_new = client.next_new.load(Ordering::Relaxed) as usize;
+        let more = preload(&client, config, first_new..first_new + grow_to - config.customers).await;
+        eprintln!("grew the store by {} customers in {:.1?}", more.len(), started.elapsed());
+        let mut grown = Arc::try_unwrap(client).ok().expect("no scenario holds the client");
+        grown.ids.extend(more);
+        grown.next_new.store((first_new + grow_to) as u64 * 2, Ordering::Relaxed);
+        let grown = Arc::new(grown);
+        for scenario in [Scenario::Create, Scenario::Read] {
+            outcomes.push(drive(&grown, scenario, config, pid, Some(grow_to)).await);
+        }
     }
     outcomes
 }
 
-async fn preload(client: &Client, config: &Config) -> Vec<String> {
-    let per_task = config.customers.div_ceil(config.connections);
+/// The server's group-commit batch histogram (sum, count) from `/metrics`.
+async fn batch_totals(client: &Client) -> Option<(f64, f64)> {
+    let text = client.http.get(format!("{}/metrics", client.base)).send().await.ok()?.text().await.ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+    };
+    Some((value("custodia_group_commit_batch_size_sum")?, value("custodia_group_commit_batch_size_count")?))
+}
+
+/// Bytes the process has caused to be written to storage (`write_bytes` of `/proc/PID/io`).
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+}
+
+async fn preload(client: &Client, config: &Config, numbers: std::ops::Range<usize>) -> Vec<String> {
+    let per_task = numbers.len().div_ceil(config.connections);
     let mut tasks = Vec::new();
     for t in 0..config.connections {
         let (http, base, token) = (client.http.clone(), client.base.clone(), client.token.clone());
-        let range = (t * per_task)..((t + 1) * per_task).min(config.customers);
+        let range = (numbers.start + t * per_task)..(numbers.start + (t + 1) * per_task).min(numbers.end);
         tasks.push(tokio::spawn(async move {
             let mut ids = Vec::new();
             for n in range {
@@ -254,14 +295,22 @@ async fn preload(client: &Client, config: &Config) -> Vec<String> {
             ids
         }));
     }
-    let mut ids = Vec::with_capacity(config.customers);
+    let mut ids = Vec::with_capacity(numbers.len());
     for t in tasks {
         ids.extend(t.await.unwrap());
     }
     ids
 }
 
-async fn drive(client: &Arc<Client>, scenario: Scenario, config: &Config) -> Outcome {
+async fn drive(
+    client: &Arc<Client>,
+    scenario: Scenario,
+    config: &Config,
+    pid: u32,
+    grown_to: Option<usize>,
+) -> Outcome {
+    let batches_before = batch_totals(client).await;
+    let written_before = written_bytes(pid);
     let deadline = Instant::now() + Duration::from_secs_f64(config.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -294,7 +343,26 @@ async fn drive(client: &Arc<Client>, scenario: Scenario, config: &Config) -> Out
     }
     let elapsed = started.elapsed();
     latencies_us.sort_unstable();
-    Outcome { scenario, requests: latencies_us.len(), errors, elapsed, latencies_us }
+    let written = written_bytes(pid).zip(written_before).map(|(after, before)| after.saturating_sub(before));
+    let mean_batch = batch_totals(client)
+        .await
+        .zip(batches_before)
+        .and_then(|((sum, count), (s0, c0))| (count > c0).then(|| (sum - s0) / (count - c0)));
+    let requests = latencies_us.len();
+    let label = match grown_to {
+        Some(m) => format!("{}@{}k", scenario.name(), m / 1000),
+        None => scenario.name().to_owned(),
+    };
+    Outcome {
+        scenario,
+        label,
+        mean_batch,
+        write_bytes_per_request: written.map(|w| w as f64 / requests.max(1) as f64),
+        requests,
+        errors,
+        elapsed,
+        latencies_us,
+    }
 }
 
 async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {
@@ -383,25 +451,28 @@ fn report(
         config.seconds
     );
     println!(
-        "{:<11} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9}",
-        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "× healthz"
+        "{:<15} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>9}",
+        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "× healthz", "batch", "B/req"
     );
     let mut rows = Vec::new();
     for o in outcomes {
         println!(
-            "{:<11} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>9.2}",
-            o.scenario.name(),
+            "{:<15} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>9.2} {:>7} {:>9}",
+            o.label,
             o.rps(),
             o.percentile_ms(0.50),
             o.percentile_ms(0.99),
             o.percentile_ms(0.999),
             o.errors,
-            o.rps() / ceiling
+            o.rps() / ceiling,
+            o.mean_batch.map_or("-".into(), |b| format!("{b:.1}")),
+            o.write_bytes_per_request.map_or("-".into(), |b| format!("{b:.0}")),
         );
         rows.push(json!({
-            "scenario": o.scenario.name(), "requests_per_s": o.rps(), "p50_ms": o.percentile_ms(0.50),
+            "scenario": o.label, "requests_per_s": o.rps(), "p50_ms": o.percentile_ms(0.50),
             "p99_ms": o.percentile_ms(0.99), "p999_ms": o.percentile_ms(0.999), "errors": o.errors,
             "requests": o.requests, "ratio_to_healthz": o.rps() / ceiling,
+            "mean_group_commit_batch": o.mean_batch, "write_bytes_per_request": o.write_bytes_per_request,
         }));
     }
     let rss_mib = rss_kib.map(|k| k as f64 / 1024.0);
