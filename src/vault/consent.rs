@@ -7,11 +7,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::profile::{ConsentInput, consent_source_context};
-use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
+use super::{RequestContext, Step, Vault, VaultError, next_version};
 use crate::audit::Action;
 use crate::crypto::DataKey;
 use crate::domain::{CustomerId, Timestamp};
-use crate::store::{ConsentRecord, ConsentSource, CustomerChange, CustomerRecord};
+use crate::store::{ConsentRecord, ConsentSource, CustomerRecord};
 
 /// A consent record as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -146,6 +146,8 @@ impl Vault {
         self.change_choice(ctx, id, "", Choice::Restriction(restricted)).await.map(|_| ())
     }
 
+    /// Applies one choice to a customer; answers the record with it applied (callers read only
+    /// its choices, not its version).
     async fn change_choice(
         &self,
         ctx: &RequestContext,
@@ -181,8 +183,7 @@ impl Vault {
             };
             return self.refuse(draft.failed(["not_objectable"]), e).await;
         }
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let mut record = self.load(&draft, id).await?;
+        let step = |mut record: CustomerRecord| {
             let now = Timestamp::now();
             match &choice {
                 Choice::Consent(input) => {
@@ -197,13 +198,20 @@ impl Vault {
                         _ => false,
                     };
                     if same {
-                        self.record(draft.clone().withheld(["unchanged"])).await?;
-                        return Ok(record);
+                        return Ok(Step::Answer {
+                            event: draft.clone().withheld(["unchanged"]),
+                            answer: record,
+                        });
                     }
                     let consent = self.consent_record(&key, &record.id, input, Some(purpose), previous, now);
                     let (name, entry) = match consent {
                         Ok(r) => r,
-                        Err(e) => return self.refuse(draft.failed(["invalid_consent"]), e).await,
+                        Err(error) => {
+                            return Ok(Step::Refuse {
+                                event: draft.clone().failed(["invalid_consent"]),
+                                error,
+                            });
+                        }
                     };
                     record.consents.entry(name).or_default().push(entry);
                 }
@@ -215,15 +223,9 @@ impl Vault {
                 }
                 Choice::Restriction(r) => record.restricted = *r,
             }
-            let expected = record.version;
-            record.version += 1;
-            record.updated_at = now;
-            let change =
-                CustomerChange::Put { record: Box::new(record.clone()), expected_version: Some(expected) };
-            if self.commit_change(draft.clone(), change).await?.is_some() {
-                return Ok(record);
-            }
-        }
-        Err(VaultError::Internal("choice update kept conflicting with concurrent writers".into()))
+            let change = next_version(record.clone(), now);
+            Ok(Step::Commit { draft: draft.clone(), change, then: Vec::new(), answer: record })
+        };
+        Ok(self.write_customer("choice update", &draft, id, step).await?.0)
     }
 }

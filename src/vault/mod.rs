@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use crate::audit::{AuditError, AuditLog, EventDraft};
 use crate::crypto::{CryptoError, DataKey, MasterKeyring, SystemKeys};
-use crate::domain::{CustomerId, Principal};
+use crate::domain::{CustomerId, Principal, Timestamp};
 use crate::policy::{PolicySet, Purpose, Reason};
 use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
 
@@ -221,6 +221,37 @@ impl Vault {
         Ok(self.master.unwrap_data_key(&record.id, &record.data_key)?)
     }
 
+    /// The read-modify-write loop of every change to one existing customer: loads the record
+    /// (recording a `not_found` failure when there is none), lets `step` decide on it, and does
+    /// what the step decided. A commit that lost the version race to a concurrent writer is
+    /// retried on a fresh load, at most [`MAX_WRITE_ATTEMPTS`] times; after that the answer is
+    /// [`VaultError::Internal`] naming `operation` (a fixed label, never a value).
+    ///
+    /// `step` is synchronous and has no effects outside its own state: every event is recorded
+    /// here, so a step that returns `Err` records nothing (as `?` on a crypto failure did).
+    /// Returns the step's answer and the seq of the event this operation recorded.
+    async fn write_customer<T>(
+        &self,
+        operation: &'static str,
+        draft: &EventDraft,
+        id: Option<CustomerId>,
+        mut step: impl FnMut(CustomerRecord) -> Result<Step<T>, VaultError>,
+    ) -> Result<(T, u64), VaultError> {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let record = self.load(draft, id).await?;
+            match step(record)? {
+                Step::Commit { draft, change, then, answer } => {
+                    if let Some(seq) = self.commit_change_then(draft, change, then).await? {
+                        return Ok((answer, seq));
+                    }
+                }
+                Step::Answer { event, answer } => return Ok((answer, self.record(event).await?)),
+                Step::Refuse { event, error } => return self.refuse(event, error).await,
+            }
+        }
+        Err(VaultError::Internal(format!("{operation} kept conflicting with concurrent writers")))
+    }
+
     /// Commits a change with its event; maps a unique clash to [`VaultError::Conflict`] after
     /// recording it. `Ok(None)` means a concurrent writer won and the caller should retry.
     async fn commit_change(
@@ -254,6 +285,26 @@ impl Vault {
             Err(e) => Err(audit_failure(e)),
         }
     }
+}
+
+/// What one attempt of [`Vault::write_customer`] decided about the record it was handed.
+enum Step<T> {
+    /// Commit `change` with its event `draft`, then the events `then` (durable together), and
+    /// answer `answer` once the commit lands; a lost version race makes a new attempt.
+    Commit { draft: EventDraft, change: CustomerChange, then: Vec<EventDraft>, answer: T },
+    /// Change nothing: record `event` and answer `answer`.
+    Answer { event: EventDraft, answer: T },
+    /// Change nothing: record the refusal `event` and fail with `error`.
+    Refuse { event: EventDraft, error: VaultError },
+}
+
+/// The change that stores `record` as the next version of what was loaded, written at `now`.
+/// Committing it fails with a version conflict if another writer got there first.
+fn next_version(mut record: CustomerRecord, now: Timestamp) -> CustomerChange {
+    let expected = record.version;
+    record.version += 1;
+    record.updated_at = now;
+    CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) }
 }
 
 /// True if caller text has the shape of a declared name (1–64 of `[a-z0-9_-]`), so an error

@@ -10,13 +10,13 @@ use serde_json::Value;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
+use super::{RequestContext, Step, Vault, VaultError, next_version};
 use crate::audit::Action;
 use crate::crypto::{DataKey, Plaintext};
 use crate::domain::card::{CardNumber, check_expiry};
 use crate::domain::{CustomerId, Timestamp};
 use crate::policy::{FieldDecision, Mask, PAYMENT_METHODS};
-use crate::store::{CustomerChange, CustomerRecord, StoredPaymentMethod};
+use crate::store::{CustomerRecord, StoredPaymentMethod};
 
 /// Member names that must never be accepted: security codes, track data, PINs (PCI DSS 3.3).
 const FORBIDDEN_MEMBERS: &[&str] = &[
@@ -212,8 +212,7 @@ impl Vault {
             Ok(parsed) => parsed,
             Err(e) => return self.refuse(draft.failed(["invalid_payment_method"]), e).await,
         };
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let mut record = self.load(&draft, id).await?;
+        let step = |mut record: CustomerRecord| {
             let key = self.data_key(&record)?;
             if let Some(existing) =
                 fingerprint.and_then(|f| record.payment_methods.iter().find(|m| m.fingerprint == Some(f)))
@@ -223,15 +222,14 @@ impl Vault {
                 // existing method's handle, which the event names.
                 let mut view = secret.view(&existing.token);
                 view.duplicate_of = Some(existing.token.clone());
-                let draft = draft.clone().fields([context(&existing.token)]).failed(["duplicate"]);
-                self.record(draft).await?;
-                return Ok((view, false));
+                let event = draft.clone().fields([context(&existing.token)]).failed(["duplicate"]);
+                return Ok(Step::Answer { event, answer: (view, false) });
             }
             if record.payment_methods.len() >= MAX_METHODS {
-                let e = VaultError::BadRequest(format!(
+                let error = VaultError::BadRequest(format!(
                     "a customer may hold at most {MAX_METHODS} payment methods"
                 ));
-                return self.refuse(draft.failed(["too_many_payment_methods"]), e).await;
+                return Ok(Step::Refuse { event: draft.clone().failed(["too_many_payment_methods"]), error });
             }
             let token = format!("pm_{}", hex(&crate::crypto::random_bytes::<16>()?));
             let plaintext =
@@ -244,15 +242,14 @@ impl Vault {
                 fingerprint,
                 created_at: now,
             });
-            let expected = record.version;
-            record.version += 1;
-            record.updated_at = now;
-            let change = CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-            if self.commit_change(draft.clone().fields([context(&token)]), change).await?.is_some() {
-                return Ok((secret.view(&token), true));
-            }
-        }
-        Err(VaultError::Internal("payment method kept conflicting with concurrent writers".into()))
+            Ok(Step::Commit {
+                draft: draft.clone().fields([context(&token)]),
+                change: next_version(record, now),
+                then: Vec::new(),
+                answer: (secret.view(&token), true),
+            })
+        };
+        Ok(self.write_customer("payment method", &draft, id, step).await?.0)
     }
 
     /// Lists a customer's payment methods, masked, for a purpose `payment_methods` serves.
@@ -290,22 +287,23 @@ impl Vault {
         token: &str,
     ) -> Result<(), VaultError> {
         let (draft, id) = ctx.draft_for(Action::PaymentMethodDelete, id);
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let mut record = self.load(&draft, id).await?;
+        let step = |mut record: CustomerRecord| {
             let Some(pos) = record.payment_methods.iter().position(|m| m.token == token) else {
                 // The token is caller text: recorded only as "unknown".
-                return self.refuse(draft.failed(["not_found"]), VaultError::NotFound).await;
+                return Ok(Step::Refuse {
+                    event: draft.clone().failed(["not_found"]),
+                    error: VaultError::NotFound,
+                });
             };
             record.payment_methods.remove(pos);
-            let expected = record.version;
-            record.version += 1;
-            record.updated_at = Timestamp::now();
-            let change = CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-            if self.commit_change(draft.clone().fields([context(token)]), change).await?.is_some() {
-                return Ok(());
-            }
-        }
-        Err(VaultError::Internal("payment method delete kept conflicting with concurrent writers".into()))
+            Ok(Step::Commit {
+                draft: draft.clone().fields([context(token)]),
+                change: next_version(record, Timestamp::now()),
+                then: Vec::new(),
+                answer: (),
+            })
+        };
+        self.write_customer("payment method delete", &draft, id, step).await.map(|_| ())
     }
 
     /// Every payment method of a record in its masked listing form.

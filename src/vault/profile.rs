@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::fields::{self, ValidField};
-use super::{MAX_WRITE_ATTEMPTS, RequestContext, Vault, VaultError};
+use super::{RequestContext, Step, Vault, VaultError, next_version};
 use crate::audit::{Action, EventDraft};
 use crate::crypto::DataKey;
 use crate::domain::{CustomerId, Role, Timestamp};
@@ -188,14 +188,10 @@ impl Vault {
         if let Some(p) = purpose {
             self.check_write_purpose(&draft, p, &names).await?;
         }
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let mut record = self.load(&draft, id).await?;
+        let step = |mut record: CustomerRecord| {
             let key = self.data_key(&record)?;
             let now = Timestamp::now();
             self.apply_fields(&mut record, &key, &set, &removed, now)?;
-            let expected = record.version;
-            record.version += 1;
-            record.updated_at = now;
             // The answer is decided before the commit so that, when it shows stored values (a
             // purpose's view, or a customer's own record), its read is audited with the write.
             let read = EventDraft::new(Action::CustomerRead, &ctx.principal, &ctx.request_id)
@@ -223,12 +219,10 @@ impl Vault {
                     (CustomerView { id: record.id, fields, withheld: None }, Vec::new())
                 }
             };
-            let change = CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-            if self.commit_change_then(draft.clone(), change, reads).await?.is_some() {
-                return Ok(view);
-            }
-        }
-        Err(VaultError::Internal("update kept conflicting with concurrent writers".into()))
+            let change = next_version(record, now);
+            Ok(Step::Commit { draft: draft.clone(), change, then: reads, answer: view })
+        };
+        Ok(self.write_customer("update", &draft, id, step).await?.0)
     }
 
     /// Erases a customer: the record (with its wrapped data key) and every index entry go.
@@ -242,19 +236,13 @@ impl Vault {
         let (draft, id) = ctx.draft_for(Action::CustomerErase, id);
         let purpose = self.resolve_purpose(&draft, purpose, false).await?;
         let draft = draft.purpose(purpose.map(|p| p.name.as_str()));
-        for _ in 0..MAX_WRITE_ATTEMPTS {
-            let record = self.load(&draft, id).await?;
+        let step = |record: CustomerRecord| {
             let draft = draft.clone().fields(record.fields.keys().cloned());
             let change = CustomerChange::Delete { id: record.id, expected_version: record.version };
-            if let Some(seq) = self.commit_change(draft, change).await? {
-                return Ok(ErasureReceipt {
-                    id: record.id,
-                    erased_at: Timestamp::now().to_rfc3339(),
-                    audit_seq: seq,
-                });
-            }
-        }
-        Err(VaultError::Internal("erasure kept conflicting with concurrent writers".into()))
+            Ok(Step::Commit { draft, change, then: Vec::new(), answer: record.id })
+        };
+        let (id, audit_seq) = self.write_customer("erasure", &draft, id, step).await?;
+        Ok(ErasureReceipt { id, erased_at: Timestamp::now().to_rfc3339(), audit_seq })
     }
 
     /// Finds customers by exact match on one indexed field that the purpose may use.

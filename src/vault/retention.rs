@@ -1,10 +1,10 @@
 //! Retention (Art. 5(1)(e)): fields whose `retention_days` have passed since their last write
 //! are erased by a periodic sweep, one `retention.purge` event per customer touched.
 
-use super::{Vault, VaultError};
+use super::{Vault, VaultError, next_version};
 use crate::audit::{Action, EventDraft};
 use crate::domain::{Principal, Timestamp};
-use crate::store::{CustomerChange, CustomerRecord};
+use crate::store::CustomerRecord;
 
 const SWEEP_PAGE: usize = 500;
 const MS_PER_DAY: i64 = 86_400_000;
@@ -31,16 +31,11 @@ impl Vault {
                     record.fields.remove(name);
                 }
                 record.index_entries.retain(|e| !expired.contains(&e.field));
-                let expected = record.version;
-                record.version += 1;
-                record.updated_at = now;
                 let request_id = format!("retention-{}", now.millis());
                 let draft = EventDraft::new(Action::RetentionPurge, &actor, &request_id)
                     .customer(*id)
                     .fields(expired);
-                let change =
-                    CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-                if self.commit_change(draft, change).await?.is_some() {
+                if self.commit_change(draft, next_version(record, now)).await?.is_some() {
                     touched += 1;
                 }
             }
