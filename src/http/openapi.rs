@@ -321,11 +321,25 @@ pub fn specialise(doc: &mut Value, policies: &PolicySet, today: (i32, u32)) {
     schemas["NewCustomer"]["properties"]["consents"] = if statements.is_empty() {
         json!({ "type": "array", "maxItems": 0, "description": "No purpose is based on consent." })
     } else {
+        // At most one statement per purpose (the vault refuses two: the choice would depend on
+        // array order), said with JSON Schema 2020-12 `contains` / `maxContains`.
+        let once: Vec<Value> = consent_purposes
+            .iter()
+            .map(|p| {
+                json!({
+                    "contains": { "type": "object", "required": ["purpose"],
+                                  "properties": { "purpose": { "const": p.name } } },
+                    "minContains": 0,
+                    "maxContains": 1,
+                })
+            })
+            .collect();
         json!({
             "type": "array",
-            "description": "Consents collected together with the data: one statement per consent \
-                purpose, naming it; a grant names the purpose's current notice version.",
+            "description": "Consents collected together with the data: at most one statement per \
+                consent purpose, naming it; a grant names the purpose's current notice version.",
             "items": { "oneOf": statements },
+            "allOf": once,
         })
     };
     for p in &consent_purposes {
@@ -525,8 +539,9 @@ fn label(description: &str) -> Value {
 }
 
 /// The consent statement the vault accepts for `p`: with the purpose's notice, a grant must name
-/// exactly that version; a withdrawal may name any. `with_purpose` adds the `purpose` member a
-/// statement in a create body carries.
+/// exactly that version and a withdrawal may name it or none; without one, no notice is named
+/// (the vault stores notices in the clear, so only declared versions). `with_purpose` adds the
+/// `purpose` member a statement in a create body carries.
 fn consent_statement(p: &Purpose, with_purpose: bool) -> Value {
     let object = |granted: Value, notice: Value, notice_required: bool| {
         let mut required = vec!["granted", "source"];
@@ -543,18 +558,17 @@ fn consent_statement(p: &Purpose, with_purpose: bool) -> Value {
         properties.insert("notice".into(), notice);
         json!({ "type": "object", "required": required, "properties": properties, "additionalProperties": false })
     };
-    let any_notice = json!({ "anyOf": [label("The notice version shown."), { "type": "null" }] });
     match &p.notice {
         Some(current) => json!({
             "description": format!("A consent statement for `{}`: a grant names the current notice \
-                version `{current}`.", p.name),
+                version `{current}`; a withdrawal names it or none.", p.name),
             "oneOf": [
                 object(json!({ "const": true }), json!({ "const": current }), true),
-                object(json!({ "const": false }), any_notice, false),
+                object(json!({ "const": false }), json!({ "anyOf": [{ "const": current }, { "type": "null" }] }), false),
             ],
         }),
         None => {
-            let mut schema = object(json!({ "type": "boolean" }), any_notice, false);
+            let mut schema = object(json!({ "type": "boolean" }), json!({ "type": "null" }), false);
             schema["description"] = json!(format!("A consent statement for `{}`.", p.name));
             schema
         }
