@@ -79,6 +79,10 @@ pub struct Authenticator {
     issuer: Option<String>,
     audience: Option<String>,
     max_lifetime_secs: Option<u64>,
+    /// One [`Validation`] per algorithm of `keys`, built from `issuer` and `audience` whenever
+    /// either changes, so `verify` allocates none (it used to build one per token).
+    /// invariant: holds an entry for the algorithm of every key in `keys`.
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -105,16 +109,11 @@ impl Authenticator {
         if bytes.len() < 32 {
             return Err(KeyConfigError("the HS256 secret must be at least 32 bytes".into()));
         }
-        Ok(Authenticator {
-            keys: vec![VerifyingKey {
-                kid: None,
-                alg: Algorithm::HS256,
-                key: DecodingKey::from_secret(bytes),
-            }],
-            issuer: None,
-            audience: None,
-            max_lifetime_secs: None,
-        })
+        Ok(Authenticator::new(vec![VerifyingKey {
+            kid: None,
+            alg: Algorithm::HS256,
+            key: DecodingKey::from_secret(bytes),
+        }]))
     }
 
     /// An authenticator for public keys in a PEM or JWKS file.
@@ -125,18 +124,32 @@ impl Authenticator {
         if keys.is_empty() {
             return Err(KeyConfigError(format!("{} holds no usable public key", path.display())));
         }
-        Ok(Authenticator { keys, issuer: None, audience: None, max_lifetime_secs: None })
+        Ok(Authenticator::new(keys))
+    }
+
+    fn new(keys: Vec<VerifyingKey>) -> Self {
+        let mut auth = Authenticator {
+            keys,
+            issuer: None,
+            audience: None,
+            max_lifetime_secs: None,
+            validations: Vec::new(),
+        };
+        auth.build_validations();
+        auth
     }
 
     /// Requires `iss` to equal `issuer`.
     pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
         self.issuer = issuer;
+        self.build_validations();
         self
     }
 
     /// Requires `aud` to contain `audience`.
     pub fn with_audience(mut self, audience: Option<String>) -> Self {
         self.audience = audience;
+        self.build_validations();
         self
     }
 
@@ -163,7 +176,11 @@ impl Authenticator {
                 }
         });
         for key in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(key.alg)) {
+            let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == key.alg) else {
+                // Unreachable by the invariant on `validations`; refusing is the safe answer.
+                continue;
+            };
+            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => {
                     self.check_lifetime(&data.claims)?;
                     return principal(data.claims);
@@ -175,6 +192,17 @@ impl Authenticator {
             }
         }
         Err(last)
+    }
+
+    /// Rebuilds `validations` from the keys' algorithms and the configured `iss` / `aud`.
+    fn build_validations(&mut self) {
+        let mut validations: Vec<(Algorithm, Validation)> = Vec::new();
+        for key in &self.keys {
+            if !validations.iter().any(|(alg, _)| *alg == key.alg) {
+                validations.push((key.alg, self.validation(key.alg)));
+            }
+        }
+        self.validations = validations;
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {

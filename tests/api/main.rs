@@ -1,6 +1,7 @@
 //! HTTP integration tests: a real server on a random port over a real sled directory.
 
 mod accountability;
+mod audit_events;
 mod auditor;
 mod auth;
 mod crash;
