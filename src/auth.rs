@@ -350,3 +350,84 @@ fn jwks_keys(text: &str) -> Result<Vec<VerifyingKey>, KeyConfigError> {
     }
     Ok(keys)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "unit-test-secret-unit-test-secret-0123";
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn hs256() -> Authenticator {
+        Authenticator::hs256(&SecretString::from(SECRET)).unwrap()
+    }
+
+    #[test]
+    fn issuer_and_audience_hold_whichever_order_they_are_set_in_and_a_later_setting_replaces_them() {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = |iss: Option<&str>, aud: Option<&str>| {
+            let mut c = json!({ "sub": "shop-backend", "role": "merchant", "exp": exp });
+            if let Some(iss) = iss {
+                c["iss"] = iss.into();
+            }
+            if let Some(aud) = aud {
+                c["aud"] = aud.into();
+            }
+            token(c)
+        };
+        let good = claims(Some("issuer-a"), Some("custodia"));
+        let no_iss = claims(None, Some("custodia"));
+        let no_aud = claims(Some("issuer-a"), None);
+        let other_iss = claims(Some("issuer-b"), Some("custodia"));
+        let other_aud = claims(Some("issuer-a"), Some("elsewhere"));
+        let iss = || Some("issuer-a".to_owned());
+        let aud = || Some("custodia".to_owned());
+        for auth in
+            [hs256().with_issuer(iss()).with_audience(aud()), hs256().with_audience(aud()).with_issuer(iss())]
+        {
+            assert!(auth.verify(&good).is_ok());
+            for refused in [&no_iss, &no_aud, &other_iss, &other_aud] {
+                assert_eq!(auth.verify(refused).unwrap_err(), AuthError::Invalid);
+            }
+        }
+        // A later call replaces the earlier setting in the prepared validation.
+        let relaxed = hs256().with_issuer(iss()).with_audience(aud()).with_issuer(None);
+        assert!(relaxed.verify(&no_iss).is_ok() && relaxed.verify(&other_iss).is_ok());
+        assert_eq!(relaxed.verify(&no_aud).unwrap_err(), AuthError::Invalid);
+        let moved = hs256().with_audience(aud()).with_audience(Some("elsewhere".into()));
+        assert!(moved.verify(&other_aud).is_ok());
+        assert_eq!(
+            moved.verify(&no_iss).unwrap_err(),
+            AuthError::Invalid,
+            "aud custodia is no longer accepted"
+        );
+    }
+
+    #[test]
+    fn one_prepared_validation_serves_every_key_of_an_algorithm() {
+        let auth = Authenticator::new(vec![
+            VerifyingKey {
+                kid: Some("a".into()),
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(b"x"),
+            },
+            VerifyingKey {
+                kid: Some("b".into()),
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(b"y"),
+            },
+        ])
+        .with_issuer(Some("issuer-a".into()));
+        assert_eq!(auth.validations.len(), 1);
+        assert!(auth.keys.iter().all(|k| auth.validations.iter().any(|(alg, _)| *alg == k.alg)));
+    }
+}
