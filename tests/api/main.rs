@@ -15,4 +15,5 @@ mod metrics;
 mod openapi;
 mod operate;
 mod payment;
+mod request_log;
 mod storage;
