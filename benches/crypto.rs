@@ -1,8 +1,11 @@
-//! Seal/open of one field value at several sizes, data-key unwrap, and a blind index.
+//! Seal/open of one field value at several sizes, data-key unwrap, a blind index, and the
+//! bearer-token check every request makes (`auth/verify_hs256`).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use custodia::auth::Authenticator;
 use custodia::crypto::{BlindIndexKey, DataKey, MasterKey, MasterKeyring};
 use custodia::domain::CustomerId;
+use secrecy::SecretString;
 use std::hint::black_box;
 
 fn seal_open(c: &mut Criterion) {
@@ -42,5 +45,27 @@ fn blind_index(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, seal_open, key_wrap, blind_index);
+/// `Authenticator::verify` of a valid HS256 token with `iss` and `aud` configured, as the
+/// request extractors call it: header checks, signature, claims, role.
+fn verify_token(c: &mut Criterion) {
+    let secret = "bench-secret-bench-secret-bench-secret-0123";
+    let auth = Authenticator::hs256(&SecretString::from(secret))
+        .unwrap()
+        .with_issuer(Some("https://issuer.example".into()))
+        .with_audience(Some("custodia".into()));
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "sub": "shop-backend", "role": "merchant", "iss": "https://issuer.example",
+        "aud": "custodia", "iat": now, "exp": now + 3600,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    c.bench_function("auth/verify_hs256", |b| b.iter(|| auth.verify(black_box(&token)).unwrap()));
+}
+
+criterion_group!(benches, seal_open, key_wrap, blind_index, verify_token);
 criterion_main!(benches);

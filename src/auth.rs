@@ -79,6 +79,10 @@ pub struct Authenticator {
     issuer: Option<String>,
     audience: Option<String>,
     max_lifetime_secs: Option<u64>,
+    /// One [`Validation`] per algorithm of `keys`, built from `issuer` and `audience` whenever
+    /// either changes, so `verify` allocates none (it used to build one per token).
+    /// invariant: holds an entry for the algorithm of every key in `keys`.
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 impl fmt::Debug for Authenticator {
@@ -105,16 +109,11 @@ impl Authenticator {
         if bytes.len() < 32 {
             return Err(KeyConfigError("the HS256 secret must be at least 32 bytes".into()));
         }
-        Ok(Authenticator {
-            keys: vec![VerifyingKey {
-                kid: None,
-                alg: Algorithm::HS256,
-                key: DecodingKey::from_secret(bytes),
-            }],
-            issuer: None,
-            audience: None,
-            max_lifetime_secs: None,
-        })
+        Ok(Authenticator::new(vec![VerifyingKey {
+            kid: None,
+            alg: Algorithm::HS256,
+            key: DecodingKey::from_secret(bytes),
+        }]))
     }
 
     /// An authenticator for public keys in a PEM or JWKS file.
@@ -125,18 +124,32 @@ impl Authenticator {
         if keys.is_empty() {
             return Err(KeyConfigError(format!("{} holds no usable public key", path.display())));
         }
-        Ok(Authenticator { keys, issuer: None, audience: None, max_lifetime_secs: None })
+        Ok(Authenticator::new(keys))
+    }
+
+    fn new(keys: Vec<VerifyingKey>) -> Self {
+        let mut auth = Authenticator {
+            keys,
+            issuer: None,
+            audience: None,
+            max_lifetime_secs: None,
+            validations: Vec::new(),
+        };
+        auth.build_validations();
+        auth
     }
 
     /// Requires `iss` to equal `issuer`.
     pub fn with_issuer(mut self, issuer: Option<String>) -> Self {
         self.issuer = issuer;
+        self.build_validations();
         self
     }
 
     /// Requires `aud` to contain `audience`.
     pub fn with_audience(mut self, audience: Option<String>) -> Self {
         self.audience = audience;
+        self.build_validations();
         self
     }
 
@@ -163,7 +176,11 @@ impl Authenticator {
                 }
         });
         for key in candidates {
-            match jsonwebtoken::decode::<Claims>(token, &key.key, &self.validation(key.alg)) {
+            let Some((_, validation)) = self.validations.iter().find(|(alg, _)| *alg == key.alg) else {
+                // Unreachable by the invariant on `validations`; refusing is the safe answer.
+                continue;
+            };
+            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
                 Ok(data) => {
                     self.check_lifetime(&data.claims)?;
                     return principal(data.claims);
@@ -175,6 +192,17 @@ impl Authenticator {
             }
         }
         Err(last)
+    }
+
+    /// Rebuilds `validations` from the keys' algorithms and the configured `iss` / `aud`.
+    fn build_validations(&mut self) {
+        let mut validations: Vec<(Algorithm, Validation)> = Vec::new();
+        for key in &self.keys {
+            if !validations.iter().any(|(alg, _)| *alg == key.alg) {
+                validations.push((key.alg, self.validation(key.alg)));
+            }
+        }
+        self.validations = validations;
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -321,4 +349,85 @@ fn jwks_keys(text: &str) -> Result<Vec<VerifyingKey>, KeyConfigError> {
         keys.push(VerifyingKey { kid: jwk.common.key_id.clone(), alg, key });
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRET: &str = "unit-test-secret-unit-test-secret-0123";
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn hs256() -> Authenticator {
+        Authenticator::hs256(&SecretString::from(SECRET)).unwrap()
+    }
+
+    #[test]
+    fn issuer_and_audience_hold_whichever_order_they_are_set_in_and_a_later_setting_replaces_them() {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = |iss: Option<&str>, aud: Option<&str>| {
+            let mut c = json!({ "sub": "shop-backend", "role": "merchant", "exp": exp });
+            if let Some(iss) = iss {
+                c["iss"] = iss.into();
+            }
+            if let Some(aud) = aud {
+                c["aud"] = aud.into();
+            }
+            token(c)
+        };
+        let good = claims(Some("issuer-a"), Some("custodia"));
+        let no_iss = claims(None, Some("custodia"));
+        let no_aud = claims(Some("issuer-a"), None);
+        let other_iss = claims(Some("issuer-b"), Some("custodia"));
+        let other_aud = claims(Some("issuer-a"), Some("elsewhere"));
+        let iss = || Some("issuer-a".to_owned());
+        let aud = || Some("custodia".to_owned());
+        for auth in
+            [hs256().with_issuer(iss()).with_audience(aud()), hs256().with_audience(aud()).with_issuer(iss())]
+        {
+            assert!(auth.verify(&good).is_ok());
+            for refused in [&no_iss, &no_aud, &other_iss, &other_aud] {
+                assert_eq!(auth.verify(refused).unwrap_err(), AuthError::Invalid);
+            }
+        }
+        // A later call replaces the earlier setting in the prepared validation.
+        let relaxed = hs256().with_issuer(iss()).with_audience(aud()).with_issuer(None);
+        assert!(relaxed.verify(&no_iss).is_ok() && relaxed.verify(&other_iss).is_ok());
+        assert_eq!(relaxed.verify(&no_aud).unwrap_err(), AuthError::Invalid);
+        let moved = hs256().with_audience(aud()).with_audience(Some("elsewhere".into()));
+        assert!(moved.verify(&other_aud).is_ok());
+        assert_eq!(
+            moved.verify(&no_iss).unwrap_err(),
+            AuthError::Invalid,
+            "aud custodia is no longer accepted"
+        );
+    }
+
+    #[test]
+    fn one_prepared_validation_serves_every_key_of_an_algorithm() {
+        let auth = Authenticator::new(vec![
+            VerifyingKey {
+                kid: Some("a".into()),
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(b"x"),
+            },
+            VerifyingKey {
+                kid: Some("b".into()),
+                alg: Algorithm::HS256,
+                key: DecodingKey::from_secret(b"y"),
+            },
+        ])
+        .with_issuer(Some("issuer-a".into()));
+        assert_eq!(auth.validations.len(), 1);
+        assert!(auth.keys.iter().all(|k| auth.validations.iter().any(|(alg, _)| *alg == k.alg)));
+    }
 }

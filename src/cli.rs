@@ -246,7 +246,9 @@ fn report(result: Result<(), Error>) -> ExitCode {
 async fn serve(config: Option<PathBuf>, dev: bool) -> Result<(), Error> {
     let mut settings = Settings::load(config.as_deref())?;
     settings.dev = dev;
-    crate::telemetry::init(&settings.log_format);
+    // Held to the end of `serve`: dropping it (after shutdown, or on a start-up error) writes
+    // out the queued log lines before the process exits.
+    let _log = crate::telemetry::init(&settings.log_format);
     let app = App::build(settings).await?;
     tracing::info!(addr = %app.local_addr(), "custodia listening");
     println!("custodia listening on http://{}", app.local_addr());

@@ -14,6 +14,10 @@ use crate::domain::{CustomerId, Timestamp};
 /// log answers in bounded time; `next_after` lets the caller continue.
 const MAX_SCAN: usize = 10_000;
 
+/// Stored events read per store call while a filter is applied (at least the page size): few
+/// calls when matches are rare, little read past the page when they are common.
+const SCAN_CHUNK: usize = 256;
+
 /// Filters and cursor of `GET /v1/audit/events`.
 #[derive(Debug, Clone)]
 pub struct EventQuery {
@@ -27,7 +31,7 @@ pub struct EventQuery {
     pub until: Option<Timestamp>,
     /// Only events with a greater seq.
     pub after: Option<u64>,
-    /// Page size.
+    /// Page size (the HTTP API allows 1 to 1000); 0 is read as 1.
     pub limit: usize,
 }
 
@@ -42,49 +46,110 @@ impl Default for EventQuery {
 pub struct EventPage {
     /// Events as stored (their canonical JSON parsed back).
     pub events: Vec<Value>,
-    /// Cursor for the next page; `None` at the end of the log.
+    /// Cursor for the next page: the seq of the last event returned when the page is full,
+    /// or of the last event scanned when the scan bound was reached first. `None` when the
+    /// scan reached the end of the log (or of the customer's history).
     pub next_after: Option<u64>,
 }
 
+/// The filters of a query, prepared once per page.
+struct Filter {
+    customer: Option<String>,
+    /// `Some(None)`: an action no stored event can have (every stored event parses as a
+    /// known [`Action`]), so nothing matches.
+    action: Option<Option<Action>>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+}
+
+impl Filter {
+    fn of(query: &EventQuery) -> Self {
+        Filter {
+            customer: query.customer_id.map(|c| c.to_string()),
+            action: query.action.as_ref().map(|a| serde_json::from_value(Value::String(a.clone())).ok()),
+            since: query.since,
+            until: query.until,
+        }
+    }
+
+    /// Whether a stored event passes every filter.
+    fn keeps(&self, event: &Event) -> bool {
+        let time = || Timestamp::parse_rfc3339(&event.time);
+        self.customer.as_ref().is_none_or(|c| event.customer_id.as_ref() == Some(c))
+            && self.action.is_none_or(|a| a == Some(event.action))
+            && self.since.is_none_or(|s| time().is_some_and(|t| t >= s))
+            && self.until.is_none_or(|u| time().is_some_and(|t| t < u))
+    }
+
+    /// Whether every event the store read returns is kept: no filter, or only `customer_id`,
+    /// which the per-customer index applies.
+    fn store_read_is_exact(&self) -> bool {
+        self.action.is_none() && self.since.is_none() && self.until.is_none()
+    }
+}
+
 impl Vault {
-    /// A page of audit events matching `query`.
+    /// A page of audit events matching `query`, and the call's own `audit.read` event.
+    ///
+    /// Reads only what the page needs: exactly `limit` events when every event read is kept
+    /// (no filter, or only `customer_id`, served from the per-customer index), otherwise
+    /// chunks of `max(limit, 256)` until the page is full, the log ends, or 10 000 events were
+    /// scanned. An `action` that names no known action matches nothing: an empty last page.
     pub async fn audit_events(
         &self,
         ctx: &RequestContext,
         query: EventQuery,
     ) -> Result<EventPage, VaultError> {
-        let start = query.after.map_or(0, |a| a.saturating_add(1));
-        let stored = self.store.audit_events(start, MAX_SCAN).await?;
-        let scanned_to_end = stored.len() < MAX_SCAN;
-        let customer = query.customer_id.map(|c| c.to_string());
-        let mut events = Vec::new();
-        let mut last_seen = None;
-        for (seq, bytes) in stored {
-            last_seen = Some(seq);
-            let event: Event = serde_json::from_slice(&bytes)
-                .map_err(|e| VaultError::Internal(format!("stored event {seq} unreadable: {e}")))?;
-            let time = Timestamp::parse_rfc3339(&event.time);
-            let keep = customer.as_ref().is_none_or(|c| event.customer_id.as_ref() == Some(c))
-                && query.action.as_ref().is_none_or(|a| {
-                    serde_json::to_value(event.action).ok().and_then(|v| v.as_str().map(|s| s == a))
-                        == Some(true)
-                })
-                && query.since.is_none_or(|s| time.is_some_and(|t| t >= s))
-                && query.until.is_none_or(|u| time.is_some_and(|t| t < u));
-            if keep {
-                events.push(serde_json::from_slice(&bytes).map_err(|e| VaultError::Internal(e.to_string()))?);
-                if events.len() == query.limit {
-                    break;
-                }
-            }
-        }
-        let next_after = if events.len() == query.limit || !scanned_to_end { last_seen } else { None };
+        let page = self.event_page(&query).await?;
         let mut draft = EventDraft::new(Action::AuditRead, &ctx.principal, &ctx.request_id);
         if let Some(c) = query.customer_id {
             draft = draft.customer(c);
         }
         self.record(draft).await?;
-        Ok(EventPage { events, next_after })
+        Ok(page)
+    }
+
+    async fn event_page(&self, query: &EventQuery) -> Result<EventPage, VaultError> {
+        let filter = Filter::of(query);
+        if filter.action == Some(None) {
+            return Ok(EventPage { events: Vec::new(), next_after: None });
+        }
+        let limit = query.limit.max(1);
+        let chunk = if filter.store_read_is_exact() { limit } else { limit.max(SCAN_CHUNK) };
+        let mut events = Vec::new();
+        // The seq of the last event scanned: where the next store read continues.
+        let mut cursor = query.after;
+        let mut scanned = 0;
+        loop {
+            let want = chunk.min(MAX_SCAN - scanned);
+            let stored = match &query.customer_id {
+                Some(c) => self.store.audit_events_for_customer(c, cursor, want).await?,
+                None => self.store.audit_events(cursor.map_or(0, |a| a.saturating_add(1)), want).await?,
+            };
+            let at_end = stored.len() < want;
+            scanned += stored.len();
+            for (seq, bytes) in stored {
+                cursor = Some(seq);
+                let event: Event = serde_json::from_slice(&bytes)
+                    .map_err(|e| VaultError::Internal(format!("stored event {seq} unreadable: {e}")))?;
+                if filter.keeps(&event) {
+                    events.push(
+                        serde_json::from_slice(&bytes).map_err(|e| VaultError::Internal(e.to_string()))?,
+                    );
+                    if events.len() == limit {
+                        return Ok(EventPage { events, next_after: Some(seq) });
+                    }
+                }
+            }
+            if at_end {
+                return Ok(EventPage { events, next_after: None });
+            }
+            // invariant: `want` never exceeds what is left of MAX_SCAN, so this ends the scan
+            // after exactly MAX_SCAN events, as one read of MAX_SCAN did before.
+            if scanned >= MAX_SCAN {
+                return Ok(EventPage { events, next_after: cursor });
+            }
+        }
     }
 }
 

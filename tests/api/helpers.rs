@@ -18,11 +18,10 @@ pub const SECRET: &str = "test-secret-test-secret-test-secret-0123456789";
 /// A base64 master key for tests.
 pub const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-static INIT_LOG: LazyLock<()> = LazyLock::new(|| {
-    if std::env::var("TEST_LOG").is_ok() {
-        custodia::telemetry::init("text");
-    }
-});
+// The guard lives as long as the test process; statics are never dropped, so lines queued at
+// exit may not be written (only with TEST_LOG).
+static INIT_LOG: LazyLock<Option<custodia::telemetry::LogGuard>> =
+    LazyLock::new(|| std::env::var("TEST_LOG").is_ok().then(|| custodia::telemetry::init("text")));
 
 /// Path of a file under `tests/fixtures`.
 pub fn fixture(path: &str) -> PathBuf {

@@ -1,6 +1,7 @@
 //! HTTP integration tests: a real server on a random port over a real sled directory.
 
 mod accountability;
+mod audit_events;
 mod auditor;
 mod auth;
 mod crash;
@@ -14,4 +15,5 @@ mod metrics;
 mod openapi;
 mod operate;
 mod payment;
+mod request_log;
 mod storage;
