@@ -39,7 +39,9 @@ pub struct App {
     router: axum::Router,
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
-    checkpointer: tokio::task::JoinHandle<()>,
+    /// Background work over the vault (checkpoint signing, rotation, retention sweeps): stopped
+    /// before the store is closed, so nothing holds the store when a restart opens it again.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -49,13 +51,17 @@ impl App {
         crate::metric::install();
         let (vault, store, auth) = open_vault(&settings).await?;
         crate::metric::audit_tree_size(vault.audit_log().head().await?.0);
+        let mut background = vec![spawn_checkpointer(Arc::downgrade(&vault), CHECKPOINT_PERIOD)];
         if vault.rotation_pending().await.map_err(vault_error)? {
-            spawn_rotation(Arc::clone(&vault), Duration::from_millis(settings.rotation_pause_ms));
+            background
+                .push(spawn_rotation(Arc::clone(&vault), Duration::from_millis(settings.rotation_pause_ms)));
         }
         if settings.retention_sweep_secs > 0 {
-            spawn_retention_sweeps(Arc::clone(&vault), Duration::from_secs(settings.retention_sweep_secs));
+            background.push(spawn_retention_sweeps(
+                Arc::clone(&vault),
+                Duration::from_secs(settings.retention_sweep_secs),
+            ));
         }
-        let checkpointer = spawn_checkpointer(Arc::downgrade(&vault), CHECKPOINT_PERIOD);
         let limiter = Arc::new(CallerLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst));
         spawn_limiter_pruning(Arc::clone(&limiter));
         let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth), limiter };
@@ -65,7 +71,7 @@ impl App {
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(Error::io(format!("binding {}", settings.listen)))?;
-        Ok(App { listener, router, store, vault, checkpointer })
+        Ok(App { listener, router, store, vault, background })
     }
 
     /// The bound address (port 0 in settings picks a free port).
@@ -94,8 +100,13 @@ impl App {
                 .with_graceful_shutdown(signal)
                 .await
                 .map_err(Error::io("serving"));
-        self.checkpointer.abort();
-        let _ = self.checkpointer.await;
+        // A rotation or sweep cut here resumes on the next start: each of its writes is atomic.
+        for task in &self.background {
+            task.abort();
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
         if let Err(e) = self.vault.audit_log().checkpoint().await {
             tracing::warn!(error = %e, "could not sign a final checkpoint");
         }
@@ -129,7 +140,7 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
 }
 
 /// Re-wraps every key under the current master key in the background.
-fn spawn_rotation(vault: Arc<Vault>, pause: Duration) {
+fn spawn_rotation(vault: Arc<Vault>, pause: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tracing::info!("master key rotation started");
         match vault.rotate_master_key(pause).await {
@@ -138,7 +149,7 @@ fn spawn_rotation(vault: Arc<Vault>, pause: Duration) {
                 tracing::error!(error = %e, "master key rotation stopped; it resumes on the next start")
             }
         }
-    });
+    })
 }
 
 fn vault_error(e: crate::vault::VaultError) -> Error {
@@ -160,7 +171,7 @@ fn spawn_limiter_pruning(limiter: Arc<CallerLimiter>) {
 
 /// Runs a retention sweep every `every`, the first one `every` after start. The task holds only
 /// a weak reference, so it ends when the vault is dropped.
-fn spawn_retention_sweeps(vault: Arc<Vault>, every: Duration) {
+fn spawn_retention_sweeps(vault: Arc<Vault>, every: Duration) -> tokio::task::JoinHandle<()> {
     let vault = Arc::downgrade(&vault);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -174,7 +185,7 @@ fn spawn_retention_sweeps(vault: Arc<Vault>, every: Duration) {
                 Err(e) => tracing::error!(error = %e, "retention sweep failed"),
             }
         }
-    });
+    })
 }
 
 /// Signs a checkpoint every `period` while the log grows. Holds the vault weakly so a dropped app
