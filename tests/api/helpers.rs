@@ -311,23 +311,23 @@ pub fn edit_stored_record(
     db.flush().unwrap();
 }
 
-/// Reads stored records of a stopped server, in one session over its sled files.
-pub fn stored_records(data_dir: &Path, ids: &[&str]) -> Vec<custodia::store::CustomerRecord> {
-    let db = open_store_files(data_dir);
-    let tree = db.open_tree("custodia").unwrap();
-    ids.iter()
-        .map(|id| {
-            let uuid: custodia::domain::CustomerId = id.parse().unwrap();
-            let mut key = vec![b'c'];
-            key.extend_from_slice(uuid.as_bytes());
-            custodia::store::CustomerRecord::decode(&tree.get(&key).unwrap().unwrap()).unwrap()
-        })
-        .collect()
+/// Reads stored records of a stopped (or killed) server through the store itself, which
+/// replays its write-ahead log first, as a restart would.
+pub async fn stored_records(data_dir: &Path, ids: &[&str]) -> Vec<custodia::store::CustomerRecord> {
+    let settings =
+        custodia::store::StorageSettings::Sled { dir: data_dir.join("store"), cache_bytes: 8 << 20 };
+    let store = custodia::store::open(&settings, Arc::new(custodia::audit::tree::Tree)).unwrap();
+    let mut records = Vec::with_capacity(ids.len());
+    for id in ids {
+        records.push(store.customer(&id.parse().unwrap()).await.unwrap().expect("a stored record"));
+    }
+    store.close().await.unwrap();
+    records
 }
 
 /// Reads one stored record of a stopped server.
-pub fn stored_record(data_dir: &Path, id: &str) -> custodia::store::CustomerRecord {
-    stored_records(data_dir, &[id]).remove(0)
+pub async fn stored_record(data_dir: &Path, id: &str) -> custodia::store::CustomerRecord {
+    stored_records(data_dir, &[id]).await.remove(0)
 }
 
 /// The newest stored checkpoint (size, note) of a stopped server.

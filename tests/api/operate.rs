@@ -214,7 +214,7 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
 
     let ids: Vec<&str> = customers.iter().map(|(id, _)| id.as_str()).collect();
     let keys: Vec<String> =
-        stored_records(&data, &ids).iter().map(|r| r.data_key.master_key.to_string()).collect();
+        stored_records(&data, &ids).await.iter().map(|r| r.data_key.master_key.to_string()).collect();
     let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), 2, "the kill should land half-way: {distinct:?}");
 

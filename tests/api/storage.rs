@@ -13,7 +13,7 @@ async fn a_ciphertext_copied_to_another_customer_or_field_fails_to_open() {
     let bob = app.create_customer(json!({"name": "Bob Builder", "email": "bob@shop.test"})).await;
     app.shutdown().await;
 
-    let alices_email = stored_record(app.data_dir.path(), &alice).fields["email"].clone();
+    let alices_email = stored_record(app.data_dir.path(), &alice).await.fields["email"].clone();
     edit_stored_record(app.data_dir.path(), &bob, |b| {
         b.fields.insert("email".into(), alices_email.clone());
     });

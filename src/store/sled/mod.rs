@@ -404,6 +404,29 @@ fn stored_head(audit: &AuditFiles, size: u64) -> Result<TreeHead, StoreError> {
     Ok(TreeHead { size, roots })
 }
 
+/// Applies a group's sled ops one key at a time, `wal_lsn` last (the writer puts it last).
+///
+/// Not as a `sled::Batch`: sled applies a batch under a lock that every other tree operation
+/// waits for. Atomicity is not needed here: the group is in the log first, sled recovers a
+/// prefix of its own writes, and until `wal_lsn` names the group, replay re-applies all of it
+/// in order (puts and removes are idempotent). Between two keys a reader may see a record
+/// without its new index entry, or the reverse, for microseconds; uniqueness is only ever
+/// checked by the writer thread.
+fn apply(tree: &sled::Tree, ops: &[Op]) -> Result<(), StoreError> {
+    for op in ops {
+        match op {
+            Op::Put(k, v) => {
+                tree.insert(k.as_slice(), v.as_slice()).map_err(unavailable)?;
+            }
+            Op::Remove(k) => {
+                tree.remove(k.as_slice()).map_err(unavailable)?;
+            }
+            Op::Audit(..) => {}
+        }
+    }
+    Ok(())
+}
+
 fn to_batch(ops: &[Op]) -> sled::Batch {
     let mut batch = sled::Batch::default();
     for op in ops {

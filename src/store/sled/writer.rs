@@ -201,7 +201,7 @@ fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) 
             return Err(StoreError::Unavailable("injected failure after the log append".into()));
         }
         if touches_sled {
-            shared.tree.apply_batch(super::to_batch(&ops)).map_err(unavailable)?;
+            super::apply(&shared.tree, &ops)?;
         }
         let mut tail = shared.history_tail.write().map_err(|_| lock_error())?;
         for (leaf, op) in leaves.iter().zip(ops.iter().filter(|op| matches!(op, Op::Audit(..)))) {
