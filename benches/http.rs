@@ -479,9 +479,13 @@ fn report(
     println!("server peak RSS: {}", rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")));
     println!("data directory: {:.1} MiB", data_bytes as f64 / (1024.0 * 1024.0));
     let restart_rss = restart.rss_kib.map(|k| k as f64 / 1024.0);
+    let customers = std::env::var("HTTP_BENCH_GROW_TO")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(config.customers, |m| m.max(config.customers));
     println!(
         "restart over it ({} customers, {} audit events): listening after {:.0} ms, RSS {}",
-        config.customers,
+        customers,
         restart.events,
         restart.startup.as_secs_f64() * 1e3,
         restart_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))

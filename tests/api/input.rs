@@ -426,6 +426,16 @@ async fn patient_app() -> TestApp {
     spawn_app_with(|s| s.request_timeout_ms = 30_000).await
 }
 
+/// The head of a merchant's `POST /v1/customers` with `headers` (each ending in CRLF), up to and
+/// including the blank line.
+fn create_head(app: &TestApp, headers: &str) -> String {
+    let host = app.base.trim_start_matches("http://");
+    format!(
+        "POST /v1/customers HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n{headers}\r\n",
+        app.merchant()
+    )
+}
+
 #[tokio::test]
 async fn a_huge_content_length_is_refused_from_the_head_before_any_body_byte() {
     let app = patient_app().await;
@@ -433,10 +443,7 @@ async fn a_huge_content_length_is_refused_from_the_head_before_any_body_byte() {
     let token = app.merchant();
     let before = app.audit_events().await.len();
     let heads = [
-        format!(
-            "POST /v1/customers HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n"
-        ),
+        create_head(&app, "Content-Type: application/json\r\nContent-Length: 1000000000000\r\n"),
         // Before authentication: no token at all, so nothing to audit either.
         format!("POST /v1/customers HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1000000000000\r\n\r\n"),
         // One byte over the limit, on a route that takes no body.
@@ -462,19 +469,14 @@ async fn a_huge_content_length_is_refused_from_the_head_before_any_body_byte() {
 #[tokio::test]
 async fn a_body_at_the_limit_is_read_and_one_declared_over_it_is_not() {
     let app = patient_app().await;
-    let host = app.base.trim_start_matches("http://").to_owned();
-    let token = app.merchant();
     // Exactly 65536 bytes, declared and sent: read and judged (a name that long is invalid).
     let mut body = br#"{"fields":{"name":""#.to_vec();
     let tail = br#""}}"#;
     body.resize(65536 - tail.len(), b'a');
     body.extend_from_slice(tail);
-    let mut request = format!(
-        "POST /v1/customers HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
+    let mut request =
+        create_head(&app, &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()))
+            .into_bytes();
     request.extend_from_slice(&body);
     let answer = raw(&app, &request).await;
     assert_eq!(answer.status, 422, "{}", answer.body);
@@ -484,13 +486,9 @@ async fn a_body_at_the_limit_is_read_and_one_declared_over_it_is_not() {
 #[tokio::test]
 async fn a_chunked_body_that_grows_past_the_limit_is_refused() {
     let app = patient_app().await;
-    let host = app.base.trim_start_matches("http://").to_owned();
     let token = app.merchant();
-    let mut request = format!(
-        "POST /v1/customers HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
+    let mut request =
+        create_head(&app, "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n").into_bytes();
     let mut chunk = |data: &[u8]| {
         request.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
         request.extend_from_slice(data);
@@ -520,13 +518,8 @@ async fn a_chunked_body_that_grows_past_the_limit_is_refused() {
 #[tokio::test]
 async fn a_body_that_is_not_json_is_refused_without_waiting_for_it() {
     let app = patient_app().await;
-    let host = app.base.trim_start_matches("http://").to_owned();
-    let token = app.merchant();
     // Declares 100 bytes and sends none: answered from the head, not after the timeout.
-    let head = format!(
-        "POST /v1/customers HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
-    );
+    let head = create_head(&app, "Content-Type: text/plain\r\nContent-Length: 100\r\n");
     let answer = raw(&app, head.as_bytes()).await;
     assert_eq!(answer.status, 415, "{}", answer.head);
     assert_eq!(answer.body["error"], "unsupported_media_type");
@@ -535,16 +528,15 @@ async fn a_body_that_is_not_json_is_refused_without_waiting_for_it() {
 #[tokio::test]
 async fn content_length_given_twice_is_refused_unless_both_agree() {
     let app = patient_app().await;
-    let host = app.base.trim_start_matches("http://").to_owned();
     let token = app.merchant();
     let body = r#"{"fields":{"email":"twice@example.com"}}"#;
     let request = |second: usize| {
-        format!(
-            "POST /v1/customers HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nContent-Length: {second}\r\n\
-             Connection: close\r\n\r\n{body}",
+        let headers = format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\nContent-Length: {second}\r\n\
+             Connection: close\r\n",
             body.len()
-        )
+        );
+        create_head(&app, &headers) + body
     };
     // Conflicting lengths are refused by hyper itself (400, before the router).
     let answer = raw(&app, request(body.len() - 5).as_bytes()).await;
