@@ -264,6 +264,13 @@ fn master_key(settings: &Settings) -> Result<Option<MasterKey>, Error> {
     }
     if settings.dev {
         let path = settings.data_dir.join(DEV_MASTER_KEY_FILE);
+        if path.exists() {
+            // As loud on every start as on the first: the key sits beside the data it protects.
+            eprintln!(
+                "\n  *** DEVELOPMENT MODE: using the --dev keys in {} (mode 0600). ***\n  *** Never use --dev keys in production. ***\n",
+                settings.data_dir.display()
+            );
+        }
         let text = dev_secret(&path, || Ok(MasterKey::generate_base64()?))?;
         return Ok(Some(MasterKey::from_base64(&text)?));
     }

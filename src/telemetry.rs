@@ -138,7 +138,9 @@ pub fn init(format: &str) -> LogGuard {
         .thread_name("custodia-log")
         .finish(CountedStderr { progress: Arc::clone(&progress) });
     let writer = QueueWriter { queue, progress: Arc::clone(&progress) };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    // Colours only for a terminal: a log redirected to a file or a shipper stays plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
     LogGuard { progress, worker: Some(worker) }
 }
