@@ -406,6 +406,41 @@ impl AuditLog {
         Ok(written.seqs)
     }
 
+    /// Independent writes, each a change with the events that record it, made durable
+    /// together (one store `write_many`): for background sweeps that touch many customers. One
+    /// outcome per write, in order: its seqs, or `Rejected` when its change lost a race (then
+    /// none of its events was written). The outer error means the whole batch failed.
+    pub async fn record_many(
+        &self,
+        writes: Vec<(Vec<EventDraft>, Option<CustomerChange>)>,
+    ) -> Result<Vec<Result<Vec<u64>, AuditError>>, AuditError> {
+        let now = Timestamp::now();
+        let mut kinds = Vec::with_capacity(writes.len());
+        let mut batch = Vec::with_capacity(writes.len());
+        for (drafts, change) in writes {
+            kinds.push(drafts.iter().map(|d| (d.action, d.outcome)).collect::<Vec<_>>());
+            let events = drafts.into_iter().map(|d| d.pending(now, &self.pseudonyms)).collect();
+            batch.push(Write { change, events });
+        }
+        let outcomes = self.store.write_many(batch).await.map_err(AuditError::Unavailable)?;
+        Ok(outcomes
+            .into_iter()
+            .zip(kinds)
+            .map(|(outcome, kinds)| match outcome {
+                Ok(written) => {
+                    for ((action, outcome), seq) in kinds.into_iter().zip(&written.seqs) {
+                        crate::metric::audit_appended(action, outcome, seq + 1);
+                    }
+                    Ok(written.seqs)
+                }
+                Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
+                    Err(AuditError::Rejected(e))
+                }
+                Err(e) => Err(AuditError::Unavailable(e)),
+            })
+            .collect())
+    }
+
     /// The durable tree size and root hash.
     pub async fn head(&self) -> Result<(u64, Hash), AuditError> {
         let head = self.store.head().await.map_err(AuditError::Unavailable)?;

@@ -2,7 +2,7 @@
 //! are erased by a periodic sweep, one `retention.purge` event per customer touched.
 
 use super::{Vault, VaultError, next_version};
-use crate::audit::{Action, EventDraft};
+use crate::audit::{Action, AuditError, EventDraft};
 use crate::domain::{Principal, Timestamp};
 use crate::store::CustomerRecord;
 
@@ -12,14 +12,16 @@ const MS_PER_DAY: i64 = 86_400_000;
 impl Vault {
     /// Erases every expired field of every customer. Returns how many customers were touched.
     ///
-    /// Walks all customer ids in pages; a record changed concurrently is left for the next
-    /// sweep rather than retried in a loop.
+    /// Walks all customer ids in pages and makes each page's purges durable together (one
+    /// `write_many`); a record changed concurrently is left for the next sweep rather than
+    /// retried.
     pub async fn purge_expired(&self) -> Result<usize, VaultError> {
         let actor = Principal::system("retention");
         let mut touched = 0;
         let mut after = None;
         loop {
             let ids = self.store.customer_ids(after, SWEEP_PAGE).await?;
+            let mut writes = Vec::new();
             for id in &ids {
                 let Some(mut record) = self.store.customer(id).await? else { continue };
                 let now = Timestamp::now();
@@ -31,12 +33,21 @@ impl Vault {
                     record.fields.remove(name);
                 }
                 record.index_entries.retain(|e| !expired.contains(&e.field));
+                self.seal_legacy_consents(&mut record)?;
                 let request_id = format!("retention-{}", now.millis());
                 let draft = EventDraft::new(Action::RetentionPurge, &actor, &request_id)
                     .customer(*id)
                     .fields(expired);
-                if self.commit_change(draft, next_version(record, now)).await?.is_some() {
-                    touched += 1;
+                writes.push((vec![draft], Some(next_version(record, now))));
+            }
+            if !writes.is_empty() {
+                let outcomes = self.audit.record_many(writes).await.map_err(super::audit_failure)?;
+                for outcome in outcomes {
+                    match outcome {
+                        Ok(_) => touched += 1,
+                        Err(AuditError::Rejected(_)) => {}
+                        Err(e) => return Err(super::audit_failure(e)),
+                    }
                 }
             }
             match ids.last() {
