@@ -2,6 +2,8 @@
 //! into one module per backend, so every test runs on every backend, and a new backend is one
 //! more module here.
 
+mod crash_windows;
+
 use std::sync::Arc;
 
 use custodia::audit::tree::Tree;

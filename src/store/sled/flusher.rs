@@ -33,7 +33,8 @@ impl Flusher {
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
                     let bytes = shared.wal.segment_bytes();
-                    if bytes >= FLUSH_BYTES || (last.elapsed() >= FLUSH_EVERY && bytes > 0) {
+                    let poisoned = shared.poisoned.load(Ordering::Acquire);
+                    if !poisoned && (bytes >= FLUSH_BYTES || (last.elapsed() >= FLUSH_EVERY && bytes > 0)) {
                         if let Err(e) = flush(&shared) {
                             tracing::error!(error = %e, "flush failed; the log keeps growing until one succeeds");
                         }
@@ -58,6 +59,11 @@ impl Drop for Flusher {
 /// One flush. Safe to run concurrently with writes (and with itself: the log rotation under the
 /// apply lock orders them).
 pub(super) fn flush(shared: &Shared) -> Result<(), StoreError> {
+    // A poisoned store keeps its log as it is: the restart's replay needs it to complete or
+    // record a group that failed half-way, and nothing may be flushed over it.
+    if shared.poisoned.load(Ordering::Acquire) {
+        return Err(super::poisoned_error());
+    }
     // invariant: rotate under the apply lock, so no group is between its log write and its
     // apply; every record in the returned segments is then in sled and in the audit tail, and
     // the sled flush and the persist below, which start later, cover it.

@@ -128,17 +128,24 @@ impl SledStore {
                 audit.len()?
             )));
         }
-        db.flush().map_err(unavailable)?;
         audit.persist()?;
-        let wal = Wal::start(&wal_dir)?;
         let size = audit.len()?;
-        // Stores written before history rows were derived at flush time hold a row for every
-        // entry sled has: `history_len` defaults to that.
+        // History rows of the entries since the last flush, written now with their high-water
+        // mark, so every open leaves `history_len` stored and the tail empty. Stores written
+        // before history rows were derived at flush time hold a row for every entry sled has
+        // and no `history_len`: it defaults to that.
         let history_len = match tree.get(meta_key(HISTORY_LEN)).map_err(unavailable)? {
             Some(bytes) => trailing_u64(&bytes)?,
             None => sled_audit_len,
         };
-        let history_tail = history_of(&audit, history_len, size)?;
+        for (customer, seq) in history_of(&audit, history_len, size)? {
+            tree.insert(keys::history_key(&customer, seq), &[] as &[u8]).map_err(unavailable)?;
+        }
+        tree.insert(meta_key(HISTORY_LEN), &size.to_be_bytes()).map_err(unavailable)?;
+        // Only once sled and the audit files hold everything may the log go.
+        db.flush().map_err(unavailable)?;
+        let wal = Wal::start(&wal_dir)?;
+        let history_tail = BTreeSet::new();
         let head = stored_head(&audit, size)?;
         let shared = Arc::new(Shared {
             tree,
@@ -324,9 +331,13 @@ impl Store for SledStore {
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let size = self.size()?;
         let first = after.map_or(0, |a| a.saturating_add(1));
-        // Rows in sled, then the tail not flushed yet; a row and its tail entry may both exist
-        // for a moment during a flush, so the union is taken.
-        let mut seqs = BTreeSet::new();
+        // The tail not flushed yet, then the rows in sled: a flush writes rows before it trims
+        // the tail, so in this order an entry is always found in one or the other (or both,
+        // for a moment: the union is taken).
+        let mut seqs: BTreeSet<u64> = {
+            let tail = self.shared.history_tail.read().map_err(|_| closed())?;
+            tail.range((*customer, first)..=(*customer, u64::MAX)).map(|(_, seq)| *seq).take(limit).collect()
+        };
         let mut start = history_prefix(customer);
         start.extend_from_slice(&first.to_be_bytes());
         let mut end = history_prefix(customer);
@@ -334,12 +345,6 @@ impl Store for SledStore {
         for entry in self.shared.tree.range(start..=end).take(limit) {
             let (key, _) = entry.map_err(unavailable)?;
             seqs.insert(trailing_u64(&key)?);
-        }
-        {
-            let tail = self.shared.history_tail.read().map_err(|_| closed())?;
-            seqs.extend(
-                tail.range((*customer, first)..=(*customer, u64::MAX)).map(|(_, seq)| *seq).take(limit),
-            );
         }
         let mut out = Vec::new();
         for seq in seqs.into_iter().filter(|seq| *seq < size).take(limit) {
@@ -367,7 +372,8 @@ impl Store for SledStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         self.stop();
-        // Everything the writer logged is in sled and the files; make it final there.
+        // Everything the writer logged is in sled and the files; make it final there (unless
+        // the store is poisoned: then the log is kept for the restart's replay).
         flusher::flush(&self.shared)
     }
 }
@@ -490,5 +496,21 @@ mod tests {
         assert_eq!(events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), vec![0, 1]);
         assert!(String::from_utf8_lossy(&events[1].1).starts_with("{\"n\":1,"));
         assert_eq!(store.write(write(3)).await.unwrap().seqs, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_of_a_poisoned_store_keeps_the_failed_groups_log_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
+        let store = open();
+        assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
+        store.shared.fail_after_append.store(true, Ordering::SeqCst);
+        assert!(matches!(store.write(write(1)).await, Err(StoreError::Unavailable(_))));
+        // A graceful stop (SIGTERM → close) must not flush over the failed group's record.
+        assert!(store.close().await.is_err(), "closing a poisoned store reports the poison");
+        drop(store);
+        let store = open();
+        let seqs: Vec<u64> = store.audit_events(0, 10).await.unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![0, 1], "the log record of the failed group was kept for the replay");
     }
 }

@@ -166,6 +166,10 @@ impl Wal {
     /// caller holds the store's apply lock, so every record in them was also applied to sled
     /// before this call; they may be deleted once a sled flush that starts after it finished.
     pub fn rotate(&self) -> Result<Vec<u64>, StoreError> {
+        // After a failed write or sync, a second sync could report pages the first one lost.
+        if self.failed.load(Ordering::Acquire) {
+            return Err(failed());
+        }
         let mut segment = self.segment.lock().map_err(|_| poisoned())?;
         // Records acknowledged by a later sync of the new segment must be durable here too.
         segment.file.sync_data().map_err(|e| {

@@ -1,6 +1,7 @@
 //! Group commit: one writer thread takes every write waiting for it, checks and integrates them
-//! as one group, writes **one** log record and **one** sled batch for the group, syncs the log
-//! once, and answers each waiter with its own outcome.
+//! as one group, writes **one** log record for the group, syncs the log once, applies the
+//! group's keys to sled and its entries to the audit files, and answers each waiter with its own
+//! outcome.
 //!
 //! Invariants:
 //! - Groups are processed one at a time on this thread, so the head a group starts from is the
@@ -11,7 +12,8 @@
 //! - Any failure after the log append poisons the store: every later write answers 503 until a
 //!   restart replays the log. Otherwise a failed group's seqs could be given to the next group
 //!   while the log still holds the failed one, and replay would resurrect it in their place.
-//! - A group's head (and so its events) becomes visible only after the log sync.
+//! - A group's log record is synced before sled or the audit files see the group, and its head
+//!   (and so its events) becomes visible after that.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -200,6 +202,10 @@ fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) 
         if shared.fail_after_append.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("injected failure after the log append".into()));
         }
+        // Synced before sled or the audit files see the group: a flush of either (the flusher
+        // runs between groups) then never captures a group the log could still lose, and no
+        // reader is shown a change that is not durable. The sync holds no segment lock.
+        shared.wal.sync().map_err(StoreError::Unavailable)?;
         if touches_sled {
             super::apply(&shared.tree, &ops)?;
         }
@@ -213,8 +219,6 @@ fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) 
             }
         }
     }
-    // The sync needs no lock: an fdatasync covers every write completed before it started.
-    shared.wal.sync().map_err(StoreError::Unavailable)?;
     *shared.head.write().map_err(|_| lock_error())? = new_head;
     Ok(first_seq)
 }
