@@ -81,15 +81,7 @@ impl SledStore {
     /// Opens (or creates) the database in `dir`, replaying the write-ahead log; `cache_bytes`
     /// bounds sled's page cache, and `integrator` completes the log's leaves.
     pub fn open(dir: &Path, cache_bytes: u64, integrator: Arc<dyn Integrator>) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(sled::Mode::HighThroughput)
-            // Durability comes from the write-ahead log and the flusher; sled's timer thread
-            // would only add uncontrolled I/O and hold the directory lock after a drop.
-            .flush_every_ms(None)
-            .open()
-            .map_err(unavailable)?;
+        let db = open_db(dir, cache_bytes)?;
         let tree = db.open_tree("custodia").map_err(unavailable)?;
         let (mut lsn, sled_audit_len) = match tree.get(meta_key(WAL_LSN)).map_err(unavailable)? {
             Some(bytes) => decode_pair(&bytes)?,
@@ -377,6 +369,34 @@ impl Store for SledStore {
         flusher::flush(&self.shared)
     }
 }
+
+/// Opens sled in `dir`. A store dropped a moment ago in this process releases sled's file lock
+/// only when sled's I/O threads have finished the writes its drop started, so a lock held
+/// elsewhere is waited for up to [`LOCK_WAIT`] before giving up.
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let config = sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        // Durability comes from the write-ahead log and the flusher; sled's timer thread would
+        // only add uncontrolled I/O and hold the directory lock after a drop.
+        .flush_every_ms(None);
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+}
+
+/// How long opening waits for sled's file lock (see [`open_db`]).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The (customer, seq) pairs of entries `from..to`, read from the entries themselves.
 fn history_of(audit: &AuditFiles, from: u64, to: u64) -> Result<BTreeSet<(CustomerId, u64)>, StoreError> {
