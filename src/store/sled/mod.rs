@@ -1,17 +1,19 @@
 //! The embedded default backend: one sled tree (key layout in `keys.rs`), audit entries in
 //! append-only files (`audit_files.rs`), made durable by a write-ahead log (`wal.rs`).
 //!
-//! Writes go to one writer thread (`writer.rs`) that commits them in groups: one log record,
-//! one sled batch and one `fdatasync` per group, events integrated inline, so a single node
-//! needs no separate sequencer. A flusher thread (`flusher.rs`) flushes sled in the background,
-//! writes the per-customer history rows of the entries since the last flush, persists the audit
-//! files and deletes the log segments they made redundant.
+//! Writes go to one writer thread (`writer.rs`) that commits them in groups: one log record and
+//! one `fdatasync` per group, then the group's keys applied to sled and its entries to the audit
+//! files, events integrated inline, so a single node needs no separate sequencer. A flusher
+//! thread (`flusher.rs`) flushes sled in the background, writes the per-customer history rows
+//! of the entries since the last flush, persists the audit files and deletes the log segments
+//! they made redundant.
 //!
-//! Recovery invariant: every sled batch stores its log sequence number (LSN) under `wal_lsn`,
-//! and batches are applied in LSN order. sled recovers a prefix of its own log, so after a
-//! crash it holds the batches up to some LSN `L`; replaying the logged records with LSN > `L`,
-//! in order, restores every batch whose log record became durable. Audit entries the files
-//! lack are taken from the log too.
+//! Recovery invariant: every group that changes sled ends with its log sequence number (LSN)
+//! under `wal_lsn`, and groups are applied in LSN order. sled recovers a prefix of its own
+//! writes, so after a crash it holds the groups up to some LSN `L` (and perhaps part of the
+//! next); replaying the logged records with LSN > `L`, in order, restores every group whose
+//! log record became durable (puts and removes are idempotent). Audit entries the files lack
+//! are taken from the log too.
 
 mod audit_files;
 mod flusher;
