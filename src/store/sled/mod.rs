@@ -274,12 +274,14 @@ impl Store for SledStore {
     }
 
     async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        reserved(name)?;
         let (reply, outcome) = oneshot::channel();
         self.submit(Job::init_meta(name, value, reply))?;
         answer(outcome).await
     }
 
     async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
+        reserved(name)?;
         let (reply, outcome) = oneshot::channel();
         self.submit(Job::Put { key: meta_key(name), value, reply })?;
         answer(outcome).await
@@ -399,6 +401,14 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
 
 /// How long opening waits for sled's file lock (see [`open_db`]).
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Refuses the metadata names the store keeps for itself (recovery depends on them).
+fn reserved(name: &str) -> Result<(), StoreError> {
+    if name == WAL_LSN || name == HISTORY_LEN {
+        return Err(StoreError::Unavailable(format!("metadata name `{name}` is reserved by the store")));
+    }
+    Ok(())
+}
 
 /// The (customer, seq) pairs of entries `from..to`, read from the entries themselves.
 fn history_of(audit: &AuditFiles, from: u64, to: u64) -> Result<BTreeSet<(CustomerId, u64)>, StoreError> {
@@ -534,5 +544,17 @@ mod tests {
         let store = open();
         let seqs: Vec<u64> = store.audit_events(0, 10).await.unwrap().iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![0, 1], "the log record of the failed group was kept for the replay");
+    }
+
+    #[tokio::test]
+    async fn the_stores_own_metadata_names_cannot_be_written_through_the_trait() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
+        store.write(write(0)).await.unwrap();
+        for name in [WAL_LSN, HISTORY_LEN] {
+            assert!(store.put_meta(name, b"x".to_vec()).await.is_err(), "{name}");
+            assert!(store.init_meta(name, b"x".to_vec()).await.is_err(), "{name}");
+        }
+        assert!(store.put_meta("anything_else", b"x".to_vec()).await.is_ok());
     }
 }
