@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -48,16 +49,20 @@ impl AuditFiles {
         };
         let (dat, idx) = (open("audit.dat")?, open("audit.idx")?);
         let dat_file_len = dat.metadata().map_err(io)?.len();
-        let mut entries = idx.metadata().map_err(io)?.len() / 8;
-        // Drop index entries that point past the data (the data sync did not finish).
-        let mut dat_len = 0;
-        while entries > 0 {
-            let end = read_u64(&idx, (entries - 1) * 8)?;
-            if end <= dat_file_len {
-                dat_len = end;
+        // Keep the index up to its first entry that does not end after the one before it, or
+        // that points past the data: a torn write of a persist in progress (a zeroed page in
+        // the middle, a data sync that did not finish). Everything from that persist on is
+        // still in the write-ahead log, which replays it.
+        let mut index = Vec::new();
+        (&idx).read_to_end(&mut index).map_err(io)?;
+        let (mut entries, mut dat_len) = (0u64, 0u64);
+        for chunk in index.chunks_exact(8) {
+            // invariant: chunks_exact yields 8-byte slices.
+            let end = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+            if end < dat_len || end > dat_file_len {
                 break;
             }
-            entries -= 1;
+            (entries, dat_len) = (entries + 1, end);
         }
         idx.set_len(entries * 8).map_err(io)?;
         dat.set_len(dat_len).map_err(io)?;
@@ -174,6 +179,24 @@ mod tests {
         assert_eq!(again.len().unwrap(), 3);
         assert_eq!(&*again.get(1).unwrap().unwrap(), b"one");
         assert_eq!(&*again.get(2).unwrap().unwrap(), b"two");
+    }
+
+    #[test]
+    fn a_zeroed_index_page_in_the_middle_cuts_the_files_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = AuditFiles::open(dir.path()).unwrap();
+        for (seq, entry) in [b"zero", b"one!", b"two!", b"3333"].iter().enumerate() {
+            files.push(seq as u64, Arc::from(&entry[..])).unwrap();
+        }
+        files.persist().unwrap();
+        drop(files);
+        // Entry 2's index slot zeroed, as a torn page write leaves it; 3 still looks fine.
+        let idx = OpenOptions::new().write(true).open(dir.path().join("audit.idx")).unwrap();
+        idx.write_all_at(&[0; 8], 16).unwrap();
+        let again = AuditFiles::open(dir.path()).unwrap();
+        assert_eq!(again.len().unwrap(), 2, "cut at the first entry that does not follow on");
+        assert_eq!(&*again.get(1).unwrap().unwrap(), b"one!");
+        assert!(again.get(2).unwrap().is_none(), "the log, not a corrupt file, supplies it again");
     }
 
     #[test]
