@@ -389,8 +389,10 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
     loop {
         match config.open() {
             Ok(db) => return Ok(db),
+            // sled reports a held lock as an I/O error of kind `Other` whose text says so.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && std::time::Instant::now() < deadline =>
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
