@@ -393,17 +393,8 @@ impl AuditLog {
         drafts: Vec<EventDraft>,
         change: Option<CustomerChange>,
     ) -> Result<Vec<u64>, AuditError> {
-        let now = Timestamp::now();
-        let kinds: Vec<(Action, Outcome)> = drafts.iter().map(|d| (d.action, d.outcome)).collect();
-        let events = drafts.into_iter().map(|d| d.pending(now, &self.pseudonyms)).collect();
-        let written = self.store.write(Write { change, events }).await.map_err(|e| match e {
-            e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. }) => AuditError::Rejected(e),
-            e => AuditError::Unavailable(e),
-        })?;
-        for ((action, outcome), seq) in kinds.into_iter().zip(&written.seqs) {
-            crate::metric::audit_appended(action, outcome, seq + 1);
-        }
-        Ok(written.seqs)
+        let mut outcomes = self.record_many(vec![(drafts, change)]).await?;
+        outcomes.pop().unwrap_or_else(|| Err(AuditError::Corrupt("the store gave a write no outcome".into())))
     }
 
     /// Independent writes, each a change with the events that record it, made durable

@@ -36,12 +36,9 @@ impl Vault {
     pub(super) fn consent_views(
         &self,
         record: &CustomerRecord,
+        key: &DataKey,
         history: bool,
     ) -> Result<Vec<ConsentView>, VaultError> {
-        if record.consents.is_empty() {
-            return Ok(Vec::new());
-        }
-        let key = self.data_key(record)?;
         let mut views = Vec::new();
         for (purpose, versions) in &record.consents {
             let shown =
@@ -52,7 +49,7 @@ impl Vault {
                     version: consent.version,
                     granted: consent.granted,
                     notice: consent.notice.clone(),
-                    source: consent_source(&key, &record.id, purpose, consent)?,
+                    source: consent_source(key, &record.id, purpose, consent)?,
                     time: consent.time.to_rfc3339(),
                 });
             }
@@ -119,7 +116,8 @@ impl Vault {
         let record = self.change_choice(ctx, id, purpose, Choice::Consent(&input)).await?;
         // invariant: change_choice appended a record for this purpose, or found an identical
         // newest one, so the newest views include it.
-        let view = self.consent_views(&record, false)?.into_iter().find(|v| v.purpose == purpose);
+        let key = self.data_key(&record)?;
+        let view = self.consent_views(&record, &key, false)?.into_iter().find(|v| v.purpose == purpose);
         Ok(view.expect("consent just recorded"))
     }
 

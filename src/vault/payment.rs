@@ -273,7 +273,7 @@ impl Vault {
             let e = VaultError::PolicyDenied { denied: vec![(PAYMENT_METHODS.to_owned(), reason)] };
             return self.refuse(draft.denied([format!("{PAYMENT_METHODS}:{}", reason.as_str())]), e).await;
         }
-        let views = self.payment_method_views(&record)?;
+        let views = self.payment_method_views(&record, &self.data_key(&record)?)?;
         self.record(draft).await?;
         Ok(views)
     }
@@ -310,15 +310,12 @@ impl Vault {
     pub(super) fn payment_method_views(
         &self,
         record: &CustomerRecord,
+        key: &DataKey,
     ) -> Result<Vec<PaymentMethodView>, VaultError> {
-        if record.payment_methods.is_empty() {
-            return Ok(Vec::new());
-        }
-        let key = self.data_key(record)?;
         record
             .payment_methods
             .iter()
-            .map(|m| Ok(self.open_method(&key, &record.id, m)?.view(&m.token)))
+            .map(|m| Ok(self.open_method(key, &record.id, m)?.view(&m.token)))
             .collect()
     }
 

@@ -157,7 +157,7 @@ impl Vault {
             return self.refuse(draft.failed(["unknown_field"]), e).await;
         }
         let record = self.load(&draft, id).await?;
-        let (view, reasons) = self.view(&record, purpose, only.as_deref())?;
+        let (view, reasons) = self.view(&record, &self.data_key(&record)?, purpose, only.as_deref())?;
         let mut draft = draft.fields(view.fields.keys().cloned());
         if !reasons.is_empty() {
             draft = draft.withheld(reasons);
@@ -199,7 +199,7 @@ impl Vault {
                 .purpose(purpose.map(|p| p.name.as_str()));
             let (view, reads) = match purpose {
                 Some(p) => {
-                    let (view, reasons) = self.view(&record, p, None)?;
+                    let (view, reasons) = self.view(&record, &key, p, None)?;
                     let mut read = read.fields(view.fields.keys().cloned());
                     if !reasons.is_empty() {
                         read = read.withheld(reasons);
@@ -208,7 +208,7 @@ impl Vault {
                 }
                 // A customer rectifying their own record sees all of it.
                 None if ctx.principal.role == Role::Customer => {
-                    let fields = self.all_fields(&record)?;
+                    let fields = self.all_fields(&record, &key)?;
                     let read = read.fields(fields.keys().cloned());
                     (CustomerView { id: record.id, fields, withheld: None }, vec![read])
                 }
@@ -313,11 +313,11 @@ impl Vault {
     fn view(
         &self,
         record: &CustomerRecord,
+        key: &DataKey,
         purpose: &Purpose,
         only: Option<&[String]>,
     ) -> Result<(CustomerView, Vec<String>), VaultError> {
         let now = Timestamp::now().millis();
-        let key = self.data_key(record)?;
         let mut shown = Map::new();
         let mut withheld = Vec::new();
         let mut reasons = Vec::new();
@@ -327,7 +327,7 @@ impl Vault {
             }
             match self.policies.decide_use(&purpose.name, name, record, now) {
                 FieldDecision::Allow { .. } => {
-                    shown.insert(name.clone(), fields::open(&key, &record.id, name, stored)?);
+                    shown.insert(name.clone(), fields::open(key, &record.id, name, stored)?);
                 }
                 FieldDecision::Deny(reason) => {
                     reasons.push(format!("{name}:{}", reason.as_str()));

@@ -10,6 +10,7 @@ use super::consent::ConsentView;
 use super::payment::PaymentMethodView;
 use super::{RequestContext, Vault, VaultError, fields};
 use crate::audit::{Action, Event, EventDraft, Outcome};
+use crate::crypto::DataKey;
 use crate::domain::{CustomerId, Timestamp};
 use crate::store::CustomerRecord;
 
@@ -74,9 +75,11 @@ impl Vault {
     pub async fn own_profile(&self, ctx: &RequestContext) -> Result<OwnProfile, VaultError> {
         let (draft, id) = self.own_draft(ctx, Action::CustomerRead);
         let record = self.load(&draft, id).await?;
-        let fields = self.all_fields(&record)?;
-        let payment_methods = self.payment_method_views(&record)?;
-        let consents = self.consent_views(&record, false)?;
+        // One unwrap of the data key serves every value the answer opens.
+        let key = self.data_key(&record)?;
+        let fields = self.all_fields(&record, &key)?;
+        let payment_methods = self.payment_method_views(&record, &key)?;
+        let consents = self.consent_views(&record, &key, false)?;
         self.record(draft.fields(shown_names(&fields, &payment_methods))).await?;
         Ok(OwnProfile {
             id: record.id,
@@ -94,7 +97,7 @@ impl Vault {
     pub async fn own_consents(&self, ctx: &RequestContext) -> Result<Vec<ConsentView>, VaultError> {
         let (draft, id) = self.own_draft(ctx, Action::CustomerRead);
         let record = self.load(&draft, id).await?;
-        let consents = self.consent_views(&record, false)?;
+        let consents = self.consent_views(&record, &self.data_key(&record)?, false)?;
         self.record(draft.fields(Vec::<String>::new())).await?;
         Ok(consents)
     }
@@ -104,7 +107,8 @@ impl Vault {
     pub async fn export(&self, ctx: &RequestContext) -> Result<Export, VaultError> {
         let (draft, id) = self.own_draft(ctx, Action::CustomerExport);
         let record = self.load(&draft, id).await?;
-        let fields = self.all_fields(&record)?;
+        let key = self.data_key(&record)?;
+        let fields = self.all_fields(&record, &key)?;
         let field_info = fields
             .keys()
             .filter_map(|name| self.policies.field(name).map(|f| (name, f)))
@@ -141,8 +145,8 @@ impl Vault {
             format_version: EXPORT_FORMAT_VERSION,
             generated_at: Timestamp::now().to_rfc3339(),
             customer_id: record.id,
-            payment_methods: self.payment_method_views(&record)?,
-            consent_history: self.consent_views(&record, true)?,
+            payment_methods: self.payment_method_views(&record, &key)?,
+            consent_history: self.consent_views(&record, &key, true)?,
             objections: record.objections.iter().cloned().collect(),
             restricted: record.restricted,
             fields,
@@ -155,15 +159,15 @@ impl Vault {
     }
 
     /// Every stored field of a record, decrypted.
-    pub(super) fn all_fields(&self, record: &CustomerRecord) -> Result<Map<String, Value>, VaultError> {
-        if record.fields.is_empty() {
-            return Ok(Map::new());
-        }
-        let key = self.data_key(record)?;
+    pub(super) fn all_fields(
+        &self,
+        record: &CustomerRecord,
+        key: &DataKey,
+    ) -> Result<Map<String, Value>, VaultError> {
         record
             .fields
             .iter()
-            .map(|(name, stored)| Ok((name.clone(), fields::open(&key, &record.id, name, stored)?)))
+            .map(|(name, stored)| Ok((name.clone(), fields::open(key, &record.id, name, stored)?)))
             .collect()
     }
 

@@ -1,29 +1,12 @@
 // The behaviour every `Store` backend must show. Included whole by `main.rs` into one module per
 // backend, which provides `fixture()`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use custodia::audit::merkle::{leaf_hash, node_hash};
-use custodia::crypto::{BlindIndex, DataKey, MasterKey, MasterKeyring};
-use custodia::domain::{CustomerId, Timestamp};
-use custodia::store::{CustomerChange, CustomerRecord, IndexEntry, PendingEvent, StoreError, Write};
-
-fn record(id: CustomerId, version: u64, entries: Vec<IndexEntry>) -> CustomerRecord {
-    let ring = MasterKeyring::new(MasterKey::from_bytes(&[1; 32]).unwrap(), vec![]);
-    CustomerRecord {
-        id,
-        version,
-        data_key: ring.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap(),
-        fields: BTreeMap::new(),
-        index_entries: entries,
-        consents: BTreeMap::new(),
-        objections: BTreeSet::new(),
-        restricted: false,
-        payment_methods: vec![],
-        created_at: Timestamp::now(),
-        updated_at: Timestamp::now(),
-    }
-}
+use custodia::crypto::BlindIndex;
+use custodia::domain::CustomerId;
+use custodia::store::{CustomerChange, IndexEntry, PendingEvent, StoreError, Write};
 
 fn entry(field: &str, byte: u8, unique: bool) -> IndexEntry {
     IndexEntry { field: field.into(), index: [byte; 32], unique }

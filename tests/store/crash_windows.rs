@@ -3,31 +3,11 @@
 //! A "crash" is a child process that ends in `abort()` (no destructor runs, as with kill -9), or
 //! a store dropped without `close()` (sled flushes on drop, but nothing of ours runs).
 
-use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use custodia::audit::tree::Tree;
-use custodia::crypto::{DataKey, MasterKey, MasterKeyring};
-use custodia::domain::{CustomerId, Timestamp};
-use custodia::store::{CustomerChange, CustomerRecord, PendingEvent, StorageSettings, Store, Write};
-
-fn record(id: CustomerId) -> CustomerRecord {
-    let ring = MasterKeyring::new(MasterKey::from_bytes(&[1; 32]).unwrap(), vec![]);
-    CustomerRecord {
-        id,
-        version: 1,
-        data_key: ring.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap(),
-        fields: BTreeMap::new(),
-        index_entries: vec![],
-        consents: BTreeMap::new(),
-        objections: BTreeSet::new(),
-        restricted: false,
-        payment_methods: vec![],
-        created_at: Timestamp::now(),
-        updated_at: Timestamp::now(),
-    }
-}
+use custodia::domain::CustomerId;
+use custodia::store::{CustomerChange, PendingEvent, StorageSettings, Store, Write};
 
 /// Runs this test binary again as a child doing `step` on the store in `dir`; the child ends
 /// with `abort()`: no destructor runs, so sled is not flushed on drop, as with kill -9.
@@ -58,7 +38,10 @@ async fn a_customers_history_survives_two_kill_9s_before_the_first_flush() {
         if step == "1" {
             // Run 1: a create with its event, acknowledged, then kill -9 before any flush.
             let prefix = format!("{{\"action\":\"customer.create\",\"customer_id\":\"{id}\"").into_bytes();
-            let change = CustomerChange::Put { record: Box::new(record(id)), expected_version: None };
+            let change = CustomerChange::Put {
+                record: Box::new(crate::record(id, 1, vec![])),
+                expected_version: None,
+            };
             let event = PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: Some(id) };
             store.write(Write { change: Some(change), events: vec![event] }).await.unwrap();
         } else {
@@ -98,7 +81,8 @@ async fn a_customers_history_survives_a_drop_without_close() {
     let id = CustomerId::random();
     let prefix = format!("{{\"action\":\"customer.create\",\"customer_id\":\"{id}\"").into_bytes();
     let store = open();
-    let change = CustomerChange::Put { record: Box::new(record(id)), expected_version: None };
+    let change =
+        CustomerChange::Put { record: Box::new(crate::record(id, 1, vec![])), expected_version: None };
     let event = PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: Some(id) };
     store.write(Write { change: Some(change), events: vec![event] }).await.unwrap();
     drop(store);

@@ -4,10 +4,13 @@
 
 mod crash_windows;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use custodia::audit::tree::Tree;
-use custodia::store::{MemoryData, StorageSettings, Store};
+use custodia::crypto::{DataKey, MasterKey, MasterKeyring};
+use custodia::domain::{CustomerId, Timestamp};
+use custodia::store::{CustomerRecord, IndexEntry, MemoryData, StorageSettings, Store};
 
 /// A backend under test. Every `open` gives a new handle over the same data, as a restart does.
 pub struct Fixture {
@@ -19,6 +22,24 @@ impl Fixture {
     /// A handle over the fixture's data.
     pub fn open(&self) -> Arc<dyn Store> {
         custodia::store::open(&self.settings, Arc::new(Tree)).unwrap()
+    }
+}
+
+/// A record of customer `id` at `version` owning `entries`, with a real wrapped data key.
+pub fn record(id: CustomerId, version: u64, entries: Vec<IndexEntry>) -> CustomerRecord {
+    let ring = MasterKeyring::new(MasterKey::from_bytes(&[1; 32]).unwrap(), vec![]);
+    CustomerRecord {
+        id,
+        version,
+        data_key: ring.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap(),
+        fields: BTreeMap::new(),
+        index_entries: entries,
+        consents: BTreeMap::new(),
+        objections: BTreeSet::new(),
+        restricted: false,
+        payment_methods: vec![],
+        created_at: Timestamp::now(),
+        updated_at: Timestamp::now(),
     }
 }
 

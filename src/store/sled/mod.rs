@@ -507,15 +507,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_failure_after_the_log_append_poisons_the_store_until_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
-        let store = open();
+    /// `store` after seq 0 was acknowledged and the group of seq 1 failed after its log append.
+    async fn poisoned(store: SledStore) -> SledStore {
         assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
         store.shared.fail_after_append.store(true, Ordering::SeqCst);
         assert!(matches!(store.write(write(1)).await, Err(StoreError::Unavailable(_))));
         store.shared.fail_after_append.store(false, Ordering::SeqCst);
+        store
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_the_log_append_poisons_the_store_until_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
+        let store = poisoned(open()).await;
         // Poisoned: nothing more is acknowledged, so no later request can be given seq 1 while
         // the log holds the failed group's event under it.
         assert!(matches!(store.write(write(2)).await, Err(StoreError::Unavailable(_))));
@@ -536,10 +541,7 @@ mod tests {
     async fn a_graceful_stop_of_a_poisoned_store_keeps_the_failed_groups_log_record() {
         let dir = tempfile::tempdir().unwrap();
         let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
-        let store = open();
-        assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
-        store.shared.fail_after_append.store(true, Ordering::SeqCst);
-        assert!(matches!(store.write(write(1)).await, Err(StoreError::Unavailable(_))));
+        let store = poisoned(open()).await;
         // A graceful stop (SIGTERM → close) must not flush over the failed group's record.
         assert!(store.close().await.is_err(), "closing a poisoned store reports the poison");
         drop(store);
