@@ -8,7 +8,8 @@
 //! Knobs (environment): `HTTP_BENCH_CUSTOMERS`, `HTTP_BENCH_CONNECTIONS`, `HTTP_BENCH_SECONDS`,
 //! `HTTP_BENCH_ONLY` (comma-separated scenario names), `HTTP_BENCH_GROW_TO=M` (after the
 //! scenarios, preload up to M customers and run `create` and `read` again, so the cost at two
-//! store sizes is compared in one run), and `HTTP_BENCH_PROFILE=FILE` to run the server under
+//! store sizes is compared in one run), `HTTP_BENCH_KEEP=1` (keep the data directory and print
+//! its path), and `HTTP_BENCH_PROFILE=FILE` to run the server under
 //! `perf record -e cpu-clock -g` writing FILE (profile before optimising).
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`, the mean
 //! group-commit batch from the server's metrics and the bytes the server wrote to disk per
@@ -117,6 +118,9 @@ fn main() {
     let data_bytes = dir_size(dir.path());
     let restart = measure_restart(dir.path(), &runtime);
     report(&config, smoke, &outcomes, rss_kib, data_bytes, &restart);
+    if std::env::var_os("HTTP_BENCH_KEEP").is_some() {
+        println!("data directory kept at {}", dir.keep().display());
+    }
 }
 
 /// A restart over the data directory the run left behind.
