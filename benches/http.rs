@@ -127,7 +127,10 @@ fn main() {
 struct Restart {
     startup: Duration,
     events: u64,
+    /// Peak RSS (VmHWM) from start to after the first request: includes the open's transients.
     rss_kib: Option<u64>,
+    /// RSS (VmRSS) 3 s after the first request, once the open's transient buffers are freed.
+    settled_rss_kib: Option<u64>,
 }
 
 /// Starts the server again over `dir`, times it until it listens, serves a read, and reports
@@ -154,8 +157,10 @@ fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
         body["tree_size"].as_u64().unwrap_or(0)
     });
     let rss_kib = peak_rss_kib(child.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let settled_rss_kib = status_kib(child.id(), "VmRSS:");
     stop_server(&mut child, false);
-    Restart { startup, events, rss_kib }
+    Restart { startup, events, rss_kib, settled_rss_kib }
 }
 
 fn start_server(data_dir: &Path, profiled: bool) -> (Child, String) {
@@ -419,8 +424,13 @@ async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/PID/status`.
+fn status_kib(pid: u32, name: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status.lines().find(|l| l.starts_with(name))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -483,22 +493,24 @@ fn report(
     println!("server peak RSS: {}", rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")));
     println!("data directory: {:.1} MiB", data_bytes as f64 / (1024.0 * 1024.0));
     let restart_rss = restart.rss_kib.map(|k| k as f64 / 1024.0);
+    let settled_rss = restart.settled_rss_kib.map(|k| k as f64 / 1024.0);
     let customers = std::env::var("HTTP_BENCH_GROW_TO")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(config.customers, |m| m.max(config.customers));
     println!(
-        "restart over it ({} customers, {} audit events): listening after {:.0} ms, RSS {}",
+        "restart over it ({} customers, {} audit events): listening after {:.0} ms, RSS {} 3 s after a first request (peak {})",
         customers,
         restart.events,
         restart.startup.as_secs_f64() * 1e3,
+        settled_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB")),
         restart_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
     );
     let out = json!({
         "smoke": smoke, "customers": config.customers, "connections": config.connections,
         "seconds_per_scenario": config.seconds, "scenarios": rows,
         "server_peak_rss_mib": rss_mib, "data_dir_mib": data_bytes as f64 / (1024.0 * 1024.0),
-        "restart": {"startup_ms": restart.startup.as_secs_f64() * 1e3, "audit_events": restart.events, "rss_mib": restart_rss},
+        "restart": {"startup_ms": restart.startup.as_secs_f64() * 1e3, "audit_events": restart.events, "peak_rss_mib": restart_rss, "settled_rss_mib": settled_rss},
     });
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());

@@ -305,9 +305,15 @@ pub fn edit_stored_record(
     key.extend_from_slice(uuid.as_bytes());
     let db = open_store_files(data_dir);
     let tree = db.open_tree("custodia").unwrap();
-    let mut record = custodia::store::CustomerRecord::decode(&tree.get(&key).unwrap().unwrap()).unwrap();
+    let stored = tree.get(&key).unwrap().unwrap();
+    // The sled layout (src/store/sled/keys.rs): `0x80 ‖ key slot (8) ‖ record` when the data
+    // key is in the key file; the slot prefix is kept as it is.
+    let prefix = if stored[0] == 0x80 { &stored[..9] } else { &stored[..0] };
+    let mut record = custodia::store::CustomerRecord::decode(&stored[prefix.len()..]).unwrap();
     edit(&mut record);
-    tree.insert(key, record.encode().unwrap()).unwrap();
+    let mut value = prefix.to_vec();
+    value.extend(record.encode().unwrap());
+    tree.insert(key, value).unwrap();
     db.flush().unwrap();
 }
 

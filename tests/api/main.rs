@@ -16,4 +16,5 @@ mod openapi;
 mod operate;
 mod payment;
 mod request_log;
+mod shredding;
 mod storage;

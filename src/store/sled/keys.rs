@@ -1,6 +1,8 @@
 //! The sled key layout: one tree, keys namespaced by a one-byte prefix.
 //!
-//! - `c` ‖ customer id (16) → encoded [`crate::store::CustomerRecord`]
+//! - `c` ‖ customer id (16) → `0x80 ‖ key slot (u64 LE) ‖ record` ([`encode_record`]): the
+//!   record without its data key, which lives in the key file (`key_file.rs`); records written
+//!   before the key file are a bare [`CustomerRecord::encode`] with the key inline
 //! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty
 //! - `x` ‖ customer id (16) ‖ seq (8, big-endian) → empty: per-customer audit history, written
 //!   at flush time for every entry below the `history_len` metadata value
@@ -13,8 +15,40 @@
 //! (its own leaf hash at level 0 first), then the canonical JSON. Node (level, index) is
 //! completed by leaf `(index + 1) · 2^level − 1`, so it is found in that leaf's entry.
 
+use crate::crypto::Sealed;
 use crate::domain::CustomerId;
-use crate::store::{Hash, IntegratedLeaf, StoreError};
+use crate::store::{CustomerRecord, Hash, IntegratedLeaf, StoreError};
+
+/// First byte of a record whose data key is in the key file.
+const DETACHED_KEY: u8 = 0x80;
+
+/// Encodes `record` for its `c` key with the data key left out (its sealed bytes empty; the
+/// key id stays, naming what wrapped it), and `slot` naming the key-file slot that holds it.
+pub(super) fn encode_record(record: &mut CustomerRecord, slot: u64) -> Result<Vec<u8>, StoreError> {
+    let sealed = std::mem::replace(&mut record.data_key.sealed, Sealed::from_bytes(Vec::new()));
+    let body = record.encode();
+    record.data_key.sealed = sealed;
+    let body = body?;
+    let mut value = Vec::with_capacity(9 + body.len());
+    value.push(DETACHED_KEY);
+    value.extend_from_slice(&slot.to_le_bytes());
+    value.extend_from_slice(&body);
+    Ok(value)
+}
+
+/// Decodes a `c` value: the record and the slot of its data key, or `None` for a record that
+/// still holds its key inline. A record with a slot has an empty `data_key` until the caller
+/// fills it from the key file.
+pub(super) fn decode_record(value: &[u8]) -> Result<(CustomerRecord, Option<u64>), StoreError> {
+    match value.split_first() {
+        Some((&DETACHED_KEY, rest)) => {
+            let (slot, body) = rest.split_at_checked(8).ok_or_else(|| corrupt("record layout"))?;
+            let slot = u64::from_le_bytes(slot.try_into().map_err(|_| corrupt("record layout"))?);
+            Ok((CustomerRecord::decode(body)?, Some(slot)))
+        }
+        _ => Ok((CustomerRecord::decode(value)?, None)),
+    }
+}
 
 /// Metadata name of the last applied batch's LSN and audit length.
 pub(super) const WAL_LSN: &str = "wal_lsn";

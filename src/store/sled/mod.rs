@@ -17,6 +17,7 @@
 
 mod audit_files;
 mod flusher;
+mod key_file;
 mod keys;
 mod wal;
 mod writer;
@@ -33,6 +34,7 @@ use tokio::sync::oneshot;
 
 use self::audit_files::AuditFiles;
 use self::flusher::Flusher;
+use self::key_file::KeyFile;
 use self::keys::{
     HISTORY_LEN, WAL_LSN, completing_leaf, corrupt, customer_key, customer_of_key, decode_entry, decode_pair,
     history_prefix, index_prefix, meta_key, trailing_u64,
@@ -58,6 +60,8 @@ struct Shared {
     db: sled::Db,
     wal: Wal,
     audit: AuditFiles,
+    /// Wrapped data keys, one slot each; records name their slot.
+    keys: KeyFile,
     integrator: Arc<dyn Integrator>,
     /// Held from a group's log append until sled and the audit files have it; the flusher takes
     /// it to rotate the log between groups.
@@ -93,24 +97,35 @@ impl SledStore {
         std::fs::create_dir_all(&audit_dir)
             .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", audit_dir.display())))?;
         let audit = AuditFiles::open(&audit_dir)?;
+        let keys = KeyFile::open(&dir.join(KEY_FILE))?;
         // Replay what sled lost: every logged batch newer than the last one sled holds, and
-        // every audit entry the files lack.
+        // every audit entry the files lack. Every logged key destruction is repeated (it is
+        // guarded by the slot's owner, so a slot reused since is spared).
         let wal_dir = dir.join("wal");
         let durable_in_sled = lsn;
         for record in Wal::read_all(&wal_dir)? {
             for op in &record.ops {
-                if let Op::Audit(seq, entry) = op
-                    && *seq >= audit.len()?
-                {
-                    audit.push(*seq, Arc::from(entry.as_slice()))?;
+                match op {
+                    Op::Audit(seq, entry) if *seq >= audit.len()? => {
+                        audit.push(*seq, Arc::from(entry.as_slice()))?;
+                    }
+                    Op::DestroyKey { slot, owner } => {
+                        keys.destroy(*slot, *owner)?;
+                    }
+                    _ => {}
                 }
             }
             if record.lsn > durable_in_sled {
-                if record.ops.iter().any(|op| !matches!(op, Op::Audit(..))) {
+                if record.ops.iter().any(|op| matches!(op, Op::Put(..) | Op::Remove(..))) {
                     tree.apply_batch(to_batch(&record.ops)).map_err(unavailable)?;
                 }
                 lsn = record.lsn;
             }
+        }
+        keys.sync()?;
+        let orphans = keys.recover(lsn)?;
+        if orphans > 0 {
+            tracing::info!(slots = orphans, "zeroed key slots of writes that never became durable");
         }
         // invariant: the log is written before sled, so sled cannot hold a batch whose audit
         // entry the log and files lack. If it does (the disk lost synced log pages), refuse to
@@ -146,6 +161,7 @@ impl SledStore {
             db,
             wal,
             audit,
+            keys,
             integrator,
             apply: Mutex::new(Applied { lsn }),
             head: RwLock::new(head),
@@ -177,7 +193,7 @@ impl SledStore {
 
     fn read_customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
         match self.shared.tree.get(customer_key(id)).map_err(unavailable)? {
-            Some(bytes) => CustomerRecord::decode(&bytes).map(Some),
+            Some(bytes) => Ok(Some(self.shared.record(&bytes)?.0)),
             None => Ok(None),
         }
     }
@@ -374,6 +390,22 @@ impl Store for SledStore {
     }
 }
 
+impl Shared {
+    /// Decodes a stored record with its data key read from the key file; also answers the
+    /// key's slot (`None` for a record that still holds its key inline).
+    fn record(&self, value: &[u8]) -> Result<(CustomerRecord, Option<u64>), StoreError> {
+        let (mut record, slot) = keys::decode_record(value)?;
+        if let Some(slot) = slot {
+            let payload = self.keys.read(slot, &record.id)?;
+            record.data_key = postcard::from_bytes(&payload).map_err(|_| corrupt("a key slot's payload"))?;
+        }
+        Ok((record, slot))
+    }
+}
+
+/// File name of the key file in the data directory.
+const KEY_FILE: &str = "keys";
+
 /// Opens sled in `dir`. A store dropped a moment ago in this process releases sled's file lock
 /// only when sled's I/O threads have finished the writes its drop started, so a lock held
 /// elsewhere is waited for up to [`LOCK_WAIT`] before giving up.
@@ -461,7 +493,7 @@ fn apply(tree: &sled::Tree, ops: &[Op]) -> Result<(), StoreError> {
             Op::Remove(k) => {
                 tree.remove(k.as_slice()).map_err(unavailable)?;
             }
-            Op::Audit(..) => {}
+            Op::Audit(..) | Op::DestroyKey { .. } => {}
         }
     }
     Ok(())
@@ -473,7 +505,7 @@ fn to_batch(ops: &[Op]) -> sled::Batch {
         match op {
             Op::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
             Op::Remove(k) => batch.remove(k.as_slice()),
-            Op::Audit(..) => {}
+            Op::Audit(..) | Op::DestroyKey { .. } => {}
         }
     }
     batch

@@ -17,7 +17,8 @@
 //!
 //! Frame: `len (u32 LE) ‖ crc32 (u32 LE) ‖ payload`; payload: `lsn (u64 LE)` then ops, each
 //! `1 ‖ klen (u32) ‖ key ‖ vlen (u32) ‖ value` (put), `2 ‖ klen (u32) ‖ key` (remove) or
-//! `3 ‖ seq (u64) ‖ vlen (u32) ‖ entry` (audit append). A torn
+//! `3 ‖ seq (u64) ‖ vlen (u32) ‖ entry` (audit append) or `4 ‖ slot (u64) ‖ customer (16) ‖
+//! lsn (u64)` (destroy a data key; integers little-endian). A torn
 //! or corrupt frame ends the replay of the last segment; anywhere else it is an error.
 
 use std::fs::{File, OpenOptions};
@@ -26,6 +27,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::key_file::SlotOwner;
+use crate::domain::CustomerId;
 use crate::store::StoreError;
 
 /// One key change.
@@ -37,6 +40,8 @@ pub(super) enum Op {
     Remove(Vec<u8>),
     /// Append audit entry `seq` (kept in the audit files, not in sled).
     Audit(u64, Vec<u8>),
+    /// Zero key slot `slot` if it still holds the key `owner` wrote (`key_file.rs`).
+    DestroyKey { slot: u64, owner: SlotOwner },
 }
 
 /// A logged batch.
@@ -123,6 +128,12 @@ impl Wal {
                     payload.extend_from_slice(&seq.to_le_bytes());
                     put_bytes(&mut payload, v);
                 }
+                Op::DestroyKey { slot, owner } => {
+                    payload.push(4);
+                    payload.extend_from_slice(&slot.to_le_bytes());
+                    payload.extend_from_slice(owner.customer.as_bytes());
+                    payload.extend_from_slice(&owner.lsn.to_le_bytes());
+                }
             }
         }
         let mut frame = Vec::with_capacity(8 + payload.len());
@@ -196,6 +207,7 @@ fn op_len(op: &Op) -> usize {
         Op::Put(k, v) => 9 + k.len() + v.len(),
         Op::Remove(k) => 5 + k.len(),
         Op::Audit(_, v) => 13 + v.len(),
+        Op::DestroyKey { .. } => 33,
     }
 }
 
@@ -235,6 +247,14 @@ fn parse_frame(bytes: &[u8]) -> Option<(Record, usize)> {
                 let seq = u64::from_le_bytes(payload.get(at..at + 8)?.try_into().ok()?);
                 at += 8;
                 ops.push(Op::Audit(seq, take(&mut at)?));
+            }
+            4 => {
+                let field = |from: usize, to: usize| payload.get(at + from..at + to);
+                let slot = u64::from_le_bytes(field(0, 8)?.try_into().ok()?);
+                let customer = CustomerId::from_bytes(field(8, 24)?.try_into().ok()?);
+                let lsn = u64::from_le_bytes(field(24, 32)?.try_into().ok()?);
+                at += 32;
+                ops.push(Op::DestroyKey { slot, owner: SlotOwner { customer, lsn } });
             }
             _ => return None,
         }
@@ -290,13 +310,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal = Wal::start(dir.path()).unwrap();
         wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec()), Op::Remove(b"b".to_vec())]).unwrap();
-        wal.append(2, &[Op::Put(b"c".to_vec(), vec![0; 1000]), Op::Audit(7, b"{}".to_vec())]).unwrap();
+        let destroy = Op::DestroyKey {
+            slot: 9,
+            owner: SlotOwner { customer: CustomerId::from_bytes([3; 16]), lsn: 1 },
+        };
+        wal.append(
+            2,
+            &[Op::Put(b"c".to_vec(), vec![0; 1000]), Op::Audit(7, b"{}".to_vec()), destroy.clone()],
+        )
+        .unwrap();
         wal.sync().unwrap();
         drop(wal);
         let records = Wal::read_all(dir.path()).unwrap();
         assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(records[0].ops[1], Op::Remove(b"b".to_vec()));
         assert_eq!(records[1].ops[1], Op::Audit(7, b"{}".to_vec()));
+        assert_eq!(records[1].ops[2], destroy);
 
         // Cut the last frame in half, as a crash during the write would.
         let path = segment_path(dir.path(), segment_ids(dir.path()).unwrap()[0]);

@@ -23,8 +23,10 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::key_file::SlotOwner;
 use super::keys::{
-    WAL_LSN, checkpoint_key, customer_key, encode_entry, encode_pair, index_key, index_prefix, meta_key,
+    WAL_LSN, checkpoint_key, customer_key, encode_entry, encode_pair, encode_record, index_key, index_prefix,
+    meta_key,
 };
 use super::wal::Op;
 use super::{Shared, poisoned_error, unavailable};
@@ -104,7 +106,23 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
         return;
     }
     let jobs = group.len();
-    let mut stage = Staging { tree: &shared.tree, overlay: BTreeMap::new() };
+    // invariant: only this thread advances the LSN, so the group's is known before staging
+    // (its new key slots carry it).
+    let lsn = match shared.apply.lock() {
+        Ok(applied) => applied.lsn + 1,
+        Err(_) => {
+            group.into_iter().for_each(|job| job.fail(&lock_error()));
+            return;
+        }
+    };
+    let mut stage = Staging {
+        shared,
+        lsn,
+        overlay: BTreeMap::new(),
+        destroyed: Vec::new(),
+        wrote_slots: false,
+        fatal: None,
+    };
     let mut events: Vec<PendingEvent> = Vec::new();
     let mut answers = Vec::with_capacity(group.len());
     for job in group {
@@ -180,9 +198,17 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
 
 /// Integrates the group's events, logs and applies everything, syncs the log and publishes the
 /// new head. Returns the seq of the group's first event. Any error here poisons the store.
-fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) -> Result<u64, StoreError> {
+fn make_durable(
+    shared: &Shared,
+    mut stage: Staging<'_>,
+    events: Vec<PendingEvent>,
+) -> Result<u64, StoreError> {
+    if let Some(e) = stage.fatal.take() {
+        return Err(e);
+    }
     let head = shared.head.read().map_err(|_| lock_error())?.clone();
     let first_seq = head.size;
+    let (wrote_slots, group_lsn) = (stage.wrote_slots, stage.lsn);
     let mut ops = stage.into_ops();
     if ops.is_empty() && events.is_empty() {
         return Ok(first_seq);
@@ -192,6 +218,13 @@ fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) 
     {
         let mut applied = shared.apply.lock().map_err(|_| lock_error())?;
         let lsn = applied.lsn + 1;
+        if lsn != group_lsn {
+            return Err(StoreError::Unavailable("the log sequence moved during a group".into()));
+        }
+        // New key slots are durable before the log record that names them.
+        if wrote_slots {
+            shared.keys.sync()?;
+        }
         if touches_sled {
             ops.push(Op::Put(meta_key(WAL_LSN), encode_pair(lsn, new_head.size)));
         }
@@ -208,6 +241,20 @@ fn make_durable(shared: &Shared, stage: Staging<'_>, events: Vec<PendingEvent>) 
         shared.wal.sync().map_err(StoreError::Unavailable)?;
         if touches_sled {
             super::apply(&shared.tree, &ops)?;
+        }
+        // Erasure is real before it is answered: destroyed keys are zeros on disk, synced, and
+        // only then reusable (see `key_file.rs`).
+        let mut destroyed = Vec::new();
+        for op in &ops {
+            if let Op::DestroyKey { slot, owner } = op
+                && shared.keys.destroy(*slot, *owner)?
+            {
+                destroyed.push(*slot);
+            }
+        }
+        if !destroyed.is_empty() {
+            shared.keys.sync()?;
+            shared.keys.release(destroyed)?;
         }
         let mut tail = shared.history_tail.write().map_err(|_| lock_error())?;
         for (leaf, op) in leaves.iter().zip(ops.iter().filter(|op| matches!(op, Op::Audit(..)))) {
@@ -229,17 +276,58 @@ fn lock_error() -> StoreError {
 
 /// A group's writes, checked against sled as changed by the group's earlier writes.
 struct Staging<'a> {
-    tree: &'a sled::Tree,
+    shared: &'a Shared,
+    /// The group's log sequence number.
+    lsn: u64,
     /// Keys written (`Some`) or removed (`None`) by the group so far, in key order.
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Key slots the group's changes leave behind, destroyed once its log record is durable.
+    destroyed: Vec<Op>,
+    /// Whether the group wrote a new key slot (synced before its log record).
+    wrote_slots: bool,
+    /// A key-file failure after a slot was written: the group fails and poisons the store, so
+    /// the slot stays an orphan that the next open zeroes.
+    fatal: Option<StoreError>,
 }
 
 impl Staging<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.overlay.get(key) {
             Some(value) => Ok(value.clone()),
-            None => Ok(self.tree.get(key).map_err(unavailable)?.map(|v| v.to_vec())),
+            None => Ok(self.shared.tree.get(key).map_err(unavailable)?.map(|v| v.to_vec())),
         }
+    }
+
+    /// Destroys `slot` once the group is durable.
+    fn destroy_later(&mut self, slot: u64) -> Result<(), StoreError> {
+        if let Some(owner) = self.shared.keys.owner(slot)? {
+            self.destroyed.push(Op::DestroyKey { slot, owner });
+        }
+        Ok(())
+    }
+
+    /// The slot for `record`'s data key: the current one if the key is unchanged, else a new
+    /// slot (and the old one destroyed with the group).
+    fn key_slot(
+        &mut self,
+        record: &CustomerRecord,
+        current: Option<&(CustomerRecord, Option<u64>)>,
+    ) -> Result<u64, StoreError> {
+        let current_slot = current.and_then(|(old, slot)| slot.map(|slot| (slot, &old.data_key)));
+        if let Some((slot, key)) = current_slot
+            && *key == record.data_key
+        {
+            return Ok(slot);
+        }
+        let payload =
+            postcard::to_stdvec(&record.data_key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let owner = SlotOwner { customer: record.id, lsn: self.lsn };
+        let slot = self.shared.keys.write(owner, &payload).inspect_err(|e| self.fatal = Some(e.clone()))?;
+        self.wrote_slots = true;
+        if let Some((old, _)) = current_slot {
+            self.destroy_later(old)?;
+        }
+        Ok(slot)
     }
 
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
@@ -254,7 +342,7 @@ impl Staging<'_> {
     fn index_owners(&self, field: &str, index: &[u8; 32]) -> Result<Vec<CustomerId>, StoreError> {
         let prefix = index_prefix(field, index);
         let mut keys = std::collections::BTreeSet::new();
-        for entry in self.tree.scan_prefix(&prefix) {
+        for entry in self.shared.tree.scan_prefix(&prefix) {
             let (key, _) = entry.map_err(unavailable)?;
             keys.insert(key.to_vec());
         }
@@ -281,29 +369,32 @@ impl Staging<'_> {
             CustomerChange::Put { record, .. } => record.id,
             CustomerChange::Delete { id, .. } => *id,
         };
-        let current =
-            self.get(&customer_key(&id))?.map(|bytes| CustomerRecord::decode(&bytes)).transpose()?;
+        let current = self.get(&customer_key(&id))?.map(|bytes| self.shared.record(&bytes)).transpose()?;
         let expected = match &change {
             CustomerChange::Put { expected_version, .. } => *expected_version,
             CustomerChange::Delete { expected_version, .. } => Some(*expected_version),
         };
-        if current.as_ref().map(|r| r.version) != expected {
+        if current.as_ref().map(|(r, _)| r.version) != expected {
             return Err(StoreError::VersionConflict);
         }
-        let old_entries: &[IndexEntry] = current.as_ref().map_or(&[], |r| &r.index_entries);
+        let old_entries: &[IndexEntry] = current.as_ref().map_or(&[], |(r, _)| &r.index_entries);
         match change {
-            CustomerChange::Put { record, expected_version } => {
+            CustomerChange::Put { mut record, expected_version } => {
                 if record.version != expected_version.unwrap_or(0) + 1 {
                     return Err(StoreError::VersionConflict);
                 }
-                let added: Vec<&IndexEntry> =
-                    record.index_entries.iter().filter(|e| !old_entries.contains(e)).collect();
+                let added: Vec<IndexEntry> =
+                    record.index_entries.iter().filter(|e| !old_entries.contains(e)).cloned().collect();
                 for entry in added.iter().filter(|e| e.unique) {
                     if self.index_owners(&entry.field, &entry.index)?.iter().any(|o| o != &id) {
                         return Err(StoreError::UniqueViolation { field: entry.field.clone() });
                     }
                 }
-                let encoded = record.encode()?;
+                let slot = self.key_slot(&record, current.as_ref())?;
+                // invariant: nothing below fails but the encoding, and a failure after a slot
+                // was written fails the group (an orphan slot of a committed group would stay).
+                let encoded =
+                    encode_record(&mut record, slot).inspect_err(|e| self.fatal = Some(e.clone()))?;
                 for entry in old_entries.iter().filter(|e| !record.index_entries.contains(e)) {
                     self.remove(index_key(&entry.field, &entry.index, &id));
                 }
@@ -313,6 +404,9 @@ impl Staging<'_> {
                 self.put(customer_key(&id).to_vec(), encoded);
             }
             CustomerChange::Delete { .. } => {
+                if let Some(slot) = current.as_ref().and_then(|(_, slot)| *slot) {
+                    self.destroy_later(slot)?;
+                }
                 for entry in old_entries {
                     self.remove(index_key(&entry.field, &entry.index, &id));
                 }
@@ -329,6 +423,7 @@ impl Staging<'_> {
                 Some(value) => Op::Put(key, value),
                 None => Op::Remove(key),
             })
+            .chain(self.destroyed)
             .collect()
     }
 }
