@@ -91,7 +91,10 @@ pub enum CustomerChange {
         /// The version the change was computed from.
         expected_version: Option<u64>,
     },
-    /// Remove the record and every index entry of the customer.
+    /// Remove the record and every index entry of the customer, and destroy its wrapped data
+    /// key where the backend stores it before the write returns (crypto-shredding, DESIGN §4):
+    /// sled zeroes and syncs the key's slot, so no file of the data directory opens the
+    /// customer's sealed values afterwards.
     Delete {
         /// The customer to remove.
         id: CustomerId,
