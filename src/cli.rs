@@ -250,8 +250,9 @@ async fn serve(config: Option<PathBuf>, dev: bool) -> Result<(), Error> {
     // out the queued log lines before the process exits.
     let _log = crate::telemetry::init(&settings.log_format);
     let app = App::build(settings).await?;
-    tracing::info!(addr = %app.local_addr(), "custodia listening");
-    println!("custodia listening on http://{}", app.local_addr());
+    tracing::info!(addr = %app.local_addr(), mode = app.mode(), "custodia listening");
+    // The URL stays the last word: scripts and tests read it from there.
+    println!("custodia listening ({}) on {}://{}", app.mode(), app.scheme(), app.local_addr());
     app.run_until_stopped().await
 }
 

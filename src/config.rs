@@ -53,6 +53,24 @@ pub struct Settings {
     pub rate_limit_per_second: u32,
     /// Burst allowed above the rate (`CUSTODIA_RATE_LIMIT_BURST`).
     pub rate_limit_burst: u32,
+    /// PEM certificate chain served over TLS (`CUSTODIA_TLS_CERT`); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert` (`CUSTODIA_TLS_KEY`).
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA whose client certificates are required (mutual TLS, `CUSTODIA_TLS_CLIENT_CA`).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address outside `--dev`, for a TLS-terminating proxy
+    /// in front (`CUSTODIA_ALLOW_PLAINTEXT`).
+    pub allow_plaintext: bool,
+    /// Longest wait for a whole request head, a TLS handshake or the next request on an idle
+    /// HTTP/1 connection, in milliseconds (`CUSTODIA_HEADER_READ_TIMEOUT_MS`).
+    pub header_read_timeout_ms: u64,
+    /// Most connections served at once; more wait to be accepted (`CUSTODIA_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Largest request head in bytes, at least 8192 (`CUSTODIA_MAX_HEADER_BYTES`).
+    pub max_header_bytes: usize,
+    /// Most concurrent streams per HTTP/2 connection (`CUSTODIA_HTTP2_MAX_STREAMS`).
+    pub http2_max_streams: u32,
     /// Generate missing keys into the data directory (`serve --dev`).
     pub dev: bool,
 }
@@ -80,6 +98,14 @@ impl Default for Settings {
             retention_sweep_secs: 3600,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            allow_plaintext: false,
+            header_read_timeout_ms: 10_000,
+            max_connections: 1024,
+            max_header_bytes: 16 * 1024,
+            http2_max_streams: 128,
             dev: false,
         }
     }
@@ -138,6 +164,14 @@ struct FileSettings {
     retention_sweep_secs: Option<u64>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
+    header_read_timeout_ms: Option<u64>,
+    max_connections: Option<usize>,
+    max_header_bytes: Option<usize>,
+    http2_max_streams: Option<u32>,
 }
 
 impl Settings {
@@ -180,12 +214,25 @@ impl Settings {
             rotation_pause_ms,
             rate_limit_per_second,
             rate_limit_burst,
-            jwt_max_lifetime_secs
+            jwt_max_lifetime_secs,
+            allow_plaintext,
+            header_read_timeout_ms,
+            max_connections,
+            max_header_bytes,
+            http2_max_streams
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
         }
-        set_opt!(master_key_file, jwt_public_keys, jwt_issuer, jwt_audience);
+        set_opt!(
+            master_key_file,
+            jwt_public_keys,
+            jwt_issuer,
+            jwt_audience,
+            tls_cert,
+            tls_key,
+            tls_client_ca
+        );
         if let Some(k) = f.master_key {
             self.master_key = Some(SecretString::from(k));
         }
@@ -267,6 +314,39 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_RETENTION_SWEEP_SECS") {
             self.retention_sweep_secs = number("CUSTODIA_RETENTION_SWEEP_SECS", v)?;
         }
+        if let Some(v) = get("CUSTODIA_TLS_CERT") {
+            self.tls_cert = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_TLS_KEY") {
+            self.tls_key = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_TLS_CLIENT_CA") {
+            self.tls_client_ca = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_ALLOW_PLAINTEXT") {
+            self.allow_plaintext = match v.as_str() {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "CUSTODIA_ALLOW_PLAINTEXT",
+                        message: "must be true or false".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("CUSTODIA_HEADER_READ_TIMEOUT_MS") {
+            self.header_read_timeout_ms = number("CUSTODIA_HEADER_READ_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_MAX_CONNECTIONS") {
+            self.max_connections = number("CUSTODIA_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_MAX_HEADER_BYTES") {
+            self.max_header_bytes = number("CUSTODIA_MAX_HEADER_BYTES", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_HTTP2_MAX_STREAMS") {
+            self.http2_max_streams = number("CUSTODIA_HTTP2_MAX_STREAMS", v)?;
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Env {
                 name: "CUSTODIA_LOG_FORMAT",
@@ -288,6 +368,40 @@ impl Settings {
     /// The request timeout.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// The listener's limits.
+    pub fn listener_limits(&self) -> crate::listener::ListenerLimits {
+        crate::listener::ListenerLimits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_header_bytes: self.max_header_bytes.max(8192),
+            http2_max_streams: self.http2_max_streams.max(1),
+        }
+    }
+
+    /// The TLS files, if TLS is configured; an error names the missing half of the pair.
+    pub fn tls_files(&self) -> Result<Option<crate::listener::TlsFiles>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::listener::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_some() => Err(ConfigError::Env {
+                name: "CUSTODIA_TLS_CLIENT_CA",
+                message: "needs CUSTODIA_TLS_CERT and CUSTODIA_TLS_KEY".into(),
+            }),
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::Env {
+                name: "CUSTODIA_TLS_KEY",
+                message: "is needed with CUSTODIA_TLS_CERT".into(),
+            }),
+            (None, Some(_)) => Err(ConfigError::Env {
+                name: "CUSTODIA_TLS_CERT",
+                message: "is needed with CUSTODIA_TLS_KEY".into(),
+            }),
+        }
     }
 }
 
@@ -342,6 +456,14 @@ mod tests {
             "request_timeout_ms",
             "log_format",
             "retention_sweep_secs",
+            "tls_cert",
+            "tls_key",
+            "tls_client_ca",
+            "allow_plaintext",
+            "header_read_timeout_ms",
+            "max_connections",
+            "max_header_bytes",
+            "http2_max_streams",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }

@@ -29,6 +29,12 @@ pub enum Error {
     /// Token verification keys could not be loaded.
     #[error(transparent)]
     JwtKeys(#[from] KeyConfigError),
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::listener::TlsError),
+    /// Plain HTTP on a non-loopback address without the operator's consent.
+    #[error("{0}")]
+    Plaintext(String),
     /// Required keys are not configured.
     #[error("cannot start: {0}")]
     MissingKeys(String),

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod listener;
 pub mod metric;
 pub mod policy;
 pub mod startup;

@@ -18,6 +18,7 @@ use crate::crypto::{MasterKey, MasterKeyring, SigningKey, SystemKeys, WrappedSys
 use crate::error::Error;
 use crate::http::rate_limit::CallerLimiter;
 use crate::http::{self, AppState, Limits};
+use crate::listener::{ListenerLimits, Tls};
 use crate::policy::PolicySet;
 use crate::store::Store;
 use crate::vault::Vault;
@@ -42,6 +43,9 @@ pub struct App {
     /// Background work over the vault (checkpoint signing, rotation, retention sweeps): stopped
     /// before the store is closed, so nothing holds the store when a restart opens it again.
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// TLS on the listener, when configured (reloaded on SIGHUP).
+    tls: Option<Arc<Tls>>,
+    limits: ListenerLimits,
 }
 
 impl App {
@@ -68,10 +72,34 @@ impl App {
         let limits =
             Limits { max_body_bytes: settings.max_body_bytes, request_timeout: settings.request_timeout() };
         let router = http::router(state, limits);
+        let tls = settings.tls_files()?.map(Tls::load).transpose()?.map(Arc::new);
         let listener = TcpListener::bind(&settings.listen)
             .await
             .map_err(Error::io(format!("binding {}", settings.listen)))?;
-        Ok(App { listener, router, store, vault, background })
+        let addr = listener.local_addr().map_err(Error::io("reading the bound address"))?;
+        // PCI DSS 4.2.1: outside development, PII and tokens cross a network only under TLS,
+        // or behind a proxy the operator names as terminating it.
+        if tls.is_none() && !addr.ip().is_loopback() && !settings.dev && !settings.allow_plaintext {
+            return Err(Error::Plaintext(format!(
+                "refusing to serve plain HTTP on {addr}: set CUSTODIA_TLS_CERT and CUSTODIA_TLS_KEY, or \
+                 CUSTODIA_ALLOW_PLAINTEXT=true when a TLS-terminating proxy is in front"
+            )));
+        }
+        Ok(App { listener, router, store, vault, background, tls, limits: settings.listener_limits() })
+    }
+
+    /// `https` with TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// The transport in words, for the start-up line.
+    pub fn mode(&self) -> &'static str {
+        match &self.tls {
+            Some(tls) if tls.mutual() => "TLS, client certificates required",
+            Some(_) => "TLS",
+            None => "plain HTTP",
+        }
     }
 
     /// The bound address (port 0 in settings picks a free port).
@@ -95,11 +123,11 @@ impl App {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let served =
-            axum::serve(self.listener, self.router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(signal)
-                .await
-                .map_err(Error::io("serving"));
+        let reload = self.tls.clone().map(spawn_tls_reload);
+        crate::listener::serve(self.listener, self.router, self.limits, self.tls, signal).await;
+        if let Some(reload) = reload {
+            reload.abort();
+        }
         // A rotation or sweep cut here resumes on the next start: each of its writes is atomic.
         for task in &self.background {
             task.abort();
@@ -110,7 +138,6 @@ impl App {
         if let Err(e) = self.vault.audit_log().checkpoint().await {
             tracing::warn!(error = %e, "could not sign a final checkpoint");
         }
-        served?;
         self.store.close().await?;
         tracing::info!("stopped; store flushed and closed");
         Ok(())
@@ -201,6 +228,27 @@ fn spawn_checkpointer(vault: Weak<Vault>, period: Duration) -> tokio::task::Join
                 tracing::error!(error = %e, "signing an audit checkpoint failed");
             }
         }
+    })
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP; a failed reload keeps the old ones.
+fn spawn_tls_reload(tls: Arc<Tls>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+            while hangups.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use")
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        drop(tls);
     })
 }
 
