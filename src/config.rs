@@ -431,10 +431,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.key_epoch_file(), PathBuf::from("/keys/epochs"));
         assert_eq!((s.key_epoch_period(), s.key_epochs_kept), (Duration::from_secs(2), 3));
-        let err = Settings::load_from(None, |name| {
-            (name == "CUSTODIA_KEY_EPOCH_SECONDS").then(|| "0".to_owned())
-        })
-        .unwrap_err();
+        let err =
+            Settings::load_from(None, |name| (name == "CUSTODIA_KEY_EPOCH_SECONDS").then(|| "0".to_owned()))
+                .unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
     }
 

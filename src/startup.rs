@@ -142,8 +142,7 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
         settle: settings.request_timeout(),
         pause: Duration::from_millis(settings.rotation_pause_ms),
     };
-    let vault =
-        Arc::new(Vault::new(policies, dyn_store, audit, keyring, keys).with_epoch_schedule(schedule));
+    let vault = Arc::new(Vault::new(policies, dyn_store, audit, keyring, keys).with_epoch_schedule(schedule));
     if fresh {
         vault.mark_rotated().await.map_err(vault_error)?;
     }

@@ -109,7 +109,11 @@ pub(super) fn seal_with(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Res
     Ok(Sealed(out))
 }
 
-pub(super) fn open_with(cipher: &Aes256Gcm, sealed: &Sealed, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub(super) fn open_with(
+    cipher: &Aes256Gcm,
+    sealed: &Sealed,
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let bytes = &sealed.0;
     if bytes.len() < 1 + NONCE_LEN + TAG_LEN || bytes[0] != FORMAT_V1 {
         return Err(CryptoError::Open);

@@ -480,7 +480,11 @@ impl DataKeyring {
 
     /// Unwraps a customer's data key, under its epoch key or (stored before epochs) directly
     /// under a master key. [`CryptoError::UnknownEpochKey`] when its epoch was destroyed.
-    pub fn unwrap_data_key(&self, customer: &CustomerId, wrapped: &WrappedKey) -> Result<DataKey, CryptoError> {
+    pub fn unwrap_data_key(
+        &self,
+        customer: &CustomerId,
+        wrapped: &WrappedKey,
+    ) -> Result<DataKey, CryptoError> {
         if !wrapped.master_key.is_epoch() {
             return self.master.unwrap_data_key(customer, wrapped);
         }
@@ -527,8 +531,7 @@ impl DataKeyring {
         if &self.current_key().info.id == id {
             return Err(EpochError::Current(id.clone()));
         }
-        let slots: Vec<usize> =
-            file.used().filter(|(_, s)| &s.epoch_id() == id).map(|(i, _)| i).collect();
+        let slots: Vec<usize> = file.used().filter(|(_, s)| &s.epoch_id() == id).map(|(i, _)| i).collect();
         for i in &slots {
             file.zero_slot(*i)?;
         }
@@ -554,7 +557,8 @@ impl DataKeyring {
             if old.is_empty() {
                 continue;
             }
-            let rewrapped = EpochKey::from_bytes(key.bytes.clone(), key.info.created_ms, current_master.clone())?;
+            let rewrapped =
+                EpochKey::from_bytes(key.bytes.clone(), key.info.created_ms, current_master.clone())?;
             file.write_new(self.stored(&rewrapped)?)?;
             for i in old {
                 file.zero_slot(i)?;
@@ -908,7 +912,8 @@ mod tests {
     fn an_epoch_under_an_unconfigured_master_key_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         drop(open(dir.path(), ring(11)));
-        let err = DataKeyring::open(ring(12), &dir.path().join("epochs"), MissingFile::Refuse, 0).unwrap_err();
+        let err =
+            DataKeyring::open(ring(12), &dir.path().join("epochs"), MissingFile::Refuse, 0).unwrap_err();
         assert!(matches!(err, EpochError::UnknownMaster { .. }), "{err}");
         assert!(err.to_string().contains("CUSTODIA_PREVIOUS_MASTER_KEYS"));
     }

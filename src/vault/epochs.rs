@@ -174,7 +174,8 @@ impl Vault {
         let current = self.keyring.current();
         let rewrapped_to = self.store.meta(REWRAPPED_TO).await?;
         let actor = Principal::system("key-epochs");
-        let event = |codes: Vec<String>| EventDraft::new(Action::KeyRotate, &actor, "key-epochs").withheld(codes);
+        let event =
+            |codes: Vec<String>| EventDraft::new(Action::KeyRotate, &actor, "key-epochs").withheld(codes);
 
         if rewrapped_to.as_deref() != Some(current.id.as_str().as_bytes()) {
             let started = Instant::now();
@@ -189,8 +190,11 @@ impl Vault {
                 return Ok(Duration::ZERO);
             }
             self.mark_rewrapped(&current).await?;
-            let mut codes =
-                vec!["epoch_rewrapped".to_owned(), format!("epoch:{}", current.id), format!("rewrapped:{}", state.rewrapped)];
+            let mut codes = vec![
+                "epoch_rewrapped".to_owned(),
+                format!("epoch:{}", current.id),
+                format!("rewrapped:{}", state.rewrapped),
+            ];
             if pass.unreadable > 0 {
                 codes.push(format!("unreadable:{}", pass.unreadable));
             }
@@ -229,13 +233,20 @@ impl Vault {
             let wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
             return Ok(wait.min(MAX_SLEEP));
         }
-        let next = self.keyring.create_epoch(now).map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
+        let next = self
+            .keyring
+            .create_epoch(now)
+            .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
         state.settle_until = Some(Instant::now() + schedule.settle);
         state.rewrapped = 0;
         self.list_epochs().await?;
         tracing::info!(epoch = %next.id, "new key epoch");
-        self.record(event(vec!["epoch_created".to_owned(), format!("epoch:{}", next.id), format!("previous:{}", current.id)]))
-            .await?;
+        self.record(event(vec![
+            "epoch_created".to_owned(),
+            format!("epoch:{}", next.id),
+            format!("previous:{}", current.id),
+        ]))
+        .await?;
         Ok(Duration::ZERO)
     }
 }

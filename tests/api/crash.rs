@@ -77,7 +77,8 @@ async fn churn(base: &str, writers: usize, ledger: Arc<Mutex<Ledger>>) {
     let token = TestApp::token_for_tests();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (client, base, token, ledger) = (client.clone(), base.to_owned(), token.clone(), Arc::clone(&ledger));
+        let (client, base, token, ledger) =
+            (client.clone(), base.to_owned(), token.clone(), Arc::clone(&ledger));
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 let email = format!("churn{w}-{i}-{}@epochs.test", crate::helpers::now());
@@ -104,8 +105,11 @@ async fn churn(base: &str, writers: usize, ledger: Arc<Mutex<Ledger>>) {
                     let email = ledger.lock().unwrap().live.remove(&victim);
                     let Some(email) = email else { continue };
                     ledger.lock().unwrap().uncertain.insert(victim.clone(), email);
-                    let res =
-                        client.delete(format!("{base}/v1/customers/{victim}")).bearer_auth(&token).send().await;
+                    let res = client
+                        .delete(format!("{base}/v1/customers/{victim}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await;
                     match res {
                         Ok(r) if r.status() == StatusCode::OK => {
                             let mut ledger = ledger.lock().unwrap();
@@ -211,7 +215,10 @@ async fn master_rotation_epoch_rotation_and_erasures_cut_by_sigkill_leave_every_
             eprintln!("key.rotate events: {} epochs created, {destroyed} destroyed", created);
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "rotation or epoch destruction did not finish: {events:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotation or epoch destruction did not finish: {events:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(server);
@@ -223,7 +230,12 @@ async fn master_rotation_epoch_rotation_and_erasures_cut_by_sigkill_leave_every_
     settings.key_epoch_file = Some(epochs.clone());
     let app = TestApp::adopt_path(settings).await;
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
-    assert!(ledger.live.len() > 100 && ledger.erased.len() > 30, "too little load: {} live, {} erased", ledger.live.len(), ledger.erased.len());
+    assert!(
+        ledger.live.len() > 100 && ledger.erased.len() > 30,
+        "too little load: {} live, {} erased",
+        ledger.live.len(),
+        ledger.erased.len()
+    );
     eprintln!(
         "{} live, {} erased, {} erasures cut by a kill",
         ledger.live.len(),
@@ -236,7 +248,11 @@ async fn master_rotation_epoch_rotation_and_erasures_cut_by_sigkill_leave_every_
         assert_eq!(res.body["fields"]["email"], email.as_str());
     }
     for id in &ledger.erased {
-        assert_eq!(app.read_customer(id, "order_fulfillment").await.status, StatusCode::NOT_FOUND, "{id} came back");
+        assert_eq!(
+            app.read_customer(id, "order_fulfillment").await.status,
+            StatusCode::NOT_FOUND,
+            "{id} came back"
+        );
     }
     for (id, email) in &ledger.uncertain {
         let res = app.read_customer(id, "order_fulfillment").await;

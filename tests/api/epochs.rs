@@ -10,7 +10,9 @@ use custodia::startup::App;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{MASTER_KEY, TEST_EPOCH_FILE, TestApp, spawn_app, spawn_app_with, stored_record, test_settings};
+use crate::helpers::{
+    MASTER_KEY, TEST_EPOCH_FILE, TestApp, spawn_app, spawn_app_with, stored_record, test_settings,
+};
 
 /// Copies a directory tree (a stopped server's data directory, as a backup would).
 fn copy_dir(from: &Path, to: &Path) {
@@ -29,7 +31,12 @@ fn copy_dir(from: &Path, to: &Path) {
 /// Opens field `field` of customer `id` in the (stopped) data directory `data_dir` with the
 /// master key and the epoch-key file, as someone holding a copy, the master key and the
 /// current epoch-key file would: the crate's own store and crypto, no server.
-async fn open_field(data_dir: &Path, epoch_file: &Path, id: &str, field: &str) -> Result<String, CryptoError> {
+async fn open_field(
+    data_dir: &Path,
+    epoch_file: &Path,
+    id: &str,
+    field: &str,
+) -> Result<String, CryptoError> {
     let record = stored_record(data_dir, id).await;
     let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), vec![]);
     let (keyring, _) = DataKeyring::open(master, epoch_file, MissingFile::Refuse, 0).unwrap();
@@ -44,11 +51,18 @@ async fn wait_for_destruction(app: &TestApp, epoch: &str, within: Duration) -> V
     let wanted = format!("epoch:{epoch}");
     loop {
         let res = app
-            .call(Method::GET, "/v1/audit/events?action=key.rotate&limit=1000", Some(&app.auditor()), None, None)
+            .call(
+                Method::GET,
+                "/v1/audit/events?action=key.rotate&limit=1000",
+                Some(&app.auditor()),
+                None,
+                None,
+            )
             .await;
         assert_eq!(res.status, StatusCode::OK, "{}", res.body);
         let found = res.body["events"].as_array().unwrap().iter().find(|e| {
-            e["reason"][0] == "epoch_destroyed" && e["reason"].as_array().unwrap().iter().any(|r| r == &wanted)
+            e["reason"][0] == "epoch_destroyed"
+                && e["reason"].as_array().unwrap().iter().any(|r| r == &wanted)
         });
         if let Some(event) = found {
             return event.clone();
@@ -78,7 +92,13 @@ async fn a_copy_taken_before_an_erasure_stops_opening_the_customer_after_the_nex
     let a = app.create_customer(json!({"name": "Ada Erased", "email": "ada@copies.test"})).await;
     let card = json!({"card": {"number": "4111 1111 1111 1111", "exp_month": 12, "exp_year": 2031}});
     let res = app
-        .call(Method::POST, &format!("/v1/customers/{a}/payment-methods"), Some(&app.merchant()), None, Some(&card))
+        .call(
+            Method::POST,
+            &format!("/v1/customers/{a}/payment-methods"),
+            Some(&app.merchant()),
+            None,
+            Some(&card),
+        )
         .await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
     let b = app.create_customer(json!({"name": "Bob Kept", "email": "bob@copies.test"})).await;
@@ -96,11 +116,13 @@ async fn a_copy_taken_before_an_erasure_stops_opening_the_customer_after_the_nex
     let app = app.restart().await;
 
     // Erase A: the receipt says when the key went and by when copies stop opening it.
-    let res = app.call(Method::DELETE, &format!("/v1/customers/{a}"), Some(&app.merchant()), None, None).await;
+    let res =
+        app.call(Method::DELETE, &format!("/v1/customers/{a}"), Some(&app.merchant()), None, None).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     let receipt = res.body;
     let erased = chrono::DateTime::parse_from_rfc3339(receipt["key_destroyed_at"].as_str().unwrap()).unwrap();
-    let bound = chrono::DateTime::parse_from_rfc3339(receipt["copies_unreadable_by"].as_str().unwrap()).unwrap();
+    let bound =
+        chrono::DateTime::parse_from_rfc3339(receipt["copies_unreadable_by"].as_str().unwrap()).unwrap();
     // The epoch current at erasure began at most one period (plus a re-wrap) before it.
     assert!(bound <= erased + chrono::Duration::seconds(2), "{receipt}");
     assert!(bound >= erased - chrono::Duration::seconds(3), "{receipt}");
@@ -127,10 +149,14 @@ async fn a_copy_taken_before_an_erasure_stops_opening_the_customer_after_the_nex
         Err(CryptoError::UnknownEpochKey(id)) => assert_eq!(id.to_string(), copy_epoch),
         other => panic!("the copy still opens the erased customer: {other:?}"),
     }
-    assert!(matches!(open_field(copy.path(), &epoch_file, &b, "email").await, Err(CryptoError::UnknownEpochKey(_))));
+    assert!(matches!(
+        open_field(copy.path(), &epoch_file, &b, "email").await,
+        Err(CryptoError::UnknownEpochKey(_))
+    ));
     // No slot of the file holds the destroyed epoch's id any more.
     let raw = std::fs::read(&epoch_file).unwrap();
-    let id_bytes: Vec<u8> = (0..8).map(|i| u8::from_str_radix(&copy_epoch[3 + 2 * i..5 + 2 * i], 16).unwrap()).collect();
+    let id_bytes: Vec<u8> =
+        (0..8).map(|i| u8::from_str_radix(&copy_epoch[3 + 2 * i..5 + 2 * i], 16).unwrap()).collect();
     assert!(!raw.windows(8).any(|w| w == id_bytes.as_slice()), "the destroyed epoch's slot is zeroed");
 
     // A server started on the copy with the same keys does not show A either.
@@ -197,10 +223,14 @@ async fn the_export_explains_erasure_and_the_bound_for_copies() {
     assert!(text.contains("within about 7 days"), "{text}");
     let res = app.call(Method::DELETE, "/v1/me", Some(&token), None, None).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-    let bound = chrono::DateTime::parse_from_rfc3339(res.body["copies_unreadable_by"].as_str().unwrap()).unwrap();
-    let erased = chrono::DateTime::parse_from_rfc3339(res.body["key_destroyed_at"].as_str().unwrap()).unwrap();
+    let bound =
+        chrono::DateTime::parse_from_rfc3339(res.body["copies_unreadable_by"].as_str().unwrap()).unwrap();
+    let erased =
+        chrono::DateTime::parse_from_rfc3339(res.body["key_destroyed_at"].as_str().unwrap()).unwrap();
     // The epoch began at this server's start: 7 periods later, less the seconds since.
     let left = bound - erased;
-    assert!(left <= chrono::Duration::days(7) && left > chrono::Duration::days(7) - chrono::Duration::minutes(5));
+    assert!(
+        left <= chrono::Duration::days(7) && left > chrono::Duration::days(7) - chrono::Duration::minutes(5)
+    );
     assert!(res.body["notice"].as_str().unwrap().contains("UTC"));
 }
