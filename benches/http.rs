@@ -178,6 +178,8 @@ fn start_server(data_dir: &Path, profiled: bool) -> (Child, String) {
         .arg("serve")
         .env("CUSTODIA_LISTEN", "127.0.0.1:0")
         .env("CUSTODIA_DATA_DIR", data_dir)
+        // Inside the temporary directory, so it goes with it.
+        .env("CUSTODIA_KEY_EPOCH_FILE", data_dir.join("epoch-keys"))
         .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
         .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
         .env("CUSTODIA_JWT_HS256_SECRET", SECRET)

@@ -25,6 +25,15 @@ pub struct Settings {
     pub previous_master_keys: Vec<SecretString>,
     /// Pause between pages of a master key rotation, in milliseconds (`CUSTODIA_ROTATION_PAUSE_MS`).
     pub rotation_pause_ms: u64,
+    /// The epoch-key file (`CUSTODIA_KEY_EPOCH_FILE`); `None`: `<data dir>.epoch-keys` beside
+    /// the data directory (see [`Settings::key_epoch_file`]).
+    pub key_epoch_file: Option<PathBuf>,
+    /// Seconds an epoch key is current before the next one starts (`CUSTODIA_KEY_EPOCH_SECONDS`,
+    /// at least 1).
+    pub key_epoch_seconds: u64,
+    /// Previous epochs kept after a re-wrap completes (`CUSTODIA_KEY_EPOCHS_KEPT`); backups older
+    /// than the oldest kept epoch cannot be restored.
+    pub key_epochs_kept: u32,
     /// HS256 secret for bearer tokens (`CUSTODIA_JWT_HS256_SECRET`).
     pub jwt_hs256_secret: Option<SecretString>,
     /// PEM or JWKS file of token verification keys (`CUSTODIA_JWT_PUBLIC_KEYS`).
@@ -85,6 +94,9 @@ impl Default for Settings {
             master_key_file: None,
             previous_master_keys: Vec::new(),
             rotation_pause_ms: 0,
+            key_epoch_file: None,
+            key_epoch_seconds: 86_400,
+            key_epochs_kept: 0,
             jwt_hs256_secret: None,
             jwt_public_keys: None,
             jwt_issuer: None,
@@ -151,6 +163,9 @@ struct FileSettings {
     master_key_file: Option<PathBuf>,
     previous_master_keys: Option<Vec<String>>,
     rotation_pause_ms: Option<u64>,
+    key_epoch_file: Option<PathBuf>,
+    key_epoch_seconds: Option<u64>,
+    key_epochs_kept: Option<u32>,
     jwt_hs256_secret: Option<String>,
     jwt_public_keys: Option<PathBuf>,
     jwt_issuer: Option<String>,
@@ -212,6 +227,8 @@ impl Settings {
             log_format,
             retention_sweep_secs,
             rotation_pause_ms,
+            key_epoch_seconds,
+            key_epochs_kept,
             rate_limit_per_second,
             rate_limit_burst,
             jwt_max_lifetime_secs,
@@ -226,6 +243,7 @@ impl Settings {
         }
         set_opt!(
             master_key_file,
+            key_epoch_file,
             jwt_public_keys,
             jwt_issuer,
             jwt_audience,
@@ -347,6 +365,21 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_HTTP2_MAX_STREAMS") {
             self.http2_max_streams = number("CUSTODIA_HTTP2_MAX_STREAMS", v)?;
         }
+        if let Some(v) = get("CUSTODIA_KEY_EPOCH_FILE") {
+            self.key_epoch_file = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_KEY_EPOCH_SECONDS") {
+            self.key_epoch_seconds = number("CUSTODIA_KEY_EPOCH_SECONDS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_KEY_EPOCHS_KEPT") {
+            self.key_epochs_kept = number("CUSTODIA_KEY_EPOCHS_KEPT", v)?;
+        }
+        if self.key_epoch_seconds == 0 {
+            return Err(ConfigError::Env {
+                name: "CUSTODIA_KEY_EPOCH_SECONDS",
+                message: "must be at least 1".into(),
+            });
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Env {
                 name: "CUSTODIA_LOG_FORMAT",
@@ -363,6 +396,23 @@ impl Settings {
             dir: self.data_dir.join("store"),
             cache_bytes: self.cache_mb * 1024 * 1024,
         }
+    }
+
+    /// The epoch-key file: the configured path, or by default a sibling of the data directory
+    /// named `<data dir name>.epoch-keys` (so a copy of the data directory does not carry it).
+    pub fn key_epoch_file(&self) -> PathBuf {
+        if let Some(path) = &self.key_epoch_file {
+            return path.clone();
+        }
+        let dir = std::path::absolute(&self.data_dir).unwrap_or_else(|_| self.data_dir.clone());
+        let name = dir.file_name().map_or_else(|| "data".into(), |n| n.to_string_lossy().into_owned());
+        let parent = dir.parent().map(Path::to_owned).unwrap_or_default();
+        parent.join(format!("{name}.epoch-keys"))
+    }
+
+    /// How long an epoch key is current.
+    pub fn key_epoch_period(&self) -> Duration {
+        Duration::from_secs(self.key_epoch_seconds.max(1))
     }
 
     /// The request timeout.
@@ -464,6 +514,9 @@ mod tests {
             "max_connections",
             "max_header_bytes",
             "http2_max_streams",
+            "key_epoch_file",
+            "key_epoch_seconds",
+            "key_epochs_kept",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }
@@ -482,6 +535,29 @@ mod tests {
         assert_eq!(Settings::load_from(Some(&file), env("300")).unwrap().jwt_max_lifetime_secs, 300);
         let err = Settings::load_from(None, env("15m")).unwrap_err().to_string();
         assert!(err.contains("CUSTODIA_JWT_MAX_LIFETIME_SECS"), "{err}");
+    }
+
+    #[test]
+    fn the_epoch_file_defaults_to_a_sibling_of_the_data_directory() {
+        let s = Settings::load_from(None, |name| {
+            (name == "CUSTODIA_DATA_DIR").then(|| "/srv/custodia/data/".to_owned())
+        })
+        .unwrap();
+        assert_eq!(s.key_epoch_file(), PathBuf::from("/srv/custodia/data.epoch-keys"));
+        assert_eq!((s.key_epoch_seconds, s.key_epochs_kept), (86_400, 0));
+        let s = Settings::load_from(None, |name| match name {
+            "CUSTODIA_KEY_EPOCH_FILE" => Some("/keys/epochs".to_owned()),
+            "CUSTODIA_KEY_EPOCH_SECONDS" => Some("2".to_owned()),
+            "CUSTODIA_KEY_EPOCHS_KEPT" => Some("3".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.key_epoch_file(), PathBuf::from("/keys/epochs"));
+        assert_eq!((s.key_epoch_period(), s.key_epochs_kept), (Duration::from_secs(2), 3));
+        let err =
+            Settings::load_from(None, |name| (name == "CUSTODIA_KEY_EPOCH_SECONDS").then(|| "0".to_owned()))
+                .unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::audit::AuditError;
 use crate::auth::KeyConfigError;
 use crate::config::ConfigError;
-use crate::crypto::CryptoError;
+use crate::crypto::{CryptoError, EpochError};
 use crate::policy::PolicyError;
 use crate::store::StoreError;
 
@@ -26,6 +26,9 @@ pub enum Error {
     /// A key could not be used.
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// The epoch-key file could not be used.
+    #[error("cannot start: {0}")]
+    Epochs(#[from] EpochError),
     /// Token verification keys could not be loaded.
     #[error(transparent)]
     JwtKeys(#[from] KeyConfigError),

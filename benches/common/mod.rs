@@ -12,6 +12,8 @@ pub fn settings(data_dir: &Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_owned(),
+        // Inside the temporary directory, so it goes with it.
+        key_epoch_file: Some(data_dir.join("epoch-keys")),
         policies: concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into(),
         master_key: Some(SecretString::from("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")),
         jwt_hs256_secret: Some(SecretString::from("bench-secret-bench-secret-bench-secret-0000")),

@@ -41,10 +41,15 @@ impl std::fmt::Debug for Sealed {
     }
 }
 
-/// A key wrapped under a named master key version.
+/// A key wrapped under a named key-encryption key.
+///
+/// A customer's data key is wrapped under an epoch key (`master_key` is then `ek-…`, see
+/// `crypto::epoch`); data keys stored before epochs existed, and vault-wide keys, are wrapped
+/// directly under a master key (`mk-…`). The field keeps its name so stored records keep their
+/// layout; encoded with postcard a wrapped data key is 82 bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WrappedKey {
-    /// The master key version that wrapped it.
+    /// The key that wrapped it: a master key version (`mk-…`) or an epoch key (`ek-…`).
     pub master_key: KeyId,
     /// The sealed key bytes.
     pub sealed: Sealed,
@@ -91,7 +96,7 @@ fn master_cipher(master: &MasterKey) -> &Aes256Gcm {
     master.cipher()
 }
 
-fn seal_with(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Sealed, CryptoError> {
+pub(super) fn seal_with(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Sealed, CryptoError> {
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce)?;
     let ciphertext = cipher
@@ -104,7 +109,11 @@ fn seal_with(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Sealed,
     Ok(Sealed(out))
 }
 
-fn open_with(cipher: &Aes256Gcm, sealed: &Sealed, aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+pub(super) fn open_with(
+    cipher: &Aes256Gcm,
+    sealed: &Sealed,
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
     let bytes = &sealed.0;
     if bytes.len() < 1 + NONCE_LEN + TAG_LEN || bytes[0] != FORMAT_V1 {
         return Err(CryptoError::Open);
@@ -128,6 +137,27 @@ fn value_aad(customer: &CustomerId, context: &str) -> Vec<u8> {
 pub(super) fn data_key_aad(customer: &CustomerId, master: &KeyId) -> Vec<u8> {
     let mut aad = b"custodia/data-key/v1\0".to_vec();
     aad.extend_from_slice(customer.as_bytes());
+    aad.extend_from_slice(master.as_str().as_bytes());
+    aad
+}
+
+/// Associated data of a data key wrapped under an epoch key: the customer and the epoch's id,
+/// under a label of its own, so a key wrapped under a master key never opens as one wrapped
+/// under an epoch key (or the other way round).
+pub(super) fn epoch_data_key_aad(customer: &CustomerId, epoch: &KeyId) -> Vec<u8> {
+    let mut aad = b"custodia/data-key/epoch/v1\0".to_vec();
+    aad.extend_from_slice(customer.as_bytes());
+    aad.extend_from_slice(epoch.as_str().as_bytes());
+    aad
+}
+
+/// Associated data of an epoch key wrapped under a master key: the epoch's id, its creation
+/// time (so the file cannot be edited to move an epoch's destruction date) and the master id.
+pub(super) fn epoch_key_aad(epoch: &KeyId, created_ms: i64, master: &KeyId) -> Vec<u8> {
+    let mut aad = b"custodia/epoch-key/v1\0".to_vec();
+    aad.extend_from_slice(epoch.as_str().as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&created_ms.to_be_bytes());
     aad.extend_from_slice(master.as_str().as_bytes());
     aad
 }

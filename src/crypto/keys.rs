@@ -17,11 +17,48 @@ use crate::domain::CustomerId;
 pub struct KeyId(String);
 
 impl KeyId {
-    /// The id as text (`mk-` followed by 16 hex digits).
+    /// The id as text (`mk-` or `ek-` followed by 16 hex digits).
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// True if this names an epoch key (`ek-…`) rather than a master key version.
+    pub fn is_epoch(&self) -> bool {
+        self.0.starts_with(EPOCH_PREFIX)
+    }
+
+    /// An id from its prefix (`mk-` / `ek-`) and 8 raw bytes.
+    pub(super) fn from_raw(prefix: &str, raw: &[u8; 8]) -> KeyId {
+        KeyId(format!("{prefix}{}", hex(raw)))
+    }
+
+    /// The 8 raw bytes of a well-formed id with `prefix`, or `None`.
+    pub(super) fn raw(&self, prefix: &str) -> Option<[u8; 8]> {
+        let digits = self.0.strip_prefix(prefix)?;
+        if digits.len() != 16 {
+            return None;
+        }
+        let mut out = [0u8; 8];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(digits.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
+
+    /// The id a key of `bytes` gets: `prefix` and the first 8 bytes of HMAC-SHA-256(key, label)
+    /// in hex. Reveals nothing of the key.
+    pub(super) fn derive(prefix: &str, label: &[u8], bytes: &[u8]) -> KeyId {
+        let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes), label);
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&tag.as_ref()[..8]);
+        KeyId::from_raw(prefix, &raw)
+    }
 }
+
+/// Prefix of master key ids.
+pub(super) const MASTER_PREFIX: &str = "mk-";
+/// Prefix of epoch key ids.
+pub(super) const EPOCH_PREFIX: &str = "ek-";
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,11 +84,7 @@ impl MasterKey {
         if bytes.len() != 32 {
             return Err(CryptoError::InvalidKey("a master key must be 32 bytes"));
         }
-        let tag = ring::hmac::sign(
-            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes),
-            b"custodia master key id",
-        );
-        let id = KeyId(format!("mk-{}", hex(&tag.as_ref()[..8])));
+        let id = KeyId::derive(MASTER_PREFIX, b"custodia master key id", bytes);
         let cipher = Aes256Gcm::new_from_slice(bytes)
             .map_err(|_| CryptoError::InvalidKey("a master key must be 32 bytes"))?;
         Ok(MasterKey { id, cipher })
@@ -124,7 +157,7 @@ impl MasterKeyring {
         self.wrap_data_key(customer, &key).map(Some)
     }
 
-    fn find(&self, id: &KeyId) -> Result<&MasterKey, CryptoError> {
+    pub(super) fn find(&self, id: &KeyId) -> Result<&MasterKey, CryptoError> {
         std::iter::once(&self.current)
             .chain(self.previous.iter())
             .find(|k| &k.id == id)
@@ -147,6 +180,11 @@ impl MasterKeyring {
         let aad = envelope::data_key_aad(customer, &master.id);
         let bytes = envelope::unwrap(master, wrapped, &aad)?;
         DataKey::from_raw(bytes)
+    }
+
+    /// The key new wraps are made under.
+    pub(super) fn current(&self) -> &MasterKey {
+        &self.current
     }
 
     /// Wraps a vault-wide secret (index key, signing key) under the current master key.
@@ -182,7 +220,7 @@ impl DataKey {
         Self::from_raw(bytes)
     }
 
-    fn from_raw(bytes: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
+    pub(super) fn from_raw(bytes: Zeroizing<Vec<u8>>) -> Result<Self, CryptoError> {
         let cipher = Aes256Gcm::new_from_slice(&bytes)
             .map_err(|_| CryptoError::InvalidKey("a data key must be 32 bytes"))?;
         Ok(DataKey { bytes, cipher })
@@ -190,6 +228,10 @@ impl DataKey {
 
     pub(super) fn cipher(&self) -> &Aes256Gcm {
         &self.cipher
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 

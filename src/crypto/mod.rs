@@ -11,12 +11,14 @@
 
 mod blind_index;
 mod envelope;
+mod epoch;
 mod keys;
 mod pseudonym;
 mod signing;
 
 pub use blind_index::{BlindIndex, BlindIndexKey};
 pub use envelope::{Sealed, WrappedKey};
+pub use epoch::{DataKeyring, EpochError, EpochFile, EpochInfo, EpochKey, MissingFile, OpenReport, SLOT_LEN};
 pub use keys::{DataKey, KeyId, MasterKey, MasterKeyring, Plaintext, SystemKeys, WrappedSystemKeys};
 pub use pseudonym::PseudonymKey;
 pub use signing::{SigningKey, verify_ed25519};
@@ -33,6 +35,10 @@ pub enum CryptoError {
     /// A value was wrapped by a master key version this process was not given.
     #[error("no master key with id {0} is configured")]
     UnknownMasterKey(KeyId),
+    /// A data key was wrapped under an epoch key that is not in the epoch-key file: destroyed
+    /// (the customer's data in this copy is shredded), or the wrong file is configured.
+    #[error("no epoch key with id {0} (destroyed, or not in the configured epoch-key file)")]
+    UnknownEpochKey(KeyId),
     /// The operating system's random generator failed.
     #[error("random generator failed")]
     Random,

@@ -10,6 +10,7 @@
 mod audit_read;
 mod consent;
 mod disclosure;
+mod epochs;
 mod fields;
 mod payment;
 mod profile;
@@ -21,7 +22,7 @@ mod subject;
 use std::sync::Arc;
 
 use crate::audit::{AuditError, AuditLog, EventDraft};
-use crate::crypto::{CryptoError, DataKey, MasterKeyring, SystemKeys};
+use crate::crypto::{CryptoError, DataKey, DataKeyring, SystemKeys};
 use crate::domain::{CustomerId, Principal, Timestamp};
 use crate::policy::{PolicySet, Purpose, Reason};
 use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
@@ -29,9 +30,10 @@ use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
 pub use audit_read::{EventPage, EventQuery};
 pub use consent::ConsentView;
 pub use disclosure::{Disclosure, DisclosureRequest};
+pub use epochs::{EpochSchedule, EpochState, stored_epoch_ids};
 pub use payment::{NewPaymentMethod, PaymentMethodView};
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
-pub use rotation::SYSTEM_KEYS;
+pub use rotation::{RewrapPass, SYSTEM_KEYS};
 pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};
 
 /// How often an update is retried when another writer changed the record in between.
@@ -122,20 +124,38 @@ pub struct Vault {
     policies: Arc<PolicySet>,
     store: Arc<dyn Store>,
     audit: AuditLog,
-    master: MasterKeyring,
+    keyring: DataKeyring,
     keys: SystemKeys,
+    epochs: EpochSchedule,
 }
 
 impl Vault {
-    /// Assembles a vault from its parts (see `startup` for how they are made).
+    /// Assembles a vault from its parts (see `startup` for how they are made), with the
+    /// default epoch schedule (see [`Vault::with_epoch_schedule`]).
     pub fn new(
         policies: Arc<PolicySet>,
         store: Arc<dyn Store>,
         audit: AuditLog,
-        master: MasterKeyring,
+        keyring: DataKeyring,
         keys: SystemKeys,
     ) -> Self {
-        Vault { policies, store, audit, master, keys }
+        Vault { policies, store, audit, keyring, keys, epochs: EpochSchedule::default() }
+    }
+
+    /// Sets the epoch schedule that erasure receipts state and the epoch task follows.
+    pub fn with_epoch_schedule(mut self, schedule: EpochSchedule) -> Self {
+        self.epochs = schedule;
+        self
+    }
+
+    /// The epoch schedule.
+    pub fn epoch_schedule(&self) -> &EpochSchedule {
+        &self.epochs
+    }
+
+    /// The data keyring (master keys and epoch keys).
+    pub fn keyring(&self) -> &DataKeyring {
+        &self.keyring
     }
 
     /// The loaded policy set.
@@ -218,7 +238,7 @@ impl Vault {
 
     /// Unwraps a record's data key.
     fn data_key(&self, record: &CustomerRecord) -> Result<DataKey, VaultError> {
-        Ok(self.master.unwrap_data_key(&record.id, &record.data_key)?)
+        Ok(self.keyring.unwrap_data_key(&record.id, &record.data_key)?)
     }
 
     /// The read-modify-write loop of every change to one existing customer: loads the record

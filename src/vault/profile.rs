@@ -57,7 +57,7 @@ pub struct CustomerView {
     pub withheld: Option<Vec<String>>,
 }
 
-/// Proof of an erasure.
+/// Proof of an erasure, and when it becomes irreversible where.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErasureReceipt {
     /// The erased customer.
@@ -67,6 +67,20 @@ pub struct ErasureReceipt {
     pub erased_at: String,
     /// The seq of the `customer.erase` audit event.
     pub audit_seq: u64,
+    /// When the customer's data key was destroyed in the data directory, RFC 3339 UTC: when
+    /// the erasure's durable write returned, before this answer.
+    pub key_destroyed_at: String,
+    /// By when copies of the data directory taken before the erasure (backups, snapshots) can
+    /// no longer open the customer's data, RFC 3339 UTC: the start of the key epoch that wrapped
+    /// the customer's data key at erasure plus (kept epochs + 1) × the epoch period, when that
+    /// epoch key is destroyed. Its destruction also waits until every live data key has been
+    /// re-wrapped to a newer epoch (minutes for a million customers) and for the request
+    /// timeout after the switch, so it happens shortly after this time, not before. `null` for
+    /// a data key stored before key epochs existed and never re-wrapped: such copies stay
+    /// readable to holders of the master key until that master key is retired.
+    pub copies_unreadable_by: Option<String>,
+    /// One sentence for the customer saying the same.
+    pub notice: String,
 }
 
 /// The longest accepted consent `source` / `notice` text.
@@ -119,7 +133,7 @@ impl Vault {
         let mut record = CustomerRecord {
             id,
             version: 1,
-            data_key: self.master.wrap_data_key(&id, &key)?,
+            data_key: self.keyring.wrap_data_key(&id, &key)?,
             fields: BTreeMap::new(),
             index_entries: Vec::new(),
             consents,
@@ -239,10 +253,22 @@ impl Vault {
         let step = |record: CustomerRecord| {
             let draft = draft.clone().fields(record.fields.keys().cloned());
             let change = CustomerChange::Delete { id: record.id, expected_version: record.version };
-            Ok(Step::Commit { draft, change, then: Vec::new(), answer: record.id })
+            // The epoch that wraps the key being destroyed decides when copies stop opening.
+            let wrapped_under = record.data_key.master_key.clone();
+            Ok(Step::Commit { draft, change, then: Vec::new(), answer: (record.id, wrapped_under) })
         };
-        let (id, audit_seq) = self.write_customer("erasure", &draft, id, step).await?;
-        Ok(ErasureReceipt { id, erased_at: Timestamp::now().to_rfc3339(), audit_seq })
+        let ((id, wrapped_under), audit_seq) = self.write_customer("erasure", &draft, id, step).await?;
+        // The store's write returned: the key is gone from the data directory.
+        let destroyed = Timestamp::now();
+        let copies = self.copies_unreadable_by(&wrapped_under, destroyed);
+        Ok(ErasureReceipt {
+            id,
+            erased_at: destroyed.to_rfc3339(),
+            audit_seq,
+            key_destroyed_at: destroyed.to_rfc3339(),
+            copies_unreadable_by: copies.map(|t| t.to_rfc3339()),
+            notice: super::epochs::erasure_notice(copies),
+        })
     }
 
     /// Finds customers by exact match on one indexed field that the purpose may use.

@@ -1,15 +1,21 @@
-//! Master key rotation: every customer's data key (and the vault-wide keys) re-wrapped under the
-//! current master key, in the background, while reads and writes go on.
+//! Bringing every data key under the current epoch key, and master key rotation built on it.
 //!
-//! Resumable by construction: a record already wrapped under the current key is skipped, so a
-//! rotation cut short by a crash simply continues on the next start. The store remembers which
-//! master key the last completed rotation reached (`rotated_to`), so a normal start does not
-//! scan anything.
+//! [`Vault::rewrap_pass`] is the one page loop that moves keys: customers' data keys wrapped
+//! under an older epoch key, or (stored before epochs existed) directly under a master key, are
+//! re-wrapped under the current epoch. Epoch rotation (`vault::epochs`) and master key rotation
+//! both use it. Resumable by construction: a record already under the current epoch is skipped,
+//! so a pass cut short by a crash simply continues on the next start.
+//!
+//! Master key rotation re-wraps what is wrapped under the master key itself: the vault-wide keys
+//! (in metadata), the epoch keys (new slot, then the old one zeroed, in the epoch-key file) and
+//! any legacy data key. The store remembers which master key the last completed rotation
+//! reached (`rotated_to`), so a normal start does not scan anything.
 
 use std::time::Duration;
 
 use super::{Vault, VaultError};
 use crate::audit::{Action, EventDraft};
+use crate::crypto::CryptoError;
 use crate::domain::Principal;
 use crate::store::{CustomerChange, StoreError, Write};
 
@@ -18,39 +24,98 @@ const ROTATED_TO: &str = "rotated_to";
 /// Metadata name of the wrapped vault-wide keys.
 pub const SYSTEM_KEYS: &str = "system_keys";
 const PAGE: usize = 200;
+/// Passes a master rotation makes before giving up on records that keep conflicting.
+const MAX_PASSES: usize = 3;
+
+/// What one pass over every customer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RewrapPass {
+    /// Data keys re-wrapped under the current epoch.
+    pub rewrapped: usize,
+    /// Records a concurrent writer kept changing (tried [`super::MAX_WRITE_ATTEMPTS`] times):
+    /// still to do.
+    pub unsettled: usize,
+    /// Records whose data key is under an epoch key that no longer exists (a restored copy of
+    /// an erased or expired state): unreadable, skipped.
+    pub unreadable: usize,
+}
+
+impl RewrapPass {
+    /// True if the pass found every key already under the current epoch.
+    pub fn clean(&self) -> bool {
+        self.rewrapped == 0 && self.unsettled == 0
+    }
+}
 
 impl Vault {
     /// Whether some wrapped key may still be under an older master key.
     pub async fn rotation_pending(&self) -> Result<bool, VaultError> {
         let done = self.store.meta(ROTATED_TO).await?;
-        Ok(done.as_deref() != Some(self.master.current_id().as_str().as_bytes()))
+        Ok(done.as_deref() != Some(self.keyring.master().current_id().as_str().as_bytes()))
     }
 
     /// Marks a fresh store as fully under the current master key.
     pub async fn mark_rotated(&self) -> Result<(), VaultError> {
-        self.store.put_meta(ROTATED_TO, self.master.current_id().as_str().as_bytes().to_vec()).await?;
+        let current = self.keyring.master().current_id().as_str().as_bytes().to_vec();
+        self.store.put_meta(ROTATED_TO, current).await?;
         Ok(())
     }
 
     /// Re-wraps every key under the current master key, pausing `pause` between pages so live
-    /// traffic keeps its share. Returns how many customers were re-wrapped.
+    /// traffic keeps its share. Returns how many customers' data keys were re-wrapped.
     pub async fn rotate_master_key(&self, pause: Duration) -> Result<usize, VaultError> {
         let actor = Principal::system("key-rotation");
-        let to = format!("to:{}", self.master.current_id());
+        let to = format!("to:{}", self.keyring.master().current_id());
         let started = EventDraft::new(Action::KeyRotate, &actor, "key-rotation")
             .withheld(["started".to_owned(), to.clone()]);
         self.record(started).await?;
 
-        let wrapped = self.keys.wrap(&self.master)?;
+        let wrapped = self.keys.wrap(self.keyring.master())?;
         let bytes = postcard::to_stdvec(&wrapped).map_err(|e| VaultError::Internal(e.to_string()))?;
         self.store.put_meta(SYSTEM_KEYS, bytes).await?;
+        let epochs = self
+            .keyring
+            .rewrap_epochs_under_master()
+            .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
 
         let mut rewrapped = 0;
+        for pass in 1..=MAX_PASSES {
+            let done = self.rewrap_pass(pause).await?;
+            rewrapped += done.rewrapped;
+            if done.unsettled == 0 {
+                break;
+            }
+            if pass == MAX_PASSES {
+                return Err(VaultError::Internal(format!(
+                    "{} records kept conflicting with concurrent writers; the rotation resumes on the next start",
+                    done.unsettled
+                )));
+            }
+        }
+        self.mark_rotated().await?;
+        let done = EventDraft::new(Action::KeyRotate, &actor, "key-rotation").withheld([
+            "completed".to_owned(),
+            to,
+            format!("rewrapped:{rewrapped}"),
+            format!("epochs:{epochs}"),
+        ]);
+        self.record(done).await?;
+        Ok(rewrapped)
+    }
+
+    /// One pass over every customer, in id order: each data key not under the current epoch
+    /// key is re-wrapped under it, one durable `write_many` per page of 200, pausing `pause`
+    /// between pages. A record a concurrent writer changed in between is re-read and tried
+    /// again. Also seals what records of format 1 kept in the clear, since it rewrites them.
+    ///
+    /// Errors: a data key under a master key that is not configured stops the pass (configure
+    /// it in `CUSTODIA_PREVIOUS_MASTER_KEYS`); one under a destroyed epoch is counted as
+    /// unreadable and skipped.
+    pub async fn rewrap_pass(&self, pause: Duration) -> Result<RewrapPass, VaultError> {
+        let mut outcome = RewrapPass::default();
         let mut after = None;
         loop {
             let ids = self.store.customer_ids(after, PAGE).await?;
-            // One durable write per page; a customer a concurrent writer changed in between is
-            // re-read and tried again.
             let mut todo = ids.clone();
             for _ in 0..super::MAX_WRITE_ATTEMPTS {
                 if todo.is_empty() {
@@ -60,29 +125,39 @@ impl Vault {
                 let mut targets = Vec::with_capacity(todo.len());
                 for id in &todo {
                     let Some(mut record) = self.store.customer(id).await? else { continue };
-                    let Some(new_key) = self.master.rewrap_data_key(id, &record.data_key)? else { continue };
+                    let new_key = match self.keyring.rewrap_data_key(id, &record.data_key) {
+                        Ok(Some(k)) => k,
+                        Ok(None) => continue,
+                        Err(CryptoError::UnknownEpochKey(_)) => {
+                            outcome.unreadable += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     record.data_key = new_key;
-                    // A rotation rewrites every record: the moment to seal what format 1 kept
-                    // in the clear.
                     self.seal_legacy_consents(&mut record)?;
                     let expected = record.version;
                     record.version += 1;
-                    // Data-key re-wraps are recorded by the start and completion events, not
-                    // one event per customer: they touch no field.
+                    // Data-key re-wraps are recorded by the `key.rotate` events around them,
+                    // not one event per customer: they touch no field.
                     let change =
                         CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
                     writes.push(Write { change: Some(change), events: Vec::new() });
                     targets.push(*id);
                 }
                 todo.clear();
-                for (id, outcome) in targets.into_iter().zip(self.store.write_many(writes).await?) {
-                    match outcome {
-                        Ok(_) => rewrapped += 1,
+                if writes.is_empty() {
+                    break;
+                }
+                for (id, result) in targets.into_iter().zip(self.store.write_many(writes).await?) {
+                    match result {
+                        Ok(_) => outcome.rewrapped += 1,
                         Err(StoreError::VersionConflict) => todo.push(id),
                         Err(e) => return Err(e.into()),
                     }
                 }
             }
+            outcome.unsettled += todo.len();
             match ids.last() {
                 Some(last) if ids.len() == PAGE => after = Some(*last),
                 _ => break,
@@ -91,13 +166,12 @@ impl Vault {
                 tokio::time::sleep(pause).await;
             }
         }
-        self.mark_rotated().await?;
-        let done = EventDraft::new(Action::KeyRotate, &actor, "key-rotation").withheld([
-            "completed".to_owned(),
-            to,
-            format!("rewrapped:{rewrapped}"),
-        ]);
-        self.record(done).await?;
-        Ok(rewrapped)
+        if outcome.unreadable > 0 {
+            tracing::warn!(
+                customers = outcome.unreadable,
+                "data keys under destroyed epoch keys: those customers cannot be opened (a restored copy older than the kept epochs)"
+            );
+        }
+        Ok(outcome)
     }
 }

@@ -67,6 +67,8 @@ pub struct Export {
     pub disclosures: Vec<Value>,
     /// Every access to this customer's data recorded in the audit log.
     pub access_log: Vec<Value>,
+    /// What erasure does and by when copies (backups) stop opening the data, in one sentence.
+    pub erasure: String,
 }
 
 impl Vault {
@@ -153,6 +155,7 @@ impl Vault {
             field_info,
             disclosures,
             access_log,
+            erasure: super::epochs::erasure_explanation(&self.epochs),
         };
         self.record(draft.fields(shown_names(&export.fields, &export.payment_methods))).await?;
         Ok(export)

@@ -729,7 +729,15 @@ mod fail_closed {
         let audit = AuditLog::open(Arc::clone(&store), signer, keys.actor_pseudonym_key()).await.unwrap();
         let policies =
             Arc::new(PolicySet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap());
-        let vault = Arc::new(Vault::new(policies, store, audit, master, keys));
+        let epochs = tempfile::tempdir().unwrap();
+        let (keyring, _) = custodia::crypto::DataKeyring::open(
+            master,
+            &epochs.path().join("epoch-keys"),
+            custodia::crypto::MissingFile::Create,
+            custodia::domain::Timestamp::now().millis(),
+        )
+        .unwrap();
+        let vault = Arc::new(Vault::new(policies, store, audit, keyring, keys));
         let auth = Arc::new(Authenticator::hs256(&SecretString::from(SECRET)).unwrap());
         let app = router(
             AppState {

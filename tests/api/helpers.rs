@@ -28,11 +28,17 @@ pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
 }
 
+/// File name of the epoch-key file test servers use, inside their data directory so that a
+/// temporary directory takes it along when dropped. (Production keeps it outside, the default;
+/// tests of copies of the data directory set it outside explicitly.)
+pub const TEST_EPOCH_FILE: &str = "test-epoch-keys";
+
 /// Settings for a test server over `data_dir`.
 pub fn test_settings(data_dir: &Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_owned(),
+        key_epoch_file: Some(data_dir.join(TEST_EPOCH_FILE)),
         policies: Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
         master_key: Some(SecretString::from(MASTER_KEY)),
         jwt_hs256_secret: Some(SecretString::from(SECRET)),
@@ -331,6 +337,35 @@ pub async fn stored_records(data_dir: &Path, ids: &[&str]) -> Vec<custodia::stor
     records
 }
 
+/// Rewrites the data keys of `ids` in a stopped server's store as a version before key epochs
+/// stored them: wrapped directly under the master key [`MASTER_KEY`] (a "legacy" key).
+pub async fn rewrap_as_legacy(data_dir: &Path, ids: &[&str]) {
+    use custodia::crypto::{DataKeyring, MasterKey, MasterKeyring, MissingFile};
+    use custodia::store::{CustomerChange, Write};
+    let settings =
+        custodia::store::StorageSettings::Sled { dir: data_dir.join("store"), cache_bytes: 8 << 20 };
+    let store = custodia::store::open(&settings, Arc::new(custodia::audit::tree::Tree)).unwrap();
+    let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), vec![]);
+    let path = data_dir.join(TEST_EPOCH_FILE);
+    let (keyring, _) = DataKeyring::open(master, &path, MissingFile::Refuse, 0).unwrap();
+    for chunk in ids.chunks(500) {
+        let mut writes = Vec::new();
+        for id in chunk {
+            let mut record = store.customer(&id.parse().unwrap()).await.unwrap().expect("a stored record");
+            let key = keyring.unwrap_data_key(&record.id, &record.data_key).unwrap();
+            record.data_key = keyring.master().wrap_data_key(&record.id, &key).unwrap();
+            let expected = record.version;
+            record.version += 1;
+            let change = CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
+            writes.push(Write { change: Some(change), events: Vec::new() });
+        }
+        for outcome in store.write_many(writes).await.unwrap() {
+            outcome.unwrap();
+        }
+    }
+    store.close().await.unwrap();
+}
+
 /// Reads one stored record of a stopped server.
 pub async fn stored_record(data_dir: &Path, id: &str) -> custodia::store::CustomerRecord {
     stored_records(data_dir, &[id]).await.remove(0)
@@ -371,7 +406,8 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `custodia serve` over `data_dir` with the test keys, plus `env` overrides.
     /// Its stderr (the log) goes to `data_dir/../server.log` when `CUSTODIA_TEST_LOG_FILE` is
-    /// among `env`, otherwise it is discarded.
+    /// among `env`, otherwise it is discarded. The epoch-key file is [`TEST_EPOCH_FILE`] in
+    /// `data_dir` unless `env` sets `CUSTODIA_KEY_EPOCH_FILE`.
     pub fn start(data_dir: &Path, env: &[(&str, &str)]) -> ServerProcess {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
@@ -382,6 +418,7 @@ impl ServerProcess {
             .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
             .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
             .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
+            .env("CUSTODIA_KEY_EPOCH_FILE", data_dir.join(TEST_EPOCH_FILE))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

@@ -7,6 +7,7 @@ mod auth;
 mod crash;
 mod customer;
 mod disclosure;
+mod epochs;
 mod helpers;
 mod identity;
 mod input;

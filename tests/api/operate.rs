@@ -7,7 +7,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MASTER_KEY, ServerProcess, TestApp, contains, stored_records, test_settings, write_until_stopped,
+    MASTER_KEY, ServerProcess, TestApp, contains, rewrap_as_legacy, stored_records, test_settings,
+    write_until_stopped,
 };
 
 const NEW_MASTER_KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
@@ -182,6 +183,11 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
     let mut server = ServerProcess::start(&data, &[]);
     let customers = create_many(&server.base, 500, 8).await;
     assert!(server.terminate());
+    // Their data keys as a version before key epochs stored them: directly under the master
+    // key, so the rotation has data keys to re-wrap (it brings them under the current epoch;
+    // keys already under an epoch need only the epoch key re-wrapped).
+    let ids: Vec<&str> = customers.iter().map(|(id, _)| id.as_str()).collect();
+    rewrap_as_legacy(&data, &ids).await;
 
     // 2. New key configured, old one kept as previous; rotation pauses between pages of 200.
     let rotating = [
@@ -212,11 +218,11 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
     assert_eq!(res.status(), StatusCode::CREATED);
     server.kill();
 
-    let ids: Vec<&str> = customers.iter().map(|(id, _)| id.as_str()).collect();
     let keys: Vec<String> =
         stored_records(&data, &ids).await.iter().map(|r| r.data_key.master_key.to_string()).collect();
     let distinct: std::collections::BTreeSet<&String> = keys.iter().collect();
     assert_eq!(distinct.len(), 2, "the kill should land half-way: {distinct:?}");
+    assert!(distinct.iter().any(|k| k.starts_with("mk-")) && distinct.iter().any(|k| k.starts_with("ek-")));
 
     // 3. Restart with both keys: the rotation resumes and completes.
     let resume = [("CUSTODIA_MASTER_KEY", NEW_MASTER_KEY), ("CUSTODIA_PREVIOUS_MASTER_KEYS", MASTER_KEY)];

@@ -1,19 +1,20 @@
 //! Erasure that really shreds (DESIGN §4): after a 2xx erasure no file of the data directory
 //! opens the customer's data — at once, after a clean shutdown, and after `kill -9` right after
 //! the answer. The scan owns the crypto: every candidate sealed blob in every file is tried as
-//! a wrapped data key of that customer with the crate's own envelope code, and the values and
-//! card number are looked for in plaintext. The same scan finds a live customer's key, so it
-//! can fail.
+//! a wrapped data key of that customer, under the master key and under every epoch key (read
+//! from a copy of the epoch-key file, which the running server holds locked), with the crate's
+//! own envelope code; the values and card number are looked for in plaintext. The same scan
+//! finds a live customer's key, so it can fail.
 
 use std::path::Path;
 
-use custodia::crypto::{MasterKey, MasterKeyring, Sealed, WrappedKey};
+use custodia::crypto::{DataKeyring, KeyId, MasterKey, MasterKeyring, MissingFile, Sealed, WrappedKey};
 use custodia::domain::CustomerId;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MASTER_KEY, ServerProcess, TestApp, contains, now, sign_hs256, spawn_app, test_settings,
+    MASTER_KEY, ServerProcess, TEST_EPOCH_FILE, TestApp, contains, now, sign_hs256, spawn_app, test_settings,
 };
 
 /// A sealed data key: format byte, 96-bit nonce, 32 key bytes, 128-bit tag
@@ -21,8 +22,18 @@ use crate::helpers::{
 const WRAPPED_DATA_KEY_LEN: usize = 1 + 12 + 32 + 16;
 const CARD: &str = "4111111111111111";
 
-fn keyring() -> MasterKeyring {
-    MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), Vec::new())
+/// The data keyring of the server over `dir` (master key and epoch keys), from a copy of its
+/// epoch-key file, and every key id a data key may be wrapped under.
+fn keyring(dir: &Path) -> (DataKeyring, Vec<KeyId>) {
+    let copy = tempfile::tempdir().unwrap();
+    let path = copy.path().join("epoch-keys");
+    std::fs::copy(dir.join(TEST_EPOCH_FILE), &path).unwrap();
+    let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), Vec::new());
+    let master_id = master.current_id().clone();
+    let (ring, _) = DataKeyring::open(master, &path, MissingFile::Refuse, 0).unwrap();
+    let mut ids: Vec<KeyId> = ring.epochs().into_iter().map(|e| e.id).collect();
+    ids.push(master_id);
+    (ring, ids)
 }
 
 /// Every file under `dir`, recursively, with its bytes.
@@ -42,24 +53,24 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// The files of `dir` in which some window unwraps, under the test master key, into a data key
-/// bound to `customer`.
+/// The files of `dir` in which some window unwraps, under the test master key or an epoch key,
+/// into a data key bound to `customer`.
 fn files_opening_data_key(dir: &Path, customer: &str) -> Vec<String> {
-    let keyring = keyring();
+    let (keyring, key_ids) = keyring(dir);
     let customer: CustomerId = customer.parse().unwrap();
-    let master_key = keyring.current_id().clone();
     files(dir)
         .into_iter()
         .filter(|(_, bytes)| {
             bytes.windows(WRAPPED_DATA_KEY_LEN).any(|window| {
-                // Only windows that start like a sealed blob are worth an AES-GCM attempt.
-                window[0] == 1 && {
-                    let wrapped = WrappedKey {
-                        master_key: master_key.clone(),
-                        sealed: Sealed::from_bytes(window.to_vec()),
-                    };
-                    keyring.unwrap_data_key(&customer, &wrapped).is_ok()
-                }
+                // Only windows that start like a sealed blob are worth AES-GCM attempts.
+                window[0] == 1
+                    && key_ids.iter().any(|id| {
+                        let wrapped = WrappedKey {
+                            master_key: id.clone(),
+                            sealed: Sealed::from_bytes(window.to_vec()),
+                        };
+                        keyring.unwrap_data_key(&customer, &wrapped).is_ok()
+                    })
             })
         })
         .map(|(name, _)| name)

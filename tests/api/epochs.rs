@@ -1,0 +1,236 @@
+//! Key epochs: a copy of the data directory taken before an erasure stops opening the erased
+//! customer once the epoch key that wrapped its data key is destroyed; the epoch-key file lives
+//! beside the data directory by default, and a missing one refuses to start.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use custodia::crypto::{CryptoError, DataKeyring, MasterKey, MasterKeyring, MissingFile};
+use custodia::startup::App;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    MASTER_KEY, TEST_EPOCH_FILE, TestApp, spawn_app, spawn_app_with, stored_record, test_settings,
+};
+
+/// Copies a directory tree (a stopped server's data directory, as a backup would).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Opens field `field` of customer `id` in the (stopped) data directory `data_dir` with the
+/// master key and the epoch-key file, as someone holding a copy, the master key and the
+/// current epoch-key file would: the crate's own store and crypto, no server.
+async fn open_field(
+    data_dir: &Path,
+    epoch_file: &Path,
+    id: &str,
+    field: &str,
+) -> Result<String, CryptoError> {
+    let record = stored_record(data_dir, id).await;
+    let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), vec![]);
+    let (keyring, _) = DataKeyring::open(master, epoch_file, MissingFile::Refuse, 0).unwrap();
+    let key = keyring.unwrap_data_key(&record.id, &record.data_key)?;
+    let plain = key.open(&record.id, field, &record.fields[field].sealed)?;
+    Ok(String::from_utf8(plain.expose().to_vec()).unwrap())
+}
+
+/// Waits (bounded) until the audit log records the destruction of `epoch`.
+async fn wait_for_destruction(app: &TestApp, epoch: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    let wanted = format!("epoch:{epoch}");
+    loop {
+        let res = app
+            .call(
+                Method::GET,
+                "/v1/audit/events?action=key.rotate&limit=1000",
+                Some(&app.auditor()),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+        let found = res.body["events"].as_array().unwrap().iter().find(|e| {
+            e["reason"][0] == "epoch_destroyed"
+                && e["reason"].as_array().unwrap().iter().any(|r| r == &wanted)
+        });
+        if let Some(event) = found {
+            return event.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "epoch {epoch} was not destroyed within {within:?}; key.rotate events: {}",
+            res.body["events"]
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_taken_before_an_erasure_stops_opening_the_customer_after_the_next_epoch_destruction() {
+    // The epoch-key file outside the data directory, as in production: copies do not carry it.
+    let keys = tempfile::tempdir().unwrap();
+    let epoch_file = keys.path().join("custodia.epoch-keys");
+    let file = epoch_file.clone();
+    let mut app = spawn_app_with(move |s| {
+        s.key_epoch_file = Some(file);
+        s.key_epoch_seconds = 2;
+        s.key_epochs_kept = 0;
+        s.request_timeout_ms = 1000;
+    })
+    .await;
+    let a = app.create_customer(json!({"name": "Ada Erased", "email": "ada@copies.test"})).await;
+    let card = json!({"card": {"number": "4111 1111 1111 1111", "exp_month": 12, "exp_year": 2031}});
+    let res = app
+        .call(
+            Method::POST,
+            &format!("/v1/customers/{a}/payment-methods"),
+            Some(&app.merchant()),
+            None,
+            Some(&card),
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.body);
+    let b = app.create_customer(json!({"name": "Bob Kept", "email": "bob@copies.test"})).await;
+
+    // A copy of the data directory (not of the epoch-key file), taken with the server stopped.
+    app.shutdown().await;
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(app.data_dir.path(), copy.path());
+    assert!(!copy.path().join("custodia.epoch-keys").exists());
+    // Right now the copy opens A with the master key and the epoch-key file: the check at the
+    // end can fail.
+    assert_eq!(open_field(copy.path(), &epoch_file, &a, "email").await.unwrap(), "\"ada@copies.test\"");
+    let copy_epoch = stored_record(copy.path(), &a).await.data_key.master_key.to_string();
+    assert!(copy_epoch.starts_with("ek-"), "{copy_epoch}");
+    let app = app.restart().await;
+
+    // Erase A: the receipt says when the key went and by when copies stop opening it.
+    let res =
+        app.call(Method::DELETE, &format!("/v1/customers/{a}"), Some(&app.merchant()), None, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let receipt = res.body;
+    let erased = chrono::DateTime::parse_from_rfc3339(receipt["key_destroyed_at"].as_str().unwrap()).unwrap();
+    let bound =
+        chrono::DateTime::parse_from_rfc3339(receipt["copies_unreadable_by"].as_str().unwrap()).unwrap();
+    // The epoch current at erasure began at most one period (plus a re-wrap) before it.
+    assert!(bound <= erased + chrono::Duration::seconds(2), "{receipt}");
+    assert!(bound >= erased - chrono::Duration::seconds(3), "{receipt}");
+    let notice = receipt["notice"].as_str().unwrap();
+    assert!(notice.contains("unreadable in our live system") && notice.contains("backups"), "{notice}");
+    assert!(receipt["erased_at"].is_string() && receipt["audit_seq"].is_u64());
+
+    // The epoch that wrapped A's key in the copy is destroyed after the next re-wrap.
+    let destroyed = wait_for_destruction(&app, &copy_epoch, Duration::from_secs(30)).await;
+    assert_eq!(destroyed["actor"]["role"], "system");
+    assert!(!destroyed.to_string().contains(MASTER_KEY));
+
+    // B still reads from the live directory; A is gone there.
+    let res = app.read_customer(&b, "order_fulfillment").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(res.body["fields"]["email"], "bob@copies.test");
+    assert_eq!(app.read_customer(&a, "order_fulfillment").await.status, StatusCode::NOT_FOUND);
+
+    // The copy, opened with the master key and the current epoch-key file, no longer yields A
+    // (nor anything else of its time: a copy older than the kept epochs cannot be restored).
+    let mut app = app;
+    app.shutdown().await;
+    match open_field(copy.path(), &epoch_file, &a, "email").await {
+        Err(CryptoError::UnknownEpochKey(id)) => assert_eq!(id.to_string(), copy_epoch),
+        other => panic!("the copy still opens the erased customer: {other:?}"),
+    }
+    assert!(matches!(
+        open_field(copy.path(), &epoch_file, &b, "email").await,
+        Err(CryptoError::UnknownEpochKey(_))
+    ));
+    // No slot of the file holds the destroyed epoch's id any more.
+    let raw = std::fs::read(&epoch_file).unwrap();
+    let id_bytes: Vec<u8> =
+        (0..8).map(|i| u8::from_str_radix(&copy_epoch[3 + 2 * i..5 + 2 * i], 16).unwrap()).collect();
+    assert!(!raw.windows(8).any(|w| w == id_bytes.as_slice()), "the destroyed epoch's slot is zeroed");
+
+    // A server started on the copy with the same keys does not show A either.
+    let mut settings = test_settings(copy.path());
+    settings.key_epoch_file = Some(epoch_file.clone());
+    let on_copy = TestApp::adopt_path(settings).await;
+    let res = on_copy.read_customer(&a, "order_fulfillment").await;
+    assert_ne!(res.status, StatusCode::OK);
+    assert!(!res.body.to_string().contains("ada@copies.test"));
+}
+
+#[tokio::test]
+async fn a_missing_epoch_key_file_refuses_to_start_and_creates_nothing() {
+    let mut app = spawn_app().await;
+    app.create_customer(json!({"name": "Kept Customer"})).await;
+    app.shutdown().await;
+    let file = app.data_dir.path().join(TEST_EPOCH_FILE);
+    std::fs::remove_file(&file).unwrap();
+    let err = match App::build(app.settings.clone()).await {
+        Ok(_) => panic!("started without the epoch-key file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&file.display().to_string()) && err.contains("missing"), "{err}");
+    assert!(err.contains("CUSTODIA_KEY_EPOCH_FILE"), "{err}");
+    assert!(!file.exists(), "no fresh file was created");
+}
+
+#[tokio::test]
+async fn by_default_the_epoch_key_file_sits_beside_the_data_directory_with_mode_0600() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(&dir.path().join("data"));
+    settings.key_epoch_file = None;
+    let app = App::build(settings).await.unwrap();
+    let file = dir.path().join("data.epoch-keys");
+    assert!(file.exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // A second server over the same file is refused while the first holds it.
+    let mut other = test_settings(&dir.path().join("other"));
+    other.key_epoch_file = Some(file.clone());
+    let err = match App::build(other).await {
+        Ok(_) => panic!("two servers share one epoch-key file"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("in use by another process"), "{err}");
+    drop(app);
+}
+
+#[tokio::test]
+async fn the_export_explains_erasure_and_the_bound_for_copies() {
+    let app = spawn_app_with(|s| {
+        s.key_epoch_seconds = 86_400;
+        s.key_epochs_kept = 6;
+    })
+    .await;
+    let id = app.create_customer(json!({"name": "Exporting Customer"})).await;
+    let token = TestApp::customer_token(&id);
+    let res = app.call(Method::GET, "/v1/me/export", Some(&token), None, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let text = res.body["erasure"].as_str().unwrap();
+    assert!(text.contains("within about 7 days"), "{text}");
+    let res = app.call(Method::DELETE, "/v1/me", Some(&token), None, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let bound =
+        chrono::DateTime::parse_from_rfc3339(res.body["copies_unreadable_by"].as_str().unwrap()).unwrap();
+    let erased =
+        chrono::DateTime::parse_from_rfc3339(res.body["key_destroyed_at"].as_str().unwrap()).unwrap();
+    // The epoch began at this server's start: 7 periods later, less the seconds since.
+    let left = bound - erased;
+    assert!(
+        left <= chrono::Duration::days(7) && left > chrono::Duration::days(7) - chrono::Duration::minutes(5)
+    );
+    assert!(res.body["notice"].as_str().unwrap().contains("UTC"));
+}
