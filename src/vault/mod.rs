@@ -13,10 +13,12 @@ mod disclosure;
 mod fields;
 mod payment;
 mod profile;
+mod receipt;
 mod retention;
 mod rotation;
 mod self_service;
 mod subject;
+mod transparency;
 
 use std::sync::Arc;
 
@@ -31,8 +33,10 @@ pub use consent::ConsentView;
 pub use disclosure::{Disclosure, DisclosureRequest};
 pub use payment::{NewPaymentMethod, PaymentMethodView};
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
+pub use receipt::{MAX_OWN_EVENTS_PAGE, OwnEvents, Receipt};
 pub use rotation::SYSTEM_KEYS;
 pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};
+pub use transparency::{COUNTERS_META, REPORT_FORMAT_VERSION, TransparencyCounters, TransparencyReport};
 
 /// How often an update is retried when another writer changed the record in between.
 const MAX_WRITE_ATTEMPTS: usize = 8;
@@ -124,6 +128,8 @@ pub struct Vault {
     audit: AuditLog,
     master: MasterKeyring,
     keys: SystemKeys,
+    /// The transparency report's counters, folded incrementally.
+    transparency: TransparencyCounters,
 }
 
 impl Vault {
@@ -135,7 +141,7 @@ impl Vault {
         master: MasterKeyring,
         keys: SystemKeys,
     ) -> Self {
-        Vault { policies, store, audit, master, keys }
+        Vault { policies, store, audit, master, keys, transparency: TransparencyCounters::default() }
     }
 
     /// The loaded policy set.
