@@ -262,7 +262,11 @@ pub fn report_files(
     let summary = verify_files(events, checkpoint, key, None, None)
         .map_err(|f| format!("the export does not verify: {f}"))?;
     let verified_size = summary.checkpoint.size;
-    let key_text = if Path::new(key).is_file() { read(Path::new(key)).map_err(|f| f.to_string())? } else { key.to_owned() };
+    let key_text = if Path::new(key).is_file() {
+        read(Path::new(key)).map_err(|f| f.to_string())?
+    } else {
+        key.to_owned()
+    };
     let key = VerifierKey::parse(&key_text).map_err(|e| format!("key: {e}"))?;
 
     let given: Option<Value> = report
@@ -282,7 +286,8 @@ pub fn report_files(
             }
             let root = match r["checkpoint"]["note"].as_str() {
                 Some(note) => {
-                    let cp = key.open_checkpoint(note).map_err(|e| format!("the report's checkpoint: {e}"))?;
+                    let cp =
+                        key.open_checkpoint(note).map_err(|e| format!("the report's checkpoint: {e}"))?;
                     if cp.size != size {
                         return Err(format!(
                             "the report's checkpoint is of size {}, its counts claim {size}",
@@ -338,7 +343,10 @@ pub fn report_files(
             }
         }
         if let Some(extra) = theirs.iter().find(|t| !ours.iter().any(|m| month_of(m) == month_of(t))) {
-            return Err(format!("month {}: in the report but no event of the log falls in it", month_of(extra)));
+            return Err(format!(
+                "month {}: in the report but no event of the log falls in it",
+                month_of(extra)
+            ));
         }
     }
     Ok(Recomputed { tree_size: size, months, verified_size })

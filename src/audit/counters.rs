@@ -124,22 +124,16 @@ impl Counters {
                 *counts.restrictions.entry(direction(&[change::RESTRICTED, change::LIFTED])).or_default() +=
                     1;
             }
-            Action::ConsentUpdate if allowed => {
-                // A repeated identical statement changes nothing and is recorded `unchanged`.
-                if !event.reason.iter().flatten().any(|r| r == "unchanged") {
-                    let d = direction(&[change::GRANTED, change::WITHDRAWN]);
-                    *counts.consents.entry(purpose()).or_default().entry(d).or_default() += 1;
-                }
+            // A repeated identical statement changes nothing and is recorded `unchanged`.
+            Action::ConsentUpdate if allowed && !event.reason.iter().flatten().any(|r| r == "unchanged") => {
+                let d = direction(&[change::GRANTED, change::WITHDRAWN]);
+                *counts.consents.entry(purpose()).or_default().entry(d).or_default() += 1;
             }
             _ => {}
         }
         if event.outcome == Outcome::Denied {
-            let mut codes: Vec<&str> = event
-                .reason
-                .iter()
-                .flatten()
-                .map(|r| r.rsplit(':').next().unwrap_or(r))
-                .collect();
+            let mut codes: Vec<&str> =
+                event.reason.iter().flatten().map(|r| r.rsplit(':').next().unwrap_or(r)).collect();
             codes.sort_unstable();
             codes.dedup();
             for code in codes {

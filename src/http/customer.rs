@@ -10,7 +10,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
-use super::auditor::{AuditEventSchema, AuditKey, Checkpoint, InclusionProof, encode, optional_number, params};
+use super::auditor::{
+    AuditEventSchema, AuditKey, Checkpoint, InclusionProof, encode, optional_number, params,
+};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, CustomerCaller};
 use super::merchant::{ConsentBody, CustomerPatch};
@@ -352,7 +354,11 @@ async fn receipt(
     let r = state.vault.own_receipt(&ctx, seq).await?;
     Ok(Json(Receipt {
         event: r.event,
-        inclusion: InclusionProof { index: r.index, tree_size: r.checkpoint.checkpoint.size, proof: encode(&r.proof) },
+        inclusion: InclusionProof {
+            index: r.index,
+            tree_size: r.checkpoint.checkpoint.size,
+            proof: encode(&r.proof),
+        },
         checkpoint: Checkpoint::from(r.checkpoint),
         key: AuditKey::from(&r.key),
     }))

@@ -144,7 +144,6 @@ fn article(basis: LegalBasis) -> &'static str {
     }
 }
 
-
 impl ProcessingRecord {
     /// The record for a policy set.
     pub fn of(set: &PolicySet) -> ProcessingRecord {
@@ -271,7 +270,8 @@ impl ProcessingRecord {
             let _ = writeln!(out, "- Data subjects: {}", a.data_subjects.join(", "));
             let _ = writeln!(out, "\n| Personal data | Category | Retention |\n| --- | --- | --- |");
             for d in &a.data {
-                let _ = writeln!(out, "| `{}` | `{}` | {} |", d.field, d.category, retention(d.retention_days));
+                let _ =
+                    writeln!(out, "| `{}` | `{}` | {} |", d.field, d.category, retention(d.retention_days));
             }
             if a.recipients.is_empty() {
                 let _ = writeln!(out, "\nRecipients: none.\n");
@@ -280,7 +280,8 @@ impl ProcessingRecord {
                 for r in &a.recipients {
                     let fields: Vec<String> =
                         r.fields.iter().map(|f| format!("`{}` ({})", f.field, f.mask)).collect();
-                    let _ = writeln!(out, "| `{}` | {} | {} |", r.recipient, r.description, fields.join(", "));
+                    let _ =
+                        writeln!(out, "| `{}` | {} | {} |", r.recipient, r.description, fields.join(", "));
                 }
                 out.push('\n');
             }

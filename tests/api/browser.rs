@@ -1,10 +1,11 @@
 //! A real Chromium, driven over WebDriver (chromedriver) with fantoccini, for the portal and
 //! transparency pages.
 //!
-//! The driver: `CUSTODIA_WEBDRIVER` (a URL, as `.ci/run` provides one shared chromedriver), else
-//! a `chromedriver` found on `PATH`, started for the test on a free port and stopped after it.
-//! With neither, [`Browser::open`] prints that the test was skipped and returns `None`; CI always
-//! has both (`.ci/run` installs Debian's `chromium` and `chromium-driver`).
+//! The driver: `CUSTODIA_WEBDRIVER` (the URL of a running chromedriver), else a `chromedriver`
+//! found on `PATH`, started for the test on a free port and stopped after it.
+//! With neither, [`Browser::open`] prints that the test was skipped and returns `None`, unless
+//! `CUSTODIA_REQUIRE_BROWSER` is set: `.ci/run` sets it after installing Debian's `chromium` and
+//! `chromium-driver`, so CI fails rather than skips.
 //!
 //! Browser tests take [`BROWSER_LOCK`] so only one Chromium runs at a time on a 2-core machine.
 
@@ -48,6 +49,10 @@ impl Browser {
             _ => match start_chromedriver() {
                 Some((url, child)) => (url, Some(child)),
                 None => {
+                    assert!(
+                        std::env::var_os("CUSTODIA_REQUIRE_BROWSER").is_none(),
+                        "{test}: CUSTODIA_REQUIRE_BROWSER is set but chromedriver could not be started"
+                    );
                     println!(
                         "SKIPPED {test}: no WebDriver (set CUSTODIA_WEBDRIVER or install chromium and \
                          chromium-driver; .ci/run does)"
@@ -73,19 +78,26 @@ impl Browser {
         });
         let Value::Object(caps) = caps else { unreachable!() };
         let connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        let mut client = None;
+        let mut last_error = String::new();
         // A just-started chromedriver needs a moment before it accepts sessions.
         for _ in 0..50 {
             match ClientBuilder::new(connector.clone()).capabilities(caps.clone()).connect(&url).await {
-                Ok(c) => {
-                    client = Some(c);
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Ok(client) => return Some(Browser { client, downloads, driver, _guard: guard }),
+                Err(e) => last_error = e.to_string(),
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let client = client.unwrap_or_else(|| panic!("no WebDriver session at {url}"));
-        Some(Browser { client, downloads, driver, _guard: guard })
+        // chromedriver without a Chromium to drive, or a driver that never came up.
+        assert!(
+            std::env::var_os("CUSTODIA_REQUIRE_BROWSER").is_none(),
+            "{test}: no browser session at {url}: {last_error}"
+        );
+        println!("SKIPPED {test}: no browser session at {url}: {last_error}");
+        if let Some(mut d) = driver {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        None
     }
 
     /// Waits (up to 10 s) for an element matching `css` and returns its text.

@@ -24,10 +24,19 @@ async fn customer_with_history(app: &TestApp) -> String {
         .await;
     let consent = json!({"granted": true, "source": "checkout-form", "notice": "marketing-v2"});
     let res = app
-        .call(Method::PUT, &format!("/v1/customers/{id}/consents/marketing"), Some(&app.merchant()), None, Some(&consent))
+        .call(
+            Method::PUT,
+            &format!("/v1/customers/{id}/consents/marketing"),
+            Some(&app.merchant()),
+            None,
+            Some(&consent),
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-    assert_eq!(disclose(app, &id, "acme-shipping", "order_fulfillment", &["name", "shipping_address"]).await, StatusCode::OK);
+    assert_eq!(
+        disclose(app, &id, "acme-shipping", "order_fulfillment", &["name", "shipping_address"]).await,
+        StatusCode::OK
+    );
     assert_eq!(disclose(app, &id, "letterbox-newsletter", "marketing", &["email"]).await, StatusCode::OK);
     id
 }
@@ -54,7 +63,7 @@ async fn assert_same_origin(browser: &Browser, app: &TestApp) {
 async fn a_customer_reads_corrects_withdraws_verifies_downloads_and_erases_in_a_real_browser() {
     let app = spawn_app().await;
     let id = customer_with_history(&app).await;
-    let Some(browser) = Browser::open("portal walk-through", 900, 1400).await else { return };
+    let Some(browser) = Browser::open("portal walk-through", 800, 1100).await else { return };
     let token = TestApp::customer_token(&id);
 
     // Sign in by link; the token leaves the address bar at once.
@@ -84,7 +93,13 @@ async fn a_customer_reads_corrects_withdraws_verifies_downloads_and_erases_in_a_
     browser.wait_until("document.getElementById('edit-email-error').textContent.length > 0").await;
     let shown = browser.text("#edit-email-error").await;
     let api = app
-        .call(Method::PATCH, "/v1/me", Some(&token), None, Some(&json!({"fields": {"email": "not-an-address"}})))
+        .call(
+            Method::PATCH,
+            "/v1/me",
+            Some(&token),
+            None,
+            Some(&json!({"fields": {"email": "not-an-address"}})),
+        )
         .await;
     assert_eq!(api.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(shown, api.body["message"].as_str().unwrap(), "the portal shows the API's own message");
@@ -92,22 +107,32 @@ async fn a_customer_reads_corrects_withdraws_verifies_downloads_and_erases_in_a_
     input.clear().await.unwrap();
     input.send_keys("ada@lovelace.example").await.unwrap();
     browser.click("#field-email form button[type=submit]").await;
-    browser.wait_until("document.querySelector('#field-email .value').textContent === 'ada@lovelace.example'").await;
+    browser
+        .wait_until("document.querySelector('#field-email .value').textContent === 'ada@lovelace.example'")
+        .await;
     let me = app.call(Method::GET, "/v1/me", Some(&token), None, None).await;
     assert_eq!(me.body["fields"]["email"], "ada@lovelace.example");
 
     // Withdraw the marketing consent: a disclosure for marketing is refused right after.
     browser.click("#consent-marketing button").await;
-    browser.wait_until("document.getElementById('consent-marketing').textContent.includes('Withdrawn')").await;
+    browser
+        .wait_until("document.getElementById('consent-marketing').textContent.includes('Withdrawn')")
+        .await;
     let body = json!({"customer_id": id, "recipient": "letterbox-newsletter", "purpose": "marketing", "fields": ["email"]});
     let refused = app.call(Method::POST, "/v1/disclosures", Some(&app.merchant()), None, Some(&body)).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.body);
     assert_eq!(refused.body["denied"][0]["reason"], "consent_withdrawn");
 
     // Verify the disclosure entry in the browser (WebCrypto: SHA-256, Ed25519).
-    let renders = browser.client.execute("return document.getElementById('history-list').dataset.renders;", vec![]).await.unwrap();
+    let renders = browser
+        .client
+        .execute("return document.getElementById('history-list').dataset.renders;", vec![])
+        .await
+        .unwrap();
     browser.click("#history-refresh").await;
-    browser.wait_until(&format!("document.getElementById('history-list').dataset.renders !== {renders}")).await;
+    browser
+        .wait_until(&format!("document.getElementById('history-list').dataset.renders !== {renders}"))
+        .await;
     let seq = browser
         .client
         .execute(
@@ -119,7 +144,9 @@ async fn a_customer_reads_corrects_withdraws_verifies_downloads_and_erases_in_a_
         .unwrap();
     let seq = seq.as_str().unwrap().to_owned();
     browser.click(&format!("#entry-{seq} button")).await;
-    browser.wait_until(&format!("document.querySelector('#entry-{seq} .verdict').textContent.includes('erif')")).await;
+    browser
+        .wait_until(&format!("document.querySelector('#entry-{seq} .verdict').textContent.includes('erif')"))
+        .await;
     let verdict = browser.text(&format!("#entry-{seq} .verdict")).await;
     let key = app.call(Method::GET, "/v1/audit/key", Some(&app.auditor()), None, None).await;
     let verifier_key = key.body["verifier_key"].as_str().unwrap();
@@ -127,6 +154,14 @@ async fn a_customer_reads_corrects_withdraws_verifies_downloads_and_erases_in_a_
     let key_name = verifier_key.splitn(3, '+').take(2).collect::<Vec<_>>().join("+");
     assert!(verdict.starts_with("✓ Verified in log of size "), "{verdict}");
     assert!(verdict.contains(&format!("signed by {key_name}")), "{verdict} / {verifier_key}");
+    browser
+        .client
+        .execute(
+            &format!("document.getElementById('entry-{seq}').scrollIntoView({{block: 'center'}})"),
+            vec![],
+        )
+        .await
+        .unwrap();
     browser.screenshot("portal-verified").await;
 
     // Download the export.
@@ -177,11 +212,13 @@ async fn an_event_altered_in_storage_does_not_verify_in_the_browser() {
         files.overwrite(seq, &[header, forged.into_bytes()].concat());
     }
     let app = app.restart().await;
-    let Some(browser) = Browser::open("tampered entry", 900, 1100).await else { return };
+    let Some(browser) = Browser::open("tampered entry", 800, 900).await else { return };
     browser.client.goto(&portal_link(&app, &TestApp::customer_token(&id))).await.unwrap();
     browser.wait(&format!("#entry-{seq} button")).await;
     browser.click(&format!("#entry-{seq} button")).await;
-    browser.wait_until(&format!("document.querySelector('#entry-{seq} .verdict').textContent.includes('erif')")).await;
+    browser
+        .wait_until(&format!("document.querySelector('#entry-{seq} .verdict').textContent.includes('erif')"))
+        .await;
     let verdict = browser.text(&format!("#entry-{seq} .verdict")).await;
     assert!(verdict.starts_with("✗ Does not verify"), "{verdict}");
 
@@ -193,9 +230,20 @@ async fn an_event_altered_in_storage_does_not_verify_in_the_browser() {
         .as_u64()
         .unwrap();
     browser.click(&format!("#entry-{other} button")).await;
-    browser.wait_until(&format!("document.querySelector('#entry-{other} .verdict').textContent.includes('erif')")).await;
+    browser
+        .wait_until(&format!(
+            "document.querySelector('#entry-{other} .verdict').textContent.includes('erif')"
+        ))
+        .await;
     assert!(browser.text(&format!("#entry-{other} .verdict")).await.starts_with("✓ Verified"));
-    browser.client.execute(&format!("document.getElementById('entry-{seq}').scrollIntoView()"), vec![]).await.unwrap();
+    browser
+        .client
+        .execute(
+            &format!("document.getElementById('entry-{seq}').scrollIntoView({{block: 'center'}})"),
+            vec![],
+        )
+        .await
+        .unwrap();
     browser.screenshot("portal-tampered").await;
     browser.close().await;
 }
@@ -242,13 +290,15 @@ async fn an_expired_link_asks_for_a_new_one_and_sign_out_forgets_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transparency_page_shows_the_report_from_this_origin_only() {
     let app = spawn_app().await;
-    customer_with_history(&app).await;
-    let Some(browser) = Browser::open("transparency page", 1000, 1600).await else { return };
+    crate::transparency::scenario(&app).await;
+    let Some(browser) = Browser::open("transparency page", 900, 1300).await else { return };
     browser.client.goto(&format!("{}/transparency", app.base)).await.unwrap();
     browser.wait_until("document.getElementById('note').textContent.length > 0").await;
     let page = browser.text("main").await;
     assert!(page.contains("fewer than 5"), "{page}");
     assert!(page.contains("acme-shipping"), "{page}");
+    let acme = browser.text("#months tbody tr").await;
+    assert!(acme.contains("acme-shipping") && acme.ends_with('6'), "{acme}");
     assert!(page.contains("Art. 6(1)(b)"), "{page}");
     let note = browser.text("#note").await;
     assert!(note.contains('\u{2014}'), "the signed note: {note}");
@@ -262,9 +312,15 @@ async fn the_transparency_page_shows_the_report_from_this_origin_only() {
 #[tokio::test]
 async fn pages_carry_a_strict_content_security_policy_and_unknown_assets_are_404() {
     let app = spawn_app().await;
-    for path in ["/portal", "/portal/portal.js", "/portal/verify.js", "/portal/words.js", "/portal/style.css",
-        "/transparency", "/transparency/transparency.js"]
-    {
+    for path in [
+        "/portal",
+        "/portal/portal.js",
+        "/portal/verify.js",
+        "/portal/words.js",
+        "/portal/style.css",
+        "/transparency",
+        "/transparency/transparency.js",
+    ] {
         let res = app.client.get(format!("{}{path}", app.base)).send().await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{path}");
         let csp = res.headers()["content-security-policy"].to_str().unwrap();
@@ -293,8 +349,11 @@ async fn a_customer_gets_receipts_for_their_own_events_only() {
     let first = res.body["events"].as_array().unwrap().clone();
     assert_eq!(first.len(), 2);
     let after = res.body["next_after"].as_u64().expect("more to come");
-    let res = app.call(Method::GET, &format!("/v1/me/events?after={after}&limit=1000"), Some(&token), None, None).await;
-    let mine: Vec<Value> = first.into_iter().chain(res.body["events"].as_array().unwrap().iter().cloned()).collect();
+    let res = app
+        .call(Method::GET, &format!("/v1/me/events?after={after}&limit=1000"), Some(&token), None, None)
+        .await;
+    let mine: Vec<Value> =
+        first.into_iter().chain(res.body["events"].as_array().unwrap().iter().cloned()).collect();
     assert!(mine.iter().all(|e| e["customer_id"] == id.as_str()));
     let all = app.audit_events().await;
     let expected: Vec<&Value> = all.iter().filter(|e| e["customer_id"] == id.as_str()).collect();
@@ -308,13 +367,19 @@ async fn a_customer_gets_receipts_for_their_own_events_only() {
     let res = app.call(Method::GET, &format!("/v1/me/events/{seq}/receipt"), Some(&token), None, None).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     let r = res.body;
-    let key = custodia::audit::checkpoint::VerifierKey::parse(r["key"]["verifier_key"].as_str().unwrap()).unwrap();
+    let key =
+        custodia::audit::checkpoint::VerifierKey::parse(r["key"]["verifier_key"].as_str().unwrap()).unwrap();
     let cp = key.open_checkpoint(r["checkpoint"]["note"].as_str().unwrap()).unwrap();
     assert_eq!(cp.size, r["inclusion"]["tree_size"].as_u64().unwrap());
     let leaf = custodia::audit::merkle::leaf_hash(&custodia::audit::jcs::canonical(&r["event"]));
-    let proof: Vec<Vec<u8>> =
-        r["inclusion"]["proof"].as_array().unwrap().iter().map(|h| STANDARD.decode(h.as_str().unwrap()).unwrap()).collect();
-    custodia::audit::proof::verify_inclusion(seq, cp.size, &leaf, &proof, &cp.root).expect("the proof verifies");
+    let proof: Vec<Vec<u8>> = r["inclusion"]["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| STANDARD.decode(h.as_str().unwrap()).unwrap())
+        .collect();
+    custodia::audit::proof::verify_inclusion(seq, cp.size, &leaf, &proof, &cp.root)
+        .expect("the proof verifies");
     assert_eq!(r["event"]["seq"], seq);
 
     // Another customer's event, a seq beyond the log and a malformed seq.
@@ -330,14 +395,18 @@ async fn a_customer_gets_receipts_for_their_own_events_only() {
     let res = app.call(Method::GET, "/v1/me/events?customer_id=x", Some(&token), None, None).await;
     assert_eq!(res.status, StatusCode::BAD_REQUEST);
     // Only customers: a merchant token is refused.
-    let res = app.call(Method::GET, &format!("/v1/me/events/{seq}/receipt"), Some(&app.merchant()), None, None).await;
+    let res = app
+        .call(Method::GET, &format!("/v1/me/events/{seq}/receipt"), Some(&app.merchant()), None, None)
+        .await;
     assert_eq!(res.status, StatusCode::FORBIDDEN);
 
     // Each call is audited as an audit.read about the caller; the refused one as failed.
     let after_calls = app.audit_events().await;
     let reads: Vec<&Value> = after_calls
         .iter()
-        .filter(|e| e["action"] == "audit.read" && e["actor"]["role"] == "customer" && e["customer_id"] == id.as_str())
+        .filter(|e| {
+            e["action"] == "audit.read" && e["actor"]["role"] == "customer" && e["customer_id"] == id.as_str()
+        })
         .collect();
     assert!(reads.iter().any(|e| e["outcome"] == "allowed"));
     assert!(reads.iter().any(|e| e["outcome"] == "failed" && e["reason"] == json!(["not_found"])));

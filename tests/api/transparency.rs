@@ -16,22 +16,33 @@ async fn disclose(app: &TestApp, id: &str, recipient: &str, purpose: &str, field
 async fn consent(app: &TestApp, id: &str, granted: bool) {
     let body = json!({"granted": granted, "source": "checkout", "notice": "marketing-v2"});
     let res = app
-        .call(Method::PUT, &format!("/v1/customers/{id}/consents/marketing"), Some(&app.merchant()), None, Some(&body))
+        .call(
+            Method::PUT,
+            &format!("/v1/customers/{id}/consents/marketing"),
+            Some(&app.merchant()),
+            None,
+            Some(&body),
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
 }
 
 /// Six customers: six allowed deliveries to acme-shipping, three marketing disclosures refused
 /// for want of consent, five consents granted, one withdrawn, two objections, one erasure.
-async fn scenario(app: &TestApp) -> Vec<String> {
+pub(crate) async fn scenario(app: &TestApp) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..6 {
-        let id = app.create_customer(json!({"name": format!("Customer {i}"), "email": format!("c{i}@example.com")})).await;
+        let id = app
+            .create_customer(json!({"name": format!("Customer {i}"), "email": format!("c{i}@example.com")}))
+            .await;
         assert_eq!(disclose(app, &id, "acme-shipping", "order_fulfillment", &["name"]).await, StatusCode::OK);
         ids.push(id);
     }
     for id in &ids[..3] {
-        assert_eq!(disclose(app, id, "letterbox-newsletter", "marketing", &["email"]).await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            disclose(app, id, "letterbox-newsletter", "marketing", &["email"]).await,
+            StatusCode::FORBIDDEN
+        );
     }
     for id in &ids[1..] {
         consent(app, id, true).await;
@@ -40,11 +51,19 @@ async fn scenario(app: &TestApp) -> Vec<String> {
     for id in &ids[..2] {
         let token = TestApp::customer_token(id);
         let res = app
-            .call(Method::PUT, "/v1/me/objections/fraud_prevention", Some(&token), None, Some(&json!({"objected": true})))
+            .call(
+                Method::PUT,
+                "/v1/me/objections/fraud_prevention",
+                Some(&token),
+                None,
+                Some(&json!({"objected": true})),
+            )
             .await;
         assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     }
-    let res = app.call(Method::DELETE, &format!("/v1/customers/{}", ids[0]), Some(&app.merchant()), None, None).await;
+    let res = app
+        .call(Method::DELETE, &format!("/v1/customers/{}", ids[0]), Some(&app.merchant()), None, None)
+        .await;
     assert_eq!(res.status, StatusCode::OK);
     ids
 }
@@ -72,7 +91,10 @@ async fn the_report_counts_a_known_scenario_and_hides_small_numbers() {
     let m = &months[0];
     assert_eq!(m["month"], chrono::Utc::now().format("%Y-%m").to_string());
     let d = &m["disclosures"];
-    assert_eq!(cell(d, &[("recipient", "acme-shipping"), ("purpose", "order_fulfillment"), ("outcome", "allowed")]), 6);
+    assert_eq!(
+        cell(d, &[("recipient", "acme-shipping"), ("purpose", "order_fulfillment"), ("outcome", "allowed")]),
+        6
+    );
     assert_eq!(
         cell(d, &[("recipient", "letterbox-newsletter"), ("purpose", "marketing"), ("outcome", "denied")]),
         "fewer than 5"
@@ -80,18 +102,26 @@ async fn the_report_counts_a_known_scenario_and_hides_small_numbers() {
     assert_eq!(cell(&m["denials"], &[("reason", "consent_missing")]), "fewer than 5");
     assert_eq!(cell(&m["consents"], &[("purpose", "marketing"), ("change", "granted")]), 5);
     assert_eq!(cell(&m["consents"], &[("purpose", "marketing"), ("change", "withdrawn")]), "fewer than 5");
-    assert_eq!(cell(&m["objections"], &[("purpose", "fraud_prevention"), ("change", "objected")]), "fewer than 5");
+    assert_eq!(
+        cell(&m["objections"], &[("purpose", "fraud_prevention"), ("change", "objected")]),
+        "fewer than 5"
+    );
     assert_eq!(m["erasures"], "fewer than 5");
     assert_eq!(m["retention_purges"], "fewer than 5");
 
     // What is collected and why: the Art. 30 record of the loaded policies.
     let record = custodia::policy::ProcessingRecord::of(
-        &custodia::policy::PolicySet::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap(),
+        &custodia::policy::PolicySet::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        )
+        .unwrap(),
     );
     assert_eq!(report["record"], serde_json::to_value(&record).unwrap());
 
     // The report names a signed checkpoint of exactly the events it counts.
-    let key = custodia::audit::checkpoint::VerifierKey::parse(report["key"]["verifier_key"].as_str().unwrap()).unwrap();
+    let key =
+        custodia::audit::checkpoint::VerifierKey::parse(report["key"]["verifier_key"].as_str().unwrap())
+            .unwrap();
     let cp = key.open_checkpoint(report["checkpoint"]["note"].as_str().unwrap()).unwrap();
     assert_eq!(cp.size, report["tree_size"].as_u64().unwrap());
     // The auditor's listing shows the log as it stood before its own read was recorded.
@@ -137,13 +167,20 @@ async fn audit_report_recomputes_the_counts_offline_and_refuses_altered_events_o
     std::fs::write(dir.path().join("report.json"), report.to_string()).unwrap();
     let args = |report: Option<&str>| {
         let mut a: Vec<String> = ["audit", "report", "--events"].map(str::to_owned).to_vec();
-        a.extend([file("events.ndjson"), "--checkpoint".into(), file("checkpoint.txt"), "--key".into(), file("key.txt")]);
+        a.extend([
+            file("events.ndjson"),
+            "--checkpoint".into(),
+            file("checkpoint.txt"),
+            "--key".into(),
+            file("key.txt"),
+        ]);
         if let Some(r) = report {
             a.extend(["--report".into(), r.to_owned()]);
         }
         a
     };
-    let run = |a: Vec<String>| async move { custodia(&a.iter().map(String::as_str).collect::<Vec<_>>()).await };
+    let run =
+        |a: Vec<String>| async move { custodia(&a.iter().map(String::as_str).collect::<Vec<_>>()).await };
 
     let (ok, stdout, stderr) = run(args(Some(&file("report.json")))).await;
     assert!(ok, "{stderr}");
@@ -168,7 +205,8 @@ async fn audit_report_recomputes_the_counts_offline_and_refuses_altered_events_o
     // An altered event in the export: a refused disclosure rewritten as allowed.
     let events = std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap();
     let denied = r#""outcome":"denied""#;
-    let line = events.lines().position(|l| l.contains(r#""action":"disclosure""#) && l.contains(denied)).unwrap();
+    let line =
+        events.lines().position(|l| l.contains(r#""action":"disclosure""#) && l.contains(denied)).unwrap();
     let altered: Vec<String> = events
         .lines()
         .enumerate()
@@ -190,7 +228,10 @@ async fn policy_record_prints_the_art_30_record_as_markdown_and_json() {
     let (ok, json, _) = custodia(&["policy", "record", "--json", policies]).await;
     assert!(ok);
     let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/art30-record.json");
-    assert_eq!(serde_json::from_str::<Value>(&json).unwrap(), serde_json::from_str::<Value>(&std::fs::read_to_string(golden).unwrap()).unwrap());
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap(),
+        serde_json::from_str::<Value>(&std::fs::read_to_string(golden).unwrap()).unwrap()
+    );
     let (ok, _, stderr) = custodia(&["policy", "record", "/nonexistent"]).await;
     assert!(!ok);
     assert!(stderr.contains("invalid"), "{stderr}");

@@ -304,7 +304,11 @@
       const check = el("button", { type: "button", class: "secondary", text: "Check",
         "aria-label": "Check entry " + event.seq + " against the signed log" });
       check.addEventListener("click", () => verify(event.seq, verdict, check));
-      list.append(el("li", { id: "entry-" + event.seq, "data-seq": String(event.seq), "data-action": event.action },
+      // The customer's own reads of this portal are real accesses, logged like any other, but
+      // they drown the shop's; they are listed only on request.
+      const own = event.actor && event.actor.role === "customer" && (event.action === "customer.read" || event.action === "audit.read");
+      list.append(el("li", { id: "entry-" + event.seq, "data-seq": String(event.seq), "data-action": event.action,
+        "data-own": own ? "true" : null, hidden: own && !$("history-own").checked },
         el("time", { datetime: event.time, text: words.when }), " — ", el("span", { class: "what", text: words.text }),
         " ", check, verdict));
     }
@@ -367,6 +371,9 @@
   async function start() {
     $("sign-out").addEventListener("click", () => signOut("view-signed-out"));
     $("history-refresh").addEventListener("click", () => attempt(loadHistory));
+    $("history-own").addEventListener("change", (e) => {
+      for (const li of document.querySelectorAll("#history-list li[data-own]")) li.hidden = !e.target.checked;
+    });
     $("download-button").addEventListener("click", () => attempt(download));
     $("erase-confirm").addEventListener("input", (e) => {
       $("erase-button").disabled = e.target.value.trim().toLowerCase() !== ERASE_PHRASE;
