@@ -324,6 +324,8 @@
       if (result.ok) {
         verdict.classList.add("ok");
         verdict.textContent = `✓ Verified in log of size ${result.size}, signed by ${result.keyName}+${result.keyId}.`;
+      } else if (result.unsupported) {
+        verdict.textContent = "Could not be checked: " + result.reason + ".";
       } else {
         verdict.classList.add("bad");
         verdict.textContent = "✗ Does not verify: " + result.reason + ".";

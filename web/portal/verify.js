@@ -104,14 +104,23 @@
       if (space < 0 || rest.slice(0, space) !== key.name) continue;
       const blob = b64(rest.slice(space + 1));
       if (blob.length !== 68 || hex(blob.slice(0, 4)) !== key.id) continue;
-      const publicKey = await crypto.subtle.importKey("raw", key.pub, { name: "Ed25519" }, false, ["verify"]);
+      let publicKey;
+      try {
+        publicKey = await crypto.subtle.importKey("raw", key.pub, { name: "Ed25519" }, false, ["verify"]);
+      } catch (e) {
+        // No Ed25519 in this browser's WebCrypto: no verdict either way.
+        const unsupported = new Error("this browser cannot verify Ed25519 signatures");
+        unsupported.unsupported = true;
+        throw unsupported;
+      }
       return crypto.subtle.verify({ name: "Ed25519" }, publicKey, blob.slice(4), enc.encode(note.text));
     }
     return false;
   }
 
   /**
-   * Checks a receipt. Resolves to {ok: true, size, keyId, keyName} or {ok: false, reason}.
+   * Checks a receipt. Resolves to {ok: true, size, keyId, keyName}, or {ok: false, reason} (with
+   * `unsupported: true` when the browser lacks Ed25519, which is no verdict on the entry).
    */
   async function verifyReceipt(receipt) {
     try {
@@ -128,7 +137,7 @@
       if (!equal(root, note.root)) return { ok: false, reason: "the entry does not match the signed log" };
       return { ok: true, size: note.size, keyId: key.id, keyName: key.name };
     } catch (e) {
-      return { ok: false, reason: String(e && e.message ? e.message : e) };
+      return { ok: false, unsupported: !!(e && e.unsupported), reason: String(e && e.message ? e.message : e) };
     }
   }
 
