@@ -84,6 +84,31 @@ async fn a_customer_reads_corrects_withdraws_verifies_downloads_and_erases_in_a_
     assert!(history.contains("(contract)"), "{history}");
     browser.screenshot("portal").await;
 
+    // Every control has a name a screen reader announces.
+    let unnamed = browser
+        .client
+        .execute(
+            "return [...document.querySelectorAll('#view-portal input')].filter(i => i.labels.length === 0).length + \
+             [...document.querySelectorAll('#view-portal button')].filter(b => !(b.getAttribute('aria-label') || b.textContent.trim())).length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(unnamed, json!(0), "unlabelled inputs or nameless buttons");
+
+    // With the keyboard only: focus the analytics consent button and press Enter.
+    browser
+        .client
+        .execute("document.querySelector('#consent-analytics button').focus();", vec![])
+        .await
+        .unwrap();
+    browser.wait("#consent-analytics button").await.send_keys("\u{E007}").await.unwrap();
+    browser.wait_until("document.getElementById('consent-analytics').textContent.includes('Given')").await;
+    let me = app.call(Method::GET, "/v1/me/consents", Some(&token), None, None).await;
+    let analytics =
+        me.body["consents"].as_array().unwrap().iter().find(|c| c["purpose"] == "analytics").cloned();
+    assert_eq!(analytics.expect("recorded")["notice"], "analytics-v1");
+
     // Correct a field: the API's validation message, then a valid value.
     browser.click("#field-email button").await;
     let input = browser.wait("#edit-email").await;
