@@ -134,7 +134,10 @@
   function renderFields() {
     const box = $("fields");
     box.replaceChildren();
-    for (const f of catalogue.fields) {
+    // The declared fields come from the public report; without it, the stored ones still show.
+    const declared = catalogue.fields.length ? catalogue.fields
+      : Object.keys(profile.fields).map((k) => ({ field: k, type: typeof profile.fields[k] === "object" ? "address" : "string" }));
+    for (const f of declared) {
       const value = profile.fields[f.field];
       const text = shown(value, f.type);
       const row = el("div", { class: "field", id: "field-" + f.field });
