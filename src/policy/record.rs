@@ -280,8 +280,13 @@ impl ProcessingRecord {
                 for r in &a.recipients {
                     let fields: Vec<String> =
                         r.fields.iter().map(|f| format!("`{}` ({})", f.field, f.mask)).collect();
-                    let _ =
-                        writeln!(out, "| `{}` | {} | {} |", r.recipient, r.description, fields.join(", "));
+                    let _ = writeln!(
+                        out,
+                        "| `{}` | {} | {} |",
+                        r.recipient,
+                        cell(&r.description),
+                        fields.join(", ")
+                    );
                 }
                 out.push('\n');
             }
@@ -292,6 +297,11 @@ impl ProcessingRecord {
         }
         out
     }
+}
+
+/// Free text as one Markdown table cell: a `|` would end the cell, a newline the row.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\r', '\n'], " ")
 }
 
 #[cfg(test)]
@@ -316,6 +326,11 @@ mod tests {
         }
         assert_eq!(markdown, std::fs::read_to_string(dir.join("art30-record.md")).unwrap());
         assert_eq!(json, std::fs::read_to_string(dir.join("art30-record.json")).unwrap());
+    }
+
+    #[test]
+    fn free_text_cannot_break_a_table_cell() {
+        assert_eq!(cell("a | b\nc"), "a \\| b c");
     }
 
     #[test]
