@@ -227,3 +227,127 @@ fn read_note(path: &Path, failure: fn(CheckpointError) -> Failure) -> Result<Str
 fn read(path: &Path) -> Result<String, Failure> {
     std::fs::read_to_string(path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))
 }
+
+/// What `custodia audit report` recomputed.
+#[derive(Debug)]
+pub struct Recomputed {
+    /// The number of events the counts cover (the report's tree size, or the export's).
+    pub tree_size: u64,
+    /// The counts as the transparency report publishes them, newest month first.
+    pub months: Vec<crate::audit::counters::PublishedMonth>,
+    /// The size of the export's checkpoint, which was verified in full first.
+    pub verified_size: u64,
+}
+
+/// Recomputes the transparency report's counts offline (`custodia audit report`).
+///
+/// First the export is verified in full against its checkpoint and the key (as `audit
+/// verify`): counts of events that do not verify mean nothing. Without `report`, the counts
+/// cover every event of the export. With `report` (a saved `GET /v1/transparency` answer), the
+/// report's own checkpoint must be signed by the key, and the first `tree_size` events of the
+/// export must hash to its root; the counts of those events must then equal the report's,
+/// month by month, else the error names the first month that differs.
+pub fn report_files(
+    events: &Path,
+    checkpoint: &Path,
+    key: &str,
+    report: Option<&Path>,
+) -> Result<Recomputed, String> {
+    use std::io::BufRead;
+
+    use crate::audit::counters::Counters;
+    use crate::audit::merkle::Frontier;
+    use crate::audit::verify::event_leaf;
+
+    let summary = verify_files(events, checkpoint, key, None, None)
+        .map_err(|f| format!("the export does not verify: {f}"))?;
+    let verified_size = summary.checkpoint.size;
+    let key_text = if Path::new(key).is_file() {
+        read(Path::new(key)).map_err(|f| f.to_string())?
+    } else {
+        key.to_owned()
+    };
+    let key = VerifierKey::parse(&key_text).map_err(|e| format!("key: {e}"))?;
+
+    let given: Option<Value> = report
+        .map(|path| {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            serde_json::from_str(&text).map_err(|e| format!("{}: not JSON ({e})", path.display()))
+        })
+        .transpose()?;
+    let (size, signed_root) = match &given {
+        None => (verified_size, None),
+        Some(r) => {
+            let size = r["tree_size"].as_u64().ok_or("the report has no `tree_size`")?;
+            if size > verified_size {
+                return Err(format!(
+                    "the report covers {size} events but the export only {verified_size}: export again"
+                ));
+            }
+            let root = match r["checkpoint"]["note"].as_str() {
+                Some(note) => {
+                    let cp =
+                        key.open_checkpoint(note).map_err(|e| format!("the report's checkpoint: {e}"))?;
+                    if cp.size != size {
+                        return Err(format!(
+                            "the report's checkpoint is of size {}, its counts claim {size}",
+                            cp.size
+                        ));
+                    }
+                    Some(cp.root)
+                }
+                None if size == 0 => None,
+                None => return Err("the report names no signed checkpoint".into()),
+            };
+            (size, root)
+        }
+    };
+
+    let file = File::open(events).map_err(|e| format!("{}: {e}", events.display()))?;
+    let mut counters = Counters::default();
+    let mut frontier = Frontier::default();
+    for (seq, line) in (0..size).zip(BufReader::new(file).split(b'\n')) {
+        let line = line.map_err(|e| format!("{}: {e}", events.display()))?;
+        frontier.push(event_leaf(&line, seq).map_err(|e| format!("event {seq}: {e}"))?);
+        let event: crate::audit::Event =
+            serde_json::from_slice(&line).map_err(|e| format!("event {seq}: {e}"))?;
+        counters.fold(&event).map_err(|e| e.to_string())?;
+    }
+    if counters.size != size {
+        return Err(format!("the export ends after {} events, the report covers {size}", counters.size));
+    }
+    if let Some(root) = signed_root
+        && frontier.root() != root
+    {
+        return Err(format!(
+            "the first {size} events of the export do not hash to the root the report's checkpoint signs"
+        ));
+    }
+    let months = counters.published();
+    if let Some(r) = &given {
+        let theirs = r["months"].as_array().cloned().unwrap_or_default();
+        // invariant: published months are plain strings and counts; they always serialise.
+        let ours: Vec<Value> =
+            months.iter().map(|m| serde_json::to_value(m).expect("months serialise")).collect();
+        let month_of = |v: &Value| v["month"].as_str().unwrap_or("?").to_owned();
+        for m in &ours {
+            match theirs.iter().find(|t| month_of(t) == month_of(m)) {
+                None => return Err(format!("month {}: missing from the report", month_of(m))),
+                Some(t) if t != m => {
+                    return Err(format!(
+                        "month {}: the report's counts differ from the log's\n  report:     {t}\n  recomputed: {m}",
+                        month_of(m)
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(extra) = theirs.iter().find(|t| !ours.iter().any(|m| month_of(m) == month_of(t))) {
+            return Err(format!(
+                "month {}: in the report but no event of the log falls in it",
+                month_of(extra)
+            ));
+        }
+    }
+    Ok(Recomputed { tree_size: size, months, verified_size })
+}

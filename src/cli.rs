@@ -1,5 +1,5 @@
-//! The command line: `serve`, `policy check`, `policy explain`, `audit export`, `audit verify`,
-//! `dev-token`.
+//! The command line: `serve`, `policy check`, `policy explain`, `policy record`, `audit export`,
+//! `audit verify`, `audit report`, `dev-token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +84,15 @@ enum PolicyCommand {
         /// The policy directory.
         dir: PathBuf,
     },
+    /// Print the GDPR Art. 30 record of processing activities generated from the policy files
+    /// in DIR, as Markdown (or JSON with --json).
+    Record {
+        /// The policy directory.
+        dir: PathBuf,
+        /// Print JSON (the same document the transparency report embeds) instead of Markdown.
+        #[arg(long)]
+        json: bool,
+    },
     /// Explain whether a field may go to a recipient for a purpose, rule by rule.
     Explain {
         /// The recipient.
@@ -136,6 +145,23 @@ enum AuditCommand {
         #[arg(long)]
         leaves: Option<PathBuf>,
     },
+    /// Recompute the transparency report's monthly counts offline from an export (after
+    /// verifying it as `verify` does) and print them as JSON; with --report, compare them
+    /// with a saved `GET /v1/transparency` answer and exit 1 naming the first difference.
+    Report {
+        /// The events, one JSON object per line (events.ndjson).
+        #[arg(long)]
+        events: PathBuf,
+        /// The export's signed checkpoint note (checkpoint.txt).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The verifier key string (name+id+key), or a file holding it. Pin it out of band.
+        #[arg(long)]
+        key: String,
+        /// A saved transparency report (JSON) to check.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
 }
 
 impl Cli {
@@ -148,6 +174,22 @@ impl Cli {
                     println!("{}: ok — {}", dir.display(), set.summary());
                     for warning in set.warnings() {
                         println!("warning: {warning}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: invalid\n{e}", dir.display());
+                    ExitCode::FAILURE
+                }
+            },
+            Command::Policy { command: PolicyCommand::Record { dir, json } } => match PolicySet::load(&dir) {
+                Ok(set) => {
+                    let record = crate::policy::ProcessingRecord::of(&set);
+                    if json {
+                        // invariant: the record is plain strings, numbers and lists.
+                        println!("{}", serde_json::to_string_pretty(&record).expect("record serialises"));
+                    } else {
+                        print!("{}", record.to_markdown());
                     }
                     ExitCode::SUCCESS
                 }
@@ -219,6 +261,28 @@ impl Cli {
                     ExitCode::FAILURE
                 }
             },
+            Command::Audit { command: AuditCommand::Report { events, checkpoint, key, report } } => {
+                match crate::auditor::report_files(&events, &checkpoint, &key, report.as_deref()) {
+                    Ok(done) if report.is_some() => {
+                        println!(
+                            "ok: the report's counts agree with the first {} events of the log \
+                             (export verified at tree size {})",
+                            done.tree_size, done.verified_size
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Ok(done) => {
+                        let out = serde_json::json!({ "tree_size": done.tree_size, "months": done.months });
+                        // invariant: a serde_json::Value always serialises.
+                        println!("{}", serde_json::to_string_pretty(&out).expect("JSON serialises"));
+                        ExitCode::SUCCESS
+                    }
+                    Err(reason) => {
+                        eprintln!("FAILED: {reason}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
             Command::DevToken { role, sub, ttl, config } => match dev_token(&role, &sub, ttl, config) {
                 Ok(token) => {
                     println!("{token}");

@@ -36,6 +36,10 @@ use crate::vault::SYSTEM_KEYS;
 /// one at least every second.
 pub const CHECKPOINT_PERIOD: Duration = Duration::from_millis(1000);
 
+/// How often the background task folds new audit events into the transparency report's
+/// counters, so a page view only reads the few events appended since.
+pub const TRANSPARENCY_FOLD_PERIOD: Duration = Duration::from_secs(5);
+
 /// A built application, bound to its port but not yet serving.
 pub struct App {
     listener: TcpListener,
@@ -57,7 +61,10 @@ impl App {
         crate::metric::install();
         let (vault, store, auth) = open_vault(&settings).await?;
         crate::metric::audit_tree_size(vault.audit_log().head().await?.0);
-        let mut background = vec![spawn_checkpointer(Arc::downgrade(&vault), CHECKPOINT_PERIOD)];
+        let mut background = vec![
+            spawn_checkpointer(Arc::downgrade(&vault), CHECKPOINT_PERIOD),
+            spawn_transparency_folder(Arc::downgrade(&vault), TRANSPARENCY_FOLD_PERIOD),
+        ];
         if vault.rotation_pending().await.map_err(vault_error)? {
             background
                 .push(spawn_rotation(Arc::clone(&vault), Duration::from_millis(settings.rotation_pause_ms)));
@@ -330,6 +337,22 @@ fn spawn_tls_reload(tls: Arc<Tls>) -> tokio::task::JoinHandle<()> {
         }
         #[cfg(not(unix))]
         drop(tls);
+    })
+}
+
+/// Folds new events into the transparency counters every `period` (see
+/// `vault::transparency`). Holds the vault weakly, like [`spawn_checkpointer`].
+fn spawn_transparency_folder(vault: Weak<Vault>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(vault) = vault.upgrade() else { return };
+            if let Err(e) = vault.refresh_transparency().await {
+                tracing::error!(error = %e, "folding the transparency counters failed");
+            }
+        }
     })
 }
 

@@ -11,6 +11,7 @@
 //! signed tree head the restarted log contradicts.
 
 pub mod checkpoint;
+pub mod counters;
 pub mod jcs;
 pub mod merkle;
 pub mod proof;

@@ -16,6 +16,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::AuditorCaller;
+use crate::audit::checkpoint::{SignedCheckpoint, VerifierKey};
 use crate::audit::merkle::Hash;
 use crate::domain::Timestamp;
 use crate::vault::{EventQuery, RequestContext};
@@ -39,7 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(ToSchema)]
 #[schema(as = AuditEvent)]
 #[allow(dead_code)]
-struct AuditEventSchema {
+pub(super) struct AuditEventSchema {
     /// The event's leaf index, counting from 0.
     seq: u64,
     /// RFC 3339 UTC with milliseconds.
@@ -74,7 +75,7 @@ struct AuditEventSchema {
 #[derive(ToSchema)]
 #[schema(as = AuditActor)]
 #[allow(dead_code)]
-struct AuditActorSchema {
+pub(super) struct AuditActorSchema {
     /// `merchant`, `customer`, `auditor`, `anonymous` or `system`.
     role: String,
     /// The token's subject; `null` for anonymous callers.
@@ -93,37 +94,58 @@ struct Events {
 
 /// The newest signed checkpoint.
 #[derive(Serialize, ToSchema)]
-struct Checkpoint {
+pub(super) struct Checkpoint {
     /// The log's origin line.
-    origin: String,
+    pub(super) origin: String,
     /// Events covered.
-    tree_size: u64,
+    pub(super) tree_size: u64,
     /// The RFC 6962 root hash of those events, standard base64.
-    root_hash: String,
+    pub(super) root_hash: String,
     /// The C2SP signed note (`tlog-checkpoint` body and Ed25519 signature line).
-    note: String,
+    pub(super) note: String,
 }
 
 /// The key checkpoints are signed with.
 #[derive(Serialize, ToSchema)]
-struct AuditKey {
+pub(super) struct AuditKey {
     /// The log's origin line, also the key name.
-    origin: String,
+    pub(super) origin: String,
     /// The raw Ed25519 public key, standard base64.
-    public_key: String,
+    pub(super) public_key: String,
     /// The C2SP `signed-note` verifier key (`name+hash+base64`).
-    verifier_key: String,
+    pub(super) verifier_key: String,
+}
+
+impl From<SignedCheckpoint> for Checkpoint {
+    fn from(signed: SignedCheckpoint) -> Self {
+        Checkpoint {
+            origin: signed.checkpoint.origin,
+            tree_size: signed.checkpoint.size,
+            root_hash: STANDARD.encode(signed.checkpoint.root),
+            note: signed.note,
+        }
+    }
+}
+
+impl From<&VerifierKey> for AuditKey {
+    fn from(key: &VerifierKey) -> Self {
+        AuditKey {
+            origin: key.name().to_owned(),
+            public_key: STANDARD.encode(key.public_key()),
+            verifier_key: key.to_string(),
+        }
+    }
 }
 
 /// An RFC 9162 inclusion proof.
 #[derive(Serialize, ToSchema)]
-struct InclusionProof {
+pub(super) struct InclusionProof {
     /// The event's seq.
-    index: u64,
+    pub(super) index: u64,
     /// The tree size the proof is for.
-    tree_size: u64,
+    pub(super) tree_size: u64,
     /// Sibling hashes from the leaf up, standard base64.
-    proof: Vec<String>,
+    pub(super) proof: Vec<String>,
 }
 
 /// An RFC 9162 consistency proof.
@@ -231,12 +253,7 @@ async fn checkpoint(
 ) -> Result<Json<Checkpoint>, ApiError> {
     no_params(&state, &ctx, query.as_deref()).await?;
     let signed = state.vault.audit_checkpoint(&ctx).await?;
-    Ok(Json(Checkpoint {
-        origin: signed.checkpoint.origin,
-        tree_size: signed.checkpoint.size,
-        root_hash: STANDARD.encode(signed.checkpoint.root),
-        note: signed.note,
-    }))
+    Ok(Json(Checkpoint::from(signed)))
 }
 
 /// The log's public key, to pin once and verify checkpoints with.
@@ -258,11 +275,7 @@ async fn key(
 ) -> Result<Json<AuditKey>, ApiError> {
     no_params(&state, &ctx, query.as_deref()).await?;
     let key = state.vault.audit_key(&ctx).await?;
-    Ok(Json(AuditKey {
-        origin: key.name().to_owned(),
-        public_key: STANDARD.encode(key.public_key()),
-        verifier_key: key.to_string(),
-    }))
+    Ok(Json(AuditKey::from(&key)))
 }
 
 /// The inclusion proof of one event in a tree size (RFC 9162 §2.1.3).
@@ -380,7 +393,7 @@ async fn no_params(state: &AppState, ctx: &RequestContext, query: Option<&str>) 
 }
 
 /// The query parameters, each at most once and each one of `allowed`.
-fn params(raw: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, String> {
+pub(super) fn params(raw: Option<&str>, allowed: &[&str]) -> Result<HashMap<String, String>, String> {
     let mut out = HashMap::new();
     for (key, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         if !allowed.contains(&key.as_ref()) {
@@ -397,13 +410,14 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<u64, String> {
     optional_number(params, name)?.ok_or_else(|| format!("`{name}` is required"))
 }
 
-fn optional_number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, String> {
+pub(super) fn optional_number(params: &HashMap<String, String>, name: &str) -> Result<Option<u64>, String> {
     params
         .get(name)
         .map(|v| v.parse().map_err(|_| format!("`{name}` must be a non-negative integer")))
         .transpose()
 }
 
-fn encode(hashes: &[Hash]) -> Vec<String> {
+/// Hashes as standard base64, as every proof in the API carries them.
+pub(super) fn encode(hashes: &[Hash]) -> Vec<String> {
     hashes.iter().map(|h| STANDARD.encode(h)).collect()
 }

@@ -2,7 +2,7 @@
 //! token's `sub`; no route takes a customer id, so another customer's record is unreachable.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -10,10 +10,15 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::auditor::{
+    AuditEventSchema, AuditKey, Checkpoint, InclusionProof, encode, optional_number, params,
+};
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiPath, CustomerCaller};
 use super::merchant::{ConsentBody, CustomerPatch};
-use crate::vault::{ConsentView, CustomerView, ErasureReceipt, Export, OwnProfile, RequestContext};
+use crate::vault::{
+    ConsentView, CustomerView, ErasureReceipt, Export, MAX_OWN_EVENTS_PAGE, OwnProfile, RequestContext,
+};
 
 /// The customer's routes, one `routes!` per path.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -24,6 +29,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(consent))
         .routes(routes!(objection))
         .routes(routes!(restriction))
+        .routes(routes!(own_events))
+        .routes(routes!(receipt))
 }
 
 /// Body and answer of an objection change (Art. 21).
@@ -56,6 +63,32 @@ struct Restriction {
 struct Consents {
     /// One record per purpose the customer ever decided on.
     consents: Vec<ConsentView>,
+}
+
+/// A page of the caller's own audit events.
+#[derive(Serialize, ToSchema)]
+struct OwnEvents {
+    /// Events about the caller in seq order, exactly as stored and hashed into their leaves.
+    #[schema(value_type = Vec<AuditEventSchema>)]
+    events: Vec<serde_json::Value>,
+    /// Pass as `after` for the next page; `null` at the end of the caller's history.
+    next_after: Option<u64>,
+}
+
+/// Everything needed to verify one event about the caller without trusting the server: the
+/// event, its RFC 9162 inclusion proof, the signed checkpoint the proof leads to and the key.
+#[derive(Serialize, ToSchema)]
+struct Receipt {
+    /// The event exactly as stored; its leaf hash is SHA-256(0x00 ‖ JCS(event)).
+    #[schema(value_type = AuditEventSchema)]
+    event: serde_json::Value,
+    /// The inclusion proof of the event in the checkpoint's tree.
+    inclusion: InclusionProof,
+    /// The newest signed checkpoint (it covers this call's own `audit.read` event).
+    checkpoint: Checkpoint,
+    /// The key the checkpoint is signed with; compare it with the one the transparency report
+    /// and the auditors publish.
+    key: AuditKey,
 }
 
 /// The caller's own customer id, as text (the vault parses and checks it).
@@ -250,4 +283,83 @@ async fn restriction(
 ) -> Result<impl IntoResponse, ApiError> {
     state.vault.update_restriction(&ctx, own_id(&ctx), body.restricted).await?;
     Ok(Json(Restriction { restricted: body.restricted }))
+}
+
+/// See the audit events about oneself.
+///
+/// Every event whose `customer_id` is the caller, exactly as the auditor's listing shows it, in
+/// seq order. The call itself is recorded as an `audit.read` about the caller.
+#[utoipa::path(
+    get,
+    path = "/v1/me/events",
+    operation_id = "list_own_events",
+    tag = "customer",
+    security(("bearer_jwt" = [])),
+    params(
+        ("after" = Option<u64>, Query, description = "Only events with a greater seq (the previous page's `next_after`)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "A page of the caller's events", body = OwnEvents),
+        (status = 400, description = "`bad_request`: an unknown, repeated or malformed parameter", body = ErrorBody),
+        (status = 404, description = "`not_found`: the token's `sub` is not a live customer", body = ErrorBody),
+    )
+)]
+async fn own_events(
+    State(state): State<AppState>,
+    CustomerCaller(ctx): CustomerCaller,
+    RawQuery(query): RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let parsed = params(query.as_deref(), &["after", "limit"]).and_then(|p| {
+        let after = optional_number(&p, "after")?;
+        let limit = match p.get("limit") {
+            None => 100,
+            Some(v) => v
+                .parse()
+                .ok()
+                .filter(|n| (1..=MAX_OWN_EVENTS_PAGE).contains(n))
+                .ok_or(format!("`limit` must be 1 to {MAX_OWN_EVENTS_PAGE}"))?,
+        };
+        Ok((after, limit))
+    });
+    let (after, limit) = parsed.map_err(|message| ApiError::bad_request("bad_request", message))?;
+    let page = state.vault.own_events(&ctx, after, limit).await?;
+    Ok(Json(OwnEvents { events: page.events, next_after: page.next_after }))
+}
+
+/// Get the receipt of one event about oneself.
+///
+/// The event, its inclusion proof and the signed checkpoint it verifies against, with the key:
+/// recompute the leaf hash SHA-256(0x00 ‖ JCS(event)) (RFC 8785, RFC 9162), the root from the
+/// proof, and the Ed25519 signature of the checkpoint note (C2SP signed-note). An event that
+/// does not name the caller answers 404, like one that does not exist.
+#[utoipa::path(
+    get,
+    path = "/v1/me/events/{seq}/receipt",
+    operation_id = "own_event_receipt",
+    tag = "customer",
+    security(("bearer_jwt" = [])),
+    params(("seq" = u64, Path, description = "The event's seq")),
+    responses(
+        (status = 200, description = "The receipt", body = Receipt),
+        (status = 400, description = "`bad_request`: the seq is not a non-negative integer", body = ErrorBody),
+        (status = 404, description = "`not_found`: no event with this seq is about the caller, or the caller is not a live customer", body = ErrorBody),
+    )
+)]
+async fn receipt(
+    State(state): State<AppState>,
+    CustomerCaller(ctx): CustomerCaller,
+    ApiPath(seq): ApiPath<u64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let r = state.vault.own_receipt(&ctx, seq).await?;
+    Ok(Json(Receipt {
+        event: r.event,
+        inclusion: InclusionProof {
+            index: r.index,
+            tree_size: r.checkpoint.checkpoint.size,
+            proof: encode(&r.proof),
+        },
+        checkpoint: Checkpoint::from(r.checkpoint),
+        key: AuditKey::from(&r.key),
+    }))
 }

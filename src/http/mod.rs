@@ -9,8 +9,10 @@ pub mod error;
 pub mod extract;
 mod merchant;
 pub mod openapi;
+pub mod portal;
 mod public;
 pub mod rate_limit;
+mod transparency;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +64,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(customer::routes())
         .merge(auditor::routes())
         .merge(public::routes())
+        .merge(portal::routes())
+        .merge(transparency::routes())
 }
 
 /// The whole application router, used by `serve` and by the tests alike.

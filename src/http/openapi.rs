@@ -34,7 +34,8 @@ pub const BEARER: &str = "bearer_jwt";
         title = "Custodia",
         description = "A privacy vault for customer data: encrypted at rest, purpose-bound, \
             consent-aware, verifiably audited.\n\n\
-            Every call except `/healthz`, `/metrics` and `/openapi.json` needs a bearer JWT whose \
+            Every call except `/healthz`, `/metrics`, `/openapi.json` and the `public` pages \
+            (`/portal`, `/transparency`, `/v1/transparency`) needs a bearer JWT whose \
             `role` claim (`merchant`, `customer` or `auditor`) matches the route's tag; a \
             customer acts on the id in `sub`. Merchant calls that read customer data need an \
             `X-Purpose` header naming a purpose declared in the policy files. Every error is \
@@ -47,6 +48,7 @@ pub const BEARER: &str = "bearer_jwt";
         (name = "customer", description = "The data subject (`role = \"customer\"`), acting on the token's `sub` alone."),
         (name = "auditor", description = "Outside auditors (`role = \"auditor\"`); every call is itself audited."),
         (name = "operations", description = "Health, metrics and this document; no token needed."),
+        (name = "public", description = "The customers' privacy portal and the public transparency report; no token needed."),
     )
 )]
 pub(super) struct ApiDoc;

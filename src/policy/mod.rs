@@ -9,7 +9,8 @@
 //! - [`load`] reads and validates the files;
 //! - [`decision`] holds the disclosure rule, deny by default;
 //! - [`mask`] holds masks and applies them to values;
-//! - [`explain`](mod@explain) renders a decision for a privacy officer.
+//! - [`explain`](mod@explain) renders a decision for a privacy officer;
+//! - [`record`] renders the Art. 30 record of processing activities.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -23,10 +24,12 @@ pub mod decision;
 pub mod explain;
 pub mod load;
 pub mod mask;
+pub mod record;
 
 pub use decision::{ConsentStatus, FieldDecision, Reason, Subject};
 pub use explain::explain;
 pub use mask::Mask;
+pub use record::ProcessingRecord;
 
 /// The reserved name of the field that holds a customer's payment methods.
 pub const PAYMENT_METHODS: &str = "payment_methods";

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::profile::{ConsentInput, consent_source_context};
 use super::{RequestContext, Step, Vault, VaultError, next_version};
 use crate::audit::Action;
+use crate::audit::counters::change;
 use crate::crypto::DataKey;
 use crate::domain::{CustomerId, Timestamp};
 use crate::store::{ConsentRecord, ConsentSource, CustomerRecord};
@@ -221,8 +222,18 @@ impl Vault {
                 }
                 Choice::Restriction(r) => record.restricted = *r,
             }
+            // The direction of the change, so the log alone can count grants and withdrawals
+            // (the transparency report, `audit::counters`).
+            let direction = match &choice {
+                Choice::Consent(input) if input.granted => change::GRANTED,
+                Choice::Consent(_) => change::WITHDRAWN,
+                Choice::Objection(true) => change::OBJECTED,
+                Choice::Restriction(true) => change::RESTRICTED,
+                Choice::Objection(false) | Choice::Restriction(false) => change::LIFTED,
+            };
             let change = next_version(record.clone(), now);
-            Ok(Step::Commit { draft: draft.clone(), change, then: Vec::new(), answer: record })
+            let draft = draft.clone().withheld([direction]);
+            Ok(Step::Commit { draft, change, then: Vec::new(), answer: record })
         };
         Ok(self.write_customer("choice update", &draft, id, step).await?.0)
     }

@@ -14,10 +14,12 @@ mod epochs;
 mod fields;
 mod payment;
 mod profile;
+mod receipt;
 mod retention;
 mod rotation;
 mod self_service;
 mod subject;
+mod transparency;
 
 use std::sync::Arc;
 
@@ -33,8 +35,10 @@ pub use disclosure::{Disclosure, DisclosureRequest};
 pub use epochs::{EpochSchedule, EpochState, stored_epoch_ids};
 pub use payment::{NewPaymentMethod, PaymentMethodView};
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
+pub use receipt::{MAX_OWN_EVENTS_PAGE, OwnEvents, Receipt};
 pub use rotation::{RewrapPass, SYSTEM_KEYS};
 pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};
+pub use transparency::{COUNTERS_META, REPORT_FORMAT_VERSION, TransparencyCounters, TransparencyReport};
 
 /// How often an update is retried when another writer changed the record in between.
 const MAX_WRITE_ATTEMPTS: usize = 8;
@@ -127,6 +131,8 @@ pub struct Vault {
     keyring: DataKeyring,
     keys: SystemKeys,
     epochs: EpochSchedule,
+    /// The transparency report's counters, folded incrementally.
+    transparency: TransparencyCounters,
 }
 
 impl Vault {
@@ -139,7 +145,15 @@ impl Vault {
         keyring: DataKeyring,
         keys: SystemKeys,
     ) -> Self {
-        Vault { policies, store, audit, keyring, keys, epochs: EpochSchedule::default() }
+        Vault {
+            policies,
+            store,
+            audit,
+            keyring,
+            keys,
+            epochs: EpochSchedule::default(),
+            transparency: TransparencyCounters::default(),
+        }
     }
 
     /// Sets the epoch schedule that erasure receipts state and the epoch task follows.

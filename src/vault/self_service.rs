@@ -175,7 +175,7 @@ impl Vault {
     }
 
     /// A draft for the caller's own record and the id from their token.
-    fn own_draft(&self, ctx: &RequestContext, action: Action) -> (EventDraft, Option<CustomerId>) {
+    pub(super) fn own_draft(&self, ctx: &RequestContext, action: Action) -> (EventDraft, Option<CustomerId>) {
         ctx.draft_for(action, ctx.principal.sub.as_deref().unwrap_or_default())
     }
 }

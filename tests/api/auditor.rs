@@ -387,7 +387,7 @@ async fn a_checkpoint_is_signed_in_the_background_while_events_arrive() {
 }
 
 /// Runs the real binary with `args` and returns (success, stdout, stderr).
-async fn custodia(args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn custodia(args: &[&str]) -> (bool, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia")).args(args).output().await.unwrap();
     (
         out.status.success(),
@@ -396,7 +396,7 @@ async fn custodia(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-async fn export(app: &TestApp, out: &Path) -> (bool, String, String) {
+pub(crate) async fn export(app: &TestApp, out: &Path) -> (bool, String, String) {
     custodia(&[
         "audit",
         "export",
@@ -428,12 +428,12 @@ async fn verify(dir: &Path, extra: &[&str]) -> (bool, String, String) {
 
 /// The audit entry files of a stopped server (see `store/audit_files.rs`): `audit.idx` holds
 /// the end offset of each entry in `audit.dat`.
-struct RawAuditFiles {
+pub(crate) struct RawAuditFiles {
     dir: std::path::PathBuf,
 }
 
 impl RawAuditFiles {
-    fn of(app: &TestApp) -> Self {
+    pub(crate) fn of(app: &TestApp) -> Self {
         RawAuditFiles { dir: app.data_dir.path().join("store").join("audit") }
     }
 
@@ -455,12 +455,12 @@ impl RawAuditFiles {
         self.ends().len() as u64
     }
 
-    fn get(&self, seq: u64) -> Vec<u8> {
+    pub(crate) fn get(&self, seq: u64) -> Vec<u8> {
         std::fs::read(self.dir.join("audit.dat")).unwrap()[self.range(seq)].to_vec()
     }
 
     /// Overwrites entry `seq` with bytes of the same length.
-    fn overwrite(&self, seq: u64, entry: &[u8]) {
+    pub(crate) fn overwrite(&self, seq: u64, entry: &[u8]) {
         let range = self.range(seq);
         assert_eq!(entry.len(), range.len(), "in-place edits keep the length");
         let path = self.dir.join("audit.dat");
@@ -482,7 +482,7 @@ impl RawAuditFiles {
 }
 
 /// Splits a stored audit entry into its node header (see `store/sled.rs`) and the event JSON.
-fn split_stored(value: &[u8]) -> (Vec<u8>, String) {
+pub(crate) fn split_stored(value: &[u8]) -> (Vec<u8>, String) {
     let header_len = 1 + 33 * usize::from(value[0]);
     (value[..header_len].to_vec(), String::from_utf8(value[header_len..].to_vec()).unwrap())
 }

@@ -23,6 +23,9 @@ fn concrete(template: &str) -> String {
         .replace("{id}", "7f3a4b5c-1d2e-4f60-8a9b-0c1d2e3f4a5b")
         .replace("{purpose}", "marketing")
         .replace("{token}", "pm_00000000000000000000000000000000")
+        .replace("{seq}", "0")
+        .replace("/portal/{asset}", "/portal/portal.js")
+        .replace("/transparency/{asset}", "/transparency/transparency.js")
 }
 
 /// The document's operations as (METHOD, path template).
@@ -131,7 +134,17 @@ async fn the_document_declares_purpose_headers_errors_and_bodies() {
     // Every authenticated operation declares the bearer scheme and the shared refusals.
     for (method, path) in documented(&doc) {
         let op = operation(&doc, &method, &path);
-        let public = ["/healthz", "/metrics", "/openapi.json"].contains(&path.as_str());
+        let public = [
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+            "/portal",
+            "/portal/{asset}",
+            "/transparency",
+            "/transparency/{asset}",
+            "/v1/transparency",
+        ]
+        .contains(&path.as_str());
         if public {
             assert!(op["security"].is_null(), "{path} must need no token");
             continue;
