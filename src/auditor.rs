@@ -32,7 +32,8 @@ const LEAVES_PAGE: usize = 10_000;
 /// An export did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    /// The URL is not a plain `http://` URL.
+    /// The URL is not usable: not `https://`, or plain `http://` to a host that is not
+    /// loopback without `--insecure-http`, or a CA file that cannot be read.
     #[error("{0}")]
     Url(String),
     /// The server could not be reached or answered with something that is not JSON.
@@ -72,19 +73,59 @@ pub struct Exported {
     pub key: String,
 }
 
-/// Exports the log at `url` (e.g. `http://127.0.0.1:8080`) with an auditor `token` into `out`.
-pub async fn export(url: &str, token: &str, out: &Path) -> Result<Exported, ExportError> {
-    let base = url.trim_end_matches('/');
-    if !base.starts_with("http://") {
-        return Err(ExportError::Url(format!(
-            "{url:?}: only plain http:// URLs are supported (this build has no TLS client); use a \
-             trusted network or a TLS-terminating tunnel"
-        )));
+/// How `audit export` reaches the vault.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// PEM CA certificates to trust instead of the system's roots (`--ca FILE`).
+    pub ca: Option<PathBuf>,
+    /// Allow plain `http://` to a host that is not loopback (`--insecure-http`).
+    pub insecure_http: bool,
+}
+
+/// An HTTP client for `url`: `https://` with the system's roots or `transport.ca`; `http://`
+/// only to a loopback host unless `transport.insecure_http` (tokens and events would cross the
+/// network in clear otherwise).
+pub fn client_for(url: &str, transport: &Transport) -> Result<reqwest::Client, ExportError> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| ExportError::Url(format!("{url:?}: {e}")))?;
+    let host = parsed.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match parsed.scheme() {
+        "https" => {}
+        "http" if loopback || transport.insecure_http => {}
+        "http" => {
+            return Err(ExportError::Url(format!(
+                "{url:?}: plain http:// is only used for a loopback address; use https://, or \
+                 --insecure-http if the network in between is yours"
+            )));
+        }
+        other => return Err(ExportError::Url(format!("{url:?}: unsupported scheme {other:?}"))),
     }
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .map_err(|e| ExportError::Network(e.to_string()))?;
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(120));
+    if let Some(ca) = &transport.ca {
+        let pem = std::fs::read(ca).map_err(|e| ExportError::Url(format!("--ca {}: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ExportError::Url(format!("--ca {}: no usable PEM certificate ({e})", ca.display()))
+        })?;
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().map_err(|e| ExportError::Network(e.to_string()))
+}
+
+/// Exports the log at `url` (e.g. `https://vault.example:8443`) with an auditor `token` into
+/// `out`, reaching it as `transport` says.
+pub async fn export(
+    url: &str,
+    token: &str,
+    out: &Path,
+    transport: &Transport,
+) -> Result<Exported, ExportError> {
+    let base = url.trim_end_matches('/');
+    let client = client_for(base, transport)?;
     let get = |path: String| fetch(&client, base, token, path);
 
     let key_text = text_member(&get("/v1/audit/key".into()).await?, "verifier_key")?;

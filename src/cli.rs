@@ -113,11 +113,18 @@ enum PolicyCommand {
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Fetch the newest signed checkpoint, every event it covers, their leaf hashes and the key
-    /// into DIR (events.ndjson, checkpoint.txt, leaves.txt, key.txt). Plain http:// only.
+    /// into DIR (events.ndjson, checkpoint.txt, leaves.txt, key.txt). https:// with the system's
+    /// roots or --ca; plain http:// only to a loopback address unless --insecure-http.
     Export {
-        /// The vault's base URL, e.g. http://127.0.0.1:8080.
+        /// The vault's base URL, e.g. https://vault.example:8443 or http://127.0.0.1:8080.
         #[arg(long)]
         url: String,
+        /// PEM CA certificate(s) to trust instead of the system's roots.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Allow plain http:// to a host that is not loopback.
+        #[arg(long)]
+        insecure_http: bool,
         /// An auditor token (role = "auditor").
         #[arg(long, env = "CUSTODIA_AUDIT_TOKEN", hide_env_values = true)]
         token: String,
@@ -225,8 +232,9 @@ impl Cli {
                 }
             }
             Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
-            Command::Audit { command: AuditCommand::Export { url, token, out } } => {
-                match crate::auditor::export(&url, &token, &out).await {
+            Command::Audit { command: AuditCommand::Export { url, token, out, ca, insecure_http } } => {
+                let transport = crate::auditor::Transport { ca, insecure_http };
+                match crate::auditor::export(&url, &token, &out, &transport).await {
                     Ok(done) => {
                         println!(
                             "exported {} events with their leaf hashes, the signed checkpoint of that size \

@@ -59,6 +59,21 @@ impl App {
     /// Fails, naming the reason, when policies are invalid or keys are missing.
     pub async fn build(settings: Settings) -> Result<App, Error> {
         crate::metric::install();
+        // The listener first: a bad certificate or a refused address fails before the store is
+        // opened and background tasks hold it.
+        let tls = settings.tls_files()?.map(Tls::load).transpose()?.map(Arc::new);
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .map_err(Error::io(format!("binding {}", settings.listen)))?;
+        let addr = listener.local_addr().map_err(Error::io("reading the bound address"))?;
+        // PCI DSS 4.2.1: outside development, PII and tokens cross a network only under TLS,
+        // or behind a proxy the operator names as terminating it.
+        if tls.is_none() && !addr.ip().is_loopback() && !settings.dev && !settings.allow_plaintext {
+            return Err(Error::Plaintext(format!(
+                "refusing to serve plain HTTP on {addr}: set CUSTODIA_TLS_CERT and CUSTODIA_TLS_KEY, or \
+                 CUSTODIA_ALLOW_PLAINTEXT=true when a TLS-terminating proxy is in front"
+            )));
+        }
         let (vault, store, auth) = open_vault(&settings).await?;
         crate::metric::audit_tree_size(vault.audit_log().head().await?.0);
         let mut background = vec![
@@ -82,19 +97,6 @@ impl App {
         let limits =
             Limits { max_body_bytes: settings.max_body_bytes, request_timeout: settings.request_timeout() };
         let router = http::router(state, limits);
-        let tls = settings.tls_files()?.map(Tls::load).transpose()?.map(Arc::new);
-        let listener = TcpListener::bind(&settings.listen)
-            .await
-            .map_err(Error::io(format!("binding {}", settings.listen)))?;
-        let addr = listener.local_addr().map_err(Error::io("reading the bound address"))?;
-        // PCI DSS 4.2.1: outside development, PII and tokens cross a network only under TLS,
-        // or behind a proxy the operator names as terminating it.
-        if tls.is_none() && !addr.ip().is_loopback() && !settings.dev && !settings.allow_plaintext {
-            return Err(Error::Plaintext(format!(
-                "refusing to serve plain HTTP on {addr}: set CUSTODIA_TLS_CERT and CUSTODIA_TLS_KEY, or \
-                 CUSTODIA_ALLOW_PLAINTEXT=true when a TLS-terminating proxy is in front"
-            )));
-        }
         Ok(App { listener, router, store, vault, background, tls, limits: settings.listener_limits() })
     }
 

@@ -77,7 +77,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
 async fn start(data_dir: TempDir, settings: Settings) -> TestApp {
     LazyLock::force(&INIT_LOG);
     let app = App::build(settings.clone()).await.expect("app builds");
-    let base = format!("http://{}", app.local_addr());
+    let base = format!("{}://{}", app.scheme(), app.local_addr());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run_with_shutdown(async move {
@@ -434,7 +434,7 @@ impl ServerProcess {
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).unwrap();
         let base = line.trim().rsplit(' ').next().expect("listening line").to_owned();
-        assert!(base.starts_with("http://"), "unexpected first line: {line}");
+        assert!(base.starts_with("http://") || base.starts_with("https://"), "unexpected first line: {line}");
         ServerProcess { child, base }
     }
 

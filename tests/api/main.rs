@@ -12,6 +12,7 @@ mod epochs;
 mod helpers;
 mod identity;
 mod input;
+mod listener;
 mod merchant;
 mod metrics;
 mod openapi;

@@ -1,0 +1,325 @@
+//! The listener: TLS with certificates made in the test (rcgen), mutual TLS, a certificate
+//! reload on SIGHUP under an open connection, start-up errors that name the file, the refusal of
+//! plain HTTP on a non-loopback address, and limits a slow client cannot get around.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodia::config::Settings;
+use custodia::startup::App;
+use rcgen::{
+    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+use crate::helpers::{ServerProcess, spawn_app_with, test_settings};
+
+/// A CA and the PEM files of certificates it issued, in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        let ca_pem = params.self_signed(&key).unwrap().pem();
+        Pki { dir: tempfile::tempdir().unwrap(), ca_pem, issuer: Issuer::new(params, key) }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Issues a certificate and writes `<name>.crt` and `<name>.key`; `adjust` changes the
+    /// parameters (validity, usages) first.
+    fn issue(
+        &self,
+        name: &str,
+        server: bool,
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        params.extended_key_usages = vec![if server {
+            ExtendedKeyUsagePurpose::ServerAuth
+        } else {
+            ExtendedKeyUsagePurpose::ClientAuth
+        }];
+        adjust(&mut params);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (crt, pem_key) = (self.path(&format!("{name}.crt")), self.path(&format!("{name}.key")));
+        std::fs::write(&crt, cert.pem()).unwrap();
+        std::fs::write(&pem_key, key.serialize_pem()).unwrap();
+        (crt, pem_key)
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        let path = self.path("ca.crt");
+        std::fs::write(&path, &self.ca_pem).unwrap();
+        path
+    }
+
+    /// A client that trusts only this CA.
+    fn client(&self, identity: Option<(&Path, &Path)>) -> reqwest::Client {
+        let mut builder = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap()]);
+        if let Some((crt, key)) = identity {
+            let mut pem = std::fs::read(crt).unwrap();
+            pem.extend(std::fs::read(key).unwrap());
+            builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+        }
+        builder.build().unwrap()
+    }
+
+    /// A raw TLS client config trusting this CA (to look at the served certificate).
+    fn rustls_client(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).unwrap()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+fn with_tls(s: &mut Settings, (cert, key): &(PathBuf, PathBuf)) {
+    s.tls_cert = Some(cert.clone());
+    s.tls_key = Some(key.clone());
+}
+
+#[tokio::test]
+async fn https_serves_http2_and_http1_and_a_plain_request_to_the_tls_port_fails_cleanly() {
+    let pki = Pki::new();
+    let files = pki.issue("server", true, |_| {});
+    let app = spawn_app_with(|s| with_tls(s, &files)).await;
+    assert!(app.base.starts_with("https://"), "{}", app.base);
+    let client = pki.client(None);
+    let res = client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), reqwest::Version::HTTP_2, "ALPN offers h2 first");
+    let http1 = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap()])
+        .http1_only()
+        .build()
+        .unwrap();
+    assert_eq!(
+        http1.get(format!("{}/healthz", app.base)).send().await.unwrap().version(),
+        reqwest::Version::HTTP_11
+    );
+
+    let plain = app.base.replacen("https://", "http://", 1);
+    assert!(reqwest::get(format!("{plain}/healthz")).await.is_err(), "plain HTTP must not be answered");
+    // A client that does not trust the certificate is refused too.
+    assert!(reqwest::get(format!("{}/healthz", app.base)).await.is_err());
+    let res = client.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "the listener still serves after bad clients");
+}
+
+#[tokio::test]
+async fn unusable_certificate_files_are_start_up_errors_naming_the_file() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let build = |adjust: &dyn Fn(&mut Settings)| {
+        let mut settings = test_settings(dir.path());
+        adjust(&mut settings);
+        App::build(settings)
+    };
+    let expired = pki.issue("expired", true, |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let err =
+        build(&|s| with_tls(s, &expired)).await.err().expect("an expired certificate is refused").to_string();
+    assert!(err.contains("expired") && err.contains(&expired.0.display().to_string()), "{err}");
+
+    let (cert, _) = pki.issue("one", true, |_| {});
+    let (_, other_key) = pki.issue("two", true, |_| {});
+    let err = build(&|s| with_tls(s, &(cert.clone(), other_key.clone())))
+        .await
+        .err()
+        .expect("mismatch")
+        .to_string();
+    assert!(err.contains(&other_key.display().to_string()) && err.contains("does not fit"), "{err}");
+    assert!(!err.contains("PRIVATE KEY"), "no key material in the message: {err}");
+
+    let missing = pki.path("missing.crt");
+    let err = build(&|s| with_tls(s, &(missing.clone(), other_key.clone()))).await.err().unwrap().to_string();
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+
+    let err = build(&|s| s.tls_cert = Some(cert.clone())).await.err().unwrap().to_string();
+    assert!(err.contains("CUSTODIA_TLS_KEY"), "half a pair names the other half: {err}");
+}
+
+#[tokio::test]
+async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
+    let pki = Pki::new();
+    let server = pki.issue("server", true, |_| {});
+    let ca = pki.ca_file();
+    let app = spawn_app_with(|s| {
+        with_tls(s, &server);
+        s.tls_client_ca = Some(ca.clone());
+    })
+    .await;
+    let url = format!("{}/healthz", app.base);
+    assert!(pki.client(None).get(&url).send().await.is_err(), "no client certificate");
+
+    let stranger = Pki::new();
+    let (crt, key) = stranger.issue("client", false, |_| {});
+    let foreign = {
+        let mut pem = std::fs::read(&crt).unwrap();
+        pem.extend(std::fs::read(&key).unwrap());
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap()])
+            .identity(reqwest::Identity::from_pem(&pem).unwrap())
+            .build()
+            .unwrap()
+    };
+    assert!(foreign.get(&url).send().await.is_err(), "a certificate from another CA");
+
+    let (crt, key) = pki.issue("client", false, |_| {});
+    let res = pki.client(Some((&crt, &key))).get(&url).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// The serial number of the certificate a new TLS connection to `addr` is served.
+async fn served_serial(config: &Arc<rustls::ClientConfig>, addr: &str) -> Vec<u8> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, stream).await.unwrap();
+    serial(&tls)
+}
+
+fn serial(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_swaps_the_certificate_while_a_request_on_an_old_connection_completes() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("server", true, |_| {});
+    let data_dir = tempfile::tempdir().unwrap();
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let server = ServerProcess::start(
+        data_dir.path(),
+        &[("CUSTODIA_TLS_CERT", &cert_s), ("CUSTODIA_TLS_KEY", &key_s)],
+    );
+    let addr = server.base.trim_start_matches("https://").to_owned();
+    let config = pki.rustls_client();
+
+    // An old connection, half-way through a request when the certificate changes.
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut old = tokio_rustls::TlsConnector::from(Arc::clone(&config)).connect(name, stream).await.unwrap();
+    let first = serial(&old);
+    old.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
+
+    // A renewed certificate (same key is not required) is written over the files.
+    let renewed = pki.issue("renewed", true, |_| {});
+    std::fs::copy(&renewed.0, &cert).unwrap();
+    std::fs::copy(&renewed.1, &key).unwrap();
+    let _ = std::process::Command::new("kill").arg("-HUP").arg(server.child.id().to_string()).status();
+    let mut swapped = false;
+    for _ in 0..100 {
+        if served_serial(&config, &addr).await != first {
+            swapped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(swapped, "new connections get the renewed certificate after SIGHUP");
+
+    old.write_all(b"Connection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    old.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "the old connection's request completes: {answer}");
+}
+
+#[tokio::test]
+async fn plain_http_on_a_non_loopback_address_needs_the_operators_consent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.listen = "0.0.0.0:0".into();
+    let err = App::build(settings.clone()).await.err().expect("refused").to_string();
+    assert!(err.contains("CUSTODIA_ALLOW_PLAINTEXT") && err.contains("CUSTODIA_TLS_CERT"), "{err}");
+    settings.allow_plaintext = true;
+    let app = App::build(settings).await.expect("allowed with consent");
+    assert_eq!(app.mode(), "plain HTTP");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_are_cut_off_the_cap_holds_and_a_normal_client_is_served() {
+    const CAP: usize = 8;
+    let app = spawn_app_with(|s| {
+        s.header_read_timeout_ms = 1000;
+        s.max_connections = CAP;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // Slowloris: many connections that send one header byte every 200 ms and never finish.
+    let mut slow = Vec::new();
+    for _ in 0..3 * CAP {
+        let addr = addr.clone();
+        slow.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            let started = std::time::Instant::now();
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".iter().cycle() {
+                if stream.write_all(&[*byte]).await.is_err() {
+                    return Some(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut buf = [0u8; 64];
+                match tokio::time::timeout(Duration::from_millis(1), stream.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                    _ => {}
+                }
+                if started.elapsed() > Duration::from_secs(60) {
+                    return None;
+                }
+            }
+            None
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A normal client, queued behind all of them, is answered.
+    let res =
+        tokio::time::timeout(Duration::from_secs(30), app.client.get(format!("{}/healthz", app.base)).send())
+            .await
+            .expect("a normal client is served while slow clients come and go")
+            .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut cut = Vec::new();
+    for task in slow {
+        cut.push(task.await.unwrap().expect("a slow client was never cut off"));
+    }
+    // The cap, seen from outside: a connection is cut no sooner than the header timeout after it
+    // was accepted, and past the cap the next one is accepted only when one is cut, so at most
+    // CAP connections can be cut within twice the timeout of the clients' start. Without the
+    // cap all of them would be cut after about one timeout. (Delays only push cuts later.)
+    let early = cut.iter().filter(|t| **t < Duration::from_millis(1900)).count();
+    assert!(
+        early <= CAP,
+        "{early} slow connections were cut within 1.9 s: more than the cap of {CAP} were served at once"
+    );
+    assert!(
+        cut.iter().all(|t| *t >= Duration::from_millis(900)),
+        "none is cut before its header timeout: {cut:?}"
+    );
+}
