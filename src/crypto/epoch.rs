@@ -127,7 +127,8 @@ pub enum MissingFile {
 pub struct OpenReport {
     /// The file did not exist and was created.
     pub created: bool,
-    /// Slots whose checksum did not match (torn or damaged), now zeroed.
+    /// A slot cut short at the end of the file (an interrupted append), now zeroed. A whole slot
+    /// that fails its checksum is damage and refuses the open instead.
     pub torn: Vec<usize>,
     /// Free slots that still had bytes (a zeroing cut short), now zeroed.
     pub scrubbed: Vec<usize>,
@@ -301,10 +302,24 @@ impl EpochFile {
                     repair.push(i);
                     this.slots.push(None);
                 }
-                _ => {
+                // A slot cut short at the end of the file: an append the crash interrupted,
+                // before the epoch was listed anywhere.
+                _ if torn_tail => {
                     report.torn.push(i);
                     repair.push(i);
                     this.slots.push(None);
+                }
+                // A whole slot that fails its checksum is damage, not a crash (slots are
+                // sector-aligned and written whole): it may be the only copy of an epoch key,
+                // so stop rather than zero it.
+                _ => {
+                    return Err(EpochError::Invalid {
+                        path: path.to_owned(),
+                        detail: format!(
+                            "slot {i} fails its checksum: the file is damaged and that slot may hold the \
+                             only copy of an epoch key; restore the file from your copy"
+                        ),
+                    });
                 }
             }
         }
@@ -794,7 +809,7 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_slot_is_reported_and_zeroed_and_the_other_epochs_still_open() {
+    fn a_damaged_slot_stops_the_open_and_leftovers_and_cut_appends_are_zeroed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("epochs");
         let id = CustomerId::random();
@@ -804,31 +819,30 @@ mod tests {
             keys.create_epoch(5_000).unwrap();
             wrapped
         };
-        // Tear slot 1 (the second epoch): half of it as written, half garbage.
+        // A half-zeroed slot 2 (a zeroing cut short: state byte already 0) and a file cut in
+        // the middle of an appended slot 3: crash leftovers, zeroed.
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = slot_offset(1) as usize + 64;
-        bytes[at..at + 32].fill(0xA5);
-        // And leave a half-zeroed slot 2 behind (a zeroing cut short: state byte already 0).
         let mut leftover = [0u8; SLOT_LEN];
         leftover[40..60].fill(7);
         bytes.extend_from_slice(&leftover);
-        std::fs::write(&path, &bytes).unwrap();
-
-        let (keys, report) = open(dir.path(), ring(5));
-        assert_eq!(report.torn, vec![1]);
-        assert_eq!(report.scrubbed, vec![2]);
-        assert!(slot_bytes(&path, 1).iter().all(|b| *b == 0));
-        assert!(slot_bytes(&path, 2).iter().all(|b| *b == 0));
-        assert_eq!(keys.epochs().len(), 1);
-        assert!(keys.unwrap_data_key(&id, &wrapped).is_ok());
-
-        // A file cut in the middle of an appended slot.
-        drop(keys);
-        let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(&[USED, 1, 2, 3]);
         std::fs::write(&path, &bytes).unwrap();
-        let (_, report) = open(dir.path(), ring(5));
+        let (keys, report) = open(dir.path(), ring(5));
+        assert_eq!(report.scrubbed, vec![2]);
         assert_eq!(report.torn, vec![3]);
+        assert!(slot_bytes(&path, 2).iter().all(|b| *b == 0));
+        assert_eq!(keys.epochs().len(), 2);
+        assert!(keys.unwrap_data_key(&id, &wrapped).is_ok());
+        drop(keys);
+
+        // One flipped bit inside the first epoch's sealed key: damage. It may be the only copy
+        // of that key, so the open stops and the bytes stay as they are.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[slot_offset(0) as usize + 40] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = DataKeyring::open(ring(5), &path, MissingFile::Refuse, 9_000).unwrap_err();
+        assert!(matches!(&err, EpochError::Invalid { detail, .. } if detail.contains("slot 0")), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was zeroed");
     }
 
     #[test]

@@ -58,11 +58,17 @@ impl Default for EpochSchedule {
 }
 
 impl EpochSchedule {
-    /// When an epoch that began at `created_ms` is destroyed at the earliest (ms since 1970):
-    /// after `kept + 1` newer epochs began.
-    pub fn destroyed_after_ms(&self, created_ms: i64) -> i64 {
-        let period = i64::try_from(self.period.as_millis()).unwrap_or(i64::MAX);
-        created_ms.saturating_add(period.saturating_mul(i64::from(self.kept) + 1))
+    /// When an epoch that began at `created_ms` is destroyed (ms since 1970), not counting the
+    /// re-wrap passes' own time: `kept + 1` newer epochs must begin, each no sooner than a
+    /// period and than the settle time after the one before (a new epoch waits for the re-wrap
+    /// to the current one, which waits out the settle time), and the last re-wrap waits out
+    /// the settle time once more before the destruction.
+    pub fn destroyed_by_ms(&self, created_ms: i64) -> i64 {
+        let millis = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let gap = millis(self.period.max(self.settle));
+        created_ms
+            .saturating_add(gap.saturating_mul(i64::from(self.kept) + 1))
+            .saturating_add(millis(self.settle))
     }
 }
 
@@ -93,7 +99,7 @@ pub async fn stored_epoch_ids(store: &dyn Store) -> Result<Option<Vec<String>>, 
 pub(super) fn erasure_notice(copies_unreadable_by: Option<Timestamp>) -> String {
     match copies_unreadable_by {
         Some(t) => format!(
-            "Your data is now deleted and unreadable in our live system, and copies of it (such as backups) become unreadable by {} UTC.",
+            "Your data is now deleted and unreadable in our live system, and copies of it (such as backups) become unreadable by about {} UTC, once our scheduled key rotation has run.",
             human_time(t)
         ),
         None => "Your data is now deleted and unreadable in our live system; backup copies made before it was protected by rotating keys stay readable only to holders of our master key until that key is replaced.".to_owned(),
@@ -127,7 +133,7 @@ impl Vault {
             return None;
         }
         Some(match self.keyring.epoch(wrapped_under) {
-            Some(epoch) => Timestamp::from_millis(self.epochs.destroyed_after_ms(epoch.created_ms)),
+            Some(epoch) => Timestamp::from_millis(self.epochs.destroyed_by_ms(epoch.created_ms)),
             // Its epoch is already destroyed: no copy opens it now.
             None => now,
         })

@@ -72,10 +72,10 @@ pub struct ErasureReceipt {
     pub key_destroyed_at: String,
     /// By when copies of the data directory taken before the erasure (backups, snapshots) can
     /// no longer open the customer's data, RFC 3339 UTC: the start of the key epoch that wrapped
-    /// the customer's data key at erasure plus (kept epochs + 1) × the epoch period, when that
-    /// epoch key is destroyed. Its destruction also waits until every live data key has been
-    /// re-wrapped to a newer epoch (minutes for a million customers) and for the request
-    /// timeout after the switch, so it happens shortly after this time, not before. `null` for
+    /// the customer's data key at erasure plus (kept epochs + 1) × the epoch period (at least
+    /// the request timeout each), plus the request timeout: when that epoch key is destroyed.
+    /// Its destruction also waits for the re-wrap of every live data key to newer epochs (about
+    /// 30 s per million customers on a 2-core machine), which this time does not include. `null` for
     /// a data key stored before key epochs existed and never re-wrapped: such copies stay
     /// readable to holders of the master key until that master key is retired.
     pub copies_unreadable_by: Option<String>,

@@ -327,3 +327,48 @@ async fn checkpoints_are_insert_if_absent_and_the_latest_is_found() {
     assert_eq!(size(&store).await, 0);
     assert!(store.audit_events(0, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_racing_key_rewraps_and_erasures_sees_the_old_or_new_record_never_an_error() {
+    let fixture = fixture();
+    let store = fixture.open();
+    let ids: Vec<CustomerId> = (0..4).map(|_| CustomerId::random()).collect();
+    for id in &ids {
+        write(&store, put(record(*id, 1, vec![]), None)).await.unwrap();
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, stop, ids) = (Arc::clone(&store), Arc::clone(&stop), ids.clone());
+        tokio::spawn(async move {
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for id in &ids {
+                    // Some(record) or, once erased, None: never an error.
+                    store.customer(id).await.unwrap();
+                    reads += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            reads
+        })
+    };
+    // A re-wrap is a new data key wrapping each time: sled writes a new key slot, destroys the
+    // old one and reuses it for the next customer's change.
+    for version in 1..400u64 {
+        let writes = ids
+            .iter()
+            .map(|id| Write { change: put(record(*id, version + 1, vec![]), Some(version)), events: vec![] })
+            .collect();
+        for outcome in store.write_many(writes).await.unwrap() {
+            outcome.unwrap();
+        }
+    }
+    for id in &ids[..2] {
+        let change = Some(CustomerChange::Delete { id: *id, expected_version: 400 });
+        write(&store, change).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.await.unwrap() > 0);
+    assert!(store.customer(&ids[0]).await.unwrap().is_none());
+    assert_eq!(store.customer(&ids[3]).await.unwrap().unwrap().version, 400);
+}

@@ -64,12 +64,13 @@ struct Slots {
 }
 
 impl KeyFile {
-    /// Opens (or creates) the key file at `path`. Call [`KeyFile::recover`] once the log is
-    /// replayed, before the first write.
-    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
-        let fresh = !path.exists();
+    /// Opens (or creates) the key file at `path`; also answers whether it was created (or found
+    /// shorter than its header: a first start cut before the header was synced, which can hold
+    /// no slot). Call [`KeyFile::recover`] once the log is replayed, before the first write.
+    pub(super) fn open(path: &Path) -> Result<(Self, bool), StoreError> {
         let file =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).map_err(io)?;
+        let fresh = file.metadata().map_err(io)?.len() < SLOT_LEN as u64;
         if fresh {
             let mut header = [0u8; SLOT_LEN];
             header[..MAGIC.len()].copy_from_slice(MAGIC);
@@ -90,7 +91,7 @@ impl KeyFile {
             // A slot append cut short: pad it, so the scan sees (and zeroes) a whole slot.
             file.set_len(offset(len)).map_err(io)?;
         }
-        Ok(KeyFile { file, slots: Mutex::new(Slots { free: Vec::new(), len }) })
+        Ok((KeyFile { file, slots: Mutex::new(Slots { free: Vec::new(), len }) }, fresh))
     }
 
     /// Scans every slot once after the log replay: zeroes orphans (slots written for a group
@@ -258,7 +259,7 @@ mod tests {
     fn a_destroyed_slot_is_zeros_on_disk_and_is_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
-        let keys = KeyFile::open(&path).unwrap();
+        let keys = KeyFile::open(&path).unwrap().0;
         keys.recover(0).unwrap();
         let payload = b"wrapped-key-bytes-that-must-go".to_vec();
         let n = keys.write(owner(1), &payload).unwrap();
@@ -283,7 +284,7 @@ mod tests {
     #[test]
     fn a_replayed_destruction_spares_a_key_written_to_the_slot_later() {
         let dir = tempfile::tempdir().unwrap();
-        let keys = KeyFile::open(&dir.path().join("keys")).unwrap();
+        let keys = KeyFile::open(&dir.path().join("keys")).unwrap().0;
         keys.recover(0).unwrap();
         let n = keys.write(owner(1), b"first").unwrap();
         assert!(keys.destroy(n, owner(1)).unwrap());
@@ -299,7 +300,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
         {
-            let keys = KeyFile::open(&path).unwrap();
+            let keys = KeyFile::open(&path).unwrap().0;
             keys.recover(0).unwrap();
             assert_eq!(keys.write(owner(3), b"durable").unwrap(), 0);
             assert_eq!(keys.write(owner(4), b"orphan!").unwrap(), 1);
@@ -308,7 +309,7 @@ mod tests {
         // A free slot with leftovers (a destruction cut short after its state byte).
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(b"\0leftover", offset(2)).unwrap();
-        let keys = KeyFile::open(&path).unwrap();
+        let keys = KeyFile::open(&path).unwrap().0;
         assert_eq!(keys.recover(3).unwrap(), 2, "the orphan of lsn 4 and the dirty free slot");
         assert_eq!(keys.read(0, &owner(3).customer).unwrap(), b"durable");
         assert!(keys.read(1, &owner(4).customer).is_err());
@@ -321,14 +322,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys");
         {
-            let keys = KeyFile::open(&path).unwrap();
+            let keys = KeyFile::open(&path).unwrap().0;
             keys.recover(0).unwrap();
             keys.write(owner(1), b"key").unwrap();
             keys.sync().unwrap();
         }
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(b"X", offset(0) + PAYLOAD_AT as u64).unwrap();
-        let keys = KeyFile::open(&path).unwrap();
+        let keys = KeyFile::open(&path).unwrap().0;
         assert!(matches!(keys.recover(1), Err(StoreError::Corrupt(m)) if m.contains("slot 0")));
         std::fs::write(&path, b"not a key file at all, and long enough to have a header....................................................................................").unwrap();
         assert!(KeyFile::open(&path).is_err());

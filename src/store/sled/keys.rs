@@ -8,7 +8,8 @@
 //!   at flush time for every entry below the `history_len` metadata value
 //! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
 //! - `m` ‖ name → metadata (`wal_lsn`: the LSN of the last batch applied to sled and the audit
-//!   length after it; `history_len`: entries whose history rows are in sled)
+//!   length after it; `history_len`: entries whose history rows are in sled; `key_file`: set
+//!   once the key file exists)
 //!
 //! Audit entries are not in sled but in append-only files (`audit_files.rs`), one entry per
 //! event: `n (1) ‖ n × (level (1) ‖ hash (32)) ‖ event` — the Merkle nodes the leaf completes
@@ -54,6 +55,8 @@ pub(super) fn decode_record(value: &[u8]) -> Result<(CustomerRecord, Option<u64>
 pub(super) const WAL_LSN: &str = "wal_lsn";
 /// Metadata name of the number of audit entries whose history rows are in sled.
 pub(super) const HISTORY_LEN: &str = "history_len";
+/// Metadata name set once the key file exists (so a deleted key file is noticed on open).
+pub(super) const KEY_FILE_MARK: &str = "key_file";
 
 pub(super) fn customer_key(id: &CustomerId) -> [u8; 17] {
     let mut key = [0u8; 17];

@@ -36,8 +36,8 @@ use self::audit_files::AuditFiles;
 use self::flusher::Flusher;
 use self::key_file::KeyFile;
 use self::keys::{
-    HISTORY_LEN, WAL_LSN, completing_leaf, corrupt, customer_key, customer_of_key, decode_entry, decode_pair,
-    history_prefix, index_prefix, meta_key, trailing_u64,
+    HISTORY_LEN, KEY_FILE_MARK, WAL_LSN, completing_leaf, corrupt, customer_key, customer_of_key,
+    decode_entry, decode_pair, history_prefix, index_prefix, meta_key, trailing_u64,
 };
 use self::wal::{Op, Wal};
 use self::writer::Job;
@@ -97,7 +97,19 @@ impl SledStore {
         std::fs::create_dir_all(&audit_dir)
             .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", audit_dir.display())))?;
         let audit = AuditFiles::open(&audit_dir)?;
-        let keys = KeyFile::open(&dir.join(KEY_FILE))?;
+        let (keys, created) = KeyFile::open(&dir.join(KEY_FILE))?;
+        // A store whose key file was deleted would open with every customer unreadable:
+        // refuse, naming the file. The mark is set once the file exists.
+        let marked = tree.get(meta_key(KEY_FILE_MARK)).map_err(unavailable)?.is_some();
+        if created && marked {
+            return Err(StoreError::Corrupt(format!(
+                "{} is missing or empty but this store's records keep their data keys there: refusing to start",
+                dir.join(KEY_FILE).display()
+            )));
+        }
+        if !marked {
+            tree.insert(meta_key(KEY_FILE_MARK), &[] as &[u8]).map_err(unavailable)?;
+        }
         // Replay what sled lost: every logged batch newer than the last one sled holds, and
         // every audit entry the files lack. Every logged key destruction is repeated (it is
         // guarded by the slot's owner, so a slot reused since is spared).
@@ -192,10 +204,24 @@ impl SledStore {
     }
 
     fn read_customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
-        match self.shared.tree.get(customer_key(id)).map_err(unavailable)? {
-            Some(bytes) => Ok(Some(self.shared.record(&bytes)?.0)),
-            None => Ok(None),
+        let key = customer_key(id);
+        let Some(mut value) = self.shared.tree.get(key).map_err(unavailable)? else { return Ok(None) };
+        // A re-wrap or an erasure may destroy (and reuse) the slot this value names between the
+        // two reads. The writer applies the new record before it destroys the old slot, so the
+        // record read again names the new slot, or is gone; an unchanged record whose slot
+        // does not hold its key is corruption.
+        for _ in 0..READ_ATTEMPTS {
+            let error = match self.shared.record(&value) {
+                Ok((record, _)) => return Ok(Some(record)),
+                Err(e) => e,
+            };
+            match self.shared.tree.get(key).map_err(unavailable)? {
+                Some(again) if again != value => value = again,
+                Some(_) => return Err(error),
+                None => return Ok(None),
+            }
         }
+        Err(StoreError::Unavailable("a customer record kept changing while it was read".into()))
     }
 
     /// The durable size: events at or past it are not shown.
@@ -406,6 +432,9 @@ impl Shared {
 /// File name of the key file in the data directory.
 const KEY_FILE: &str = "keys";
 
+/// How often a read follows a record that changed under it before giving up.
+const READ_ATTEMPTS: usize = 16;
+
 /// Opens sled in `dir`. A store dropped a moment ago in this process releases sled's file lock
 /// only when sled's I/O threads have finished the writes its drop started, so a lock held
 /// elsewhere is waited for up to [`LOCK_WAIT`] before giving up.
@@ -438,7 +467,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Refuses the metadata names the store keeps for itself (recovery depends on them).
 fn reserved(name: &str) -> Result<(), StoreError> {
-    if name == WAL_LSN || name == HISTORY_LEN {
+    if name == WAL_LSN || name == HISTORY_LEN || name == KEY_FILE_MARK {
         return Err(StoreError::Unavailable(format!("metadata name `{name}` is reserved by the store")));
     }
     Ok(())
@@ -583,11 +612,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_key_file_cut_before_its_header_is_recreated_but_a_deleted_one_stops_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let open = || SledStore::open(&path, 8 << 20, Arc::new(Tree));
+        // A first start killed between creating `keys` and syncing its header (the mark is
+        // only set after the header is synced).
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join(KEY_FILE), b"custodia-k").unwrap();
+        open().unwrap().close().await.unwrap();
+        // Deleted by hand: every record naming a slot would be unreadable, so refuse.
+        std::fs::remove_file(path.join(KEY_FILE)).unwrap();
+        let err = open().err().expect("a deleted key file is refused").to_string();
+        assert!(err.contains("keys") && err.contains("refusing"), "{err}");
+    }
+
+    #[tokio::test]
     async fn the_stores_own_metadata_names_cannot_be_written_through_the_trait() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
         store.write(write(0)).await.unwrap();
-        for name in [WAL_LSN, HISTORY_LEN] {
+        for name in [WAL_LSN, HISTORY_LEN, KEY_FILE_MARK] {
             assert!(store.put_meta(name, b"x".to_vec()).await.is_err(), "{name}");
             assert!(store.init_meta(name, b"x".to_vec()).await.is_err(), "{name}");
         }

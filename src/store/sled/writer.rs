@@ -298,12 +298,16 @@ impl Staging<'_> {
         }
     }
 
-    /// Destroys `slot` once the group is durable.
-    fn destroy_later(&mut self, slot: u64) -> Result<(), StoreError> {
-        if let Some(owner) = self.shared.keys.owner(slot)? {
-            self.destroyed.push(Op::DestroyKey { slot, owner });
+    /// The destruction of `slot`, to run once the group is durable. The slot must hold
+    /// `customer`'s key: anything else fails the write, rather than destroy another customer's
+    /// key or acknowledge an erasure whose key stays.
+    fn destruction(&self, slot: u64, customer: &CustomerId) -> Result<Op, StoreError> {
+        match self.shared.keys.owner(slot)? {
+            Some(owner) if owner.customer == *customer => Ok(Op::DestroyKey { slot, owner }),
+            _ => Err(StoreError::Corrupt(format!(
+                "key slot {slot} does not hold the key of the record naming it"
+            ))),
         }
-        Ok(())
     }
 
     /// The slot for `record`'s data key: the current one if the key is unchanged, else a new
@@ -321,12 +325,13 @@ impl Staging<'_> {
         }
         let payload =
             postcard::to_stdvec(&record.data_key).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Everything that can fail on its own comes before the slot write: after it, a failure
+        // must fail the group (see `fatal`).
+        let old = current_slot.map(|(slot, _)| self.destruction(slot, &record.id)).transpose()?;
         let owner = SlotOwner { customer: record.id, lsn: self.lsn };
         let slot = self.shared.keys.write(owner, &payload).inspect_err(|e| self.fatal = Some(e.clone()))?;
         self.wrote_slots = true;
-        if let Some((old, _)) = current_slot {
-            self.destroy_later(old)?;
-        }
+        self.destroyed.extend(old);
         Ok(slot)
     }
 
@@ -405,7 +410,8 @@ impl Staging<'_> {
             }
             CustomerChange::Delete { .. } => {
                 if let Some(slot) = current.as_ref().and_then(|(_, slot)| *slot) {
-                    self.destroy_later(slot)?;
+                    let destruction = self.destruction(slot, &id)?;
+                    self.destroyed.push(destruction);
                 }
                 for entry in old_entries {
                     self.remove(index_key(&entry.field, &entry.index, &id));
