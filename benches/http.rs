@@ -8,8 +8,9 @@
 //! Knobs (environment): `HTTP_BENCH_CUSTOMERS`, `HTTP_BENCH_CONNECTIONS`, `HTTP_BENCH_SECONDS`,
 //! `HTTP_BENCH_ONLY` (comma-separated scenario names), `HTTP_BENCH_GROW_TO=M` (after the
 //! scenarios, preload up to M customers and run `create` and `read` again, so the cost at two
-//! store sizes is compared in one run), `HTTP_BENCH_KEEP=1` (keep the data directory and print
-//! its path), and `HTTP_BENCH_PROFILE=FILE` to run the server under
+//! store sizes is compared in one run), `HTTP_BENCH_TLS=1` (then restart the server over the
+//! same data with TLS and run `healthz`, `create` and `read` again over HTTPS), `HTTP_BENCH_KEEP=1`
+//! (keep the data directory and print its path), and `HTTP_BENCH_PROFILE=FILE` to run the server under
 //! `perf record -e cpu-clock -g` writing FILE (profile before optimising).
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`, the mean
 //! group-commit batch from the server's metrics and the bytes the server wrote to disk per
@@ -109,12 +110,20 @@ fn main() {
         }
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let (mut child, base) = start_server(dir.path(), true);
+    let (mut child, base) = start_server(dir.path(), true, &[]);
     let pid = child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let outcomes = runtime.block_on(run(&config, &base, pid));
+    let (mut outcomes, ids, next_new) = runtime.block_on(run(&config, &base, pid));
     let rss_kib = peak_rss_kib(pid);
     stop_server(&mut child, true);
+    if std::env::var_os("HTTP_BENCH_TLS").is_some() {
+        let certs = tempfile::tempdir().expect("temp dir");
+        let (ca_pem, cert, key) = test_certificate(certs.path());
+        let env = [("CUSTODIA_TLS_CERT", cert.into_os_string()), ("CUSTODIA_TLS_KEY", key.into_os_string())];
+        let (mut child, base) = start_server(dir.path(), false, &env);
+        outcomes.extend(runtime.block_on(run_tls(&config, &base, child.id(), &ca_pem, ids, next_new)));
+        stop_server(&mut child, false);
+    }
     let data_bytes = dir_size(dir.path());
     let restart = measure_restart(dir.path(), &runtime);
     report(&config, smoke, &outcomes, rss_kib, data_bytes, &restart);
@@ -137,7 +146,7 @@ struct Restart {
 /// the audit log size it opened and its RSS.
 fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
     let started = Instant::now();
-    let (mut child, base) = start_server(dir, false);
+    let (mut child, base) = start_server(dir, false, &[]);
     let startup = started.elapsed();
     let events = runtime.block_on(async {
         let http = reqwest::Client::new();
@@ -163,7 +172,7 @@ fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
     Restart { startup, events, rss_kib, settled_rss_kib }
 }
 
-fn start_server(data_dir: &Path, profiled: bool) -> (Child, String) {
+fn start_server(data_dir: &Path, profiled: bool, env: &[(&str, std::ffi::OsString)]) -> (Child, String) {
     let profile = std::env::var("HTTP_BENCH_PROFILE").ok().filter(|_| profiled);
     let mut command = match &profile {
         Some(file) => {
@@ -184,6 +193,7 @@ fn start_server(data_dir: &Path, profiled: bool) -> (Child, String) {
         .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
         .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v)))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -191,7 +201,10 @@ fn start_server(data_dir: &Path, profiled: bool) -> (Child, String) {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
-    assert!(base.starts_with("http://"), "server did not report its address: {line}");
+    assert!(
+        base.starts_with("http://") || base.starts_with("https://"),
+        "server did not report its address: {line}"
+    );
     (child, base)
 }
 
@@ -231,7 +244,9 @@ struct Client {
     next_new: AtomicU64,
 }
 
-async fn run(config: &Config, base: &str, pid: u32) -> Vec<Outcome> {
+/// The scenarios over plain HTTP; also answers the preloaded ids and the next new customer
+/// number, for a second server over the same data.
+async fn run(config: &Config, base: &str, pid: u32) -> (Vec<Outcome>, Vec<String>, u64) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(config.connections).build().unwrap();
     let mut client =
         Client { http, base: base.to_owned(), token: token(), ids: Vec::new(), next_new: AtomicU64::new(0) };
@@ -264,8 +279,65 @@ async fn run(config: &Config, base: &str, pid: u32) -> Vec<Outcome> {
         for scenario in [Scenario::Create, Scenario::Read] {
             outcomes.push(drive(&grown, scenario, config, pid, Some(grow_to)).await);
         }
+        let next_new = grown.next_new.load(Ordering::Relaxed);
+        let ids = Arc::try_unwrap(grown).ok().expect("no scenario holds the client").ids;
+        return (outcomes, ids, next_new);
+    }
+    let next_new = client.next_new.load(Ordering::Relaxed);
+    let ids = Arc::try_unwrap(client).ok().expect("no scenario holds the client").ids;
+    (outcomes, ids, next_new)
+}
+
+/// `healthz`, `create` and `read` again over TLS (`HTTP_BENCH_TLS=1`): the server restarted
+/// over the same data with a certificate made here, 64 HTTP/1.1 connections as over plain HTTP
+/// (so the difference is TLS, not HTTP/2 multiplexing).
+async fn run_tls(
+    config: &Config,
+    base: &str,
+    pid: u32,
+    ca_pem: &str,
+    ids: Vec<String>,
+    next_new: u64,
+) -> Vec<Outcome> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(config.connections)
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .http1_only()
+        .build()
+        .unwrap();
+    let client = Arc::new(Client {
+        http,
+        base: base.to_owned(),
+        token: token(),
+        ids,
+        next_new: AtomicU64::new(next_new),
+    });
+    let mut outcomes = Vec::new();
+    for scenario in [Scenario::Healthz, Scenario::Create, Scenario::Read] {
+        let mut outcome = drive(&client, scenario, config, pid, None).await;
+        outcome.label = format!("{}/tls", outcome.label);
+        outcomes.push(outcome);
     }
     outcomes
+}
+
+/// A CA and a server certificate for 127.0.0.1 in `dir`: (CA PEM, certificate file, key file).
+fn test_certificate(dir: &Path) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (ca_pem, cert_file, key_file)
 }
 
 /// The server's group-commit batch histogram (sum, count) from `/metrics`.
