@@ -14,13 +14,14 @@
 //!   entries may exist); a lookup computes the value's index under the same keys and unions the
 //!   owners. A record's entries are always under at least one live key (an epoch is destroyed
 //!   only after a clean pass re-indexed every record to a newer one), so they meet;
-//! - the re-wrap pass re-indexes (opening the indexed fields) to exactly the current epoch's
-//!   entries, except within the settle time after a switch made by this process: a write that
-//!   computed its entries before the switch may still commit then, with entries only under the
-//!   previous epoch, so records re-indexed then keep entries under every live epoch. A record
-//!   is done when its data key is under the current epoch, its entries exactly match that
-//!   target, and it has no legacy card fingerprint; a clean pass (nothing to do) is what allows
-//!   an epoch's destruction (`vault::epochs`).
+//! - the re-wrap pass re-indexes (opening the indexed fields) to the current epoch's entries,
+//!   except within the settle time after a switch made by this process: a write that computed
+//!   its entries before the switch may still commit then, with entries only under the previous
+//!   epoch, so records re-indexed then get entries under every live epoch. A record is done
+//!   when its data key is under the current epoch, each indexed field has an entry under the
+//!   target epoch(s) and none under a destroyed epoch or the legacy key, and it has no legacy
+//!   card fingerprint; a clean pass (nothing to do) is what allows an epoch's destruction
+//!   (`vault::epochs`). Entries under an older live epoch may stay: they die with it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -64,7 +65,10 @@ impl IndexKeys<'_> {
 
 /// The epochs a record's entries must be under to be done.
 struct Target {
+    /// Every field's entries must include these.
     epochs: Vec<KeyId>,
+    /// Every live epoch: an entry under any other is re-indexed.
+    live: Vec<KeyId>,
     keys: Vec<Arc<EpochKey>>,
 }
 
@@ -93,25 +97,29 @@ impl Vault {
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|until| Instant::now() < until);
         let mut keys = self.keyring.epoch_keys();
+        let live = keys.iter().map(|k| k.info().id.clone()).collect();
         if !settling {
             keys.truncate(1);
         }
-        Target { epochs: keys.iter().map(|k| k.info().id.clone()).collect(), keys }
+        Target { epochs: keys.iter().map(|k| k.info().id.clone()).collect(), live, keys }
     }
 
     /// True if `record`'s entries and card fingerprints need no re-index for `target`; decided
-    /// without decrypting.
+    /// without decrypting. Entries under further live epochs are left alone (they are destroyed
+    /// with their epoch): writes during a switch make them, and requiring their removal would
+    /// keep a pass from ever being clean under steady writes.
     fn index_done(record: &CustomerRecord, target: &Target) -> bool {
         let mut by_field: BTreeMap<&str, HashSet<&KeyId>> = BTreeMap::new();
         for entry in &record.index_entries {
             match &entry.epoch {
-                Some(epoch) if target.epochs.contains(epoch) => {
+                Some(epoch) if target.live.contains(epoch) => {
                     by_field.entry(&entry.field).or_default().insert(epoch);
                 }
+                // Legacy, or under an epoch already destroyed (dead weight until rewritten).
                 _ => return false,
             }
         }
-        by_field.values().all(|epochs| epochs.len() == target.epochs.len())
+        by_field.values().all(|epochs| target.epochs.iter().all(|e| epochs.contains(e)))
             && !record
                 .payment_methods
                 .iter()
