@@ -5,13 +5,18 @@
 //! field each, data keys under the current epoch, 1,000 records per durable `write_many`), starts
 //! a new epoch, then times one re-wrap pass ([`Vault::rewrap_pass`]: pages of 200, one durable
 //! `write_many` per page, as the epoch task runs it) and the clean pass that confirms it.
+//!
+//! Each record carries its email's blind-index entry under the current epoch, so the timed pass
+//! also re-indexes (opens the email, recomputes its entry under the new epoch). With
+//! `EPOCH_BENCH_NO_INDEX=1` records carry no entry: the pass only re-wraps (the difference is
+//! the cost of re-indexing).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use custodia::crypto::DataKey;
 use custodia::domain::{CustomerId, Timestamp};
-use custodia::store::{CustomerChange, CustomerRecord, StoredField, Write};
+use custodia::store::{CustomerChange, CustomerRecord, IndexEntry, StoredField, Write};
 
 #[allow(dead_code)] // `merchant` is for the benches that call the vault as a merchant.
 mod common;
@@ -34,6 +39,8 @@ async fn run(customers: usize) {
     // No background tasks: only the timed pass re-wraps.
     let (vault, store, _) = custodia::startup::open_vault(&settings).await.unwrap();
     let keyring = vault.keyring();
+    let with_index = std::env::var("EPOCH_BENCH_NO_INDEX").is_err();
+    let epoch_key = keyring.epoch_keys().remove(0);
 
     let started = Instant::now();
     let mut loaded = 0;
@@ -44,7 +51,8 @@ async fn run(customers: usize) {
             let id = CustomerId::random();
             let key = DataKey::generate().unwrap();
             let now = Timestamp::now();
-            let email = format!("\"customer{}@bench.test\"", loaded + i);
+            let address = format!("customer{}@bench.test", loaded + i);
+            let email = format!("\"{address}\"");
             let mut fields = BTreeMap::new();
             let sealed = key.seal(&id, "email", email.as_bytes()).unwrap();
             fields.insert("email".to_owned(), StoredField { sealed, written_at: now });
@@ -53,7 +61,16 @@ async fn run(customers: usize) {
                 version: 1,
                 data_key: keyring.wrap_data_key(&id, &key).unwrap(),
                 fields,
-                index_entries: Vec::new(),
+                index_entries: if with_index {
+                    vec![IndexEntry {
+                        field: "email".into(),
+                        index: epoch_key.blind_index().compute("email", &address).0,
+                        unique: true,
+                        epoch: Some(epoch_key.info().id.clone()),
+                    }]
+                } else {
+                    Vec::new()
+                },
                 consents: BTreeMap::new(),
                 objections: BTreeSet::new(),
                 restricted: false,
@@ -76,6 +93,7 @@ async fn run(customers: usize) {
     let pass = vault.rewrap_pass(Duration::ZERO).await.unwrap();
     let rewrap = started.elapsed();
     assert_eq!(pass.rewrapped, customers, "every key re-wrapped to {}", epoch.id);
+    assert_eq!(pass.reindexed, if with_index { customers } else { 0 });
     let started = Instant::now();
     let confirm = vault.rewrap_pass(Duration::ZERO).await.unwrap();
     let clean = started.elapsed();
@@ -83,7 +101,15 @@ async fn run(customers: usize) {
     store.close().await.unwrap();
     let bytes = dir_size(dir.path());
 
-    println!("epoch_rewrap: {customers} customers loaded in {:.1} s", load.as_secs_f64());
+    println!(
+        "epoch_rewrap: {customers} customers loaded in {:.1} s ({})",
+        load.as_secs_f64(),
+        if with_index {
+            "with an email index entry each: re-wrap and re-index"
+        } else {
+            "no index entries: re-wrap only"
+        }
+    );
     println!(
         "epoch_rewrap: re-wrap pass {:.1} s ({:.0} keys/s, {:.1} µs/key); confirming clean pass {:.1} s",
         rewrap.as_secs_f64(),

@@ -183,6 +183,7 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
         vault.mark_rotated().await.map_err(vault_error)?;
     }
     vault.init_epochs(fresh).await.map_err(vault_error)?;
+    vault.init_index(fresh).await.map_err(vault_error)?;
     Ok((vault, store, auth))
 }
 

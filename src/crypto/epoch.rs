@@ -37,6 +37,7 @@ use std::time::{Duration, Instant};
 use aes_gcm::{Aes256Gcm, KeyInit};
 use zeroize::Zeroizing;
 
+use super::BlindIndexKey;
 use super::envelope::{self, Sealed, WrappedKey};
 use super::keys::{DataKey, EPOCH_PREFIX, KeyId, MASTER_PREFIX, MasterKeyring};
 use super::{CryptoError, fill_random};
@@ -153,19 +154,38 @@ pub struct EpochKey {
     info: EpochInfo,
     bytes: Zeroizing<[u8; 32]>,
     cipher: Aes256Gcm,
+    /// The epoch's blind-index key, HMAC-SHA-256(epoch key, [`BLIND_INDEX_LABEL`]): derived, never
+    /// stored, so destroying the epoch key destroys it (ring keeps its HMAC pads in memory
+    /// unwiped until the process drops the key; the guarantee is about stored copies).
+    index: BlindIndexKey,
 }
+
+/// Domain separation of the blind-index key derived from an epoch key.
+const BLIND_INDEX_LABEL: &[u8] = b"custodia/blind-index/v1";
 
 impl EpochKey {
     fn from_bytes(bytes: Zeroizing<[u8; 32]>, created_ms: i64, master: KeyId) -> Result<Self, CryptoError> {
         let id = KeyId::derive(EPOCH_PREFIX, b"custodia epoch key id", bytes.as_ref());
         let cipher = Aes256Gcm::new_from_slice(bytes.as_ref())
             .map_err(|_| CryptoError::InvalidKey("an epoch key must be 32 bytes"))?;
-        Ok(EpochKey { info: EpochInfo { id, created_ms, master }, bytes, cipher })
+        let derived = ring::hmac::sign(
+            &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes.as_ref()),
+            BLIND_INDEX_LABEL,
+        );
+        let derived = Zeroizing::new(derived.as_ref().to_vec());
+        let index = BlindIndexKey::from_bytes(&derived);
+        Ok(EpochKey { info: EpochInfo { id, created_ms, master }, bytes, cipher, index })
     }
 
     /// This epoch's id and times.
     pub fn info(&self) -> &EpochInfo {
         &self.info
+    }
+
+    /// The blind-index key of this epoch (see the README, "Erasure"): index entries computed
+    /// under it are shredded when the epoch is destroyed.
+    pub fn blind_index(&self) -> &BlindIndexKey {
+        &self.index
     }
 }
 
@@ -468,6 +488,11 @@ impl DataKeyring {
     /// The current epoch (new wraps are made under it).
     pub fn current(&self) -> EpochInfo {
         self.current_key().info.clone()
+    }
+
+    /// Every live (not destroyed) epoch key, newest (the current one) first: for blind indexes.
+    pub fn epoch_keys(&self) -> Vec<Arc<EpochKey>> {
+        self.read().clone()
     }
 
     /// Every epoch, newest first.
@@ -843,6 +868,31 @@ mod tests {
         let err = DataKeyring::open(ring(5), &path, MissingFile::Refuse, 9_000).unwrap_err();
         assert!(matches!(&err, EpochError::Invalid { detail, .. } if detail.contains("slot 0")), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was zeroed");
+    }
+
+    #[test]
+    fn each_epoch_has_its_own_blind_index_key_that_survives_a_reopen_and_a_master_rewrap() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = {
+            let (keys, _) = open(dir.path(), ring(13));
+            keys.create_epoch(2_000).unwrap();
+            let all = keys.epoch_keys();
+            assert_eq!(all[0].info().id, keys.current().id, "newest first");
+            let first = all[1].blind_index().compute("email", "a@example.com");
+            let second = all[0].blind_index().compute("email", "a@example.com");
+            assert_ne!(first, second);
+            (first, second)
+        };
+        let both = MasterKeyring::new(
+            MasterKey::from_bytes(&[14; 32]).unwrap(),
+            vec![MasterKey::from_bytes(&[13; 32]).unwrap()],
+        );
+        let (keys, _) = open(dir.path(), both);
+        keys.rewrap_epochs_under_master().unwrap();
+        let all = keys.epoch_keys();
+        assert_eq!(all[1].blind_index().compute("email", "a@example.com"), first);
+        assert_eq!(all[0].blind_index().compute("email", "a@example.com"), second);
+        assert!(format!("{:?}", all[0].blind_index()).contains("[redacted]"));
     }
 
     #[test]

@@ -233,7 +233,28 @@ impl DataKey {
     pub(super) fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The keyed fingerprint of card number `pan` (digits only) on `customer`'s record, for
+    /// finding the same card twice on that record: HMAC-SHA-256 over the customer id and the
+    /// number, keyed by HMAC-SHA-256(data key, "custodia/card-fingerprint/v1"). Keyed by the
+    /// data key, it is shredded with it (an old copy of the record no longer lets anyone with
+    /// the master key enumerate numbers); fingerprints of different customers never compare.
+    pub fn card_fingerprint(&self, customer: &CustomerId, pan: &str) -> [u8; 32] {
+        use ring::hmac;
+        let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &self.bytes), FINGERPRINT_LABEL);
+        let derived = Zeroizing::new(<[u8; 32]>::try_from(derived.as_ref()).unwrap_or_default());
+        // ring's HMAC key keeps its pads unwiped; it lives only for this call.
+        let mut ctx = hmac::Context::with_key(&hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()));
+        ctx.update(customer.as_bytes());
+        ctx.update(pan.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
 }
+
+/// Domain separation of the fingerprint key derived from a data key.
+const FINGERPRINT_LABEL: &[u8] = b"custodia/card-fingerprint/v1";
 
 impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -375,6 +396,17 @@ mod tests {
         let ring = MasterKeyring::new(master, vec![]);
         let (keys, _) = SystemKeys::generate(&ring).unwrap();
         assert_eq!(format!("{keys:?}"), "SystemKeys([redacted])");
+    }
+
+    #[test]
+    fn a_card_fingerprint_depends_on_the_data_key_the_customer_and_the_number() {
+        let (k1, k2) = (DataKey::generate().unwrap(), DataKey::generate().unwrap());
+        let (a, b) = (CustomerId::random(), CustomerId::random());
+        let f = k1.card_fingerprint(&a, "4111111111111111");
+        assert_eq!(f, k1.card_fingerprint(&a, "4111111111111111"));
+        assert_ne!(f, k2.card_fingerprint(&a, "4111111111111111"), "shredded with the data key");
+        assert_ne!(f, k1.card_fingerprint(&b, "4111111111111111"));
+        assert_ne!(f, k1.card_fingerprint(&a, "5555555555554444"));
     }
 
     #[test]

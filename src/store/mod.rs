@@ -25,7 +25,8 @@ pub use self::memory::MemoryData;
 use self::memory::MemoryStore;
 use self::sled::SledStore;
 pub use record::{
-    ConsentRecord, ConsentSource, CustomerRecord, IndexEntry, StoredField, StoredPaymentMethod,
+    CardFingerprint, ConsentRecord, ConsentSource, CustomerRecord, IndexEntry, StoredField,
+    StoredPaymentMethod,
 };
 
 use crate::crypto::BlindIndex;

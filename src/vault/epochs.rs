@@ -244,6 +244,7 @@ impl Vault {
             .create_epoch(now)
             .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
         state.settle_until = Some(Instant::now() + schedule.settle);
+        self.index_switched(Instant::now() + schedule.settle);
         state.rewrapped = 0;
         self.list_epochs().await?;
         tracing::info!(epoch = %next.id, "new key epoch");

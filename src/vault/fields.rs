@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::VaultError;
-use crate::crypto::{BlindIndexKey, DataKey, Plaintext};
+use super::index::IndexKeys;
+use crate::crypto::{DataKey, Plaintext};
 use crate::domain::{CustomerId, Timestamp};
 use crate::policy::{FieldKind, PolicySet};
 use crate::store::{IndexEntry, StoredField};
@@ -88,20 +89,22 @@ pub(super) fn open(
     serde_json::from_slice(plaintext.expose()).map_err(internal)
 }
 
-/// The blind-index entry of a validated value, if its field is indexed.
+/// The blind-index entries of a validated value under each of `keys`, if its field is indexed.
 ///
 /// Writes, unique checks and lookups all call this with a value from [`validate`], so the HMAC
 /// input is always the type's one canonical form and equivalent spellings share an entry.
-pub(super) fn index_entry(index_key: &BlindIndexKey, field: &ValidField) -> Option<IndexEntry> {
-    if !field.index {
-        return None;
-    }
-    let form = field.index_form.as_deref()?;
-    Some(IndexEntry {
-        field: field.name.clone(),
-        index: index_key.compute(&field.name, form).0,
-        unique: field.unique,
-    })
+pub(super) fn index_entries(keys: &IndexKeys<'_>, field: &ValidField) -> Vec<IndexEntry> {
+    let Some(form) = field.index_form.as_deref().filter(|_| field.index) else {
+        return Vec::new();
+    };
+    keys.each()
+        .map(|(epoch, key)| IndexEntry {
+            field: field.name.clone(),
+            index: key.compute(&field.name, form).0,
+            unique: field.unique,
+            epoch,
+        })
+        .collect()
 }
 
 fn internal(e: serde_json::Error) -> VaultError {

@@ -12,6 +12,7 @@ mod consent;
 mod disclosure;
 mod epochs;
 mod fields;
+mod index;
 mod payment;
 mod profile;
 mod receipt;
@@ -131,6 +132,9 @@ pub struct Vault {
     keyring: DataKeyring,
     keys: SystemKeys,
     epochs: EpochSchedule,
+    /// Blind-index state: legacy entries still possible, and the settle deadline of the last
+    /// epoch switch (see `vault::index`).
+    index: index::IndexState,
     /// The transparency report's counters, folded incrementally.
     transparency: TransparencyCounters,
 }
@@ -152,6 +156,7 @@ impl Vault {
             keyring,
             keys,
             epochs: EpochSchedule::default(),
+            index: index::IndexState::default(),
             transparency: TransparencyCounters::default(),
         }
     }

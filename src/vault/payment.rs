@@ -16,7 +16,7 @@ use crate::crypto::{DataKey, Plaintext};
 use crate::domain::card::{CardNumber, check_expiry};
 use crate::domain::{CustomerId, Timestamp};
 use crate::policy::{FieldDecision, Mask, PAYMENT_METHODS};
-use crate::store::{CustomerRecord, StoredPaymentMethod};
+use crate::store::{CardFingerprint, CustomerRecord, StoredPaymentMethod};
 
 /// Member names that must never be accepted: security codes, track data, PINs (PCI DSS 3.3).
 const FORBIDDEN_MEMBERS: &[&str] = &[
@@ -106,6 +106,16 @@ impl std::fmt::Debug for ProviderTokenInput {
 enum Secret {
     Card { brand: String, number: String, exp_month: u32, exp_year: u32, holder: Option<String> },
     ProviderToken { provider: String, token: String },
+}
+
+impl Secret {
+    /// The card number (digits only), for a card.
+    fn card_number(&self) -> Option<&str> {
+        match self {
+            Secret::Card { number, .. } => Some(number),
+            Secret::ProviderToken { .. } => None,
+        }
+    }
 }
 
 /// A payment method as listings show it: nothing that allows a charge.
@@ -208,12 +218,17 @@ impl Vault {
             };
             return self.refuse(draft.failed(["sensitive_authentication_data"]), e).await;
         }
-        let (secret, fingerprint) = match self.parse_payment_method(body) {
+        let secret = match self.parse_payment_method(body) {
             Ok(parsed) => parsed,
             Err(e) => return self.refuse(draft.failed(["invalid_payment_method"]), e).await,
         };
         let step = |mut record: CustomerRecord| {
             let key = self.data_key(&record)?;
+            // Keyed by this customer's data key: compared only within this record, and
+            // shredded with it. Fingerprints of format 2 (`Legacy`) never match here; the
+            // re-wrap pass replaces them.
+            let fingerprint =
+                secret.card_number().map(|n| CardFingerprint::DataKey(key.card_fingerprint(&record.id, n)));
             if let Some(existing) =
                 fingerprint.and_then(|f| record.payment_methods.iter().find(|m| m.fingerprint == Some(f)))
             {
@@ -355,8 +370,20 @@ impl Vault {
             .map_err(|e| super::fields::value_error("payment method", &e))
     }
 
-    /// Validates a body into the sealed form and the card's keyed fingerprint.
-    fn parse_payment_method(&self, body: Value) -> Result<(Secret, Option<[u8; 32]>), VaultError> {
+    /// The card number of a stored card method (`None` for a provider token), for
+    /// re-fingerprinting it under the data key.
+    pub(super) fn card_number_of(
+        &self,
+        key: &DataKey,
+        customer: &CustomerId,
+        method: &StoredPaymentMethod,
+    ) -> Result<Option<Zeroizing<String>>, VaultError> {
+        let secret = self.open_method(key, customer, method)?;
+        Ok(secret.card_number().map(|n| Zeroizing::new(n.to_owned())))
+    }
+
+    /// Validates a body into the form that is sealed.
+    fn parse_payment_method(&self, body: Value) -> Result<Secret, VaultError> {
         let invalid = |field: &str, expected: &str| VaultError::InvalidField {
             field: field.into(),
             expected: expected.into(),
@@ -375,7 +402,6 @@ impl Vault {
                 {
                     return Err(invalid("card.holder", "must be 1–128 printable characters"));
                 }
-                let fingerprint = self.keys.card_fingerprint.compute("pan", number.expose()).0;
                 let secret = Secret::Card {
                     brand: number.brand().as_str().to_owned(),
                     number: number.expose().to_owned(),
@@ -383,7 +409,7 @@ impl Vault {
                     exp_year: card.exp_year,
                     holder: card.holder.clone(),
                 };
-                Ok((secret, Some(fingerprint)))
+                Ok(secret)
             }
             (None, Some(p)) => {
                 let name_ok = !p.provider.is_empty()
@@ -395,7 +421,7 @@ impl Vault {
                 if p.token.is_empty() || p.token.len() > 512 || p.token.chars().any(char::is_control) {
                     return Err(invalid("provider_token.token", "must be 1–512 printable characters"));
                 }
-                Ok((Secret::ProviderToken { provider: p.provider.clone(), token: p.token.to_string() }, None))
+                Ok(Secret::ProviderToken { provider: p.provider.clone(), token: p.token.to_string() })
             }
             _ => Err(invalid("payment method", "must have exactly one of `card` or `provider_token`")),
         }

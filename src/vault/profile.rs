@@ -253,8 +253,9 @@ impl Vault {
         let step = |record: CustomerRecord| {
             let draft = draft.clone().fields(record.fields.keys().cloned());
             let change = CustomerChange::Delete { id: record.id, expected_version: record.version };
-            // The epoch that wraps the key being destroyed decides when copies stop opening.
-            let wrapped_under = record.data_key.master_key.clone();
+            // The newest epoch among the one that wraps the key being destroyed and those of
+            // its index entries decides when copies stop opening (or holding) anything of it.
+            let wrapped_under = self.newest_epoch_of(&record);
             Ok(Step::Commit { draft, change, then: Vec::new(), answer: (record.id, wrapped_under) })
         };
         let ((id, wrapped_under), audit_seq) = self.write_customer("erasure", &draft, id, step).await?;
@@ -309,10 +310,16 @@ impl Vault {
             Ok(v) => v,
             Err(e) => return self.refuse(draft.failed(["invalid_field"]), e).await,
         };
-        let matches = match fields::index_entry(&self.keys.blind_index, &valid) {
-            Some(entry) => self.store.lookup(&name, &crate::crypto::BlindIndex(entry.index)).await?,
-            None => Vec::new(),
-        };
+        // The value's index under every key an owner's entry may be under (each live epoch,
+        // and the legacy key until migrated): a customer not yet re-indexed is found too.
+        let mut matches = Vec::new();
+        for entry in fields::index_entries(&self.index_keys(), &valid) {
+            for id in self.store.lookup(&name, &crate::crypto::BlindIndex(entry.index)).await? {
+                if !matches.contains(&id) {
+                    matches.push(id);
+                }
+            }
+        }
         // Using a customer's value to find them is a use for the purpose: customers whose
         // consent, objection, restriction or retention rules it out (rules 3–5) are not found.
         let now = Timestamp::now().millis();
@@ -379,11 +386,12 @@ impl Vault {
         for name in removed {
             record.fields.remove(name);
         }
+        // Under every live index key, so a unique clash with a customer not yet re-indexed to
+        // the current epoch is caught (see `vault::index`).
+        let keys = self.index_keys();
         for field in set {
             record.fields.insert(field.name.clone(), fields::seal(key, &record.id, field, now)?);
-            if let Some(entry) = fields::index_entry(&self.keys.blind_index, field) {
-                record.index_entries.push(entry);
-            }
+            record.index_entries.extend(fields::index_entries(&keys, field));
         }
         Ok(())
     }

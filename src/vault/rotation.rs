@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
+use super::index::Brought;
 use super::{Vault, VaultError};
 use crate::audit::{Action, EventDraft};
-use crate::crypto::CryptoError;
 use crate::domain::Principal;
 use crate::store::{CustomerChange, StoreError, Write};
 
@@ -32,6 +32,9 @@ const MAX_PASSES: usize = 3;
 pub struct RewrapPass {
     /// Data keys re-wrapped under the current epoch.
     pub rewrapped: usize,
+    /// Records whose blind-index entries were recomputed under the current epoch (or whose
+    /// legacy card fingerprints were replaced).
+    pub reindexed: usize,
     /// Records a concurrent writer kept changing (tried [`super::MAX_WRITE_ATTEMPTS`] times):
     /// still to do.
     pub unsettled: usize,
@@ -41,9 +44,9 @@ pub struct RewrapPass {
 }
 
 impl RewrapPass {
-    /// True if the pass found every key already under the current epoch.
+    /// True if the pass found every key and every index entry already under the current epoch.
     pub fn clean(&self) -> bool {
-        self.rewrapped == 0 && self.unsettled == 0
+        self.rewrapped == 0 && self.reindexed == 0 && self.unsettled == 0
     }
 }
 
@@ -104,9 +107,11 @@ impl Vault {
     }
 
     /// One pass over every customer, in id order: each data key not under the current epoch
-    /// key is re-wrapped under it, one durable `write_many` per page of 200, pausing `pause`
-    /// between pages. A record a concurrent writer changed in between is re-read and tried
-    /// again. Also seals what records of format 1 kept in the clear, since it rewrites them.
+    /// key is re-wrapped under it, and each record whose blind-index entries are not exactly
+    /// the current epoch's (see `vault::index`) is re-indexed, one durable `write_many` per page
+    /// of 200, pausing `pause` between pages. A record a concurrent writer changed in between
+    /// is re-read and tried again. Also seals what records of format 1 kept in the clear, and
+    /// re-keys card fingerprints of format 2 under the data key, since it rewrites them.
     ///
     /// Errors: a data key under a master key that is not configured stops the pass (configure
     /// it in `CUSTODIA_PREVIOUS_MASTER_KEYS`); one under a destroyed epoch is counted as
@@ -125,16 +130,14 @@ impl Vault {
                 let mut targets = Vec::with_capacity(todo.len());
                 for id in &todo {
                     let Some(mut record) = self.store.customer(id).await? else { continue };
-                    let new_key = match self.keyring.rewrap_data_key(id, &record.data_key) {
-                        Ok(Some(k)) => k,
-                        Ok(None) => continue,
-                        Err(CryptoError::UnknownEpochKey(_)) => {
+                    let changed = match self.bring_current(&mut record)? {
+                        Brought::Done => continue,
+                        Brought::Unreadable => {
                             outcome.unreadable += 1;
                             continue;
                         }
-                        Err(e) => return Err(e.into()),
+                        Brought::Changed { rewrapped, reindexed } => (rewrapped, reindexed),
                     };
-                    record.data_key = new_key;
                     self.seal_legacy_consents(&mut record)?;
                     let expected = record.version;
                     record.version += 1;
@@ -143,16 +146,27 @@ impl Vault {
                     let change =
                         CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
                     writes.push(Write { change: Some(change), events: Vec::new() });
-                    targets.push(*id);
+                    targets.push((*id, changed));
                 }
                 todo.clear();
                 if writes.is_empty() {
                     break;
                 }
-                for (id, result) in targets.into_iter().zip(self.store.write_many(writes).await?) {
+                for ((id, (rewrapped, reindexed)), result) in
+                    targets.into_iter().zip(self.store.write_many(writes).await?)
+                {
                     match result {
-                        Ok(_) => outcome.rewrapped += 1,
+                        Ok(_) => {
+                            outcome.rewrapped += usize::from(rewrapped);
+                            outcome.reindexed += usize::from(reindexed);
+                        }
                         Err(StoreError::VersionConflict) => todo.push(id),
+                        Err(StoreError::UniqueViolation { field }) => {
+                            // Cannot happen by the invariants of `vault::index`; if it does,
+                            // the record stays as it is and the pass is not clean.
+                            tracing::error!(field = %field, "re-indexing a record clashed with another customer's unique entry");
+                            outcome.unsettled += 1;
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }

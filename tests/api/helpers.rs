@@ -391,7 +391,7 @@ pub fn replace_stored_checkpoint(data_dir: &Path, size: u64, note: Vec<u8>) {
 
 /// Opens a stopped server's sled files without sled's background flusher thread, so the file
 /// lock is released as soon as the handle is dropped.
-fn open_store_files(data_dir: &Path) -> sled::Db {
+pub fn open_store_files(data_dir: &Path) -> sled::Db {
     sled::Config::new().path(data_dir.join("store")).flush_every_ms(None).open().unwrap()
 }
 

@@ -4,6 +4,7 @@ mod accountability;
 mod audit_events;
 mod auditor;
 mod auth;
+mod blind_index;
 mod browser;
 mod crash;
 mod customer;

@@ -9,7 +9,7 @@ use custodia::domain::CustomerId;
 use custodia::store::{CustomerChange, IndexEntry, PendingEvent, StoreError, Write};
 
 fn entry(field: &str, byte: u8, unique: bool) -> IndexEntry {
-    IndexEntry { field: field.into(), index: [byte; 32], unique }
+    IndexEntry { field: field.into(), index: [byte; 32], unique, epoch: None }
 }
 
 /// A pending event tagged `n`, about `customer`.
