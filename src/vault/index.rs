@@ -128,9 +128,9 @@ impl Vault {
 
     /// Recomputes `record`'s index entries under `target` from its sealed fields (opened with
     /// `key`), and replaces legacy card fingerprints by ones under the data key. A field keeps
-    /// its entries' `unique` flag (a policy change applies at the field's next write, as
-    /// before); a stored value its declared type no longer accepts loses its entries (logged
-    /// by field name).
+    /// its entries' `unique` flag, and a field without entries gets non-unique ones (a policy
+    /// change applies at the field's next write, as before); a stored value its declared type
+    /// no longer accepts loses its entries (logged by field name).
     fn reindex(&self, record: &mut CustomerRecord, key: &DataKey, target: &Target) -> Result<(), VaultError> {
         let unique: BTreeMap<String, bool> =
             record.index_entries.iter().map(|e| (e.field.clone(), e.unique)).collect();
@@ -148,9 +148,10 @@ impl Vault {
                     continue;
                 }
             };
-            if let Some(u) = unique.get(name) {
-                valid.unique = *u;
-            }
+            // The pass never creates uniqueness: a field made unique in the policies since
+            // its value was stored (which two customers may share) becomes unique at its next
+            // write, where a clash is a 409 to the caller, not a pass that can never finish.
+            valid.unique = unique.get(name).copied().unwrap_or(false);
             entries.extend(fields::index_entries(&keys, &valid));
         }
         record.index_entries = entries;
@@ -181,8 +182,18 @@ impl Vault {
         if !key_done {
             record.data_key = self.keyring.wrap_data_key(&record.id, &key)?;
         }
-        if !index_done {
-            self.reindex(record, &key, &target)?;
+        if !index_done && let Err(e) = self.reindex(record, &key, &target) {
+            // One damaged value must not hold every pass (and so every epoch destruction)
+            // back: the record keeps its entries, which die with their epochs (lookups then
+            // miss it), and its key is still re-wrapped. Only the id is logged: the error may
+            // concern a customer's value.
+            drop(e);
+            tracing::error!(customer = %record.id, "a record's indexed values cannot be opened; it is not re-indexed");
+            return Ok(if key_done {
+                Brought::Unindexable
+            } else {
+                Brought::Changed { rewrapped: true, reindexed: false }
+            });
         }
         Ok(Brought::Changed { rewrapped: !key_done, reindexed: !index_done })
     }
@@ -192,8 +203,9 @@ impl Vault {
     /// before epochs, is returned as is: no bound).
     pub(super) fn newest_epoch_of(&self, record: &CustomerRecord) -> KeyId {
         let key = &record.data_key.master_key;
-        if !key.is_epoch() {
-            return key.clone();
+        // An entry under the legacy vault-wide key has no epoch to bound it either.
+        if !key.is_epoch() || record.index_entries.iter().any(|e| e.epoch.is_none()) {
+            return self.keyring.master().current_id().clone();
         }
         let created = |id: &KeyId| self.keyring.epoch(id).map(|e| e.created_ms);
         record
@@ -222,7 +234,9 @@ impl Vault {
         self.index.legacy.store(true, Ordering::Release);
         let started = Instant::now();
         match self.rewrap_pass(std::time::Duration::ZERO).await {
-            Ok(pass) if pass.unsettled == 0 => {
+            // Records that could not be opened keep their legacy entries: the legacy key stays
+            // in use (lookups and unique checks stay exact) until they can be.
+            Ok(pass) if pass.unsettled == 0 && pass.unreadable == 0 && pass.unindexable == 0 => {
                 self.store.put_meta(LEGACY_MIGRATED, b"1".to_vec()).await?;
                 self.index.legacy.store(false, Ordering::Release);
                 tracing::info!(
@@ -234,6 +248,8 @@ impl Vault {
             }
             Ok(pass) => tracing::error!(
                 unsettled = pass.unsettled,
+                unreadable = pass.unreadable,
+                unindexable = pass.unindexable,
                 "blind-index migration incomplete; the legacy index key stays in use until the next start"
             ),
             Err(e) => tracing::error!(
@@ -251,6 +267,8 @@ pub(super) enum Brought {
     Done,
     /// Its data key is under an epoch that no longer exists: it cannot be opened.
     Unreadable,
+    /// Its key is current but its indexed values cannot be opened to re-index it.
+    Unindexable,
     /// It must be written back.
     Changed {
         /// Its data key was re-wrapped to the current epoch.

@@ -313,7 +313,9 @@ impl Vault {
         // The value's index under every key an owner's entry may be under (each live epoch,
         // and the legacy key until migrated): a customer not yet re-indexed is found too.
         let mut matches = Vec::new();
-        for entry in fields::index_entries(&self.index_keys(), &valid) {
+        // Oldest key first (legacy, then the oldest epoch): a re-index only moves entries to
+        // newer keys, so a record moved between two of these reads is seen by the later one.
+        for entry in fields::index_entries(&self.index_keys(), &valid).into_iter().rev() {
             for id in self.store.lookup(&name, &crate::crypto::BlindIndex(entry.index)).await? {
                 if !matches.contains(&id) {
                     matches.push(id);

@@ -41,6 +41,9 @@ pub struct RewrapPass {
     /// Records whose data key is under an epoch key that no longer exists (a restored copy of
     /// an erased or expired state): unreadable, skipped.
     pub unreadable: usize,
+    /// Records whose key is current but whose indexed values cannot be opened: not
+    /// re-indexed, and not holding the pass back.
+    pub unindexable: usize,
 }
 
 impl RewrapPass {
@@ -134,6 +137,10 @@ impl Vault {
                         Brought::Done => continue,
                         Brought::Unreadable => {
                             outcome.unreadable += 1;
+                            continue;
+                        }
+                        Brought::Unindexable => {
+                            outcome.unindexable += 1;
                             continue;
                         }
                         Brought::Changed { rewrapped, reindexed } => (rewrapped, reindexed),

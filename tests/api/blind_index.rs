@@ -394,3 +394,40 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
     assert!(tree.get(index_key("email", &legacy[0])).unwrap().is_none());
     assert!(tree.get(index_key("phone", &legacy[1])).unwrap().is_none());
 }
+
+/// A field made unique in the policies after two customers stored the same value: the re-wrap
+/// pass must not create the uniqueness (it would clash on every pass, so no pass would ever be
+/// clean and no epoch would ever be destroyed). It becomes unique at the field's next write.
+#[tokio::test]
+async fn a_field_made_unique_later_does_not_stall_epoch_destruction() {
+    let policies = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, policies.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let dir = policies.path().to_owned();
+    let app = spawn_app_with(|s| {
+        s.key_epoch_seconds = 2;
+        s.key_epochs_kept = 0;
+        s.request_timeout_ms = 1000;
+        s.policies = dir.clone();
+    })
+    .await;
+    for n in [1, 2] {
+        let mut p = person(n);
+        p["name"] = json!("Same Name");
+        assert_eq!(create(&app, p).await, StatusCode::CREATED);
+    }
+    let path = policies.path().join("fields.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replacen(
+        "type = \"string\"\npurposes",
+        "type = \"string\"\nindex = true\nunique = true\npurposes",
+        1,
+    );
+    assert_ne!(edited, text, "the name field's declaration was found");
+    std::fs::write(&path, edited).unwrap();
+    let app = app.restart().await;
+    let at_restart = keyring(&app.data_dir.path().join(TEST_EPOCH_FILE)).epochs()[0].id.to_string();
+    wait_for_destruction(&app, &[at_restart], Duration::from_secs(20)).await;
+}
