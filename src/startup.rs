@@ -15,9 +15,9 @@ use crate::audit::checkpoint::CheckpointSigner;
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::crypto::{
-    DataKeyring, MasterKey, MasterKeyring, MissingFile, OpenReport, PKCS11_KEY_SETTING, PKCS11_MODULE_SETTING,
-    PKCS11_PIN_FILE_SETTING, PKCS11_PIN_SETTING, PKCS11_TOKEN_SETTING, Pkcs11Config, Pkcs11Token, SigningKey,
-    SystemKeys, WrappedSystemKeys,
+    DataKeyring, MasterKey, MasterKeyring, MissingFile, OpenReport, PKCS11_KEY_SETTING,
+    PKCS11_MODULE_SETTING, PKCS11_PIN_FILE_SETTING, PKCS11_PIN_SETTING, PKCS11_TOKEN_SETTING, Pkcs11Config,
+    Pkcs11Token, SigningKey, SystemKeys, WrappedSystemKeys,
 };
 use crate::error::Error;
 use crate::http::rate_limit::CallerLimiter;
@@ -440,7 +440,8 @@ impl TokenSlot<'_> {
 /// How to reach the PKCS#11 token: module, token label and PIN (read from its file if so
 /// configured). An error names the missing or conflicting setting and `needed_by`.
 pub fn pkcs11_config(settings: &Settings, needed_by: &'static str) -> Result<Pkcs11Config, Error> {
-    let missing = |name: &'static str| ConfigError::Env { name, message: format!("is needed with {needed_by}") };
+    let missing =
+        |name: &'static str| ConfigError::Env { name, message: format!("is needed with {needed_by}") };
     let module = settings.master_key_pkcs11_module.clone().ok_or_else(|| missing(PKCS11_MODULE_SETTING))?;
     let token = settings.master_key_pkcs11_token.clone().ok_or_else(|| missing(PKCS11_TOKEN_SETTING))?;
     let (pin, pin_setting) = match (&settings.master_key_pkcs11_pin, &settings.master_key_pkcs11_pin_file) {
@@ -452,7 +453,11 @@ pub fn pkcs11_config(settings: &Settings, needed_by: &'static str) -> Result<Pkc
             );
             let pin = text.trim_end_matches(['\n', '\r']);
             if pin.is_empty() {
-                return Err(ConfigError::Env { name: PKCS11_PIN_FILE_SETTING, message: "the file is empty".into() }.into());
+                return Err(ConfigError::Env {
+                    name: PKCS11_PIN_FILE_SETTING,
+                    message: "the file is empty".into(),
+                }
+                .into());
             }
             (SecretString::from(pin.to_owned()), PKCS11_PIN_FILE_SETTING)
         }
@@ -466,7 +471,9 @@ pub fn pkcs11_config(settings: &Settings, needed_by: &'static str) -> Result<Pkc
         (None, None) => {
             return Err(ConfigError::Env {
                 name: PKCS11_PIN_SETTING,
-                message: format!("{PKCS11_PIN_SETTING} or {PKCS11_PIN_FILE_SETTING} is needed with {needed_by}"),
+                message: format!(
+                    "{PKCS11_PIN_SETTING} or {PKCS11_PIN_FILE_SETTING} is needed with {needed_by}"
+                ),
             }
             .into());
         }

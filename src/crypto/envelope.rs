@@ -96,7 +96,8 @@ pub(super) fn unwrap(
 /// PKCS#11 token. Either way the sealed layout below is the same.
 pub(super) trait GcmKey {
     /// `ciphertext ‖ tag` of `plaintext` under `nonce` and `aad`.
-    fn gcm_seal(&self, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError>;
+    fn gcm_seal(&self, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8])
+    -> Result<Vec<u8>, CryptoError>;
     /// The plaintext of `ciphertext ‖ tag`; [`CryptoError::Open`] when the tag does not verify.
     fn gcm_open(
         &self,
@@ -107,7 +108,12 @@ pub(super) trait GcmKey {
 }
 
 impl GcmKey for Aes256Gcm {
-    fn gcm_seal(&self, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    fn gcm_seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.encrypt(&Nonce::from(*nonce), Payload { msg: plaintext, aad }).map_err(|_| CryptoError::Open)
     }
 

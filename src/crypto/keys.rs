@@ -160,7 +160,12 @@ impl envelope::GcmKey for MasterKey {
         }
     }
 
-    fn gcm_open(&self, nonce: &[u8; 12], ciphertext: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    fn gcm_open(
+        &self,
+        nonce: &[u8; 12],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         match &self.kind {
             MasterKind::Software(cipher) => cipher.gcm_open(nonce, ciphertext, aad),
             MasterKind::Pkcs11(key) => key.decrypt(nonce, ciphertext, aad),

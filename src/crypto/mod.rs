@@ -23,8 +23,9 @@ pub use envelope::{Sealed, WrappedKey};
 pub use epoch::{DataKeyring, EpochError, EpochFile, EpochInfo, EpochKey, MissingFile, OpenReport, SLOT_LEN};
 pub use keys::{DataKey, KeyId, MasterKey, MasterKeyring, Plaintext, SystemKeys, WrappedSystemKeys};
 pub use pkcs11::{
-    KEY_SETTING as PKCS11_KEY_SETTING, MODULE_SETTING as PKCS11_MODULE_SETTING, PIN_FILE_SETTING as PKCS11_PIN_FILE_SETTING,
-    PIN_SETTING as PKCS11_PIN_SETTING, Pkcs11Config, Pkcs11Token, TOKEN_SETTING as PKCS11_TOKEN_SETTING,
+    KEY_SETTING as PKCS11_KEY_SETTING, MODULE_SETTING as PKCS11_MODULE_SETTING,
+    PIN_FILE_SETTING as PKCS11_PIN_FILE_SETTING, PIN_SETTING as PKCS11_PIN_SETTING, Pkcs11Config,
+    Pkcs11Token, TOKEN_SETTING as PKCS11_TOKEN_SETTING,
 };
 pub use pseudonym::PseudonymKey;
 pub use signing::{SigningKey, verify_ed25519};

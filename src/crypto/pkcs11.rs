@@ -176,13 +176,16 @@ impl Pkcs11Token {
                 ));
             }
         };
-        let mechanisms = ctx.get_mechanism_list(slot).map_err(|e| {
-            setting_error(MODULE_SETTING, format!("listing mechanisms failed: {}", rv_name(&e)))
-        })?;
-        if !mechanisms.contains(&MechanismType::AES_GCM) {
+        // One mechanism asked for by type: listing them all makes `cryptoki` log an error for
+        // every vendor mechanism it does not know.
+        if let Err(e) = ctx.get_mechanism_info(slot, MechanismType::AES_GCM) {
             return Err(setting_error(
                 MODULE_SETTING,
-                format!("token {:?} does not offer CKM_AES_GCM, which the master key needs", config.token),
+                format!(
+                    "token {:?} does not offer CKM_AES_GCM, which the master key needs ({})",
+                    config.token,
+                    rv_name(&e)
+                ),
             ));
         }
         let session = login(&ctx, slot, &config.pin, config.pin_setting)?;
@@ -207,8 +210,9 @@ impl Pkcs11Token {
     /// Returns the key's id.
     pub fn generate_key(self: &Arc<Self>, label: &str) -> Result<KeyId, CryptoError> {
         let session = self.session();
-        let existing = find_keys(&session, label)
-            .map_err(|e| setting_error(KEY_SETTING, format!("searching the token failed: {}", rv_name(&e))))?;
+        let existing = find_keys(&session, label).map_err(|e| {
+            setting_error(KEY_SETTING, format!("searching the token failed: {}", rv_name(&e)))
+        })?;
         if !existing.is_empty() {
             return Err(setting_error(
                 KEY_SETTING,
@@ -235,9 +239,9 @@ impl Pkcs11Token {
             Attribute::Label(label.as_bytes().to_vec()),
             Attribute::Id(id.clone()),
         ];
-        session.generate_key(&Mechanism::AesKeyGen, &template).map_err(|e| {
-            setting_error(KEY_SETTING, format!("generating the key failed: {}", rv_name(&e)))
-        })?;
+        session
+            .generate_key(&Mechanism::AesKeyGen, &template)
+            .map_err(|e| setting_error(KEY_SETTING, format!("generating the key failed: {}", rv_name(&e))))?;
         Ok(key_id(label, &id))
     }
 
@@ -248,7 +252,12 @@ impl Pkcs11Token {
         let session = self.session();
         let (handle, id) = checked_key(&session, label, &self.label, setting)?;
         drop(session);
-        Ok(Pkcs11Key { token: Arc::clone(self), label: label.to_owned(), ck_id: id, handle: Mutex::new(handle) })
+        Ok(Pkcs11Key {
+            token: Arc::clone(self),
+            label: label.to_owned(),
+            ck_id: id,
+            handle: Mutex::new(handle),
+        })
     }
 
     fn session(&self) -> MutexGuard<'_, Session> {
@@ -262,7 +271,12 @@ impl Pkcs11Token {
     }
 }
 
-fn login(ctx: &Pkcs11, slot: Slot, pin: &SecretString, pin_setting: &'static str) -> Result<Session, CryptoError> {
+fn login(
+    ctx: &Pkcs11,
+    slot: Slot,
+    pin: &SecretString,
+    pin_setting: &'static str,
+) -> Result<Session, CryptoError> {
     // Read-write: `keys hsm-generate` creates a token object; serving only encrypts and decrypts.
     let session = ctx
         .open_rw_session(slot)
@@ -278,15 +292,19 @@ fn login(ctx: &Pkcs11, slot: Slot, pin: &SecretString, pin_setting: &'static str
             pin_setting,
             "the user PIN is locked after too many wrong attempts (CKR_PIN_LOCKED); the security officer must reset it",
         )),
-        Err(CkError::Pkcs11(RvError::PinLenRange, _)) => {
-            Err(setting_error(pin_setting, "the PIN has a length the token does not accept (CKR_PIN_LEN_RANGE)"))
-        }
+        Err(CkError::Pkcs11(RvError::PinLenRange, _)) => Err(setting_error(
+            pin_setting,
+            "the PIN has a length the token does not accept (CKR_PIN_LEN_RANGE)",
+        )),
         Err(e) => Err(setting_error(pin_setting, format!("logging in failed: {}", rv_name(&e)))),
     }
 }
 
 fn find_keys(session: &Session, label: &str) -> cryptoki::error::Result<Vec<ObjectHandle>> {
-    session.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::Label(label.as_bytes().to_vec())])
+    session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
 }
 
 /// Finds the key labelled `label` and checks its attributes; returns its handle and `CKA_ID`.
@@ -297,8 +315,8 @@ fn checked_key(
     setting: &'static str,
 ) -> Result<(ObjectHandle, Vec<u8>), CryptoError> {
     let fail = |message: String| setting_error(setting, message);
-    let handles =
-        find_keys(session, label).map_err(|e| fail(format!("searching the token failed: {}", rv_name(&e))))?;
+    let handles = find_keys(session, label)
+        .map_err(|e| fail(format!("searching the token failed: {}", rv_name(&e))))?;
     let handle = match handles.as_slice() {
         [h] => *h,
         [] => {
@@ -306,7 +324,12 @@ fn checked_key(
                 "no secret key labelled {label:?} in token {token:?} (create one with `custodia keys hsm-generate`)"
             )));
         }
-        _ => return Err(fail(format!("{} secret keys are labelled {label:?}; labels must be unique", handles.len()))),
+        _ => {
+            return Err(fail(format!(
+                "{} secret keys are labelled {label:?}; labels must be unique",
+                handles.len()
+            )));
+        }
     };
     let attrs = session
         .get_attributes(
@@ -394,7 +417,12 @@ impl Pkcs11Key {
     }
 
     /// AES-256-GCM encryption in the token: `ciphertext ‖ tag`.
-    pub(super) fn encrypt(&self, nonce: &[u8; 12], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    pub(super) fn encrypt(
+        &self,
+        nonce: &[u8; 12],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         self.run(|session, handle| {
             let mut iv = *nonce;
             let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())?;
@@ -428,12 +456,17 @@ impl Pkcs11Key {
         match op(&session, *handle) {
             Ok(out) => return Ok(out),
             Err(e) if !reconnectable(&e) => return Err(self.op_error(&e)),
-            Err(e) => tracing::warn!(token = %self.token.label, error = %rv_name(&e), "PKCS#11 session lost; logging in again"),
+            Err(e) => {
+                tracing::warn!(token = %self.token.label, error = %rv_name(&e), "PKCS#11 session lost; logging in again")
+            }
         }
         self.token.reconnect(&mut session)?;
         let (found, id) = checked_key(&session, &self.label, &self.token.label, KEY_SETTING)?;
         if id != self.ck_id {
-            return Err(setting_error(KEY_SETTING, format!("the key labelled {:?} was replaced", self.label)));
+            return Err(setting_error(
+                KEY_SETTING,
+                format!("the key labelled {:?} was replaced", self.label),
+            ));
         }
         *handle = found;
         op(&session, *handle).map_err(|e| self.op_error(&e))
@@ -442,9 +475,12 @@ impl Pkcs11Key {
     fn op_error(&self, e: &CkError) -> CryptoError {
         match e {
             // A tag that does not verify: the same opaque failure as the software path.
-            CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _) => CryptoError::Open,
+            CkError::Pkcs11(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange, _) => {
+                CryptoError::Open
+            }
             other => {
-                let message = format!("token {:?}, key {:?}: {}", self.token.label, self.label, rv_name(other));
+                let message =
+                    format!("token {:?}, key {:?}: {}", self.token.label, self.label, rv_name(other));
                 // Logged here as well: a caller may fold this into a coarser error.
                 tracing::error!(error = %message, "a PKCS#11 operation failed");
                 CryptoError::Pkcs11(message)
