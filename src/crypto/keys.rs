@@ -86,7 +86,8 @@ pub struct MasterKey {
 }
 
 enum MasterKind {
-    Software(Aes256Gcm),
+    /// Boxed: the expanded key schedule is large (wiped on drop all the same).
+    Software(Box<Aes256Gcm>),
     Pkcs11(super::pkcs11::Pkcs11Key),
 }
 
@@ -99,7 +100,7 @@ impl MasterKey {
         let id = KeyId::derive(MASTER_PREFIX, b"custodia master key id", bytes);
         let cipher = Aes256Gcm::new_from_slice(bytes)
             .map_err(|_| CryptoError::InvalidKey("a master key must be 32 bytes"))?;
-        Ok(MasterKey { id, kind: MasterKind::Software(cipher) })
+        Ok(MasterKey { id, kind: MasterKind::Software(Box::new(cipher)) })
     }
 
     /// The master key labelled `label` in a logged-in PKCS#11 token. `setting` is named in

@@ -345,12 +345,12 @@ fn checked_key(
             ],
         )
         .map_err(|e| fail(format!("reading the key's attributes failed: {}", rv_name(&e))))?;
-    let (mut aes, mut len, mut sensitive, mut extractable) = (false, 0u64, false, true);
+    let (mut aes, mut len, mut sensitive, mut extractable) = (false, 0usize, false, true);
     let (mut encrypt, mut decrypt, mut id) = (false, false, Vec::new());
     for a in attrs {
         match a {
             Attribute::KeyType(t) => aes = t == KeyType::AES,
-            Attribute::ValueLen(n) => len = *n as u64,
+            Attribute::ValueLen(n) => len = usize::from(n),
             Attribute::Sensitive(b) => sensitive = b,
             Attribute::Extractable(b) => extractable = b,
             Attribute::Encrypt(b) => encrypt = b,
