@@ -11,7 +11,10 @@
 //! store sizes is compared in one run), `HTTP_BENCH_TLS=1` (then restart the server over the
 //! same data with TLS and run `healthz`, `create` and `read` again over HTTPS), `HTTP_BENCH_KEEP=1`
 //! (keep the data directory and print its path), and `HTTP_BENCH_PROFILE=FILE` to run the server under
-//! `perf record -e cpu-clock -g` writing FILE (profile before optimising).
+//! `perf record -e cpu-clock -g` writing FILE (profile before optimising). With
+//! `CUSTODIA_MASTER_KEY_PKCS11_KEY` and the other `CUSTODIA_MASTER_KEY_PKCS11_*` settings (and
+//! `SOFTHSM2_CONF` for SoftHSM) in the environment, the server's master key is that HSM key
+//! instead of the built-in file key (README: "The master key in an HSM").
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`, the mean
 //! group-commit batch from the server's metrics and the bytes the server wrote to disk per
 //! request, from `/proc/PID/io`), the server's peak RSS and data-directory size, and writes the
@@ -110,6 +113,10 @@ fn main() {
         }
     };
     let dir = tempfile::tempdir().expect("temp dir");
+    match std::env::var("CUSTODIA_MASTER_KEY_PKCS11_KEY") {
+        Ok(key) => println!("master key: {key:?} in a PKCS#11 token"),
+        Err(_) => println!("master key: a file key"),
+    }
     let (mut child, base) = start_server(dir.path(), true, &[]);
     let pid = child.id();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -183,6 +190,11 @@ fn start_server(data_dir: &Path, profiled: bool, env: &[(&str, std::ffi::OsStrin
         }
         None => Command::new(env!("CARGO_BIN_EXE_custodia")),
     };
+    // An HSM master key from the environment replaces the file key (the child inherits the
+    // PKCS#11 settings).
+    if std::env::var_os("CUSTODIA_MASTER_KEY_PKCS11_KEY").is_none() {
+        command.env("CUSTODIA_MASTER_KEY", MASTER_KEY);
+    }
     let mut child = command
         .arg("serve")
         .env("CUSTODIA_LISTEN", "127.0.0.1:0")
@@ -190,7 +202,6 @@ fn start_server(data_dir: &Path, profiled: bool, env: &[(&str, std::ffi::OsStrin
         // Inside the temporary directory, so it goes with it.
         .env("CUSTODIA_KEY_EPOCH_FILE", data_dir.join("epoch-keys"))
         .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
-        .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
         .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .envs(env.iter().map(|(k, v)| (*k, v)))

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `policy check`, `policy explain`, `policy record`, `audit export`,
-//! `audit verify`, `audit report`, `dev-token`.
+//! The command line: `serve`, `policy check`, `policy explain`, `policy record`, `keys generate`,
+//! `keys rotate`, `keys hsm-generate`, `audit export`, `audit verify`, `audit report`, `dev-token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,6 +71,17 @@ enum KeysCommand {
     /// stopped; a running server does the same in the background on start). Configure the new
     /// key as CUSTODIA_MASTER_KEY and the old one in CUSTODIA_PREVIOUS_MASTER_KEYS.
     Rotate {
+        /// A TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Generate an AES-256 master key inside a PKCS#11 token (HSM), which never lets it out:
+    /// sensitive, not extractable, encrypt/decrypt only, with a random CKA_ID. Uses the
+    /// CUSTODIA_MASTER_KEY_PKCS11_* settings (module, token, PIN; the key label unless --label).
+    HsmGenerate {
+        /// The key's label (default: CUSTODIA_MASTER_KEY_PKCS11_KEY).
+        #[arg(long)]
+        label: Option<String>,
         /// A TOML config file.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -232,6 +243,9 @@ impl Cli {
                 }
             }
             Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
+            Command::Keys { command: KeysCommand::HsmGenerate { label, config } } => {
+                report(hsm_generate(label, config))
+            }
             Command::Audit { command: AuditCommand::Export { url, token, out, ca, insecure_http } } => {
                 let transport = crate::auditor::Transport { ca, insecure_http };
                 match crate::auditor::export(&url, &token, &out, &transport).await {
@@ -338,6 +352,23 @@ async fn rotate(config: Option<PathBuf>) -> Result<(), Error> {
     store.close().await?;
     println!(
         "rotation complete: {rewrapped} customer keys re-wrapped; the previous master keys can now be removed"
+    );
+    Ok(())
+}
+
+fn hsm_generate(label: Option<String>, config: Option<PathBuf>) -> Result<(), Error> {
+    let settings = Settings::load(config.as_deref())?;
+    let label = label.or_else(|| settings.master_key_pkcs11_key.clone()).ok_or_else(|| {
+        crate::config::ConfigError::Env {
+            name: crate::crypto::PKCS11_KEY_SETTING,
+            message: "name the key: --label or CUSTODIA_MASTER_KEY_PKCS11_KEY".into(),
+        }
+    })?;
+    let (token, id) = startup::generate_hsm_key(&settings, &label)?;
+    println!(
+        "generated AES-256 key {label:?} in token {token:?} (master key id {id}); it cannot leave the token. \
+         Start the server with CUSTODIA_MASTER_KEY_PKCS11_KEY={label} (and the old key in \
+         CUSTODIA_PREVIOUS_MASTER_KEYS to rotate from it)"
     );
     Ok(())
 }

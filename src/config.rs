@@ -21,8 +21,21 @@ pub struct Settings {
     /// A file holding the base64 master key (`CUSTODIA_MASTER_KEY_FILE`).
     pub master_key_file: Option<PathBuf>,
     /// Earlier master keys, still needed until a rotation has re-wrapped everything under the
-    /// current one (`CUSTODIA_PREVIOUS_MASTER_KEYS`, comma-separated base64).
+    /// current one (`CUSTODIA_PREVIOUS_MASTER_KEYS`, comma-separated): base64 file keys, or
+    /// `pkcs11:<key label>` for a key in the configured PKCS#11 token.
     pub previous_master_keys: Vec<SecretString>,
+    /// The PKCS#11 module (`.so`) of the HSM holding the master key
+    /// (`CUSTODIA_MASTER_KEY_PKCS11_MODULE`).
+    pub master_key_pkcs11_module: Option<PathBuf>,
+    /// The label of the token holding the master key (`CUSTODIA_MASTER_KEY_PKCS11_TOKEN`).
+    pub master_key_pkcs11_token: Option<String>,
+    /// The label (`CKA_LABEL`) of the master key in the token; set, it is the current master key
+    /// (`CUSTODIA_MASTER_KEY_PKCS11_KEY`).
+    pub master_key_pkcs11_key: Option<String>,
+    /// The token's user PIN (`CUSTODIA_MASTER_KEY_PKCS11_PIN`).
+    pub master_key_pkcs11_pin: Option<SecretString>,
+    /// A file holding the token's user PIN (`CUSTODIA_MASTER_KEY_PKCS11_PIN_FILE`).
+    pub master_key_pkcs11_pin_file: Option<PathBuf>,
     /// Pause between pages of a master key rotation, in milliseconds (`CUSTODIA_ROTATION_PAUSE_MS`).
     pub rotation_pause_ms: u64,
     /// The epoch-key file (`CUSTODIA_KEY_EPOCH_FILE`); `None`: `<data dir>.epoch-keys` beside
@@ -92,6 +105,11 @@ impl Default for Settings {
             policies: PathBuf::from("./policies"),
             master_key: None,
             master_key_file: None,
+            master_key_pkcs11_module: None,
+            master_key_pkcs11_token: None,
+            master_key_pkcs11_key: None,
+            master_key_pkcs11_pin: None,
+            master_key_pkcs11_pin_file: None,
             previous_master_keys: Vec::new(),
             rotation_pause_ms: 0,
             key_epoch_file: None,
@@ -161,6 +179,11 @@ struct FileSettings {
     policies: Option<PathBuf>,
     master_key: Option<String>,
     master_key_file: Option<PathBuf>,
+    master_key_pkcs11_module: Option<PathBuf>,
+    master_key_pkcs11_token: Option<String>,
+    master_key_pkcs11_key: Option<String>,
+    master_key_pkcs11_pin: Option<String>,
+    master_key_pkcs11_pin_file: Option<PathBuf>,
     previous_master_keys: Option<Vec<String>>,
     rotation_pause_ms: Option<u64>,
     key_epoch_file: Option<PathBuf>,
@@ -243,6 +266,10 @@ impl Settings {
         }
         set_opt!(
             master_key_file,
+            master_key_pkcs11_module,
+            master_key_pkcs11_token,
+            master_key_pkcs11_key,
+            master_key_pkcs11_pin_file,
             key_epoch_file,
             jwt_public_keys,
             jwt_issuer,
@@ -253,6 +280,9 @@ impl Settings {
         );
         if let Some(k) = f.master_key {
             self.master_key = Some(SecretString::from(k));
+        }
+        if let Some(pin) = f.master_key_pkcs11_pin {
+            self.master_key_pkcs11_pin = Some(SecretString::from(pin));
         }
         if let Some(keys) = f.previous_master_keys {
             self.previous_master_keys = keys.into_iter().map(SecretString::from).collect();
@@ -278,6 +308,21 @@ impl Settings {
         }
         if let Some(v) = get("CUSTODIA_MASTER_KEY_FILE") {
             self.master_key_file = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_MASTER_KEY_PKCS11_MODULE") {
+            self.master_key_pkcs11_module = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_MASTER_KEY_PKCS11_TOKEN") {
+            self.master_key_pkcs11_token = Some(v);
+        }
+        if let Some(v) = get("CUSTODIA_MASTER_KEY_PKCS11_KEY") {
+            self.master_key_pkcs11_key = Some(v);
+        }
+        if let Some(v) = get("CUSTODIA_MASTER_KEY_PKCS11_PIN") {
+            self.master_key_pkcs11_pin = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("CUSTODIA_MASTER_KEY_PKCS11_PIN_FILE") {
+            self.master_key_pkcs11_pin_file = Some(v.into());
         }
         if let Some(v) = get("CUSTODIA_PREVIOUS_MASTER_KEYS") {
             self.previous_master_keys = v
@@ -495,6 +540,11 @@ mod tests {
             "policies",
             "master_key",
             "master_key_file",
+            "master_key_pkcs11_module",
+            "master_key_pkcs11_token",
+            "master_key_pkcs11_key",
+            "master_key_pkcs11_pin",
+            "master_key_pkcs11_pin_file",
             "jwt_hs256_secret",
             "jwt_public_keys",
             "jwt_issuer",
@@ -562,11 +612,15 @@ mod tests {
 
     #[test]
     fn secrets_do_not_print() {
-        let s = Settings::load_from(None, |name| {
-            (name == "CUSTODIA_MASTER_KEY").then(|| "c2VjcmV0LW1hc3Rlci1rZXk=".to_owned())
+        let s = Settings::load_from(None, |name| match name {
+            "CUSTODIA_MASTER_KEY" => Some("c2VjcmV0LW1hc3Rlci1rZXk=".to_owned()),
+            "CUSTODIA_MASTER_KEY_PKCS11_PIN" => Some("pin-4711-secret".to_owned()),
+            _ => None,
         })
         .unwrap();
         assert_eq!(s.master_key.as_ref().unwrap().expose_secret(), "c2VjcmV0LW1hc3Rlci1rZXk=");
+        assert_eq!(s.master_key_pkcs11_pin.as_ref().unwrap().expose_secret(), "pin-4711-secret");
         assert!(!format!("{s:?}").contains("c2VjcmV0"));
+        assert!(!format!("{s:?}").contains("4711"));
     }
 }

@@ -15,7 +15,9 @@ use crate::audit::checkpoint::CheckpointSigner;
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::crypto::{
-    DataKeyring, MasterKey, MasterKeyring, MissingFile, OpenReport, SigningKey, SystemKeys, WrappedSystemKeys,
+    DataKeyring, MasterKey, MasterKeyring, MissingFile, OpenReport, PKCS11_KEY_SETTING,
+    PKCS11_MODULE_SETTING, PKCS11_PIN_FILE_SETTING, PKCS11_PIN_SETTING, PKCS11_TOKEN_SETTING, Pkcs11Config,
+    Pkcs11Token, SigningKey, SystemKeys, WrappedSystemKeys,
 };
 use crate::error::Error;
 use crate::http::rate_limit::CallerLimiter;
@@ -379,22 +381,34 @@ async fn shutdown_signal() {
 }
 
 /// The master keyring and token authenticator from settings, generating dev keys if asked.
+///
+/// The current master key comes from `CUSTODIA_MASTER_KEY`, `CUSTODIA_MASTER_KEY_FILE`, a
+/// PKCS#11 token (`CUSTODIA_MASTER_KEY_PKCS11_KEY` with the module, token and PIN settings) or
+/// the `--dev` file; previous keys are base64 or `pkcs11:<key label>` in the same token. Opening
+/// a token is blocking (start-up only).
 pub fn resolve_keys(settings: &Settings) -> Result<(MasterKeyring, Authenticator), Error> {
-    let master = master_key(settings)?;
+    let mut token = TokenSlot { settings, token: None };
+    let master = master_key(settings, &mut token)?;
     let auth = authenticator(settings)?;
     match (master, auth) {
         (Some(m), Some(a)) => {
             let previous = settings
                 .previous_master_keys
                 .iter()
-                .map(|k| MasterKey::from_base64(k.expose_secret()))
+                .map(|k| previous_master_key(k.expose_secret(), &mut token))
                 .collect::<Result<Vec<_>, _>>()?;
+            tracing::info!(master_key = %m.id(), location = %m.location(), "current master key");
+            for p in &previous {
+                tracing::info!(master_key = %p.id(), location = %p.location(), "previous master key");
+            }
             Ok((MasterKeyring::new(m, previous), a))
         }
         (m, a) => {
             let mut missing = Vec::new();
             if m.is_none() {
-                missing.push("no master key (set CUSTODIA_MASTER_KEY or CUSTODIA_MASTER_KEY_FILE)");
+                missing.push(
+                    "no master key (set CUSTODIA_MASTER_KEY, CUSTODIA_MASTER_KEY_FILE or CUSTODIA_MASTER_KEY_PKCS11_KEY)",
+                );
             }
             if a.is_none() {
                 missing.push("no JWT key (set CUSTODIA_JWT_HS256_SECRET or CUSTODIA_JWT_PUBLIC_KEYS)");
@@ -407,7 +421,97 @@ pub fn resolve_keys(settings: &Settings) -> Result<(MasterKeyring, Authenticator
     }
 }
 
-fn master_key(settings: &Settings) -> Result<Option<MasterKey>, Error> {
+/// The configured PKCS#11 token, opened (and logged into) on first use only.
+struct TokenSlot<'a> {
+    settings: &'a Settings,
+    token: Option<Arc<Pkcs11Token>>,
+}
+
+impl TokenSlot<'_> {
+    fn get(&mut self, needed_by: &'static str) -> Result<Arc<Pkcs11Token>, Error> {
+        if let Some(token) = &self.token {
+            return Ok(Arc::clone(token));
+        }
+        let token = Pkcs11Token::open(&pkcs11_config(self.settings, needed_by)?)?;
+        self.token = Some(Arc::clone(&token));
+        Ok(token)
+    }
+}
+
+/// How to reach the PKCS#11 token: module, token label and PIN (read from its file if so
+/// configured). An error names the missing or conflicting setting and `needed_by`.
+pub fn pkcs11_config(settings: &Settings, needed_by: &'static str) -> Result<Pkcs11Config, Error> {
+    let missing =
+        |name: &'static str| ConfigError::Env { name, message: format!("is needed with {needed_by}") };
+    let module = settings.master_key_pkcs11_module.clone().ok_or_else(|| missing(PKCS11_MODULE_SETTING))?;
+    let token = settings.master_key_pkcs11_token.clone().ok_or_else(|| missing(PKCS11_TOKEN_SETTING))?;
+    let (pin, pin_setting) = match (&settings.master_key_pkcs11_pin, &settings.master_key_pkcs11_pin_file) {
+        (Some(pin), None) => (pin.clone(), PKCS11_PIN_SETTING),
+        (None, Some(path)) => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .map_err(Error::io(format!("reading {} ({PKCS11_PIN_FILE_SETTING})", path.display())))?,
+            );
+            let pin = text.trim_end_matches(['\n', '\r']);
+            if pin.is_empty() {
+                return Err(ConfigError::Env {
+                    name: PKCS11_PIN_FILE_SETTING,
+                    message: "the file is empty".into(),
+                }
+                .into());
+            }
+            (SecretString::from(pin.to_owned()), PKCS11_PIN_FILE_SETTING)
+        }
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Env {
+                name: PKCS11_PIN_SETTING,
+                message: format!("set either {PKCS11_PIN_SETTING} or {PKCS11_PIN_FILE_SETTING}, not both"),
+            }
+            .into());
+        }
+        (None, None) => {
+            return Err(ConfigError::Env {
+                name: PKCS11_PIN_SETTING,
+                message: format!(
+                    "{PKCS11_PIN_SETTING} or {PKCS11_PIN_FILE_SETTING} is needed with {needed_by}"
+                ),
+            }
+            .into());
+        }
+    };
+    Ok(Pkcs11Config { module, token, pin, pin_setting })
+}
+
+/// Generates the master key `label` in the configured token (`custodia keys hsm-generate`);
+/// returns the token's label and the new key's id.
+pub fn generate_hsm_key(settings: &Settings, label: &str) -> Result<(String, crate::crypto::KeyId), Error> {
+    let token = Pkcs11Token::open(&pkcs11_config(settings, PKCS11_KEY_SETTING)?)?;
+    let id = token.generate_key(label)?;
+    Ok((token.label().to_owned(), id))
+}
+
+/// Prefix of a previous master key held by the configured PKCS#11 token.
+const PREVIOUS_PKCS11_PREFIX: &str = "pkcs11:";
+
+fn previous_master_key(entry: &str, token: &mut TokenSlot<'_>) -> Result<MasterKey, Error> {
+    const SETTING: &str = "CUSTODIA_PREVIOUS_MASTER_KEYS";
+    match entry.trim().strip_prefix(PREVIOUS_PKCS11_PREFIX) {
+        Some(label) => Ok(MasterKey::from_pkcs11(&token.get(SETTING)?, label, SETTING)?),
+        None => Ok(MasterKey::from_base64(entry)?),
+    }
+}
+
+fn master_key(settings: &Settings, token: &mut TokenSlot<'_>) -> Result<Option<MasterKey>, Error> {
+    if let Some(label) = &settings.master_key_pkcs11_key {
+        if settings.master_key.is_some() || settings.master_key_file.is_some() {
+            return Err(ConfigError::Env {
+                name: PKCS11_KEY_SETTING,
+                message: "set either CUSTODIA_MASTER_KEY (or _FILE) or CUSTODIA_MASTER_KEY_PKCS11_KEY as the current master key, not both; an earlier key goes in CUSTODIA_PREVIOUS_MASTER_KEYS".into(),
+            }
+            .into());
+        }
+        return Ok(Some(MasterKey::from_pkcs11(&token.get(PKCS11_KEY_SETTING)?, label, PKCS11_KEY_SETTING)?));
+    }
     if let Some(key) = &settings.master_key {
         return Ok(Some(MasterKey::from_base64(key.expose_secret())?));
     }

@@ -81,7 +81,7 @@ impl DataKey {
 }
 
 pub(super) fn wrap(master: &MasterKey, key: &[u8], aad: &[u8]) -> Result<WrappedKey, CryptoError> {
-    Ok(WrappedKey { master_key: master.id().clone(), sealed: seal_with(master_cipher(master), key, aad)? })
+    Ok(WrappedKey { master_key: master.id().clone(), sealed: seal_with(master, key, aad)? })
 }
 
 pub(super) fn unwrap(
@@ -89,19 +89,54 @@ pub(super) fn unwrap(
     wrapped: &WrappedKey,
     aad: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-    open_with(master_cipher(master), &wrapped.sealed, aad)
+    open_with(master, &wrapped.sealed, aad)
 }
 
-fn master_cipher(master: &MasterKey) -> &Aes256Gcm {
-    master.cipher()
+/// A key AES-256-GCM runs under: a key schedule in memory, or a master key that may live in a
+/// PKCS#11 token. Either way the sealed layout below is the same.
+pub(super) trait GcmKey {
+    /// `ciphertext ‖ tag` of `plaintext` under `nonce` and `aad`.
+    fn gcm_seal(&self, nonce: &[u8; NONCE_LEN], plaintext: &[u8], aad: &[u8])
+    -> Result<Vec<u8>, CryptoError>;
+    /// The plaintext of `ciphertext ‖ tag`; [`CryptoError::Open`] when the tag does not verify.
+    fn gcm_open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError>;
 }
 
-pub(super) fn seal_with(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Result<Sealed, CryptoError> {
+impl GcmKey for Aes256Gcm {
+    fn gcm_seal(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        self.encrypt(&Nonce::from(*nonce), Payload { msg: plaintext, aad }).map_err(|_| CryptoError::Open)
+    }
+
+    fn gcm_open(
+        &self,
+        nonce: &[u8; NONCE_LEN],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        self.decrypt(&Nonce::from(*nonce), Payload { msg: ciphertext, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Open)
+    }
+}
+
+pub(super) fn seal_with<K: GcmKey + ?Sized>(
+    cipher: &K,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Sealed, CryptoError> {
     let mut nonce = [0u8; NONCE_LEN];
     fill_random(&mut nonce)?;
-    let ciphertext = cipher
-        .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad })
-        .map_err(|_| CryptoError::Open)?;
+    let ciphertext = cipher.gcm_seal(&nonce, plaintext, aad)?;
     let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
     out.push(FORMAT_V1);
     out.extend_from_slice(&nonce);
@@ -109,8 +144,8 @@ pub(super) fn seal_with(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Res
     Ok(Sealed(out))
 }
 
-pub(super) fn open_with(
-    cipher: &Aes256Gcm,
+pub(super) fn open_with<K: GcmKey + ?Sized>(
+    cipher: &K,
     sealed: &Sealed,
     aad: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
@@ -120,10 +155,7 @@ pub(super) fn open_with(
     }
     let mut nonce = [0u8; NONCE_LEN];
     nonce.copy_from_slice(&bytes[1..1 + NONCE_LEN]);
-    cipher
-        .decrypt(&Nonce::from(nonce), Payload { msg: &bytes[1 + NONCE_LEN..], aad })
-        .map(Zeroizing::new)
-        .map_err(|_| CryptoError::Open)
+    cipher.gcm_open(&nonce, &bytes[1 + NONCE_LEN..], aad)
 }
 
 fn value_aad(customer: &CustomerId, context: &str) -> Vec<u8> {

@@ -11,8 +11,10 @@ use super::{CryptoError, fill_random};
 use crate::domain::CustomerId;
 
 /// Names a master key version without revealing it: the first 8 bytes of
-/// HMAC-SHA-256(key, "custodia master key id"), in hex. Stored next to every wrapped key so a
-/// wrong or missing master key is detected by name, not by a failed decryption.
+/// HMAC-SHA-256(key, "custodia master key id"), in hex; for a key in a PKCS#11 token, whose bytes
+/// cannot be read, a hash of its label and `CKA_ID` instead (see `crypto::pkcs11`). Stored next
+/// to every wrapped key so a wrong or missing master key is detected by name, not by a failed
+/// decryption.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeyId(String);
 
@@ -73,9 +75,20 @@ impl fmt::Debug for KeyId {
 }
 
 /// A 256-bit master key (key-encryption key). It only ever wraps other keys.
+///
+/// Either software (32 bytes from a file or the environment, expanded in memory) or a key held
+/// by a PKCS#11 token, which then runs every wrap and unwrap and never hands the key out. Both
+/// produce the same sealed layout, so a [`MasterKeyring`] mixes them freely: moving between a
+/// file key and a token key is an ordinary rotation.
 pub struct MasterKey {
     id: KeyId,
-    cipher: Aes256Gcm,
+    kind: MasterKind,
+}
+
+enum MasterKind {
+    /// Boxed: the expanded key schedule is large (wiped on drop all the same).
+    Software(Box<Aes256Gcm>),
+    Pkcs11(super::pkcs11::Pkcs11Key),
 }
 
 impl MasterKey {
@@ -87,7 +100,18 @@ impl MasterKey {
         let id = KeyId::derive(MASTER_PREFIX, b"custodia master key id", bytes);
         let cipher = Aes256Gcm::new_from_slice(bytes)
             .map_err(|_| CryptoError::InvalidKey("a master key must be 32 bytes"))?;
-        Ok(MasterKey { id, cipher })
+        Ok(MasterKey { id, kind: MasterKind::Software(Box::new(cipher)) })
+    }
+
+    /// The master key labelled `label` in a logged-in PKCS#11 token. `setting` is named in
+    /// errors (a missing label, a key that could leave the token, one without a `CKA_ID`).
+    pub fn from_pkcs11(
+        token: &std::sync::Arc<super::Pkcs11Token>,
+        label: &str,
+        setting: &'static str,
+    ) -> Result<Self, CryptoError> {
+        let key = token.key(label, setting)?;
+        Ok(MasterKey { id: key.id(), kind: MasterKind::Pkcs11(key) })
     }
 
     /// A master key from base64 text (standard alphabet, with or without padding).
@@ -114,14 +138,48 @@ impl MasterKey {
         &self.id
     }
 
-    pub(super) fn cipher(&self) -> &Aes256Gcm {
-        &self.cipher
+    /// Where the key lives, for the start-up log: `in memory`, or the token and key label.
+    pub fn location(&self) -> String {
+        match &self.kind {
+            MasterKind::Software(_) => "in memory (from the environment or a file)".to_owned(),
+            MasterKind::Pkcs11(key) => key.describe(),
+        }
+    }
+
+    /// The key to hand to `envelope::seal_with` / `open_with` (which run AES-256-GCM in memory
+    /// or in the token, see [`envelope::GcmKey`]).
+    pub(super) fn cipher(&self) -> &Self {
+        self
+    }
+}
+
+impl envelope::GcmKey for MasterKey {
+    fn gcm_seal(&self, nonce: &[u8; 12], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        match &self.kind {
+            MasterKind::Software(cipher) => cipher.gcm_seal(nonce, plaintext, aad),
+            MasterKind::Pkcs11(key) => key.encrypt(nonce, plaintext, aad),
+        }
+    }
+
+    fn gcm_open(
+        &self,
+        nonce: &[u8; 12],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        match &self.kind {
+            MasterKind::Software(cipher) => cipher.gcm_open(nonce, ciphertext, aad),
+            MasterKind::Pkcs11(key) => key.decrypt(nonce, ciphertext, aad),
+        }
     }
 }
 
 impl fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MasterKey({}, [redacted])", self.id)
+        match &self.kind {
+            MasterKind::Software(_) => write!(f, "MasterKey({}, [redacted])", self.id),
+            MasterKind::Pkcs11(key) => write!(f, "MasterKey({}, {key:?})", self.id),
+        }
     }
 }
 

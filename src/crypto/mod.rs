@@ -7,12 +7,14 @@
 //! Algorithm choices (see `DEPENDENCIES.md`): AES-256-GCM from RustCrypto's `aes-gcm` with its
 //! `zeroize` feature, because it wipes expanded key schedules on drop (ring's AEAD keys do not);
 //! the cost difference to ring (~0.3 µs per 1 KiB field) is noise next to an HTTP request.
-//! HMAC-SHA-256, SHA-256, Ed25519 (audit checkpoints) and the CSPRNG come from `ring`.
+//! HMAC-SHA-256, SHA-256, Ed25519 (audit checkpoints) and the CSPRNG come from `ring`. A master
+//! key may instead live in a PKCS#11 token (`pkcs11.rs`), which then runs its AES-256-GCM.
 
 mod blind_index;
 mod envelope;
 mod epoch;
 mod keys;
+mod pkcs11;
 mod pseudonym;
 mod signing;
 
@@ -20,6 +22,11 @@ pub use blind_index::{BlindIndex, BlindIndexKey};
 pub use envelope::{Sealed, WrappedKey};
 pub use epoch::{DataKeyring, EpochError, EpochFile, EpochInfo, EpochKey, MissingFile, OpenReport, SLOT_LEN};
 pub use keys::{DataKey, KeyId, MasterKey, MasterKeyring, Plaintext, SystemKeys, WrappedSystemKeys};
+pub use pkcs11::{
+    KEY_SETTING as PKCS11_KEY_SETTING, MODULE_SETTING as PKCS11_MODULE_SETTING,
+    PIN_FILE_SETTING as PKCS11_PIN_FILE_SETTING, PIN_SETTING as PKCS11_PIN_SETTING, Pkcs11Config,
+    Pkcs11Token, TOKEN_SETTING as PKCS11_TOKEN_SETTING,
+};
 pub use pseudonym::PseudonymKey;
 pub use signing::{SigningKey, verify_ed25519};
 
@@ -45,6 +52,10 @@ pub enum CryptoError {
     /// Key material from configuration has the wrong length or encoding.
     #[error("invalid key material: {0}")]
     InvalidKey(&'static str),
+    /// A PKCS#11 token (HSM) could not be used: the message names the setting at fault or the
+    /// token, key and PKCS#11 return value; never the PIN.
+    #[error("PKCS#11: {0}")]
+    Pkcs11(String),
 }
 
 /// Fills `buf` with bytes from the operating system's CSPRNG.

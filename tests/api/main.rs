@@ -11,6 +11,7 @@ mod customer;
 mod disclosure;
 mod epochs;
 mod helpers;
+mod hsm;
 mod identity;
 mod input;
 mod listener;
