@@ -389,6 +389,14 @@ pub fn report_files(
                 month_of(extra)
             ));
         }
+        // Every month once, in the log's order: a second copy of a month (with other counts)
+        // would be shown by a reader of the report while the first copy passed the check.
+        if theirs != ours {
+            return Err(
+                "the report's months are not exactly the recomputed ones (a month repeated or out of order)"
+                    .into(),
+            );
+        }
     }
     Ok(Recomputed { tree_size: size, months, verified_size })
 }

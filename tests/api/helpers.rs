@@ -390,9 +390,24 @@ pub fn replace_stored_checkpoint(data_dir: &Path, size: u64, note: Vec<u8>) {
 }
 
 /// Opens a stopped server's sled files without sled's background flusher thread, so the file
-/// lock is released as soon as the handle is dropped.
+/// lock is released as soon as the handle is dropped. A store closed a moment ago in this
+/// process releases sled's lock only when sled's own I/O threads finish, so a held lock is
+/// waited for (up to 10 s), as the server's own open does.
 pub fn open_store_files(data_dir: &Path) -> sled::Db {
-    sled::Config::new().path(data_dir.join("store")).flush_every_ms(None).open().unwrap()
+    let config = sled::Config::new().path(data_dir.join("store")).flush_every_ms(None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match config.open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening the stopped server's store: {e}"),
+        }
+    }
 }
 
 /// The release binary running as its own process (for kill -9, SIGTERM and log tests).

@@ -236,6 +236,16 @@ async fn audit_report_recomputes_the_counts_offline_and_refuses_altered_events_o
     assert!(!ok);
     assert!(stderr.contains("counts differ"), "{stderr}");
 
+    // The true month, then a forged second copy of it: a reader of the report would see both.
+    let mut doubled = report.clone();
+    let mut copy = doubled["months"][0].clone();
+    copy["erasures"] = json!(500);
+    doubled["months"].as_array_mut().unwrap().push(copy);
+    std::fs::write(dir.path().join("doubled.json"), doubled.to_string()).unwrap();
+    let (ok, stdout, stderr) = run(args(Some(&file("doubled.json")))).await;
+    assert!(!ok, "a month given twice passed: {stdout}");
+    assert!(stderr.contains("repeated"), "{stderr}");
+
     // An altered event in the export: a refused disclosure rewritten as allowed.
     let events = std::fs::read_to_string(dir.path().join("events.ndjson")).unwrap();
     let denied = r#""outcome":"denied""#;
