@@ -105,7 +105,12 @@ pub fn client_for(url: &str, transport: &Transport) -> Result<reqwest::Client, E
         }
         other => return Err(ExportError::Url(format!("{url:?}: unsupported scheme {other:?}"))),
     }
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(120));
+    // No proxy from the environment (it would see the token, in clear over http://) and no
+    // redirects (they could lead to plain HTTP on another host).
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none());
     if let Some(ca) = &transport.ca {
         let pem = std::fs::read(ca).map_err(|e| ExportError::Url(format!("--ca {}: {e}", ca.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {

@@ -425,6 +425,22 @@ impl Settings {
                 message: "must be at least 1".into(),
             });
         }
+        // Listener limits: a zero would turn a bound off or refuse everything; refuse it by name.
+        for (name, zero) in [
+            ("CUSTODIA_HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms == 0),
+            ("CUSTODIA_MAX_CONNECTIONS", self.max_connections == 0),
+            ("CUSTODIA_HTTP2_MAX_STREAMS", self.http2_max_streams == 0),
+        ] {
+            if zero {
+                return Err(ConfigError::Env { name, message: "must be at least 1".into() });
+            }
+        }
+        if self.max_header_bytes < 8192 {
+            return Err(ConfigError::Env {
+                name: "CUSTODIA_MAX_HEADER_BYTES",
+                message: "must be at least 8192".into(),
+            });
+        }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError::Env {
                 name: "CUSTODIA_LOG_FORMAT",

@@ -137,11 +137,9 @@ impl App {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
-        let reload = self.tls.clone().map(spawn_tls_reload);
+        let reload = spawn_reload(self.tls.clone());
         crate::listener::serve(self.listener, self.router, self.limits, self.tls, signal).await;
-        if let Some(reload) = reload {
-            reload.abort();
-        }
+        reload.abort();
         // A rotation or sweep cut here resumes on the next start: each of its writes is atomic.
         for task in &self.background {
             task.abort();
@@ -324,19 +322,22 @@ fn spawn_checkpointer(vault: Weak<Vault>, period: Duration) -> tokio::task::Join
     })
 }
 
-/// Reloads the TLS certificate and key on every SIGHUP; a failed reload keeps the old ones.
-fn spawn_tls_reload(tls: Arc<Tls>) -> tokio::task::JoinHandle<()> {
+/// Handles SIGHUP while serving: reloads the TLS certificate and key (a failed reload keeps the
+/// old ones); without TLS there is nothing to reload, and the signal must not end the process
+/// (its default action) without a drain and a final checkpoint.
+fn spawn_reload(tls: Option<Arc<Tls>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
             let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
             while hangups.recv().await.is_some() {
-                match tls.reload() {
-                    Ok(()) => tracing::info!("TLS certificate reloaded"),
-                    Err(e) => {
+                match tls.as_ref().map(|tls| tls.reload()) {
+                    Some(Ok(())) => tracing::info!("TLS certificate reloaded"),
+                    Some(Err(e)) => {
                         tracing::error!(error = %e, "TLS reload failed; the previous certificate stays in use")
                     }
+                    None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
                 }
             }
         }

@@ -7,7 +7,9 @@
 //! - a **header-read timeout**: an HTTP/1 connection that has not sent a whole request head this
 //!   long after it became ready for one (a new connection, or one idle after a response) is
 //!   closed, so a client dribbling header bytes (slowloris) or an idle keep-alive holds a slot
-//!   for at most that long; the same bound covers the TLS handshake;
+//!   for at most that long; the same bound covers the TLS handshake, and a connection that has
+//!   not started its first request within it (sending nothing, or half an HTTP/2 preface) is
+//!   closed too;
 //! - HTTP/1 request heads above `max_header_bytes` are answered 431; HTTP/2 gets a stream cap
 //!   and a header-list cap.
 //!
@@ -18,6 +20,7 @@ pub mod tls;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -81,29 +84,44 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                request.map(axum::body::Body::new)
-            },
-        ));
+        // Set by the first request: a connection that has not started one within the header
+        // timeout is closed. hyper's own header timer starts only once it has told HTTP/1 from
+        // HTTP/2 by the first bytes, so a client that sends nothing (or half an HTTP/2
+        // preface) would otherwise hold its slot for ever.
+        let started = Arc::new(AtomicBool::new(false));
+        let service = {
+            let started = Arc::clone(&started);
+            TowerToHyperService::new(router.clone().map_request(
+                move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                    started.store(true, Ordering::Relaxed);
+                    request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    request.map(axum::body::Body::new)
+                },
+            ))
+        };
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let tls = tls.as_ref().map(|tls| tls.acceptor());
-        let handshake_timeout = limits.header_read_timeout;
+        let first_request = limits.header_read_timeout;
         tokio::spawn(async move {
             metrics::gauge!("custodia_connections_open").increment(1.0);
             match tls {
                 None => {
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
+                    until_first_request(watcher.watch(connection.into_owned()), &started, first_request)
+                        .await;
                 }
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(first_request, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             let connection =
                                 builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            let _ = watcher.watch(connection.into_owned()).await;
+                            until_first_request(
+                                watcher.watch(connection.into_owned()),
+                                &started,
+                                first_request,
+                            )
+                            .await;
                         }
                         // A failed or slow handshake (plain HTTP to the TLS port, an unknown client
                         // certificate): rustls has sent its alert; nothing to serve.
@@ -119,6 +137,22 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Serves `connection` to its end, unless no request has started `within` its start: then it
+/// is dropped, which closes the socket.
+async fn until_first_request(connection: impl Future, started: &AtomicBool, within: Duration) {
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = &mut connection => {}
+        () = tokio::time::sleep(within) => {
+            if started.load(Ordering::Relaxed) {
+                connection.await;
+            } else {
+                metrics::counter!("custodia_connections_closed_idle_total").increment(1);
+            }
+        }
+    }
 }
 
 fn http_builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {

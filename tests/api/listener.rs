@@ -323,3 +323,42 @@ async fn slow_header_clients_are_cut_off_the_cap_holds_and_a_normal_client_is_se
         "none is cut before its header timeout: {cut:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_and_half_http2_prefaces_are_closed_and_starve_no_one() {
+    const CAP: usize = 4;
+    let app = spawn_app_with(|s| {
+        s.header_read_timeout_ms = 1000;
+        s.max_connections = CAP;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    // Twice the cap of connections that send nothing, or only the start of the HTTP/2 preface
+    // (hyper waits for more bytes before its own header timer starts).
+    let mut idle = Vec::new();
+    for n in 0..2 * CAP {
+        let addr = addr.clone();
+        idle.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            if n % 2 == 1 {
+                stream.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+            }
+            let mut buf = [0u8; 64];
+            // Closed by the server: EOF or a reset, well within the bound.
+            matches!(
+                tokio::time::timeout(Duration::from_secs(30), stream.read(&mut buf)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res =
+        tokio::time::timeout(Duration::from_secs(30), app.client.get(format!("{}/healthz", app.base)).send())
+            .await
+            .expect("a normal client is served while idle connections hold every slot")
+            .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for task in idle {
+        assert!(task.await.unwrap(), "an idle connection was never closed");
+    }
+}
