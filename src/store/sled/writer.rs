@@ -14,6 +14,9 @@
 //!   while the log still holds the failed one, and replay would resurrect it in their place.
 //! - A group's log record is synced before sled or the audit files see the group, and its head
 //!   (and so its events) becomes visible after that.
+//! - Data keys (`key_file.rs`): a group's new key slots are written while it is staged and
+//!   synced before its log record; the slots its changes leave behind are zeroed and synced
+//!   after sled has the group and before anyone is answered (erasure is real on a 2xx).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
