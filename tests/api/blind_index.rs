@@ -14,8 +14,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MASTER_KEY, TEST_EPOCH_FILE, TestApp, contains, edit_stored_record, open_store_files, spawn_app_with,
-    stored_record,
+    MASTER_KEY, TEST_EPOCH_FILE, TestApp, contains, edit_stored_record, epoch_keyring, files_under,
+    open_store_files, spawn_app_with, stored_record, wait_for_epochs_destroyed,
 };
 
 const GONE_CARD: &str = "5555555555554444";
@@ -35,34 +35,9 @@ async fn system_keys(data_dir: &Path) -> SystemKeys {
     SystemKeys::unwrap(&master(), &postcard::from_bytes(&bytes).unwrap()).unwrap()
 }
 
-/// The keyring from a copy of the epoch-key file (the server may hold the original locked).
-fn keyring(epoch_file: &Path) -> DataKeyring {
-    let copy = tempfile::tempdir().unwrap();
-    let path = copy.path().join("epoch-keys");
-    std::fs::copy(epoch_file, &path).unwrap();
-    DataKeyring::open(master(), &path, MissingFile::Refuse, 0).unwrap().0
-}
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out
-}
-
 /// The files of `dir` holding any of `needles`.
 fn files_holding(dir: &Path, needles: &[[u8; 32]]) -> Vec<String> {
-    files(dir)
+    files_under(dir)
         .into_iter()
         .filter(|(_, bytes)| needles.iter().any(|n| contains(bytes, n)))
         .map(|(name, _)| name)
@@ -99,36 +74,6 @@ fn person(n: u32) -> Value {
     json!({"name": format!("Person {n}"), "email": format!("person{n}@example.com"), "phone": format!("+491510000000{n}")})
 }
 
-/// Waits (bounded) until the audit log records the destruction of every epoch in `epochs`.
-async fn wait_for_destruction(app: &TestApp, epochs: &[String], within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let res = app
-            .call(
-                Method::GET,
-                "/v1/audit/events?action=key.rotate&limit=1000",
-                Some(&app.auditor()),
-                None,
-                None,
-            )
-            .await;
-        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-        let events = res.body["events"].as_array().unwrap();
-        let destroyed = |epoch: &String| {
-            let wanted = format!("epoch:{epoch}");
-            events.iter().any(|e| {
-                e["reason"][0] == "epoch_destroyed"
-                    && e["reason"].as_array().unwrap().iter().any(|r| r == &wanted)
-            })
-        };
-        if epochs.iter().all(destroyed) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "epochs {epochs:?} not destroyed within {within:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn short_epochs() -> TestApp {
     spawn_app_with(|s| {
         s.key_epoch_seconds = 2;
@@ -151,7 +96,7 @@ async fn an_erased_customers_fingerprint_and_blind_indexes_are_recoverable_from_
         app.call(Method::DELETE, &format!("/v1/customers/{gone}"), Some(&app.merchant()), None, None).await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     // Every epoch live at the erasure (its entries can only be under these).
-    let live: Vec<String> = keyring(&epoch_file).epochs().iter().map(|e| e.id.to_string()).collect();
+    let live: Vec<String> = epoch_keyring(&epoch_file).epochs().iter().map(|e| e.id.to_string()).collect();
 
     // At once (after a clean shutdown, so every page is on disk): the card fingerprint of the
     // erased customer is under a key nobody has any more; the vault-wide keys yield neither it
@@ -164,16 +109,16 @@ async fn an_erased_customers_fingerprint_and_blind_indexes_are_recoverable_from_
     // The kept customer's fingerprint, keyed by its data key (which the attacker can open), is
     // found: the scan can fail.
     let record = stored_record(&dir, &kept).await;
-    let key = keyring(&epoch_file).unwrap_data_key(&record.id, &record.data_key).unwrap();
+    let key = epoch_keyring(&epoch_file).unwrap_data_key(&record.id, &record.data_key).unwrap();
     let kept_fingerprint = key.card_fingerprint(&record.id, KEPT_CARD);
     assert!(!files_holding(&dir, &[kept_fingerprint]).is_empty(), "the scan finds a live fingerprint");
 
     // After the epochs live at the erasure are destroyed: nothing of the erased customer under
     // any key still in the file; the kept customer's entries (under the current epoch) are found.
     let mut app = app.restart().await;
-    wait_for_destruction(&app, &live, Duration::from_secs(60)).await;
+    wait_for_epochs_destroyed(&app, &live, Duration::from_secs(60)).await;
     app.shutdown().await;
-    let epochs = keyring(&epoch_file);
+    let epochs = epoch_keyring(&epoch_file);
     assert!(epochs.epochs().iter().all(|e| !live.contains(&e.id.to_string())));
     let found = files_holding(&dir, &attacker_candidates(&system, &epochs, 1, GONE_CARD));
     assert_eq!(found, Vec::<String>::new(), "after the destruction of the erasure's epochs");
@@ -246,7 +191,8 @@ async fn unique_checks_and_lookups_hold_across_epoch_switches() {
         }
         assert_eq!(lookup(&app, "switch0@example.com").await, std::slice::from_ref(&first));
         assert_eq!(lookup(&app, &format!("switch{n}@example.com")).await, [id]);
-        seen_epochs.insert(keyring(&app.data_dir.path().join(TEST_EPOCH_FILE)).current().id.to_string());
+        seen_epochs
+            .insert(epoch_keyring(&app.data_dir.path().join(TEST_EPOCH_FILE)).current().id.to_string());
         n += 1;
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -278,7 +224,7 @@ async fn a_write_between_a_switch_and_the_re_index_still_clashes_and_is_found() 
     let a = app.create_customer(json!({"email": "a@between.test"})).await;
     app.shutdown().await;
     let dir = app.data_dir.path().to_owned();
-    let old = keyring(&dir.join(TEST_EPOCH_FILE)).current().id.to_string();
+    let old = epoch_keyring(&dir.join(TEST_EPOCH_FILE)).current().id.to_string();
     assert_eq!(entry_epochs(&dir, &a).await, [Some(old.clone())]);
     // A switch, as the epoch task makes it, and the re-wrap marked complete, so A stays under
     // the old epoch only while B writes: the state between a switch and A's re-index.
@@ -308,13 +254,13 @@ async fn a_write_between_a_switch_and_the_re_index_still_clashes_and_is_found() 
     });
     app.settings.key_epochs_kept = 0;
     let mut app = app.restart().await;
-    wait_for_destruction(&app, std::slice::from_ref(&old), Duration::from_secs(30)).await;
+    wait_for_epochs_destroyed(&app, std::slice::from_ref(&old), Duration::from_secs(30)).await;
     app.shutdown().await;
     // A is re-indexed to the new epoch; B keeps its entry under the old one as dead weight (its
     // key is destroyed) until its next re-index.
     assert_eq!(entry_epochs(&dir, &a).await, [Some(new.clone())]);
     assert!(entry_epochs(&dir, &b).await.contains(&Some(new.clone())));
-    assert!(keyring(&dir.join(TEST_EPOCH_FILE)).epochs().iter().all(|e| e.id.to_string() != old));
+    assert!(epoch_keyring(&dir.join(TEST_EPOCH_FILE)).epochs().iter().all(|e| e.id.to_string() != old));
     let app = app.restart().await;
     assert_eq!(create(&app, json!({"email": "a@between.test"})).await, StatusCode::CONFLICT);
     assert_eq!(create(&app, json!({"email": "b@between.test"})).await, StatusCode::CONFLICT);
@@ -428,6 +374,6 @@ async fn a_field_made_unique_later_does_not_stall_epoch_destruction() {
     assert_ne!(edited, text, "the name field's declaration was found");
     std::fs::write(&path, edited).unwrap();
     let app = app.restart().await;
-    let at_restart = keyring(&app.data_dir.path().join(TEST_EPOCH_FILE)).epochs()[0].id.to_string();
-    wait_for_destruction(&app, &[at_restart], Duration::from_secs(20)).await;
+    let at_restart = epoch_keyring(&app.data_dir.path().join(TEST_EPOCH_FILE)).epochs()[0].id.to_string();
+    wait_for_epochs_destroyed(&app, &[at_restart], Duration::from_secs(20)).await;
 }

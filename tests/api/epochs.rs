@@ -3,15 +3,16 @@
 //! beside the data directory by default, and a missing one refuses to start.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use custodia::crypto::{CryptoError, DataKeyring, MasterKey, MasterKeyring, MissingFile};
 use custodia::startup::App;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::{
     MASTER_KEY, TEST_EPOCH_FILE, TestApp, spawn_app, spawn_app_with, stored_record, test_settings,
+    wait_for_epochs_destroyed,
 };
 
 /// Copies a directory tree (a stopped server's data directory, as a backup would).
@@ -43,37 +44,6 @@ async fn open_field(
     let key = keyring.unwrap_data_key(&record.id, &record.data_key)?;
     let plain = key.open(&record.id, field, &record.fields[field].sealed)?;
     Ok(String::from_utf8(plain.expose().to_vec()).unwrap())
-}
-
-/// Waits (bounded) until the audit log records the destruction of `epoch`.
-async fn wait_for_destruction(app: &TestApp, epoch: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    let wanted = format!("epoch:{epoch}");
-    loop {
-        let res = app
-            .call(
-                Method::GET,
-                "/v1/audit/events?action=key.rotate&limit=1000",
-                Some(&app.auditor()),
-                None,
-                None,
-            )
-            .await;
-        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-        let found = res.body["events"].as_array().unwrap().iter().find(|e| {
-            e["reason"][0] == "epoch_destroyed"
-                && e["reason"].as_array().unwrap().iter().any(|r| r == &wanted)
-        });
-        if let Some(event) = found {
-            return event.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "epoch {epoch} was not destroyed within {within:?}; key.rotate events: {}",
-            res.body["events"]
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +102,10 @@ async fn a_copy_taken_before_an_erasure_stops_opening_the_customer_after_the_nex
     assert!(receipt["erased_at"].is_string() && receipt["audit_seq"].is_u64());
 
     // The epoch that wrapped A's key in the copy is destroyed after the next re-wrap.
-    let destroyed = wait_for_destruction(&app, &copy_epoch, Duration::from_secs(30)).await;
+    let destroyed =
+        wait_for_epochs_destroyed(&app, std::slice::from_ref(&copy_epoch), Duration::from_secs(30))
+            .await
+            .remove(0);
     assert_eq!(destroyed["actor"]["role"], "system");
     assert!(!destroyed.to_string().contains(MASTER_KEY));
 

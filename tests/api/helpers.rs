@@ -229,19 +229,7 @@ impl TestApp {
 
     /// Every file under the data directory, concatenated (for plaintext scans).
     pub fn data_dir_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut stack = vec![self.data_dir.path().to_owned()];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else {
-                    out.extend(std::fs::read(&path).unwrap());
-                }
-            }
-        }
-        out
+        files_under(self.data_dir.path()).into_iter().flat_map(|(_, bytes)| bytes).collect()
     }
 }
 
@@ -515,4 +503,75 @@ pub async fn write_until_stopped(
         let _ = t.await;
     }
     acked.lock().unwrap().clone()
+}
+
+/// Every file under `dir`, recursively: (path, bytes).
+pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// The data keyring (test master key and epoch keys) from a copy of `epoch_file`: a running
+/// server holds the original locked.
+pub fn epoch_keyring(epoch_file: &Path) -> custodia::crypto::DataKeyring {
+    use custodia::crypto::{DataKeyring, MasterKey, MasterKeyring, MissingFile};
+    let copy = tempfile::tempdir().unwrap();
+    let path = copy.path().join("epoch-keys");
+    std::fs::copy(epoch_file, &path).unwrap();
+    let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), Vec::new());
+    DataKeyring::open(master, &path, MissingFile::Refuse, 0).unwrap().0
+}
+
+/// Waits (bounded by `within`) until the audit log records the destruction of every epoch in
+/// `epochs`; answers their `key.rotate` `epoch_destroyed` events, in the order of `epochs`.
+pub async fn wait_for_epochs_destroyed(
+    app: &TestApp,
+    epochs: &[String],
+    within: std::time::Duration,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let res = app
+            .call(
+                reqwest::Method::GET,
+                "/v1/audit/events?action=key.rotate&limit=1000",
+                Some(&app.auditor()),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(res.status, reqwest::StatusCode::OK, "{}", res.body);
+        let events = res.body["events"].as_array().unwrap();
+        let destroyed = |epoch: &String| {
+            let wanted = format!("epoch:{epoch}");
+            events
+                .iter()
+                .find(|e| {
+                    e["reason"][0] == "epoch_destroyed"
+                        && e["reason"].as_array().unwrap().iter().any(|r| r == &wanted)
+                })
+                .cloned()
+        };
+        let found: Vec<Value> = epochs.iter().filter_map(destroyed).collect();
+        if found.len() == epochs.len() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "epochs {epochs:?} not destroyed within {within:?}; key.rotate events: {}",
+            res.body["events"]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -8,13 +8,14 @@
 
 use std::path::Path;
 
-use custodia::crypto::{DataKeyring, KeyId, MasterKey, MasterKeyring, MissingFile, Sealed, WrappedKey};
+use custodia::crypto::{DataKeyring, KeyId, Sealed, WrappedKey};
 use custodia::domain::CustomerId;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MASTER_KEY, ServerProcess, TEST_EPOCH_FILE, TestApp, contains, now, sign_hs256, spawn_app, test_settings,
+    ServerProcess, TEST_EPOCH_FILE, TestApp, contains, epoch_keyring, files_under, now, sign_hs256,
+    spawn_app, test_settings,
 };
 
 /// A sealed data key: format byte, 96-bit nonce, 32 key bytes, 128-bit tag
@@ -25,32 +26,10 @@ const CARD: &str = "4111111111111111";
 /// The data keyring of the server over `dir` (master key and epoch keys), from a copy of its
 /// epoch-key file, and every key id a data key may be wrapped under.
 fn keyring(dir: &Path) -> (DataKeyring, Vec<KeyId>) {
-    let copy = tempfile::tempdir().unwrap();
-    let path = copy.path().join("epoch-keys");
-    std::fs::copy(dir.join(TEST_EPOCH_FILE), &path).unwrap();
-    let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), Vec::new());
-    let master_id = master.current_id().clone();
-    let (ring, _) = DataKeyring::open(master, &path, MissingFile::Refuse, 0).unwrap();
+    let ring = epoch_keyring(&dir.join(TEST_EPOCH_FILE));
     let mut ids: Vec<KeyId> = ring.epochs().into_iter().map(|e| e.id).collect();
-    ids.push(master_id);
+    ids.push(ring.master().current_id().clone());
     (ring, ids)
-}
-
-/// Every file under `dir`, recursively, with its bytes.
-fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out
 }
 
 /// The files of `dir` in which some window unwraps, under the test master key or an epoch key,
@@ -58,7 +37,7 @@ fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 fn files_opening_data_key(dir: &Path, customer: &str) -> Vec<String> {
     let (keyring, key_ids) = keyring(dir);
     let customer: CustomerId = customer.parse().unwrap();
-    files(dir)
+    files_under(dir)
         .into_iter()
         .filter(|(_, bytes)| {
             bytes.windows(WRAPPED_DATA_KEY_LEN).any(|window| {
@@ -79,7 +58,7 @@ fn files_opening_data_key(dir: &Path, customer: &str) -> Vec<String> {
 
 /// The files of `dir` holding any of `values` in plaintext.
 fn files_with_plaintext(dir: &Path, values: &[&str]) -> Vec<String> {
-    files(dir)
+    files_under(dir)
         .into_iter()
         .filter(|(_, bytes)| values.iter().any(|v| contains(bytes, v.as_bytes())))
         .map(|(name, _)| name)
