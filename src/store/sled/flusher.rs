@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::keys::{HISTORY_LEN, history_key, meta_key};
+use super::keys::{HISTORY_LEN, meta_key};
 use super::{Shared, unavailable};
 use crate::store::StoreError;
 
@@ -75,13 +75,11 @@ pub(super) fn flush(shared: &Shared) -> Result<(), StoreError> {
         let rows: Vec<_> = tail.iter().filter(|(_, seq)| *seq < upto).copied().collect();
         (old, upto, rows)
     };
-    // History rows are derived data, written straight to sled and only then their high-water
-    // mark; lost in a crash, they are rebuilt from the entries on open (a row written twice is
-    // the same row). One insert each, not a batch: sled applies a batch under a lock every other
-    // tree operation waits for, and one batch of a second's rows stalled reads for 100+ ms.
-    for (customer, seq) in &rows {
-        shared.tree.insert(history_key(customer, *seq), &[] as &[u8]).map_err(unavailable)?;
-    }
+    // History rows are derived data, made durable in their index and only then their
+    // high-water mark; lost in a crash, they are rebuilt from the entries on open (a row written
+    // twice is the same row).
+    shared.history.insert(&rows)?;
+    shared.history.persist()?;
     shared.tree.insert(meta_key(HISTORY_LEN), &upto.to_be_bytes()).map_err(unavailable)?;
     shared.db.flush().map_err(unavailable)?;
     shared.audit.persist()?;

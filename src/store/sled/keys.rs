@@ -4,11 +4,11 @@
 //!   record without its data key, which lives in the key file (`key_file.rs`); records written
 //!   before the key file are a bare [`CustomerRecord::encode`] with the key inline
 //! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty
-//! - `x` ‖ customer id (16) ‖ seq (8, big-endian) → empty: per-customer audit history, written
-//!   at flush time for every entry below the `history_len` metadata value
+//! - `x` ‖ …: per-customer history rows of stores from before the history index
+//!   (`history.rs`); moved there and removed on open
 //! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
 //! - `m` ‖ name → metadata (`wal_lsn`: the LSN of the last batch applied to sled and the audit
-//!   length after it; `history_len`: entries whose history rows are in sled; `key_file`: set
+//!   length after it; `history_len`: entries whose history rows are in the history index; `key_file`: set
 //!   once the key file exists)
 //!
 //! Audit entries are not in sled but in append-only files (`audit_files.rs`), one entry per
@@ -87,18 +87,8 @@ pub(super) fn index_key(field: &str, index: &[u8; 32], id: &CustomerId) -> Vec<u
     key
 }
 
-pub(super) fn history_prefix(customer: &CustomerId) -> Vec<u8> {
-    let mut key = Vec::with_capacity(25);
-    key.push(b'x');
-    key.extend_from_slice(customer.as_bytes());
-    key
-}
-
-pub(super) fn history_key(customer: &CustomerId, seq: u64) -> Vec<u8> {
-    let mut key = history_prefix(customer);
-    key.extend_from_slice(&seq.to_be_bytes());
-    key
-}
+/// Prefix of the history rows stores kept in sled before the history index.
+pub(super) const LEGACY_HISTORY_PREFIX: [u8; 1] = [b'x'];
 
 pub(super) fn checkpoint_key(size: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -107,7 +97,7 @@ pub(super) fn checkpoint_key(size: u64) -> [u8; 9] {
     key
 }
 
-/// The big-endian u64 that ends a `k` or `x` key.
+/// The big-endian u64 that ends a `k` key.
 pub(super) fn trailing_u64(key: &[u8]) -> Result<u64, StoreError> {
     let at = key.len().checked_sub(8).ok_or_else(|| corrupt("key too short"))?;
     Ok(u64::from_be_bytes(key[at..].try_into().map_err(|_| corrupt("key too short"))?))

@@ -17,6 +17,7 @@
 
 mod audit_files;
 mod flusher;
+mod history;
 mod key_file;
 mod keys;
 mod wal;
@@ -34,10 +35,11 @@ use tokio::sync::oneshot;
 
 use self::audit_files::AuditFiles;
 use self::flusher::Flusher;
+use self::history::HistoryIndex;
 use self::key_file::KeyFile;
 use self::keys::{
     HISTORY_LEN, KEY_FILE_MARK, WAL_LSN, completing_leaf, corrupt, customer_key, customer_of_key,
-    decode_entry, decode_pair, history_prefix, index_prefix, meta_key, trailing_u64,
+    decode_entry, decode_pair, index_prefix, meta_key, trailing_u64,
 };
 use self::wal::{Op, Wal};
 use self::writer::Job;
@@ -62,6 +64,8 @@ struct Shared {
     audit: AuditFiles,
     /// Wrapped data keys, one slot each; records name their slot.
     keys: KeyFile,
+    /// Per-customer history rows of the entries below `history_len` (and perhaps some after).
+    history: HistoryIndex,
     integrator: Arc<dyn Integrator>,
     /// Held from a group's log append until sled and the audit files have it; the flusher takes
     /// it to rotate the log between groups.
@@ -154,15 +158,28 @@ impl SledStore {
         // History rows of the entries since the last flush, written now with their high-water
         // mark, so every open leaves `history_len` stored and the tail empty. Stores written
         // before history rows were derived at flush time hold a row for every entry sled has
-        // and no `history_len`: it defaults to that.
+        // and no `history_len`: it defaults to that. A new or damaged index (a store from
+        // before the index, or lost files) is rebuilt from the first entry.
+        let history_dir = history::history_dir(dir);
+        let index_existed = history_dir.exists();
+        let (history, reset) = HistoryIndex::open_or_reset(&history_dir)?;
         let history_len = match tree.get(meta_key(HISTORY_LEN)).map_err(unavailable)? {
+            _ if reset || !index_existed => 0,
             Some(bytes) => trailing_u64(&bytes)?,
             None => sled_audit_len,
         };
-        for (customer, seq) in history_of(&audit, history_len, size)? {
-            tree.insert(keys::history_key(&customer, seq), &[] as &[u8]).map_err(unavailable)?;
+        let mut from = history_len;
+        while from < size {
+            let to = size.min(from + REBUILD_CHUNK);
+            history.insert(&history_of(&audit, from, to)?)?;
+            from = to;
         }
+        history.persist()?;
         tree.insert(meta_key(HISTORY_LEN), &size.to_be_bytes()).map_err(unavailable)?;
+        // Rows of stores from before the index lived in sled; they are in the index now.
+        for key in tree.scan_prefix(keys::LEGACY_HISTORY_PREFIX).keys() {
+            tree.remove(key.map_err(unavailable)?).map_err(unavailable)?;
+        }
         // Only once sled and the audit files hold everything may the log go.
         db.flush().map_err(unavailable)?;
         let wal = Wal::start(&wal_dir)?;
@@ -174,6 +191,7 @@ impl SledStore {
             wal,
             audit,
             keys,
+            history,
             integrator,
             apply: Mutex::new(Applied { lsn }),
             head: RwLock::new(head),
@@ -369,21 +387,14 @@ impl Store for SledStore {
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let size = self.size()?;
         let first = after.map_or(0, |a| a.saturating_add(1));
-        // The tail not flushed yet, then the rows in sled: a flush writes rows before it trims
-        // the tail, so in this order an entry is always found in one or the other (or both,
-        // for a moment: the union is taken).
+        // The tail not flushed yet, then the rows in the index: a flush writes rows before it
+        // trims the tail, so in this order an entry is always found in one or the other (or
+        // both, for a moment: the union is taken).
         let mut seqs: BTreeSet<u64> = {
             let tail = self.shared.history_tail.read().map_err(|_| closed())?;
             tail.range((*customer, first)..=(*customer, u64::MAX)).map(|(_, seq)| *seq).take(limit).collect()
         };
-        let mut start = history_prefix(customer);
-        start.extend_from_slice(&first.to_be_bytes());
-        let mut end = history_prefix(customer);
-        end.extend_from_slice(&u64::MAX.to_be_bytes());
-        for entry in self.shared.tree.range(start..=end).take(limit) {
-            let (key, _) = entry.map_err(unavailable)?;
-            seqs.insert(trailing_u64(&key)?);
-        }
+        seqs.extend(self.shared.history.seqs(customer, first, limit)?);
         let mut out = Vec::new();
         for seq in seqs.into_iter().filter(|seq| *seq < size).take(limit) {
             let event = self.event(seq)?.ok_or_else(|| corrupt("history names a missing event"))?;
@@ -431,6 +442,8 @@ impl Shared {
 
 /// File name of the key file in the data directory.
 const KEY_FILE: &str = "keys";
+/// Audit entries whose history rows are derived in one step when the index is rebuilt.
+const REBUILD_CHUNK: u64 = 65_536;
 
 /// How often a read follows a record that changed under it before giving up.
 const READ_ATTEMPTS: usize = 16;
