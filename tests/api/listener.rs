@@ -362,3 +362,118 @@ async fn silent_connections_and_half_http2_prefaces_are_closed_and_starve_no_one
         assert!(task.await.unwrap(), "an idle connection was never closed");
     }
 }
+
+/// Sends one HTTP/1.1 request for `/healthz` on `stream` (keep-alive) and returns the start of
+/// the answer, or `None` when the server closed the connection instead.
+async fn http1_healthz(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.is_err() {
+        return None;
+    }
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Ok(_) => None,
+        Err(_) => panic!("the server neither answered nor closed the connection"),
+    }
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(tokio::time::timeout(within, stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+/// One HTTP/2 GET of `/healthz` on `client`, body read to its end.
+async fn h2_healthz(client: &mut h2::client::SendRequest<axum::body::Bytes>) -> StatusCode {
+    let request = axum::http::Request::get("/healthz").body(()).unwrap();
+    let (response, _) = client.clone().ready().await.unwrap().send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    let status = response.status();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_and_keep_alive_connections_are_closed_after_the_idle_timeout_busy_ones_are_not() {
+    let app = spawn_app_with(|s| {
+        s.idle_timeout_ms = 1000;
+        // Far above the idle timeout: what closes the connections below is the idle timeout.
+        s.header_read_timeout_ms = 20_000;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // HTTP/2 (prior knowledge): one request, then no stream; h2 answers the server's PINGs.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        assert_eq!(h2_healthz(&mut client).await, StatusCode::OK);
+        idle.push((client, connection, std::time::Instant::now()));
+    }
+    // A busy HTTP/2 connection: a request every 300 ms for 2.5 idle timeouts is never cut.
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut busy, busy_connection) = h2::client::handshake(tcp).await.unwrap();
+    let busy_connection = tokio::spawn(busy_connection);
+    for _ in 0..8 {
+        assert_eq!(h2_healthz(&mut busy).await, StatusCode::OK, "a busy connection is served");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!busy_connection.is_finished(), "a busy HTTP/2 connection was closed");
+    for (_client, connection, since) in idle {
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .expect("an idle HTTP/2 connection was never closed")
+            .unwrap();
+        // A GOAWAY then the end of the connection: h2 reports a clean end.
+        assert!(closed.is_ok(), "the idle connection ended without a clean GOAWAY: {closed:?}");
+        assert!(since.elapsed() >= Duration::from_millis(900), "closed before the idle timeout");
+    }
+
+    // HTTP/1.1 keep-alive obeys the same setting (its header timeout is 20 s here).
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(http1_healthz(&mut stream).await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(closed_within(&mut stream, Duration::from_secs(10)).await, "an idle keep-alive was never closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_address_cap_are_closed_while_other_addresses_are_served() {
+    const CAP: usize = 3;
+    let app = spawn_app_with(|s| s.max_connections_per_address = CAP).await;
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(addr)
+    };
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = from("127.0.0.1").await.unwrap();
+        assert!(http1_healthz(&mut stream).await.unwrap().starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // One more from the same address: accepted by the kernel, closed at once by the server.
+    let mut extra = from("127.0.0.1").await.unwrap();
+    assert!(http1_healthz(&mut extra).await.is_none(), "a connection past the per-address cap was served");
+    // Another address (Linux routes all of 127/8 to lo) is served meanwhile.
+    let mut other = from("127.0.0.2").await.unwrap();
+    assert!(http1_healthz(&mut other).await.unwrap().starts_with("HTTP/1.1 200"));
+    // The held connections are still served, and one closing frees a place.
+    assert!(http1_healthz(&mut held[0]).await.unwrap().starts_with("HTTP/1.1 200"));
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        let mut stream = from("127.0.0.1").await.unwrap();
+        if http1_healthz(&mut stream).await.is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "a place freed by a closed connection is given again");
+}
