@@ -120,6 +120,11 @@ fn rv_name(e: &CkError) -> String {
 
 /// A logged-in token: one session held for the process, re-opened (and logged in again) if the
 /// token drops it.
+///
+/// Invariant: after one refused login (a wrong or locked PIN, or any other login failure) no
+/// login is tried again in this process. The token counts wrong PINs and locks the user PIN
+/// after a few; a server retrying the same wrong PIN on every request would lock it within
+/// seconds and take every other user of the token down with it.
 pub struct Pkcs11Token {
     ctx: Pkcs11,
     slot: Slot,
@@ -127,6 +132,10 @@ pub struct Pkcs11Token {
     pin: SecretString,
     pin_setting: &'static str,
     session: Mutex<Session>,
+    /// The first refused re-login, returned from then on without asking the token.
+    login_refused: Mutex<Option<String>>,
+    /// Logins tried after start-up (for tests and the log).
+    relogins: std::sync::atomic::AtomicU32,
 }
 
 impl fmt::Debug for Pkcs11Token {
@@ -196,6 +205,8 @@ impl Pkcs11Token {
             pin: config.pin.clone(),
             pin_setting: config.pin_setting,
             session: Mutex::new(session),
+            login_refused: Mutex::new(None),
+            relogins: std::sync::atomic::AtomicU32::new(0),
         }))
     }
 
@@ -264,10 +275,40 @@ impl Pkcs11Token {
         self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces a session the token dropped with a new, logged-in one.
+    /// Replaces a session the token dropped with a new, logged-in one. Tried at most once per
+    /// process if the login is refused (see the type's invariant): later calls return the
+    /// first refusal without asking the token.
     fn reconnect(&self, session: &mut Session) -> Result<(), CryptoError> {
-        *session = login(&self.ctx, self.slot, &self.pin, self.pin_setting)?;
-        Ok(())
+        let mut refused = self.login_refused.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(message) = refused.as_ref() {
+            return Err(CryptoError::Pkcs11(message.clone()));
+        }
+        self.relogins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match login(&self.ctx, self.slot, &self.pin, self.pin_setting) {
+            Ok(new) => {
+                *session = new;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = match e {
+                    CryptoError::Pkcs11(reason) => reason,
+                    other => other.to_string(),
+                };
+                let message = format!(
+                    "{reason}; logging in again after the token dropped the session was refused, and no \
+                     further login is tried (a wrong PIN retried would lock it): correct {} and restart",
+                    self.pin_setting
+                );
+                tracing::error!(token = %self.label, error = %message, "PKCS#11 login refused");
+                *refused = Some(message.clone());
+                Err(CryptoError::Pkcs11(message))
+            }
+        }
+    }
+
+    /// How many logins were tried after start-up.
+    pub fn relogins(&self) -> u32 {
+        self.relogins.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -530,6 +571,85 @@ mod tests {
         };
         let printed = format!("{config:?}");
         assert!(!printed.contains("8765") && printed.contains("[redacted]"), "{printed}");
+    }
+
+    const RELOGIN_TEST: &str = "crypto::pkcs11::tests::a_refused_re_login_is_not_tried_again";
+    const CHILD: &str = "CUSTODIA_PKCS11_TEST_CHILD";
+
+    /// A re-login with a PIN the token refuses (here: the PIN was changed on the token, then the
+    /// session was lost) fails with an error naming the setting, and is never tried again.
+    /// SoftHSM2 reads `SOFTHSM2_CONF` once per process and this process's environment cannot be
+    /// changed safely, so the work runs in a child process of this test binary.
+    #[test]
+    fn a_refused_re_login_is_not_tried_again() {
+        if std::env::var_os(CHILD).is_some() {
+            return relogin_child();
+        }
+        let module = std::env::var_os("CUSTODIA_TEST_PKCS11_MODULE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+        let util = std::process::Command::new("softhsm2-util").arg("--version").output();
+        if !(util.is_ok_and(|o| o.status.success()) && module.exists()) {
+            let required = std::env::var_os("CI").is_some()
+                || std::env::var("CUSTODIA_REQUIRE_HSM").is_ok_and(|v| v == "1");
+            assert!(!required, "SoftHSM2 is required here but missing; apt-get install softhsm2");
+            println!("SKIPPED {RELOGIN_TEST}: SoftHSM2 is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, format!("directories.tokendir = {}\nlog.level = ERROR\n", tokens.display()))
+            .unwrap();
+        let init = std::process::Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args(["--init-token", "--free", "--label", "unit", "--pin", "1234-right", "--so-pin", "so-9999"])
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", RELOGIN_TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("SOFTHSM2_CONF", &conf)
+            .env("CUSTODIA_TEST_PKCS11_MODULE", &module)
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
+    fn relogin_child() {
+        let module = PathBuf::from(std::env::var_os("CUSTODIA_TEST_PKCS11_MODULE").unwrap());
+        let config = Pkcs11Config {
+            module,
+            token: "unit".into(),
+            pin: SecretString::from("1234-right"),
+            pin_setting: PIN_FILE_SETTING,
+        };
+        let token = Pkcs11Token::open(&config).unwrap();
+        token.generate_key("k").unwrap();
+        let key = token.key("k", KEY_SETTING).unwrap();
+        let nonce = [7u8; 12];
+        let sealed = key.encrypt(&nonce, b"an epoch key", b"aad").unwrap();
+        assert_eq!(key.decrypt(&nonce, &sealed, b"aad").unwrap().as_slice(), b"an epoch key");
+        {
+            // The PIN is changed on the token (the configured one is now wrong), and the
+            // session is lost (as when the HSM restarts).
+            let session = token.session();
+            session.set_pin(&SecretString::from("1234-right"), &SecretString::from("5678-new")).unwrap();
+            session.logout().unwrap();
+        }
+        let err = key.decrypt(&nonce, &sealed, b"aad").unwrap_err().to_string();
+        assert!(err.contains(PIN_FILE_SETTING) && err.contains("CKR_PIN_INCORRECT"), "{err}");
+        assert!(err.contains("no further login"), "{err}");
+        assert!(!err.contains("1234") && !err.contains("5678"), "a PIN leaked: {err}");
+        for _ in 0..5 {
+            let again = key.decrypt(&nonce, &sealed, b"aad").unwrap_err().to_string();
+            assert_eq!(again, err, "the same refusal, without asking the token");
+        }
+        assert_eq!(token.relogins(), 1, "a refused login is never tried again");
     }
 
     #[test]
