@@ -634,6 +634,17 @@ mod tests {
         let nonce = [7u8; 12];
         let sealed = key.encrypt(&nonce, b"an epoch key", b"aad").unwrap();
         assert_eq!(key.decrypt(&nonce, &sealed, b"aad").unwrap().as_slice(), b"an epoch key");
+        // An epoch-key file whose epoch key is wrapped under the token key.
+        let dir = tempfile::tempdir().unwrap();
+        let epochs = dir.path().join("epochs");
+        let keyring = |missing| {
+            let master = super::super::MasterKey::from_pkcs11(&token, "k", KEY_SETTING).unwrap();
+            let ring = super::super::MasterKeyring::new(master, vec![]);
+            let epochs = epochs.clone();
+            move || super::super::DataKeyring::open(ring, &epochs, missing, 1_000).map(|_| ())
+        };
+        keyring(super::super::MissingFile::Create)().unwrap();
+        let reopen = keyring(super::super::MissingFile::Refuse);
         {
             // The PIN is changed on the token (the configured one is now wrong), and the
             // session is lost (as when the HSM restarts).
@@ -641,6 +652,10 @@ mod tests {
             session.set_pin(&SecretString::from("1234-right"), &SecretString::from("5678-new")).unwrap();
             session.logout().unwrap();
         }
+        // The token cannot be used: opening the epoch-key file says so, not that it was altered.
+        let outage = reopen().unwrap_err().to_string();
+        assert!(outage.contains("could not be used") && outage.contains(PIN_FILE_SETTING), "{outage}");
+        assert!(!outage.contains("altered"), "{outage}");
         let err = key.decrypt(&nonce, &sealed, b"aad").unwrap_err().to_string();
         assert!(err.contains(PIN_FILE_SETTING) && err.contains("CKR_PIN_INCORRECT"), "{err}");
         assert!(err.contains("no further login"), "{err}");
