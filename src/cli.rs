@@ -252,7 +252,7 @@ impl Cli {
             }
             Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
             Command::Keys { command: KeysCommand::HsmGenerate { label, config } } => {
-                report(hsm_generate(label, config))
+                report(crate::crypto::off_async_workers(move || hsm_generate(label, config)).await)
             }
             Command::Audit {
                 command: AuditCommand::Export { url, token, out, ca, insecure_http, client_cert, client_key },

@@ -542,6 +542,14 @@ impl DataKeyring {
         wrapped: &WrappedKey,
     ) -> Result<DataKey, CryptoError> {
         if !wrapped.master_key.is_epoch() {
+            // From before epochs, hence under a file key: nothing wraps a data key under a token
+            // key, and this path runs on requests, where no token call may block a worker.
+            if self.master.find(&wrapped.master_key)?.is_token() {
+                return Err(CryptoError::Pkcs11(format!(
+                    "a data key wrapped directly under token key {} (never written by this vault) is refused",
+                    wrapped.master_key
+                )));
+            }
             return self.master.unwrap_data_key(customer, wrapped);
         }
         let epoch = self.find(&wrapped.master_key)?;

@@ -11,9 +11,15 @@
 //!
 //! The master key is used only at start-up (unwrap the system and epoch keys), when an epoch
 //! key is created, and in a master-key rotation; customers' data keys are unwrapped by epoch keys
-//! in memory. So the token sees a handful of calls per epoch, never one per request. Calls are
-//! blocking; one logged-in session per token is held for the process behind a `std` mutex that
-//! is never held across an `.await` (the calls are synchronous).
+//! in memory. So the token sees a handful of calls per epoch, never one per request (a data key
+//! is never wrapped directly under a token key: `DataKeyring` refuses one rather than call the
+//! token on a request). Calls are blocking: async code makes them through
+//! `crypto::off_async_workers` (tokio's blocking pool), and one logged-in session per token is
+//! held for the process behind a `std` mutex that is never held across an `.await`.
+//!
+//! Process-wide facts of PKCS#11 modules: `C_Initialize` runs once per module per process
+//! (contexts are shared and never finalised), and SoftHSM2 reads `SOFTHSM2_CONF` once, at
+//! that first `C_Initialize`.
 //!
 //! Key id: a token key's bytes cannot be read, so its id cannot be an HMAC of them as for file
 //! keys. It is `mk-` and the first 8 bytes of SHA-256 over a label of its own
@@ -77,6 +83,37 @@ impl fmt::Debug for Pkcs11Config {
             .field("token", &self.token)
             .field("pin", &"[redacted]")
             .finish()
+    }
+}
+
+thread_local! {
+    /// Set while [`super::off_async_workers`] runs work on a blocking-pool thread.
+    static ON_BLOCKING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` marked as off the async workers (see [`assert_off_async_workers`]).
+pub(super) fn on_blocking_thread<T>(work: impl FnOnce() -> T) -> T {
+    struct Mark;
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            ON_BLOCKING_THREAD.with(|b| b.set(false));
+        }
+    }
+    ON_BLOCKING_THREAD.with(|b| b.set(true));
+    let _mark = Mark;
+    work()
+}
+
+/// Every `cryptoki` call comes through here first. Inside a tokio runtime it must run under
+/// [`super::off_async_workers`]: a blocking token call on an async worker stalls every
+/// connection that worker serves. A call that does not is counted
+/// (`custodia_pkcs11_calls_on_async_workers_total`, which must stay absent) and logged, so a
+/// new call path that forgets it shows in tests and in production; it is not refused.
+fn assert_off_async_workers(what: &'static str) {
+    let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+    if in_runtime && !ON_BLOCKING_THREAD.with(std::cell::Cell::get) {
+        metrics::counter!("custodia_pkcs11_calls_on_async_workers_total").increment(1);
+        tracing::error!(call = what, "a PKCS#11 call ran on an async worker (a bug: it must run off them)");
     }
 }
 
@@ -152,6 +189,7 @@ impl Pkcs11Token {
     /// refused or locked (`…_PIN` or `…_PIN_FILE`, never the PIN), or the token does not offer
     /// `CKM_AES_GCM` (`…_MODULE`).
     pub fn open(config: &Pkcs11Config) -> Result<Arc<Pkcs11Token>, CryptoError> {
+        assert_off_async_workers("open");
         let ctx = context(&config.module)?;
         let slots = ctx
             .get_slots_with_token()
@@ -220,6 +258,7 @@ impl Pkcs11Token {
     /// decrypt, with a random 16-byte `CKA_ID`. Refuses if a secret key with `label` exists.
     /// Returns the key's id.
     pub fn generate_key(self: &Arc<Self>, label: &str) -> Result<KeyId, CryptoError> {
+        assert_off_async_workers("generate_key");
         let session = self.session();
         let existing = find_keys(&session, label).map_err(|e| {
             setting_error(KEY_SETTING, format!("searching the token failed: {}", rv_name(&e)))
@@ -260,6 +299,7 @@ impl Pkcs11Token {
     /// allowed to encrypt and decrypt, with a `CKA_ID`. An error names
     /// `CUSTODIA_MASTER_KEY_PKCS11_KEY` (or, for a previous key, the entry) and what is wrong.
     pub fn key(self: &Arc<Self>, label: &str, setting: &'static str) -> Result<Pkcs11Key, CryptoError> {
+        assert_off_async_workers("key");
         let session = self.session();
         let (handle, id) = checked_key(&session, label, &self.label, setting)?;
         drop(session);
@@ -492,6 +532,7 @@ impl Pkcs11Key {
         &self,
         op: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
     ) -> Result<T, CryptoError> {
+        assert_off_async_workers("encrypt or decrypt");
         let mut session = self.token.session();
         let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
         match op(&session, *handle) {
