@@ -80,6 +80,11 @@ pub struct Transport {
     pub ca: Option<PathBuf>,
     /// Allow plain `http://` to a host that is not loopback (`--insecure-http`).
     pub insecure_http: bool,
+    /// A PEM client certificate chain, leaf first, for a server that requires mutual TLS
+    /// (`--client-cert FILE`); with `client_key`.
+    pub client_cert: Option<PathBuf>,
+    /// The PEM private key of `client_cert` (`--client-key FILE`).
+    pub client_key: Option<PathBuf>,
 }
 
 /// An HTTP client for `url`: `https://` with the system's roots or `transport.ca`; `http://`
@@ -118,7 +123,35 @@ pub fn client_for(url: &str, transport: &Transport) -> Result<reqwest::Client, E
         })?;
         builder = builder.tls_certs_only(certs);
     }
+    match (&transport.client_cert, &transport.client_key) {
+        (Some(cert), Some(key)) => builder = builder.identity(identity(cert, key)?),
+        (None, None) => {}
+        (Some(_), None) => return Err(ExportError::Url("--client-cert needs --client-key".into())),
+        (None, Some(_)) => return Err(ExportError::Url("--client-key needs --client-cert".into())),
+    }
     builder.build().map_err(|e| ExportError::Network(e.to_string()))
+}
+
+/// The client identity from a PEM certificate chain and its PEM key. Errors name the file,
+/// never its contents; the key bytes are wiped after use.
+fn identity(cert: &Path, key: &Path) -> Result<reqwest::Identity, ExportError> {
+    let read = |flag: &str, path: &Path| {
+        std::fs::read(path)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| ExportError::Url(format!("{flag} {}: {e}", path.display())))
+    };
+    let mut pem = read("--client-cert", cert)?;
+    if !pem.ends_with(b"\n") {
+        pem.push(b'\n');
+    }
+    pem.extend_from_slice(&read("--client-key", key)?);
+    reqwest::Identity::from_pem(&pem).map_err(|_| {
+        ExportError::Url(format!(
+            "--client-cert {} with --client-key {}: not a PEM certificate and private key",
+            cert.display(),
+            key.display()
+        ))
+    })
 }
 
 /// Exports the log at `url` (e.g. `https://vault.example:8443`) with an auditor `token` into

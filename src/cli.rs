@@ -125,7 +125,8 @@ enum PolicyCommand {
 enum AuditCommand {
     /// Fetch the newest signed checkpoint, every event it covers, their leaf hashes and the key
     /// into DIR (events.ndjson, checkpoint.txt, leaves.txt, key.txt). https:// with the system's
-    /// roots or --ca; plain http:// only to a loopback address unless --insecure-http.
+    /// roots or --ca; plain http:// only to a loopback address unless --insecure-http;
+    /// --client-cert and --client-key for a server that requires client certificates.
     Export {
         /// The vault's base URL, e.g. https://vault.example:8443 or http://127.0.0.1:8080.
         #[arg(long)]
@@ -136,6 +137,13 @@ enum AuditCommand {
         /// Allow plain http:// to a host that is not loopback.
         #[arg(long)]
         insecure_http: bool,
+        /// PEM client certificate (chain, leaf first) for a server that requires mutual TLS
+        /// (CUSTODIA_TLS_CLIENT_CA); with --client-key.
+        #[arg(long, requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// PEM private key of --client-cert.
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
         /// An auditor token (role = "auditor").
         #[arg(long, env = "CUSTODIA_AUDIT_TOKEN", hide_env_values = true)]
         token: String,
@@ -244,10 +252,12 @@ impl Cli {
             }
             Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
             Command::Keys { command: KeysCommand::HsmGenerate { label, config } } => {
-                report(hsm_generate(label, config))
+                report(crate::crypto::off_async_workers(move || hsm_generate(label, config)).await)
             }
-            Command::Audit { command: AuditCommand::Export { url, token, out, ca, insecure_http } } => {
-                let transport = crate::auditor::Transport { ca, insecure_http };
+            Command::Audit {
+                command: AuditCommand::Export { url, token, out, ca, insecure_http, client_cert, client_key },
+            } => {
+                let transport = crate::auditor::Transport { ca, insecure_http, client_cert, client_key };
                 match crate::auditor::export(&url, &token, &out, &transport).await {
                     Ok(done) => {
                         println!(

@@ -81,6 +81,9 @@ pub struct Settings {
     pub tls_key: Option<PathBuf>,
     /// PEM CA whose client certificates are required (mutual TLS, `CUSTODIA_TLS_CLIENT_CA`).
     pub tls_client_ca: Option<PathBuf>,
+    /// CRL files (PEM or DER) of the client CA; clients whose certificates they revoke are
+    /// refused (`CUSTODIA_TLS_CLIENT_CRL`, comma-separated; reloaded on SIGHUP).
+    pub tls_client_crl: Vec<PathBuf>,
     /// Serve plain HTTP on a non-loopback address outside `--dev`, for a TLS-terminating proxy
     /// in front (`CUSTODIA_ALLOW_PLAINTEXT`).
     pub allow_plaintext: bool,
@@ -89,6 +92,13 @@ pub struct Settings {
     pub header_read_timeout_ms: u64,
     /// Most connections served at once; more wait to be accepted (`CUSTODIA_MAX_CONNECTIONS`).
     pub max_connections: usize,
+    /// Most connections served at once from one IP address; more from it are closed at once
+    /// (`CUSTODIA_MAX_CONNECTIONS_PER_ADDRESS`).
+    pub max_connections_per_address: usize,
+    /// Longest a connection may stay open with no request in progress (an HTTP/2 connection
+    /// with no open stream, an HTTP/1 keep-alive between requests), in milliseconds; then it
+    /// is closed, HTTP/2 with GOAWAY (`CUSTODIA_IDLE_TIMEOUT_MS`).
+    pub idle_timeout_ms: u64,
     /// Largest request head in bytes, at least 8192 (`CUSTODIA_MAX_HEADER_BYTES`).
     pub max_header_bytes: usize,
     /// Most concurrent streams per HTTP/2 connection (`CUSTODIA_HTTP2_MAX_STREAMS`).
@@ -131,9 +141,12 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_client_crl: Vec::new(),
             allow_plaintext: false,
             header_read_timeout_ms: 10_000,
             max_connections: 1024,
+            max_connections_per_address: 256,
+            idle_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             http2_max_streams: 128,
             dev: false,
@@ -205,9 +218,12 @@ struct FileSettings {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    tls_client_crl: Option<Vec<PathBuf>>,
     allow_plaintext: Option<bool>,
     header_read_timeout_ms: Option<u64>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
+    idle_timeout_ms: Option<u64>,
     max_header_bytes: Option<usize>,
     http2_max_streams: Option<u32>,
 }
@@ -258,8 +274,11 @@ impl Settings {
             allow_plaintext,
             header_read_timeout_ms,
             max_connections,
+            max_connections_per_address,
+            idle_timeout_ms,
             max_header_bytes,
-            http2_max_streams
+            http2_max_streams,
+            tls_client_crl
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -386,6 +405,10 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_TLS_CLIENT_CA") {
             self.tls_client_ca = Some(v.into());
         }
+        if let Some(v) = get("CUSTODIA_TLS_CLIENT_CRL") {
+            self.tls_client_crl =
+                v.split(',').map(str::trim).filter(|p| !p.is_empty()).map(PathBuf::from).collect();
+        }
         if let Some(v) = get("CUSTODIA_ALLOW_PLAINTEXT") {
             self.allow_plaintext = match v.as_str() {
                 "true" | "1" => true,
@@ -403,6 +426,12 @@ impl Settings {
         }
         if let Some(v) = get("CUSTODIA_MAX_CONNECTIONS") {
             self.max_connections = number("CUSTODIA_MAX_CONNECTIONS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_MAX_CONNECTIONS_PER_ADDRESS") {
+            self.max_connections_per_address = number("CUSTODIA_MAX_CONNECTIONS_PER_ADDRESS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_IDLE_TIMEOUT_MS") {
+            self.idle_timeout_ms = number("CUSTODIA_IDLE_TIMEOUT_MS", v)?;
         }
         if let Some(v) = get("CUSTODIA_MAX_HEADER_BYTES") {
             self.max_header_bytes = number("CUSTODIA_MAX_HEADER_BYTES", v)?;
@@ -429,6 +458,8 @@ impl Settings {
         for (name, zero) in [
             ("CUSTODIA_HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms == 0),
             ("CUSTODIA_MAX_CONNECTIONS", self.max_connections == 0),
+            ("CUSTODIA_MAX_CONNECTIONS_PER_ADDRESS", self.max_connections_per_address == 0),
+            ("CUSTODIA_IDLE_TIMEOUT_MS", self.idle_timeout_ms == 0),
             ("CUSTODIA_HTTP2_MAX_STREAMS", self.http2_max_streams == 0),
         ] {
             if zero {
@@ -486,6 +517,8 @@ impl Settings {
         crate::listener::ListenerLimits {
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
             max_connections: self.max_connections.max(1),
+            max_connections_per_address: self.max_connections_per_address.max(1),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
             max_header_bytes: self.max_header_bytes.max(8192),
             http2_max_streams: self.http2_max_streams.max(1),
         }
@@ -498,7 +531,12 @@ impl Settings {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: self.tls_client_ca.clone(),
+                client_crls: self.tls_client_crl.clone(),
             })),
+            _ if !self.tls_client_crl.is_empty() && self.tls_client_ca.is_none() => Err(ConfigError::Env {
+                name: "CUSTODIA_TLS_CLIENT_CRL",
+                message: "needs CUSTODIA_TLS_CLIENT_CA".into(),
+            }),
             (None, None) if self.tls_client_ca.is_some() => Err(ConfigError::Env {
                 name: "CUSTODIA_TLS_CLIENT_CA",
                 message: "needs CUSTODIA_TLS_CERT and CUSTODIA_TLS_KEY".into(),
@@ -578,6 +616,9 @@ mod tests {
             "allow_plaintext",
             "header_read_timeout_ms",
             "max_connections",
+            "max_connections_per_address",
+            "idle_timeout_ms",
+            "tls_client_crl",
             "max_header_bytes",
             "http2_max_streams",
             "key_epoch_file",

@@ -163,10 +163,12 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(Error::io(format!("creating {}", settings.data_dir.display())))?;
     restrict_permissions(&settings.data_dir, 0o700);
-    let (master, auth) = resolve_keys(settings)?;
+    // Opening a token, logging in and finding keys are blocking PKCS#11 calls.
+    let resolving = settings.clone();
+    let (master, auth) = crate::crypto::off_async_workers(move || resolve_keys(&resolving)).await?;
     let store = crate::store::open(&settings.storage(), Arc::new(crate::audit::tree::Tree))?;
     let dyn_store = Arc::clone(&store);
-    let (keys, fresh) = system_keys(&dyn_store, &master).await?;
+    let (master, keys, fresh) = system_keys(&dyn_store, master).await?;
     let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
     let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
         .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
@@ -200,9 +202,7 @@ async fn open_keyring(
     let now = crate::domain::Timestamp::now().millis();
     let opening = path.clone();
     let (keyring, report) =
-        tokio::task::spawn_blocking(move || DataKeyring::open(master, &opening, missing, now))
-            .await
-            .map_err(|e| Error::MissingKeys(format!("opening the epoch-key file: {e}")))??;
+        crate::crypto::off_async_workers(move || DataKeyring::open(master, &opening, missing, now)).await?;
     log_open_report(&path, &report);
     let data_dir = std::path::absolute(&settings.data_dir).unwrap_or_else(|_| settings.data_dir.clone());
     if std::path::absolute(&path).is_ok_and(|p| p.starts_with(&data_dir)) {
@@ -613,25 +613,40 @@ fn restrict_permissions(dir: &Path, mode: u32) {
     let _ = (dir, mode);
 }
 
-/// Loads the vault-wide keys, generating and storing them on first start (then `fresh`).
-async fn system_keys(store: &Arc<dyn Store>, master: &MasterKeyring) -> Result<(SystemKeys, bool), Error> {
-    let (stored, fresh) = match store.meta(SYSTEM_KEYS).await? {
-        Some(bytes) => (bytes, false),
+/// Loads the vault-wide keys, generating and storing them on first start (then `fresh`). The
+/// wraps and unwraps under `master` run off the async workers (token calls); `master` is
+/// handed back.
+async fn system_keys(
+    store: &Arc<dyn Store>,
+    master: MasterKeyring,
+) -> Result<(MasterKeyring, SystemKeys, bool), Error> {
+    let (master, stored, fresh) = match store.meta(SYSTEM_KEYS).await? {
+        Some(bytes) => (master, bytes, false),
         None => {
-            let (_, wrapped) = SystemKeys::generate(master)?;
+            let (master, generated) = crate::crypto::off_async_workers(move || {
+                let generated = SystemKeys::generate(&master);
+                (master, generated)
+            })
+            .await;
+            let (_, wrapped) = generated?;
             let bytes = postcard::to_stdvec(&wrapped)
                 .map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
-            (store.init_meta(SYSTEM_KEYS, bytes).await?, true)
+            (master, store.init_meta(SYSTEM_KEYS, bytes).await?, true)
         }
     };
     let wrapped: WrappedSystemKeys =
         postcard::from_bytes(&stored).map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
-    let keys = SystemKeys::unwrap(master, &wrapped).map_err(|e| match e {
+    let (master, unwrapped, wrapped) = crate::crypto::off_async_workers(move || {
+        let unwrapped = SystemKeys::unwrap(&master, &wrapped);
+        (master, unwrapped, wrapped)
+    })
+    .await;
+    let keys = unwrapped.map_err(|e| match e {
         crate::crypto::CryptoError::UnknownMasterKey(_) => Error::WrongMasterKey {
             configured: master.current_id().to_string(),
             stored: wrapped.master_keys().iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
         },
         other => other.into(),
     })?;
-    Ok((keys, fresh))
+    Ok((master, keys, fresh))
 }

@@ -106,6 +106,22 @@ pub enum EpochError {
         /// The file.
         path: PathBuf,
     },
+    /// The master key could not be used at all (an HSM outage, a refused login): nothing is
+    /// known about the file, which is not reported as altered.
+    #[error(
+        "epoch key {epoch} in {} could not be opened: the master key {master} could not be used (token error: {reason})",
+        path.display()
+    )]
+    MasterUnusable {
+        /// The epoch.
+        epoch: KeyId,
+        /// The master key version it is wrapped under.
+        master: KeyId,
+        /// The file.
+        path: PathBuf,
+        /// What the token or module answered (setting names and return values, never a PIN).
+        reason: String,
+    },
     /// The current epoch cannot be destroyed.
     #[error("epoch {0} is the current epoch and cannot be destroyed")]
     Current(KeyId),
@@ -526,6 +542,14 @@ impl DataKeyring {
         wrapped: &WrappedKey,
     ) -> Result<DataKey, CryptoError> {
         if !wrapped.master_key.is_epoch() {
+            // From before epochs, hence under a file key: nothing wraps a data key under a token
+            // key, and this path runs on requests, where no token call may block a worker.
+            if self.master.find(&wrapped.master_key)?.is_token() {
+                return Err(CryptoError::Pkcs11(format!(
+                    "a data key wrapped directly under token key {} (never written by this vault) is refused",
+                    wrapped.master_key
+                )));
+            }
             return self.master.unwrap_data_key(customer, wrapped);
         }
         let epoch = self.find(&wrapped.master_key)?;
@@ -652,7 +676,7 @@ fn unwrap_epoch(master: &MasterKeyring, s: &StoredEpoch, path: &Path) -> Result<
         detail: format!("epoch key {epoch} {what} under master key {master_id} (the file was altered)"),
     };
     let bytes = envelope::open_with(mk.cipher(), &Sealed::from_bytes(s.sealed.to_vec()), &aad)
-        .map_err(|_| invalid("does not open"))?;
+        .map_err(|e| open_error(e, &epoch, &master_id, path))?;
     let mut raw = Zeroizing::new([0u8; 32]);
     if bytes.len() != 32 {
         return Err(invalid("has the wrong length"));
@@ -663,6 +687,32 @@ fn unwrap_epoch(master: &MasterKeyring, s: &StoredEpoch, path: &Path) -> Result<
         return Err(invalid("does not match its id"));
     }
     Ok(key)
+}
+
+/// Tells a sealed epoch key that does not authenticate (the file, or the key's slot, was
+/// altered: [`CryptoError::Open`]) from a master key that could not be used at all (a token
+/// error, [`EpochError::MasterUnusable`]).
+fn open_error(e: CryptoError, epoch: &KeyId, master: &KeyId, path: &Path) -> EpochError {
+    match e {
+        CryptoError::Open => EpochError::Invalid {
+            path: path.to_owned(),
+            detail: format!(
+                "epoch key {epoch} does not open under master key {master} (the file was altered)"
+            ),
+        },
+        CryptoError::Pkcs11(reason) => EpochError::MasterUnusable {
+            epoch: epoch.clone(),
+            master: master.clone(),
+            path: path.to_owned(),
+            reason,
+        },
+        other => EpochError::MasterUnusable {
+            epoch: epoch.clone(),
+            master: master.clone(),
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    }
 }
 
 fn header() -> [u8; HEADER_LEN] {
@@ -741,6 +791,24 @@ fn lock(file: &File, path: &Path) -> Result<(), EpochError> {
 mod tests {
     use super::*;
     use crate::crypto::MasterKey;
+
+    #[test]
+    fn a_token_failure_is_not_reported_as_an_altered_file() {
+        let (epoch, master) =
+            (KeyId::from_raw(EPOCH_PREFIX, &[1; 8]), KeyId::from_raw(MASTER_PREFIX, &[2; 8]));
+        let path = Path::new("/keys/epochs");
+        let token = open_error(
+            CryptoError::Pkcs11("token \"hsm\", key \"mk\": DeviceRemoved from Decrypt".into()),
+            &epoch,
+            &master,
+            path,
+        )
+        .to_string();
+        assert!(token.contains("could not be used") && token.contains("DeviceRemoved"), "{token}");
+        assert!(!token.contains("altered"), "{token}");
+        let altered = open_error(CryptoError::Open, &epoch, &master, path).to_string();
+        assert!(altered.contains("altered") && altered.contains("/keys/epochs"), "{altered}");
+    }
 
     fn ring(byte: u8) -> MasterKeyring {
         MasterKeyring::new(MasterKey::from_bytes(&[byte; 32]).unwrap(), vec![])

@@ -146,6 +146,11 @@ impl MasterKey {
         }
     }
 
+    /// Whether the key lives in a PKCS#11 token (every use is a blocking token call).
+    pub fn is_token(&self) -> bool {
+        matches!(self.kind, MasterKind::Pkcs11(_))
+    }
+
     /// The key to hand to `envelope::seal_with` / `open_with` (which run AES-256-GCM in memory
     /// or in the token, see [`envelope::GcmKey`]).
     pub(super) fn cipher(&self) -> &Self {

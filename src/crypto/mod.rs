@@ -58,6 +58,19 @@ pub enum CryptoError {
     Pkcs11(String),
 }
 
+/// Runs `work` on tokio's blocking pool and waits for it without holding an async worker: the
+/// way async code calls anything that may reach a PKCS#11 token (every `cryptoki` call blocks,
+/// for a network HSM a round trip or a reconnect). A panic in `work` is resumed here.
+pub async fn off_async_workers<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let task = tokio::task::spawn_blocking(move || pkcs11::on_blocking_thread(work));
+    match task.await {
+        Ok(out) => out,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // invariant: blocking tasks are not cancelled (only a runtime shutdown drops them).
+        Err(e) => panic!("a blocking task was cancelled: {e}"),
+    }
+}
+
 /// Fills `buf` with bytes from the operating system's CSPRNG.
 pub fn fill_random(buf: &mut [u8]) -> Result<(), CryptoError> {
     use ring::rand::SecureRandom;

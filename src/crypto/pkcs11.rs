@@ -11,9 +11,15 @@
 //!
 //! The master key is used only at start-up (unwrap the system and epoch keys), when an epoch
 //! key is created, and in a master-key rotation; customers' data keys are unwrapped by epoch keys
-//! in memory. So the token sees a handful of calls per epoch, never one per request. Calls are
-//! blocking; one logged-in session per token is held for the process behind a `std` mutex that
-//! is never held across an `.await` (the calls are synchronous).
+//! in memory. So the token sees a handful of calls per epoch, never one per request (a data key
+//! is never wrapped directly under a token key: `DataKeyring` refuses one rather than call the
+//! token on a request). Calls are blocking: async code makes them through
+//! `crypto::off_async_workers` (tokio's blocking pool), and one logged-in session per token is
+//! held for the process behind a `std` mutex that is never held across an `.await`.
+//!
+//! Process-wide facts of PKCS#11 modules: `C_Initialize` runs once per module per process
+//! (contexts are shared and never finalised), and SoftHSM2 reads `SOFTHSM2_CONF` once, at
+//! that first `C_Initialize`.
 //!
 //! Key id: a token key's bytes cannot be read, so its id cannot be an HMAC of them as for file
 //! keys. It is `mk-` and the first 8 bytes of SHA-256 over a label of its own
@@ -80,6 +86,37 @@ impl fmt::Debug for Pkcs11Config {
     }
 }
 
+thread_local! {
+    /// Set while [`super::off_async_workers`] runs work on a blocking-pool thread.
+    static ON_BLOCKING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `work` marked as off the async workers (see [`assert_off_async_workers`]).
+pub(super) fn on_blocking_thread<T>(work: impl FnOnce() -> T) -> T {
+    struct Mark;
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            ON_BLOCKING_THREAD.with(|b| b.set(false));
+        }
+    }
+    ON_BLOCKING_THREAD.with(|b| b.set(true));
+    let _mark = Mark;
+    work()
+}
+
+/// Every `cryptoki` call comes through here first. Inside a tokio runtime it must run under
+/// [`super::off_async_workers`]: a blocking token call on an async worker stalls every
+/// connection that worker serves. A call that does not is counted
+/// (`custodia_pkcs11_calls_on_async_workers_total`, which must stay absent) and logged, so a
+/// new call path that forgets it shows in tests and in production; it is not refused.
+fn assert_off_async_workers(what: &'static str) {
+    let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+    if in_runtime && !ON_BLOCKING_THREAD.with(std::cell::Cell::get) {
+        metrics::counter!("custodia_pkcs11_calls_on_async_workers_total").increment(1);
+        tracing::error!(call = what, "a PKCS#11 call ran on an async worker (a bug: it must run off them)");
+    }
+}
+
 /// One initialised context per module for the whole process: `C_Initialize` may run only once
 /// per module, and contexts are never finalised (sessions of other keyrings may still use them).
 static CONTEXTS: LazyLock<Mutex<HashMap<PathBuf, Pkcs11>>> = LazyLock::new(|| Mutex::new(HashMap::new()));
@@ -120,6 +157,11 @@ fn rv_name(e: &CkError) -> String {
 
 /// A logged-in token: one session held for the process, re-opened (and logged in again) if the
 /// token drops it.
+///
+/// Invariant: after one refused login (a wrong or locked PIN, or any other login failure) no
+/// login is tried again in this process. The token counts wrong PINs and locks the user PIN
+/// after a few; a server retrying the same wrong PIN on every request would lock it within
+/// seconds and take every other user of the token down with it.
 pub struct Pkcs11Token {
     ctx: Pkcs11,
     slot: Slot,
@@ -127,6 +169,10 @@ pub struct Pkcs11Token {
     pin: SecretString,
     pin_setting: &'static str,
     session: Mutex<Session>,
+    /// The first refused re-login, returned from then on without asking the token.
+    login_refused: Mutex<Option<String>>,
+    /// Logins tried after start-up (for tests and the log).
+    relogins: std::sync::atomic::AtomicU32,
 }
 
 impl fmt::Debug for Pkcs11Token {
@@ -143,6 +189,7 @@ impl Pkcs11Token {
     /// refused or locked (`…_PIN` or `…_PIN_FILE`, never the PIN), or the token does not offer
     /// `CKM_AES_GCM` (`…_MODULE`).
     pub fn open(config: &Pkcs11Config) -> Result<Arc<Pkcs11Token>, CryptoError> {
+        assert_off_async_workers("open");
         let ctx = context(&config.module)?;
         let slots = ctx
             .get_slots_with_token()
@@ -196,6 +243,8 @@ impl Pkcs11Token {
             pin: config.pin.clone(),
             pin_setting: config.pin_setting,
             session: Mutex::new(session),
+            login_refused: Mutex::new(None),
+            relogins: std::sync::atomic::AtomicU32::new(0),
         }))
     }
 
@@ -209,6 +258,7 @@ impl Pkcs11Token {
     /// decrypt, with a random 16-byte `CKA_ID`. Refuses if a secret key with `label` exists.
     /// Returns the key's id.
     pub fn generate_key(self: &Arc<Self>, label: &str) -> Result<KeyId, CryptoError> {
+        assert_off_async_workers("generate_key");
         let session = self.session();
         let existing = find_keys(&session, label).map_err(|e| {
             setting_error(KEY_SETTING, format!("searching the token failed: {}", rv_name(&e)))
@@ -249,6 +299,7 @@ impl Pkcs11Token {
     /// allowed to encrypt and decrypt, with a `CKA_ID`. An error names
     /// `CUSTODIA_MASTER_KEY_PKCS11_KEY` (or, for a previous key, the entry) and what is wrong.
     pub fn key(self: &Arc<Self>, label: &str, setting: &'static str) -> Result<Pkcs11Key, CryptoError> {
+        assert_off_async_workers("key");
         let session = self.session();
         let (handle, id) = checked_key(&session, label, &self.label, setting)?;
         drop(session);
@@ -264,10 +315,40 @@ impl Pkcs11Token {
         self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces a session the token dropped with a new, logged-in one.
+    /// Replaces a session the token dropped with a new, logged-in one. Tried at most once per
+    /// process if the login is refused (see the type's invariant): later calls return the
+    /// first refusal without asking the token.
     fn reconnect(&self, session: &mut Session) -> Result<(), CryptoError> {
-        *session = login(&self.ctx, self.slot, &self.pin, self.pin_setting)?;
-        Ok(())
+        let mut refused = self.login_refused.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(message) = refused.as_ref() {
+            return Err(CryptoError::Pkcs11(message.clone()));
+        }
+        self.relogins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match login(&self.ctx, self.slot, &self.pin, self.pin_setting) {
+            Ok(new) => {
+                *session = new;
+                Ok(())
+            }
+            Err(e) => {
+                let reason = match e {
+                    CryptoError::Pkcs11(reason) => reason,
+                    other => other.to_string(),
+                };
+                let message = format!(
+                    "{reason}; logging in again after the token dropped the session was refused, and no \
+                     further login is tried (a wrong PIN retried would lock it): correct {} and restart",
+                    self.pin_setting
+                );
+                tracing::error!(token = %self.label, error = %message, "PKCS#11 login refused");
+                *refused = Some(message.clone());
+                Err(CryptoError::Pkcs11(message))
+            }
+        }
+    }
+
+    /// How many logins were tried after start-up.
+    pub fn relogins(&self) -> u32 {
+        self.relogins.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -451,6 +532,7 @@ impl Pkcs11Key {
         &self,
         op: impl Fn(&Session, ObjectHandle) -> cryptoki::error::Result<T>,
     ) -> Result<T, CryptoError> {
+        assert_off_async_workers("encrypt or decrypt");
         let mut session = self.token.session();
         let mut handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
         match op(&session, *handle) {
@@ -530,6 +612,100 @@ mod tests {
         };
         let printed = format!("{config:?}");
         assert!(!printed.contains("8765") && printed.contains("[redacted]"), "{printed}");
+    }
+
+    const RELOGIN_TEST: &str = "crypto::pkcs11::tests::a_refused_re_login_is_not_tried_again";
+    const CHILD: &str = "CUSTODIA_PKCS11_TEST_CHILD";
+
+    /// A re-login with a PIN the token refuses (here: the PIN was changed on the token, then the
+    /// session was lost) fails with an error naming the setting, and is never tried again.
+    /// SoftHSM2 reads `SOFTHSM2_CONF` once per process and this process's environment cannot be
+    /// changed safely, so the work runs in a child process of this test binary.
+    #[test]
+    fn a_refused_re_login_is_not_tried_again() {
+        if std::env::var_os(CHILD).is_some() {
+            return relogin_child();
+        }
+        let module = std::env::var_os("CUSTODIA_TEST_PKCS11_MODULE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"));
+        let util = std::process::Command::new("softhsm2-util").arg("--version").output();
+        if !(util.is_ok_and(|o| o.status.success()) && module.exists()) {
+            let required = std::env::var_os("CI").is_some()
+                || std::env::var("CUSTODIA_REQUIRE_HSM").is_ok_and(|v| v == "1");
+            assert!(!required, "SoftHSM2 is required here but missing; apt-get install softhsm2");
+            println!("SKIPPED {RELOGIN_TEST}: SoftHSM2 is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(&conf, format!("directories.tokendir = {}\nlog.level = ERROR\n", tokens.display()))
+            .unwrap();
+        let init = std::process::Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args(["--init-token", "--free", "--label", "unit", "--pin", "1234-right", "--so-pin", "so-9999"])
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", RELOGIN_TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .env("SOFTHSM2_CONF", &conf)
+            .env("CUSTODIA_TEST_PKCS11_MODULE", &module)
+            .output()
+            .unwrap();
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
+    fn relogin_child() {
+        let module = PathBuf::from(std::env::var_os("CUSTODIA_TEST_PKCS11_MODULE").unwrap());
+        let config = Pkcs11Config {
+            module,
+            token: "unit".into(),
+            pin: SecretString::from("1234-right"),
+            pin_setting: PIN_FILE_SETTING,
+        };
+        let token = Pkcs11Token::open(&config).unwrap();
+        token.generate_key("k").unwrap();
+        let key = token.key("k", KEY_SETTING).unwrap();
+        let nonce = [7u8; 12];
+        let sealed = key.encrypt(&nonce, b"an epoch key", b"aad").unwrap();
+        assert_eq!(key.decrypt(&nonce, &sealed, b"aad").unwrap().as_slice(), b"an epoch key");
+        // An epoch-key file whose epoch key is wrapped under the token key.
+        let dir = tempfile::tempdir().unwrap();
+        let epochs = dir.path().join("epochs");
+        let keyring = |missing| {
+            let master = super::super::MasterKey::from_pkcs11(&token, "k", KEY_SETTING).unwrap();
+            let ring = super::super::MasterKeyring::new(master, vec![]);
+            let epochs = epochs.clone();
+            move || super::super::DataKeyring::open(ring, &epochs, missing, 1_000).map(|_| ())
+        };
+        keyring(super::super::MissingFile::Create)().unwrap();
+        let reopen = keyring(super::super::MissingFile::Refuse);
+        {
+            // The PIN is changed on the token (the configured one is now wrong), and the
+            // session is lost (as when the HSM restarts).
+            let session = token.session();
+            session.set_pin(&SecretString::from("1234-right"), &SecretString::from("5678-new")).unwrap();
+            session.logout().unwrap();
+        }
+        // The token cannot be used: opening the epoch-key file says so, not that it was altered.
+        let outage = reopen().unwrap_err().to_string();
+        assert!(outage.contains("could not be used") && outage.contains(PIN_FILE_SETTING), "{outage}");
+        assert!(!outage.contains("altered"), "{outage}");
+        let err = key.decrypt(&nonce, &sealed, b"aad").unwrap_err().to_string();
+        assert!(err.contains(PIN_FILE_SETTING) && err.contains("CKR_PIN_INCORRECT"), "{err}");
+        assert!(err.contains("no further login"), "{err}");
+        assert!(!err.contains("1234") && !err.contains("5678"), "a PIN leaked: {err}");
+        for _ in 0..5 {
+            let again = key.decrypt(&nonce, &sealed, b"aad").unwrap_err().to_string();
+            assert_eq!(again, err, "the same refusal, without asking the token");
+        }
+        assert_eq!(token.relogins(), 1, "a refused login is never tried again");
     }
 
     #[test]

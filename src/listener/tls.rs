@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto, version};
 
@@ -24,6 +24,10 @@ pub struct TlsFiles {
     /// PEM CA certificates whose client certificates are accepted; with it, a client without
     /// one is refused during the handshake (`CUSTODIA_TLS_CLIENT_CA`).
     pub client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (RFC 5280 §5) of the client CA, each file PEM (one or more
+    /// `X509 CRL` blocks) or DER; a client whose certificate one of them lists is refused
+    /// during the handshake (`CUSTODIA_TLS_CLIENT_CRL`, comma-separated). Only with `client_ca`.
+    pub client_crls: Vec<PathBuf>,
 }
 
 /// A TLS set-up problem. Messages name the file and never quote key material.
@@ -44,8 +48,8 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Loads and checks the files: the chain parses, the leaf is within its validity period,
-    /// the key matches the leaf, the client CA parses.
+    /// Loads and checks the files: the chain parses, every certificate in it is within its
+    /// validity period, the key matches the leaf, the client CA and its CRLs parse.
     pub fn load(files: TlsFiles) -> Result<Tls, TlsError> {
         let config = server_config(&files)?;
         Ok(Tls { files, config: RwLock::new(Arc::new(config)) })
@@ -75,7 +79,9 @@ impl Tls {
 
 fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let chain = certificates(&files.cert)?;
-    check_validity(&files.cert, &chain[0])?;
+    for (position, cert) in chain.iter().enumerate() {
+        check_validity(&files.cert, position, cert)?;
+    }
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
         TlsError(format!(
             "CUSTODIA_TLS_KEY {}: no usable PEM private key ({})",
@@ -98,10 +104,26 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
                     ))
                 })?;
             }
+            let mut crls = Vec::new();
+            for path in &files.client_crls {
+                crls.extend(revocation_lists(path)?);
+            }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(crls)
                 .build()
-                .map_err(|e| TlsError(format!("CUSTODIA_TLS_CLIENT_CA {}: {e}", ca.display())))?;
+                .map_err(|e| {
+                    let crl_files: Vec<String> =
+                        files.client_crls.iter().map(|p| p.display().to_string()).collect();
+                    TlsError(format!(
+                        "CUSTODIA_TLS_CLIENT_CA {} with CUSTODIA_TLS_CLIENT_CRL {}: {e}",
+                        ca.display(),
+                        crl_files.join(",")
+                    ))
+                })?;
             builder.with_client_cert_verifier(verifier)
+        }
+        None if !files.client_crls.is_empty() => {
+            return Err(TlsError("CUSTODIA_TLS_CLIENT_CRL needs CUSTODIA_TLS_CLIENT_CA".into()));
         }
         None => builder.with_no_client_auth(),
     };
@@ -128,23 +150,47 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(chain)
 }
 
-/// Refuses a leaf certificate outside its validity period (RFC 5280 §4.1.2.5).
-fn check_validity(path: &Path, leaf: &CertificateDer<'_>) -> Result<(), TlsError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-        .map_err(|e| TlsError(format!("{}: the certificate does not parse: {e}", path.display())))?;
+/// The CRLs in `path`: PEM `X509 CRL` blocks, or, when the file holds none, one DER CRL.
+/// Their signatures and contents are checked by the verifier built from them.
+fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let fail = |why: String| TlsError(format!("CUSTODIA_TLS_CLIENT_CRL {}: {why}", path.display()));
+    let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+    let pem = CertificateRevocationListDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>();
+    match pem {
+        Ok(crls) if !crls.is_empty() => Ok(crls),
+        // Not PEM: DER is a SEQUENCE (0x30).
+        Ok(_) | Err(_) if bytes.first() == Some(&0x30) => Ok(vec![CertificateRevocationListDer::from(bytes)]),
+        Ok(_) => Err(fail("no X509 CRL block, and not a DER CRL".into())),
+        Err(e) => Err(fail(format!("no usable PEM CRL ({})", pem_reason(&e)))),
+    }
+}
+
+/// Refuses a certificate of the chain (`position` 0 is the leaf) outside its validity period
+/// (RFC 5280 §4.1.2.5): an expired intermediate fails every client as surely as an expired
+/// leaf. The message names the file, the position and the subject, never key material.
+fn check_validity(path: &Path, position: usize, der: &CertificateDer<'_>) -> Result<(), TlsError> {
+    let which = |subject: &str| {
+        let role = if position == 0 { "leaf" } else { "chain" };
+        format!("certificate {} ({role}, subject \"{subject}\")", position + 1)
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| TlsError(format!("{}: {} does not parse: {e}", path.display(), which("unknown"))))?;
+    let subject = cert.subject().to_string();
     let validity = cert.validity();
     let now = x509_parser::time::ASN1Time::now();
     if validity.not_after < now {
         return Err(TlsError(format!(
-            "{}: the certificate expired on {}",
+            "{}: {} expired on {}",
             path.display(),
+            which(&subject),
             validity.not_after
         )));
     }
     if validity.not_before > now {
         return Err(TlsError(format!(
-            "{}: the certificate is not valid before {}",
+            "{}: {} is not valid before {}",
             path.display(),
+            which(&subject),
             validity.not_before
         )));
     }

@@ -17,6 +17,7 @@
 //! Ordering keeps `key_epochs` ⊆ the file's epochs across crashes: a new epoch is written to
 //! the file before it is listed, and unlisted before it is destroyed.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Vault, VaultError};
@@ -239,9 +240,10 @@ impl Vault {
             let wait = Duration::from_millis(u64::try_from(due - now).unwrap_or(0));
             return Ok(wait.min(MAX_SLEEP));
         }
-        let next = self
-            .keyring
-            .create_epoch(now)
+        // Wraps the new epoch key under the master key: a token call when it is in an HSM.
+        let keyring = Arc::clone(&self.keyring);
+        let next = crate::crypto::off_async_workers(move || keyring.create_epoch(now))
+            .await
             .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
         state.settle_until = Some(Instant::now() + schedule.settle);
         self.index_switched(Instant::now() + schedule.settle);

@@ -129,8 +129,10 @@ pub struct Vault {
     policies: Arc<PolicySet>,
     store: Arc<dyn Store>,
     audit: AuditLog,
-    keyring: DataKeyring,
-    keys: SystemKeys,
+    /// Shared with blocking-pool tasks that may call a PKCS#11 token (epoch creation, master
+    /// rotation): see `crypto::off_async_workers`.
+    keyring: Arc<DataKeyring>,
+    keys: Arc<SystemKeys>,
     epochs: EpochSchedule,
     /// Blind-index state: legacy entries still possible, and the settle deadline of the last
     /// epoch switch (see `vault::index`).
@@ -153,8 +155,8 @@ impl Vault {
             policies,
             store,
             audit,
-            keyring,
-            keys,
+            keyring: Arc::new(keyring),
+            keys: Arc::new(keys),
             epochs: EpochSchedule::default(),
             index: index::IndexState::default(),
             transparency: TransparencyCounters::default(),

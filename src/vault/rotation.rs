@@ -11,6 +11,7 @@
 //! any legacy data key. The store remembers which master key the last completed rotation
 //! reached (`rotated_to`), so a normal start does not scan anything.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::index::Brought;
@@ -76,12 +77,14 @@ impl Vault {
             .withheld(["started".to_owned(), to.clone()]);
         self.record(started).await?;
 
-        let wrapped = self.keys.wrap(self.keyring.master())?;
+        // Both wrap under the master key: token calls when it is in an HSM.
+        let (keys, keyring) = (Arc::clone(&self.keys), Arc::clone(&self.keyring));
+        let wrapped = crate::crypto::off_async_workers(move || keys.wrap(keyring.master())).await?;
         let bytes = postcard::to_stdvec(&wrapped).map_err(|e| VaultError::Internal(e.to_string()))?;
         self.store.put_meta(SYSTEM_KEYS, bytes).await?;
-        let epochs = self
-            .keyring
-            .rewrap_epochs_under_master()
+        let keyring = Arc::clone(&self.keyring);
+        let epochs = crate::crypto::off_async_workers(move || keyring.rewrap_epochs_under_master())
+            .await
             .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
 
         let mut rewrapped = 0;

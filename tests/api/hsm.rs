@@ -130,6 +130,18 @@ fn start(data: &std::path::Path, env: &[(String, String)]) -> ServerProcess {
     ServerProcess::start(data, &pairs)
 }
 
+/// Asserts that the server at `base` made no PKCS#11 call on an async worker: start-up (token
+/// login, key lookup, system keys, epoch-key file), epoch creation and master rotation run
+/// their token calls on tokio's blocking pool (`crypto::off_async_workers`).
+async fn assert_no_token_calls_on_async_workers(base: &str) {
+    let metrics = CLIENT.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        !metrics.contains("custodia_pkcs11_calls_on_async_workers_total"),
+        "PKCS#11 calls ran on async workers: {}",
+        metrics.lines().filter(|l| l.contains("pkcs11")).collect::<Vec<_>>().join("\n")
+    );
+}
+
 /// One client for the whole module (keep-alive; building one per request is slow).
 static CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(reqwest::Client::new);
 
@@ -254,6 +266,7 @@ async fn with_the_master_key_in_softhsm_customers_are_created_read_erased_and_su
     assert_eq!((status, &body["fields"]["email"]), (StatusCode::OK, &json!("kept@hsm.test")));
     let (status, _) = call(&server.base, Method::DELETE, &format!("/v1/customers/{erased}"), None).await;
     assert_eq!(status, StatusCode::OK);
+    assert_no_token_calls_on_async_workers(&server.base).await;
     assert!(server.terminate(), "clean shutdown");
 
     // The store is sealed under the token's key: the file key alone does not open it, and the
@@ -318,6 +331,7 @@ async fn rotating_from_the_file_key_to_the_hsm_key_under_load_lets_the_file_key_
         t0.elapsed()
     );
     acknowledged.extend(during);
+    assert_no_token_calls_on_async_workers(&server.base).await;
     assert!(server.terminate());
 
     // 3. The file key removed: everything reads back under the token's key alone.
@@ -340,6 +354,7 @@ async fn rotating_from_the_file_key_to_the_hsm_key_under_load_lets_the_file_key_
     back.push(("CUSTODIA_PREVIOUS_MASTER_KEYS".to_owned(), format!("pkcs11:{KEY}")));
     let mut server = start(&data, &back);
     wait_for_rotation(&server.base, 1).await;
+    assert_no_token_calls_on_async_workers(&server.base).await;
     assert!(server.terminate());
     let server = start(&data, &fast);
     for (id, email) in acknowledged.iter().step_by(7) {

@@ -29,7 +29,8 @@ impl Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign];
         let ca_pem = params.self_signed(&key).unwrap().pem();
         Pki { dir: tempfile::tempdir().unwrap(), ca_pem, issuer: Issuer::new(params, key) }
     }
@@ -60,6 +61,29 @@ impl Pki {
         std::fs::write(&crt, cert.pem()).unwrap();
         std::fs::write(&pem_key, key.serialize_pem()).unwrap();
         (crt, pem_key)
+    }
+
+    /// A CRL of this CA revoking `serials`, as PEM text and as DER bytes.
+    fn crl(&self, serials: &[u64]) -> (String, Vec<u8>) {
+        let crl = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2024, 1, 1),
+            next_update: rcgen::date_time_ymd(2099, 1, 1),
+            crl_number: rcgen::SerialNumber::from(serials.len() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|serial| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from(*serial),
+                    revocation_time: rcgen::date_time_ymd(2024, 6, 1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap();
+        (crl.pem().unwrap(), crl.der().to_vec())
     }
 
     fn ca_file(&self) -> PathBuf {
@@ -361,4 +385,252 @@ async fn silent_connections_and_half_http2_prefaces_are_closed_and_starve_no_one
     for task in idle {
         assert!(task.await.unwrap(), "an idle connection was never closed");
     }
+}
+
+/// Sends one HTTP/1.1 request for `/healthz` on `stream` (keep-alive) and returns the start of
+/// the answer, or `None` when the server closed the connection instead.
+async fn http1_healthz(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    if stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.is_err() {
+        return None;
+    }
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Ok(_) => None,
+        Err(_) => panic!("the server neither answered nor closed the connection"),
+    }
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(tokio::time::timeout(within, stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+/// One HTTP/2 GET of `/healthz` on `client`, body read to its end.
+async fn h2_healthz(client: &mut h2::client::SendRequest<axum::body::Bytes>) -> StatusCode {
+    let request = axum::http::Request::get("/healthz").body(()).unwrap();
+    let (response, _) = client.clone().ready().await.unwrap().send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    let status = response.status();
+    let mut body = response.into_body();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_and_keep_alive_connections_are_closed_after_the_idle_timeout_busy_ones_are_not() {
+    let app = spawn_app_with(|s| {
+        s.idle_timeout_ms = 1000;
+        // Far above the idle timeout: what closes the connections below is the idle timeout.
+        s.header_read_timeout_ms = 20_000;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+
+    // HTTP/2 (prior knowledge): one request, then no stream; h2 answers the server's PINGs.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+        let connection = tokio::spawn(connection);
+        assert_eq!(h2_healthz(&mut client).await, StatusCode::OK);
+        idle.push((client, connection, std::time::Instant::now()));
+    }
+    // A busy HTTP/2 connection: a request every 300 ms for 2.5 idle timeouts is never cut.
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut busy, busy_connection) = h2::client::handshake(tcp).await.unwrap();
+    let busy_connection = tokio::spawn(busy_connection);
+    for _ in 0..8 {
+        assert_eq!(h2_healthz(&mut busy).await, StatusCode::OK, "a busy connection is served");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(!busy_connection.is_finished(), "a busy HTTP/2 connection was closed");
+    for (_client, connection, since) in idle {
+        let closed = tokio::time::timeout(Duration::from_secs(10), connection)
+            .await
+            .expect("an idle HTTP/2 connection was never closed")
+            .unwrap();
+        // A GOAWAY then the end of the connection: h2 reports a clean end.
+        assert!(closed.is_ok(), "the idle connection ended without a clean GOAWAY: {closed:?}");
+        assert!(since.elapsed() >= Duration::from_millis(900), "closed before the idle timeout");
+    }
+
+    // HTTP/1.1 keep-alive obeys the same setting (its header timeout is 20 s here).
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(http1_healthz(&mut stream).await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(closed_within(&mut stream, Duration::from_secs(10)).await, "an idle keep-alive was never closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_address_cap_are_closed_while_other_addresses_are_served() {
+    const CAP: usize = 3;
+    let app = spawn_app_with(|s| s.max_connections_per_address = CAP).await;
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let from = |ip: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        socket.connect(addr)
+    };
+    let mut held = Vec::new();
+    for _ in 0..CAP {
+        let mut stream = from("127.0.0.1").await.unwrap();
+        assert!(http1_healthz(&mut stream).await.unwrap().starts_with("HTTP/1.1 200"));
+        held.push(stream);
+    }
+    // One more from the same address: accepted by the kernel, closed at once by the server.
+    let mut extra = from("127.0.0.1").await.unwrap();
+    assert!(http1_healthz(&mut extra).await.is_none(), "a connection past the per-address cap was served");
+    // Another address (Linux routes all of 127/8 to lo) is served meanwhile.
+    let mut other = from("127.0.0.2").await.unwrap();
+    assert!(http1_healthz(&mut other).await.unwrap().starts_with("HTTP/1.1 200"));
+    // The held connections are still served, and one closing frees a place.
+    assert!(http1_healthz(&mut held[0]).await.unwrap().starts_with("HTTP/1.1 200"));
+    drop(held.pop());
+    let mut served = false;
+    for _ in 0..50 {
+        let mut stream = from("127.0.0.1").await.unwrap();
+        if http1_healthz(&mut stream).await.is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "a place freed by a closed connection is given again");
+}
+
+#[tokio::test]
+async fn an_expired_certificate_anywhere_in_the_chain_is_a_start_up_error_naming_it() {
+    let pki = Pki::new();
+    // An intermediate CA, expired, that issued a valid server certificate.
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    params.distinguished_name.push(rcgen::DnType::CommonName, "Old Issuing CA");
+    params.not_before = rcgen::date_time_ymd(2019, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let intermediate_pem = params.signed_by(&key, &pki.issuer).unwrap().pem();
+    let intermediate = Issuer::new(params, key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, "vault.example");
+    let leaf_pem = leaf.signed_by(&leaf_key, &intermediate).unwrap().pem();
+    let (cert, key) = (pki.path("chain.crt"), pki.path("chain.key"));
+    std::fs::write(&cert, format!("{leaf_pem}{intermediate_pem}")).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    with_tls(&mut settings, &(cert.clone(), key));
+    let err = App::build(settings).await.err().expect("an expired intermediate is refused").to_string();
+    assert!(
+        err.contains(&cert.display().to_string())
+            && err.contains("certificate 2")
+            && err.contains("Old Issuing CA")
+            && err.contains("expired"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY") && !err.contains("BEGIN"), "no key material: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_and_a_crl_reload_on_sighup_takes_effect() {
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("server", true, |_| {});
+    let ca = pki.ca_file();
+    let serial =
+        |n: u64| move |p: &mut CertificateParams| p.serial_number = Some(rcgen::SerialNumber::from(n));
+    let (alice_crt, alice_key) = pki.issue("alice", false, serial(1001));
+    let (bob_crt, bob_key) = pki.issue("bob", false, serial(1002));
+    // First a CRL (DER) that revokes someone else; then a PEM one that revokes alice.
+    let crl = pki.path("clients.crl");
+    std::fs::write(&crl, pki.crl(&[7]).1).unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let path = |p: &Path| p.display().to_string();
+    let server = ServerProcess::start(
+        data_dir.path(),
+        &[
+            ("CUSTODIA_TLS_CERT", &path(&cert)),
+            ("CUSTODIA_TLS_KEY", &path(&key)),
+            ("CUSTODIA_TLS_CLIENT_CA", &path(&ca)),
+            ("CUSTODIA_TLS_CLIENT_CRL", &path(&crl)),
+        ],
+    );
+    let url = format!("{}/healthz", server.base);
+    // A new client each time: no connection is reused across the reload.
+    let status = |crt: PathBuf, key: PathBuf| {
+        let client = pki.client(Some((&crt, &key)));
+        let url = url.clone();
+        async move { client.get(&url).send().await.map(|r| r.status()).ok() }
+    };
+    assert_eq!(status(alice_crt.clone(), alice_key.clone()).await, Some(StatusCode::OK));
+    assert_eq!(status(bob_crt.clone(), bob_key.clone()).await, Some(StatusCode::OK));
+
+    std::fs::write(&crl, pki.crl(&[7, 1001]).0).unwrap();
+    let _ = std::process::Command::new("kill").arg("-HUP").arg(server.child.id().to_string()).status();
+    let mut refused = false;
+    for _ in 0..100 {
+        if status(alice_crt.clone(), alice_key.clone()).await.is_none() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the revoked client is refused after the CRL is reloaded");
+    assert_eq!(status(bob_crt, bob_key).await, Some(StatusCode::OK), "another client of the CA is served");
+}
+
+#[tokio::test]
+async fn a_crl_file_that_is_not_a_crl_is_a_start_up_error_naming_the_setting() {
+    let pki = Pki::new();
+    let server = pki.issue("server", true, |_| {});
+    let not_crl = pki.path("not.crl");
+    std::fs::write(&not_crl, "hello").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    with_tls(&mut settings, &server);
+    settings.tls_client_ca = Some(pki.ca_file());
+    settings.tls_client_crl = vec![not_crl.clone()];
+    let err = App::build(settings).await.err().expect("refused").to_string();
+    assert!(err.contains("CUSTODIA_TLS_CLIENT_CRL") && err.contains(&not_crl.display().to_string()), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_export_presents_a_client_certificate_to_a_mutual_tls_server() {
+    let pki = Pki::new();
+    let server = pki.issue("server", true, |_| {});
+    let ca = pki.ca_file();
+    let app = spawn_app_with(|s| {
+        with_tls(s, &server);
+        s.tls_client_ca = Some(ca.clone());
+    })
+    .await;
+    let (crt, key) = pki.issue("auditor", false, |_| {});
+    let token = app.auditor();
+    let out = tempfile::tempdir().unwrap();
+    let args = |with_identity: bool| {
+        let mut args: Vec<String> =
+            ["audit", "export", "--url", &app.base, "--ca"].iter().map(|a| (*a).to_owned()).collect();
+        args.push(ca.display().to_string());
+        args.extend(["--token".to_owned(), token.clone(), "--out".to_owned()]);
+        args.push(out.path().display().to_string());
+        if with_identity {
+            args.extend(["--client-cert".to_owned(), crt.display().to_string(), "--client-key".to_owned()]);
+            args.push(key.display().to_string());
+        }
+        args
+    };
+    let run = |args: Vec<String>| async move {
+        crate::auditor::custodia(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+    };
+    let (ok, _, stderr) = run(args(false)).await;
+    assert!(!ok, "without a client certificate the server refuses the export");
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+    let (ok, stdout, stderr) = run(args(true)).await;
+    assert!(ok, "export with a client certificate: {stdout} {stderr}");
+    assert!(out.path().join("events.ndjson").exists() && out.path().join("checkpoint.txt").exists());
 }
