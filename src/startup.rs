@@ -93,7 +93,10 @@ impl App {
                 Duration::from_secs(settings.retention_sweep_secs),
             ));
         }
-        let limiter = Arc::new(CallerLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst));
+        let limiter = Arc::new(
+            CallerLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
+                .with_public(settings.public_rate_limit_per_second, settings.public_rate_limit_burst),
+        );
         spawn_limiter_pruning(Arc::clone(&limiter));
         let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth), limiter };
         let limits =
@@ -150,6 +153,9 @@ impl App {
         if let Err(e) = self.vault.audit_log().checkpoint().await {
             tracing::warn!(error = %e, "could not sign a final checkpoint");
         }
+        if let Err(e) = self.vault.persist_transparency().await {
+            tracing::warn!(error = %e, "could not persist the transparency counters");
+        }
         self.store.close().await?;
         tracing::info!("stopped; store flushed and closed");
         Ok(())
@@ -170,7 +176,9 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
     let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
     let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
         .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
-    let audit = AuditLog::open(Arc::clone(&dyn_store), signer, keys.actor_pseudonym_key()).await?;
+    let audit = AuditLog::open(Arc::clone(&dyn_store), signer, keys.actor_pseudonym_key())
+        .await?
+        .with_clock(settings.audit_clock.clone());
     let keyring = open_keyring(settings, &dyn_store, master).await?;
     let schedule = EpochSchedule {
         period: settings.key_epoch_period(),
