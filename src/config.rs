@@ -81,6 +81,9 @@ pub struct Settings {
     pub public_rate_limit_per_second: u32,
     /// Burst allowed above the public rate (`CUSTODIA_PUBLIC_RATE_LIMIT_BURST`).
     pub public_rate_limit_burst: u32,
+    /// Seconds between background refreshes of the transparency report, at least 1
+    /// (`CUSTODIA_TRANSPARENCY_REFRESH_SECS`); the first runs at start.
+    pub transparency_refresh_secs: u64,
     /// PEM certificate chain served over TLS (`CUSTODIA_TLS_CERT`); with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (`CUSTODIA_TLS_KEY`).
@@ -140,6 +143,7 @@ impl Default for Settings {
             rate_limit_burst: 0,
             public_rate_limit_per_second: 10,
             public_rate_limit_burst: 60,
+            transparency_refresh_secs: 60,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -217,6 +221,7 @@ struct FileSettings {
     rate_limit_burst: Option<u32>,
     public_rate_limit_per_second: Option<u32>,
     public_rate_limit_burst: Option<u32>,
+    transparency_refresh_secs: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -271,6 +276,7 @@ impl Settings {
             rate_limit_burst,
             public_rate_limit_per_second,
             public_rate_limit_burst,
+            transparency_refresh_secs,
             jwt_max_lifetime_secs,
             allow_plaintext,
             header_read_timeout_ms,
@@ -360,6 +366,9 @@ impl Settings {
         }
         if let Some(v) = get("CUSTODIA_PUBLIC_RATE_LIMIT_BURST") {
             self.public_rate_limit_burst = number("CUSTODIA_PUBLIC_RATE_LIMIT_BURST", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_TRANSPARENCY_REFRESH_SECS") {
+            self.transparency_refresh_secs = number("CUSTODIA_TRANSPARENCY_REFRESH_SECS", v)?;
         }
         if let Some(v) = get("CUSTODIA_ROTATION_PAUSE_MS") {
             self.rotation_pause_ms = number("CUSTODIA_ROTATION_PAUSE_MS", v)?;
@@ -453,6 +462,7 @@ impl Settings {
             ("CUSTODIA_HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms == 0),
             ("CUSTODIA_MAX_CONNECTIONS", self.max_connections == 0),
             ("CUSTODIA_HTTP2_MAX_STREAMS", self.http2_max_streams == 0),
+            ("CUSTODIA_TRANSPARENCY_REFRESH_SECS", self.transparency_refresh_secs == 0),
         ] {
             if zero {
                 return Err(ConfigError::Env { name, message: "must be at least 1".into() });
@@ -606,6 +616,9 @@ mod tests {
             "key_epoch_file",
             "key_epoch_seconds",
             "key_epochs_kept",
+            "public_rate_limit_per_second",
+            "public_rate_limit_burst",
+            "transparency_refresh_secs",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }

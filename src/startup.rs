@@ -38,10 +38,6 @@ use crate::vault::SYSTEM_KEYS;
 /// one at least every second.
 pub const CHECKPOINT_PERIOD: Duration = Duration::from_millis(1000);
 
-/// How often the background task folds new audit events into the transparency report's
-/// counters, so a page view only reads the few events appended since.
-pub const TRANSPARENCY_FOLD_PERIOD: Duration = Duration::from_secs(5);
-
 /// A built application, bound to its port but not yet serving.
 pub struct App {
     listener: TcpListener,
@@ -80,7 +76,10 @@ impl App {
         crate::metric::audit_tree_size(vault.audit_log().head().await?.0);
         let mut background = vec![
             spawn_checkpointer(Arc::downgrade(&vault), CHECKPOINT_PERIOD),
-            spawn_transparency_folder(Arc::downgrade(&vault), TRANSPARENCY_FOLD_PERIOD),
+            spawn_transparency_folder(
+                Arc::downgrade(&vault),
+                Duration::from_secs(settings.transparency_refresh_secs.max(1)),
+            ),
         ];
         if vault.rotation_pending().await.map_err(vault_error)? {
             background
@@ -354,8 +353,9 @@ fn spawn_reload(tls: Option<Arc<Tls>>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Folds new events into the transparency counters every `period` (see
-/// `vault::transparency`). Holds the vault weakly, like [`spawn_checkpointer`].
+/// Prepares the transparency report at start and then every `period`: folds new events into
+/// its counters and replaces the report views read (see `vault::transparency`). Holds the vault
+/// weakly, like [`spawn_checkpointer`].
 fn spawn_transparency_folder(vault: Weak<Vault>, period: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);

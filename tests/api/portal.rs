@@ -315,7 +315,7 @@ async fn an_expired_link_asks_for_a_new_one_and_sign_out_forgets_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transparency_page_shows_the_report_from_this_origin_only() {
     let app = spawn_app().await;
-    crate::transparency::scenario(&app).await;
+    crate::transparency::closed_scenario(&app).await;
     let Some(browser) = Browser::open("transparency page", 900, 1300).await else { return };
     browser.client.goto(&format!("{}/transparency", app.base)).await.unwrap();
     browser.wait_until("document.getElementById('note').textContent.length > 0").await;
@@ -325,6 +325,8 @@ async fn the_transparency_page_shows_the_report_from_this_origin_only() {
     let acme = browser.text("#months tbody tr").await;
     assert!(acme.contains("acme-shipping") && acme.ends_with('6'), "{acme}");
     assert!(page.contains("Art. 6(1)(b)"), "{page}");
+    assert!(page.contains("March 2031"), "{page}");
+    assert!(browser.text("#in-progress").await.starts_with("April 2031: in progress"), "{page}");
     let note = browser.text("#note").await;
     assert!(note.contains('\u{2014}'), "the signed note: {note}");
     browser.screenshot("transparency").await;
