@@ -467,6 +467,29 @@ async fn a_customer_gets_receipts_for_their_own_events_only() {
         .expect("the proof verifies");
     assert_eq!(r["event"]["seq"], seq);
 
+    // Receipts reuse the newest signed checkpoint when it covers the event: a call does not get
+    // a checkpoint signed for it (one covering its own audit.read). The background checkpointer
+    // signs once a second while the log grows, so at most one of five quick calls may see one.
+    let res = app.call(Method::GET, "/v1/audit/checkpoint", Some(&app.auditor()), None, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let res =
+            app.call(Method::GET, &format!("/v1/me/events/{seq}/receipt"), Some(&token), None, None).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+        let request_id = res.headers["x-request-id"].to_str().unwrap().to_owned();
+        calls.push((request_id, res.body["inclusion"]["tree_size"].as_u64().unwrap()));
+    }
+    let logged = app.audit_events().await;
+    let covering_own_read = calls
+        .iter()
+        .filter(|(request_id, size)| {
+            let read = logged.iter().find(|e| e["request_id"] == request_id.as_str()).expect("the call's event");
+            *size > read["seq"].as_u64().unwrap()
+        })
+        .count();
+    assert!(covering_own_read <= 1, "{covering_own_read} of 5 receipts were signed for their own call");
+
     // Another customer's event, a seq beyond the log and a malformed seq.
     let theirs = all.iter().find(|e| e["customer_id"] == other.as_str()).unwrap()["seq"].as_u64().unwrap();
     for path in [format!("/v1/me/events/{theirs}/receipt"), "/v1/me/events/999999/receipt".to_owned()] {
