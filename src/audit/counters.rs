@@ -525,7 +525,6 @@ mod tests {
         assert_eq!(nov.erasures, 0, "a closed month never changes");
         assert_eq!(c.published().len(), 1, "December is open: not published");
 
-        let mut f = f;
         f.add(event(0, "2027-01-01T00:00:00.000Z", Action::CustomerRead, Outcome::Allowed), Some("c5"));
         let c = &f.0;
         assert_eq!(c.in_progress(), Some("2027-01"));

@@ -75,7 +75,10 @@ struct Report {
 )]
 async fn report(_: PublicBudget, State(state): State<AppState>) -> Result<Json<Report>, ApiError> {
     let Some(r) = state.vault.transparency_report() else {
-        return Err(ApiError::not_ready("the transparency report is being prepared; retry in a few seconds", 5));
+        return Err(ApiError::not_ready(
+            "the transparency report is being prepared; retry in a few seconds",
+            5,
+        ));
     };
     Ok(Json(Report {
         format_version: r.format_version,

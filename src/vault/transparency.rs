@@ -122,8 +122,7 @@ impl Vault {
         let key = self.keys.transparency_member_key();
         let member = |text: &str| Member(key.digest(text));
         while fold.counters.size < target {
-            let want =
-                FOLD_PAGE.min(usize::try_from(target - fold.counters.size).unwrap_or(FOLD_PAGE));
+            let want = FOLD_PAGE.min(usize::try_from(target - fold.counters.size).unwrap_or(FOLD_PAGE));
             let page = self.store.audit_events(fold.counters.size, want).await?;
             if page.is_empty() {
                 // Keep what was folded so far; the next step resumes from there.

@@ -308,7 +308,13 @@ async fn a_listed_entry_that_differs_from_the_receipts_event_does_not_verify() {
     let app = app.restart().await;
     // The receipt the page will get is the genuine one: it verifies on its own.
     let res = app
-        .call(Method::GET, &format!("/v1/me/events/{seq}/receipt"), Some(&TestApp::customer_token(&id)), None, None)
+        .call(
+            Method::GET,
+            &format!("/v1/me/events/{seq}/receipt"),
+            Some(&TestApp::customer_token(&id)),
+            None,
+            None,
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     assert_eq!(res.body["event"], events.iter().find(|e| e["seq"] == seq).unwrap().clone());
@@ -484,7 +490,8 @@ async fn a_customer_gets_receipts_for_their_own_events_only() {
     let covering_own_read = calls
         .iter()
         .filter(|(request_id, size)| {
-            let read = logged.iter().find(|e| e["request_id"] == request_id.as_str()).expect("the call's event");
+            let read =
+                logged.iter().find(|e| e["request_id"] == request_id.as_str()).expect("the call's event");
             *size > read["seq"].as_u64().unwrap()
         })
         .count();

@@ -262,7 +262,13 @@ async fn one_customer_toggling_a_restriction_cannot_single_out_another() {
 async fn audit_report(dir: &std::path::Path, report: Option<&str>) -> (bool, String, String) {
     let file = |n: &str| dir.join(n).to_str().unwrap().to_owned();
     let mut a: Vec<String> = ["audit", "report", "--events"].map(str::to_owned).to_vec();
-    a.extend([file("events.ndjson"), "--checkpoint".into(), file("checkpoint.txt"), "--key".into(), file("key.txt")]);
+    a.extend([
+        file("events.ndjson"),
+        "--checkpoint".into(),
+        file("checkpoint.txt"),
+        "--key".into(),
+        file("key.txt"),
+    ]);
     if let Some(r) = report {
         a.extend(["--report".into(), file(r)]);
     }
