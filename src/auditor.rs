@@ -312,8 +312,10 @@ fn read(path: &Path) -> Result<String, Failure> {
 pub struct Recomputed {
     /// The number of events the counts cover (the report's tree size, or the export's).
     pub tree_size: u64,
-    /// The counts as the transparency report publishes them, newest month first.
+    /// The counts as the transparency report publishes them: closed months, newest first.
     pub months: Vec<crate::audit::counters::PublishedMonth>,
+    /// The month still open at that size (in progress, not published).
+    pub in_progress: Option<String>,
     /// The size of the export's checkpoint, which was verified in full first.
     pub verified_size: u64,
 }
@@ -324,8 +326,9 @@ pub struct Recomputed {
 /// verify`): counts of events that do not verify mean nothing. Without `report`, the counts
 /// cover every event of the export. With `report` (a saved `GET /v1/transparency` answer), the
 /// report's own checkpoint must be signed by the key, and the first `tree_size` events of the
-/// export must hash to its root; the counts of those events must then equal the report's,
-/// month by month, else the error names the first month that differs.
+/// export must hash to its root; the counts of those events (distinct customers per cell, closed
+/// months only, as the server computes them) must then equal the report's, month by month, and
+/// the month in progress must be the same, else the error names the first difference.
 pub fn report_files(
     events: &Path,
     checkpoint: &Path,
@@ -334,7 +337,7 @@ pub fn report_files(
 ) -> Result<Recomputed, String> {
     use std::io::BufRead;
 
-    use crate::audit::counters::Counters;
+    use crate::audit::counters::{Counters, Member};
     use crate::audit::merkle::Frontier;
     use crate::audit::verify::event_leaf;
 
@@ -384,13 +387,16 @@ pub fn report_files(
 
     let file = File::open(events).map_err(|e| format!("{}: {e}", events.display()))?;
     let mut counters = Counters::default();
+    // Only distinctness matters to the counts, so any key gives the server's numbers.
+    let member_key = crate::crypto::MemberKey::random().map_err(|e| e.to_string())?;
+    let member = |text: &str| Member(member_key.digest(text));
     let mut frontier = Frontier::default();
     for (seq, line) in (0..size).zip(BufReader::new(file).split(b'\n')) {
         let line = line.map_err(|e| format!("{}: {e}", events.display()))?;
         frontier.push(event_leaf(&line, seq).map_err(|e| format!("event {seq}: {e}"))?);
         let event: crate::audit::Event =
             serde_json::from_slice(&line).map_err(|e| format!("event {seq}: {e}"))?;
-        counters.fold(&event).map_err(|e| e.to_string())?;
+        counters.fold(&event, member).map_err(|e| e.to_string())?;
     }
     if counters.size != size {
         return Err(format!("the export ends after {} events, the report covers {size}", counters.size));
@@ -423,7 +429,7 @@ pub fn report_files(
         }
         if let Some(extra) = theirs.iter().find(|t| !ours.iter().any(|m| month_of(m) == month_of(t))) {
             return Err(format!(
-                "month {}: in the report but no event of the log falls in it",
+                "month {}: in the report but not a closed month of the log at this size",
                 month_of(extra)
             ));
         }
@@ -436,5 +442,15 @@ pub fn report_files(
             );
         }
     }
-    Ok(Recomputed { tree_size: size, months, verified_size })
+    if let Some(r) = &given {
+        let theirs = r["in_progress"].as_str();
+        if theirs != counters.in_progress() {
+            return Err(format!(
+                "the report says month {theirs:?} is in progress, the log at this size {:?}",
+                counters.in_progress()
+            ));
+        }
+    }
+    let in_progress = counters.in_progress().map(str::to_owned);
+    Ok(Recomputed { tree_size: size, months, in_progress, verified_size })
 }

@@ -304,7 +304,11 @@ impl Cli {
                         ExitCode::SUCCESS
                     }
                     Ok(done) => {
-                        let out = serde_json::json!({ "tree_size": done.tree_size, "months": done.months });
+                        let out = serde_json::json!({
+                            "tree_size": done.tree_size,
+                            "in_progress": done.in_progress,
+                            "months": done.months,
+                        });
                         // invariant: a serde_json::Value always serialises.
                         println!("{}", serde_json::to_string_pretty(&out).expect("JSON serialises"));
                         ExitCode::SUCCESS

@@ -75,6 +75,15 @@ pub struct Settings {
     pub rate_limit_per_second: u32,
     /// Burst allowed above the rate (`CUSTODIA_RATE_LIMIT_BURST`).
     pub rate_limit_burst: u32,
+    /// Requests per second allowed per peer address on the routes anyone may call without a
+    /// token: `/portal*`, `/transparency*` and `/v1/transparency`; 0 turns that limit off
+    /// (`CUSTODIA_PUBLIC_RATE_LIMIT_PER_SECOND`).
+    pub public_rate_limit_per_second: u32,
+    /// Burst allowed above the public rate (`CUSTODIA_PUBLIC_RATE_LIMIT_BURST`).
+    pub public_rate_limit_burst: u32,
+    /// Seconds between background refreshes of the transparency report, at least 1
+    /// (`CUSTODIA_TRANSPARENCY_REFRESH_SECS`); the first runs at start.
+    pub transparency_refresh_secs: u64,
     /// PEM certificate chain served over TLS (`CUSTODIA_TLS_CERT`); with `tls_key`.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of `tls_cert` (`CUSTODIA_TLS_KEY`).
@@ -105,6 +114,10 @@ pub struct Settings {
     pub http2_max_streams: u32,
     /// Generate missing keys into the data directory (`serve --dev`).
     pub dev: bool,
+    /// The clock audit events are stamped with. Not a configuration setting (no file key, no
+    /// environment variable): the system clock, unless code embedding the server (the tests)
+    /// shifts it to drive the transparency report's month boundaries.
+    pub audit_clock: crate::domain::Clock,
 }
 
 impl Default for Settings {
@@ -138,6 +151,9 @@ impl Default for Settings {
             retention_sweep_secs: 3600,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
+            public_rate_limit_per_second: 10,
+            public_rate_limit_burst: 60,
+            transparency_refresh_secs: 60,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -150,6 +166,7 @@ impl Default for Settings {
             max_header_bytes: 16 * 1024,
             http2_max_streams: 128,
             dev: false,
+            audit_clock: crate::domain::Clock::default(),
         }
     }
 }
@@ -215,6 +232,9 @@ struct FileSettings {
     retention_sweep_secs: Option<u64>,
     rate_limit_per_second: Option<u32>,
     rate_limit_burst: Option<u32>,
+    public_rate_limit_per_second: Option<u32>,
+    public_rate_limit_burst: Option<u32>,
+    transparency_refresh_secs: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -270,6 +290,9 @@ impl Settings {
             key_epochs_kept,
             rate_limit_per_second,
             rate_limit_burst,
+            public_rate_limit_per_second,
+            public_rate_limit_burst,
+            transparency_refresh_secs,
             jwt_max_lifetime_secs,
             allow_plaintext,
             header_read_timeout_ms,
@@ -356,6 +379,15 @@ impl Settings {
         }
         if let Some(v) = get("CUSTODIA_RATE_LIMIT_BURST") {
             self.rate_limit_burst = number("CUSTODIA_RATE_LIMIT_BURST", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_PUBLIC_RATE_LIMIT_PER_SECOND") {
+            self.public_rate_limit_per_second = number("CUSTODIA_PUBLIC_RATE_LIMIT_PER_SECOND", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_PUBLIC_RATE_LIMIT_BURST") {
+            self.public_rate_limit_burst = number("CUSTODIA_PUBLIC_RATE_LIMIT_BURST", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_TRANSPARENCY_REFRESH_SECS") {
+            self.transparency_refresh_secs = number("CUSTODIA_TRANSPARENCY_REFRESH_SECS", v)?;
         }
         if let Some(v) = get("CUSTODIA_ROTATION_PAUSE_MS") {
             self.rotation_pause_ms = number("CUSTODIA_ROTATION_PAUSE_MS", v)?;
@@ -461,6 +493,7 @@ impl Settings {
             ("CUSTODIA_MAX_CONNECTIONS_PER_ADDRESS", self.max_connections_per_address == 0),
             ("CUSTODIA_IDLE_TIMEOUT_MS", self.idle_timeout_ms == 0),
             ("CUSTODIA_HTTP2_MAX_STREAMS", self.http2_max_streams == 0),
+            ("CUSTODIA_TRANSPARENCY_REFRESH_SECS", self.transparency_refresh_secs == 0),
         ] {
             if zero {
                 return Err(ConfigError::Env { name, message: "must be at least 1".into() });
@@ -624,6 +657,9 @@ mod tests {
             "key_epoch_file",
             "key_epoch_seconds",
             "key_epochs_kept",
+            "public_rate_limit_per_second",
+            "public_rate_limit_burst",
+            "transparency_refresh_secs",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }

@@ -38,10 +38,6 @@ use crate::vault::SYSTEM_KEYS;
 /// one at least every second.
 pub const CHECKPOINT_PERIOD: Duration = Duration::from_millis(1000);
 
-/// How often the background task folds new audit events into the transparency report's
-/// counters, so a page view only reads the few events appended since.
-pub const TRANSPARENCY_FOLD_PERIOD: Duration = Duration::from_secs(5);
-
 /// A built application, bound to its port but not yet serving.
 pub struct App {
     listener: TcpListener,
@@ -80,7 +76,10 @@ impl App {
         crate::metric::audit_tree_size(vault.audit_log().head().await?.0);
         let mut background = vec![
             spawn_checkpointer(Arc::downgrade(&vault), CHECKPOINT_PERIOD),
-            spawn_transparency_folder(Arc::downgrade(&vault), TRANSPARENCY_FOLD_PERIOD),
+            spawn_transparency_folder(
+                Arc::downgrade(&vault),
+                Duration::from_secs(settings.transparency_refresh_secs.max(1)),
+            ),
         ];
         if vault.rotation_pending().await.map_err(vault_error)? {
             background
@@ -93,7 +92,10 @@ impl App {
                 Duration::from_secs(settings.retention_sweep_secs),
             ));
         }
-        let limiter = Arc::new(CallerLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst));
+        let limiter = Arc::new(
+            CallerLimiter::new(settings.rate_limit_per_second, settings.rate_limit_burst)
+                .with_public(settings.public_rate_limit_per_second, settings.public_rate_limit_burst),
+        );
         spawn_limiter_pruning(Arc::clone(&limiter));
         let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth), limiter };
         let limits =
@@ -150,6 +152,9 @@ impl App {
         if let Err(e) = self.vault.audit_log().checkpoint().await {
             tracing::warn!(error = %e, "could not sign a final checkpoint");
         }
+        if let Err(e) = self.vault.persist_transparency().await {
+            tracing::warn!(error = %e, "could not persist the transparency counters");
+        }
         self.store.close().await?;
         tracing::info!("stopped; store flushed and closed");
         Ok(())
@@ -172,7 +177,9 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
     let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
     let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
         .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
-    let audit = AuditLog::open(Arc::clone(&dyn_store), signer, keys.actor_pseudonym_key()).await?;
+    let audit = AuditLog::open(Arc::clone(&dyn_store), signer, keys.actor_pseudonym_key())
+        .await?
+        .with_clock(settings.audit_clock.clone());
     let keyring = open_keyring(settings, &dyn_store, master).await?;
     let schedule = EpochSchedule {
         period: settings.key_epoch_period(),
@@ -346,8 +353,9 @@ fn spawn_reload(tls: Option<Arc<Tls>>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Folds new events into the transparency counters every `period` (see
-/// `vault::transparency`). Holds the vault weakly, like [`spawn_checkpointer`].
+/// Prepares the transparency report at start and then every `period`: folds new events into
+/// its counters and replaces the report views read (see `vault::transparency`). Holds the vault
+/// weakly, like [`spawn_checkpointer`].
 fn spawn_transparency_folder(vault: Weak<Vault>, period: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::crypto::PseudonymKey;
-use crate::domain::{CustomerId, Principal, Timestamp};
+use crate::domain::{Clock, CustomerId, Principal, Timestamp};
 use crate::store::{CustomerChange, PendingEvent, Store, StoreError, Write};
 use checkpoint::{CheckpointSigner, SignedCheckpoint, VerifierKey};
 use merkle::Hash;
@@ -319,6 +319,8 @@ pub struct AuditLog {
     pseudonyms: PseudonymKey,
     /// The newest signed checkpoint; the lock also serialises signing so sizes only grow.
     latest: Mutex<Option<SignedCheckpoint>>,
+    /// What events are stamped with (the system clock unless a test shifted it).
+    clock: Clock,
 }
 
 impl AuditLog {
@@ -335,10 +337,16 @@ impl AuditLog {
         if tree::root(&head).is_none() {
             return Err(AuditError::Corrupt("the stored head does not match the log size".into()));
         }
-        let log = AuditLog { store, signer, pseudonyms, latest: Mutex::new(None) };
+        let log = AuditLog { store, signer, pseudonyms, latest: Mutex::new(None), clock: Clock::default() };
         let latest = log.check_latest_checkpoint(head.size).await?;
         *log.latest.lock().await = latest;
         Ok(log)
+    }
+
+    /// Stamps events with `clock` instead of the system clock (see [`Clock`]).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     async fn check_latest_checkpoint(&self, size: u64) -> Result<Option<SignedCheckpoint>, AuditError> {
@@ -406,7 +414,7 @@ impl AuditLog {
         &self,
         writes: Vec<(Vec<EventDraft>, Option<CustomerChange>)>,
     ) -> Result<Vec<Result<Vec<u64>, AuditError>>, AuditError> {
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let mut kinds = Vec::with_capacity(writes.len());
         let mut batch = Vec::with_capacity(writes.len());
         for (drafts, change) in writes {
@@ -474,6 +482,11 @@ impl AuditLog {
         }
         *latest = Some(signed.clone());
         Ok(Some(signed))
+    }
+
+    /// The newest checkpoint already signed, without signing one (`None` before the first).
+    pub async fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
+        self.latest.lock().await.clone()
     }
 
     /// The root of the tree of the first `size` events (`size` ≤ the current size).

@@ -419,6 +419,13 @@ impl SystemKeys {
     pub fn actor_pseudonym_key(&self) -> super::PseudonymKey {
         super::PseudonymKey::derive(&self.raw[0])
     }
+
+    /// The key of the transparency report's member digests, derived from the blind-index key
+    /// under its own label (stable across restarts and master key rotations, so persisted
+    /// sets of the open month stay comparable).
+    pub fn transparency_member_key(&self) -> super::MemberKey {
+        super::MemberKey::derive(&self.raw[0])
+    }
 }
 
 impl WrappedSystemKeys {

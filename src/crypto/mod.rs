@@ -27,7 +27,7 @@ pub use pkcs11::{
     PIN_FILE_SETTING as PKCS11_PIN_FILE_SETTING, PIN_SETTING as PKCS11_PIN_SETTING, Pkcs11Config,
     Pkcs11Token, TOKEN_SETTING as PKCS11_TOKEN_SETTING,
 };
-pub use pseudonym::PseudonymKey;
+pub use pseudonym::{MemberKey, PseudonymKey};
 pub use signing::{SigningKey, verify_ed25519};
 
 /// A cryptographic operation failed.

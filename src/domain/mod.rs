@@ -12,4 +12,4 @@ pub mod unicode;
 
 pub use customer_id::CustomerId;
 pub use principal::{Principal, Role};
-pub use timestamp::Timestamp;
+pub use timestamp::{Clock, Timestamp};

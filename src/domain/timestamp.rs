@@ -1,6 +1,8 @@
 //! Wall-clock instants as Unix milliseconds, rendered RFC 3339 UTC with milliseconds.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,25 @@ impl Timestamp {
         DateTime::<Utc>::from_timestamp_millis(self.0)
             .unwrap_or_default()
             .to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+}
+
+/// The clock audit events are stamped with: the system clock shifted by an offset that only
+/// code can set (no setting file or environment variable reaches it). Tests use it to drive
+/// month boundaries of the transparency report without waiting for a month; in production the
+/// offset stays 0. Clones share the offset.
+#[derive(Debug, Clone, Default)]
+pub struct Clock(Arc<AtomicI64>);
+
+impl Clock {
+    /// The shifted current time.
+    pub fn now(&self) -> Timestamp {
+        Timestamp(Timestamp::now().0.saturating_add(self.0.load(Ordering::Relaxed)))
+    }
+
+    /// Shifts the clock so that [`Clock::now`] reads `at` now (and runs on from there).
+    pub fn set(&self, at: Timestamp) {
+        self.0.store(at.0.saturating_sub(Timestamp::now().0), Ordering::Relaxed);
     }
 }
 

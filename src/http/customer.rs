@@ -332,7 +332,8 @@ async fn own_events(
 /// The event, its inclusion proof and the signed checkpoint it verifies against, with the key:
 /// recompute the leaf hash SHA-256(0x00 ‖ JCS(event)) (RFC 8785, RFC 9162), the root from the
 /// proof, and the Ed25519 signature of the checkpoint note (C2SP signed-note). An event that
-/// does not name the caller answers 404, like one that does not exist.
+/// does not name the caller answers 404, like one that does not exist. The checkpoint is the
+/// newest one already signed when it covers the event (no signature per call).
 #[utoipa::path(
     get,
     path = "/v1/me/events/{seq}/receipt",

@@ -40,7 +40,7 @@ pub struct Denied {
 /// `purpose_required`, `unknown_purpose` (400); `unauthenticated` (401); `forbidden`, `policy_denied` (403); `not_found` (404);
 /// `method_not_allowed` (405); `conflict` (409); `payload_too_large` (413);
 /// `unsupported_media_type` (415); `invalid_body`, `invalid_field`, `unknown_field` (422);
-/// `rate_limited` (429); `internal` (500); `audit_unavailable` (503). A request that takes longer
+/// `rate_limited` (429); `internal` (500); `audit_unavailable`, `not_ready` (503). A request that takes longer
 /// than the configured timeout is answered 408 with an empty body.
 #[derive(Serialize, ToSchema)]
 #[schema(example = json!({"error": "not_found", "message": "customer not found"}))]
@@ -109,6 +109,13 @@ impl ApiError {
         let mut e =
             Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later");
         e.retry_after = Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0));
+        e
+    }
+
+    /// 503 `not_ready` with a `Retry-After` of `seconds`: what is asked for is being prepared.
+    pub fn not_ready(message: &'static str, seconds: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", message);
+        e.retry_after = Some(seconds);
         e
     }
 

@@ -128,6 +128,23 @@ role_extractor!(
     Role::Auditor
 );
 
+/// One request from the peer's budget for the public routes (`/portal*`, `/transparency*`,
+/// `/v1/transparency`): taken before the handler runs, so an unknown asset costs the same.
+/// When it is spent the answer is 429 `rate_limited` with `Retry-After`, not audited. The peer
+/// is the connection's address: behind a proxy, every client shares the proxy's budget.
+#[derive(Debug)]
+pub struct PublicBudget;
+
+impl FromRequestParts<AppState> for PublicBudget {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        state.limiter.check_public(&CallerLimiter::peer_key(peer)).map_err(ApiError::too_many_requests)?;
+        Ok(PublicBudget)
+    }
+}
+
 /// The `X-Purpose` header, if present. Validated against the policy by the vault (a purpose
 /// name has no comma, so a list is simply undeclared); a repeated header never gets here, the
 /// head check refuses it.

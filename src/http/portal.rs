@@ -6,7 +6,8 @@
 //! style), cannot be framed, and send no referrer. The portal's customer token travels in the
 //! URL fragment (`/portal#token=…`), which browsers never send to a server, and is held in the
 //! page's memory only; these routes never see it, and they touch no customer data, so they are
-//! not audited.
+//! not audited. Each request takes one from the caller's address's public budget
+//! ([`PublicBudget`]; 429 when spent).
 
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +16,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::ApiPath;
+use super::extract::{ApiPath, PublicBudget};
 
 /// The Content-Security-Policy of every page and asset: this origin only, no inline code, no
 /// plugins, no framing, no `<base>`, no form posts.
@@ -94,9 +95,12 @@ fn asset(assets: &[Asset], name: &str) -> Result<Response, ApiError> {
     path = "/portal",
     operation_id = "privacy_portal",
     tag = "public",
-    responses((status = 200, description = "The portal's page", body = String, content_type = "text/html"))
+    responses(
+        (status = 200, description = "The portal's page", body = String, content_type = "text/html"),
+        (status = 429, description = "`rate_limited`: this address's budget for public routes is spent", body = ErrorBody),
+    )
 )]
-async fn portal_page() -> Response {
+async fn portal_page(_: PublicBudget) -> Response {
     serve(HTML, PORTAL_PAGE)
 }
 
@@ -110,9 +114,10 @@ async fn portal_page() -> Response {
     responses(
         (status = 200, description = "The file", body = String, content_type = "text/javascript"),
         (status = 404, description = "`not_found`: no such file", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: this address's budget for public routes is spent", body = ErrorBody),
     )
 )]
-async fn portal_asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+async fn portal_asset(_: PublicBudget, ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
     asset(&PORTAL_ASSETS, &name)
 }
 
@@ -122,9 +127,12 @@ async fn portal_asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiErr
     path = "/transparency",
     operation_id = "transparency_page",
     tag = "public",
-    responses((status = 200, description = "The report's page", body = String, content_type = "text/html"))
+    responses(
+        (status = 200, description = "The report's page", body = String, content_type = "text/html"),
+        (status = 429, description = "`rate_limited`: this address's budget for public routes is spent", body = ErrorBody),
+    )
 )]
-async fn transparency_page() -> Response {
+async fn transparency_page(_: PublicBudget) -> Response {
     serve(HTML, TRANSPARENCY_PAGE)
 }
 
@@ -138,8 +146,9 @@ async fn transparency_page() -> Response {
     responses(
         (status = 200, description = "The file", body = String, content_type = "text/javascript"),
         (status = 404, description = "`not_found`: no such file", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: this address's budget for public routes is spent", body = ErrorBody),
     )
 )]
-async fn transparency_asset(ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
+async fn transparency_asset(_: PublicBudget, ApiPath(name): ApiPath<String>) -> Result<Response, ApiError> {
     asset(&TRANSPARENCY_ASSETS, &name)
 }

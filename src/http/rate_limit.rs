@@ -1,8 +1,10 @@
-//! Per-caller rate limiting: a token bucket per authenticated caller (`role:sub`), and one per
+//! Per-caller rate limiting: a token bucket per authenticated caller (`role:sub`), one per
 //! peer address for requests whose token fails, so a flood of bad tokens cannot fill the audit
-//! log. The per-caller budget is off unless configured; the per-peer budget for failed tokens
-//! is always on (the configured rate, or 20/s with bursts of 40). Refusals are 429 with
-//! `Retry-After` and are not audited (they touch no data).
+//! log, and one per peer address for the routes anyone may call without a token (the portal's
+//! and transparency report's pages and `/v1/transparency`). The per-caller budget is off unless
+//! configured; the per-peer budget for failed tokens is always on (the configured rate, or 20/s
+//! with bursts of 40); the public budget is on by default (10/s, bursts of 60) and 0 turns it
+//! off. Refusals are 429 with `Retry-After` and are not audited (they touch no data).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -19,6 +21,7 @@ const DEFAULT_PEER_BURST: u32 = 40;
 pub struct CallerLimiter {
     callers: Option<DefaultKeyedRateLimiter<String>>,
     peers: DefaultKeyedRateLimiter<String>,
+    public: Option<DefaultKeyedRateLimiter<String>>,
     clock: DefaultClock,
 }
 
@@ -36,7 +39,20 @@ impl CallerLimiter {
             Some(rate) => keyed(rate, burst),
             None => keyed(DEFAULT_PEER_RATE, DEFAULT_PEER_BURST),
         };
-        CallerLimiter { callers, peers, clock: DefaultClock::default() }
+        CallerLimiter { callers, peers, public: None, clock: DefaultClock::default() }
+    }
+
+    /// Adds a budget per peer for the public routes: `per_second` requests per second with
+    /// bursts up to `burst`; 0 leaves them unlimited.
+    pub fn with_public(mut self, per_second: u32, burst: u32) -> Self {
+        self.public = NonZeroU32::new(per_second).map(|rate| keyed(rate, burst));
+        self
+    }
+
+    /// Takes one request from a peer's budget for the public routes.
+    pub fn check_public(&self, key: &str) -> Result<(), Duration> {
+        let Some(limiter) = &self.public else { return Ok(()) };
+        limiter.check_key(&key.to_owned()).map_err(|n| n.wait_time_from(self.clock.now()))
     }
 
     /// Takes one request from an authenticated caller's bucket, or says how long to wait.
@@ -62,7 +78,7 @@ impl CallerLimiter {
 
     /// Drops buckets that are full again, bounding memory under many distinct keys.
     pub fn prune(&self) {
-        for limiter in self.callers.iter().chain(std::iter::once(&self.peers)) {
+        for limiter in self.callers.iter().chain(std::iter::once(&self.peers)).chain(self.public.iter()) {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
@@ -86,5 +102,11 @@ mod tests {
         assert!((0..100).all(|_| off.check("x").is_ok()), "0 turns the caller budget off");
         let refused = (0..100).filter(|_| off.check_peer("peer:10.0.0.1").is_err()).count();
         assert!(refused >= 50, "failing tokens keep a default per-peer budget: {refused}");
+        let public = CallerLimiter::new(0, 0).with_public(1, 2);
+        assert!(public.check_public("peer:10.0.0.1").is_ok() && public.check_public("peer:10.0.0.1").is_ok());
+        assert!(public.check_public("peer:10.0.0.1").is_err());
+        assert!(public.check_public("peer:10.0.0.2").is_ok(), "per address");
+        let open = CallerLimiter::new(0, 0).with_public(0, 0);
+        assert!((0..100).all(|_| open.check_public("peer:x").is_ok()), "0 turns the public budget off");
     }
 }

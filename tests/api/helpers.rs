@@ -2,7 +2,7 @@
 //! helpers and tokens per audience. Set `TEST_LOG=1` to see the server's logs.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use custodia::config::Settings;
 use custodia::startup::App;
@@ -59,6 +59,8 @@ pub struct TestApp {
     pub settings: Settings,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// The server's vault, held weakly (a strong copy would keep the store open after shutdown).
+    vault: Weak<custodia::vault::Vault>,
 }
 
 /// Starts a server with default test settings.
@@ -78,6 +80,7 @@ async fn start(data_dir: TempDir, settings: Settings) -> TestApp {
     LazyLock::force(&INIT_LOG);
     let app = App::build(settings.clone()).await.expect("app builds");
     let base = format!("{}://{}", app.scheme(), app.local_addr());
+    let vault = Arc::downgrade(&app.vault());
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run_with_shutdown(async move {
@@ -86,7 +89,15 @@ async fn start(data_dir: TempDir, settings: Settings) -> TestApp {
         .await
         .expect("server runs");
     });
-    TestApp { base, client: reqwest::Client::new(), data_dir, settings, stop: Some(stop), task: Some(task) }
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        data_dir,
+        settings,
+        stop: Some(stop),
+        task: Some(task),
+        vault,
+    }
 }
 
 impl TestApp {
@@ -120,6 +131,13 @@ impl TestApp {
         self.shutdown().await;
         let data_dir = std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap());
         start(data_dir, self.settings.clone()).await
+    }
+
+    /// Runs the transparency report's background step now (instead of waiting for the
+    /// background task), so the next `GET /v1/transparency` shows every event so far.
+    pub async fn refresh_transparency(&self) {
+        let vault = self.vault.upgrade().expect("the server is running");
+        vault.refresh_transparency().await.expect("the report refreshes");
     }
 
     /// Stops the server and waits until it has released the store.

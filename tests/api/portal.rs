@@ -273,6 +273,70 @@ async fn an_event_altered_in_storage_does_not_verify_in_the_browser() {
     browser.close().await;
 }
 
+/// A receipt proves only the copy of the event it carries: the page must compare that copy with
+/// the entry it lists. Here the list is loaded while the stored event is altered, then the store
+/// is put back (the server restarted on the same address, the page kept open): the receipt is
+/// genuine and its proof verifies, but it is not the entry the page shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listed_entry_that_differs_from_the_receipts_event_does_not_verify() {
+    let mut app = spawn_app().await;
+    let id = customer_with_history(&app).await;
+    let events = app.audit_events().await;
+    let seq_of = |recipient: &str| {
+        events.iter().find(|e| e["action"] == "disclosure" && e["recipient"] == recipient).unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    let (seq, other) = (seq_of("acme-shipping"), seq_of("letterbox-newsletter"));
+    // Restarts keep the address, so the open page talks to the restarted server.
+    app.settings.listen = app.base.trim_start_matches("http://").to_owned();
+    app.shutdown().await;
+    let files = RawAuditFiles::of(&app);
+    let original = files.get(seq);
+    let (header, text) = split_stored(&original);
+    let forged = text.replace(r#""name","shipping_address""#, r#""name","shipping_addresX""#);
+    assert_ne!(forged, text);
+    files.overwrite(seq, &[header, forged.into_bytes()].concat());
+    let mut app = app.restart().await;
+
+    let Some(browser) = Browser::open("listed entry differs", 800, 900).await else { return };
+    browser.client.goto(&portal_link(&app, &TestApp::customer_token(&id))).await.unwrap();
+    browser.wait(&format!("#entry-{seq} button")).await;
+
+    app.shutdown().await;
+    RawAuditFiles::of(&app).overwrite(seq, &original);
+    let app = app.restart().await;
+    // The receipt the page will get is the genuine one: it verifies on its own.
+    let res = app
+        .call(
+            Method::GET,
+            &format!("/v1/me/events/{seq}/receipt"),
+            Some(&TestApp::customer_token(&id)),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    assert_eq!(res.body["event"], events.iter().find(|e| e["seq"] == seq).unwrap().clone());
+
+    browser.click(&format!("#entry-{seq} button")).await;
+    browser
+        .wait_until(&format!("document.querySelector('#entry-{seq} .verdict').textContent.includes('erif')"))
+        .await;
+    let verdict = browser.text(&format!("#entry-{seq} .verdict")).await;
+    assert!(verdict.starts_with("✗ Does not verify: the entry listed here differs"), "{verdict}");
+    // An entry listed as stored still verifies against the restarted server.
+    browser.click(&format!("#entry-{other} button")).await;
+    browser
+        .wait_until(&format!(
+            "document.querySelector('#entry-{other} .verdict').textContent.includes('erif')"
+        ))
+        .await;
+    let verdict = browser.text(&format!("#entry-{other} .verdict")).await;
+    assert!(verdict.starts_with("✓ Verified"), "{verdict}");
+    browser.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_link_asks_for_a_new_one_and_sign_out_forgets_the_token() {
     let app = spawn_app().await;
@@ -315,7 +379,7 @@ async fn an_expired_link_asks_for_a_new_one_and_sign_out_forgets_the_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transparency_page_shows_the_report_from_this_origin_only() {
     let app = spawn_app().await;
-    crate::transparency::scenario(&app).await;
+    crate::transparency::closed_scenario(&app).await;
     let Some(browser) = Browser::open("transparency page", 900, 1300).await else { return };
     browser.client.goto(&format!("{}/transparency", app.base)).await.unwrap();
     browser.wait_until("document.getElementById('note').textContent.length > 0").await;
@@ -325,6 +389,8 @@ async fn the_transparency_page_shows_the_report_from_this_origin_only() {
     let acme = browser.text("#months tbody tr").await;
     assert!(acme.contains("acme-shipping") && acme.ends_with('6'), "{acme}");
     assert!(page.contains("Art. 6(1)(b)"), "{page}");
+    assert!(page.contains("March 2031"), "{page}");
+    assert!(browser.text("#in-progress").await.starts_with("April 2031: in progress"), "{page}");
     let note = browser.text("#note").await;
     assert!(note.contains('\u{2014}'), "the signed note: {note}");
     browser.screenshot("transparency").await;
@@ -406,6 +472,30 @@ async fn a_customer_gets_receipts_for_their_own_events_only() {
     custodia::audit::proof::verify_inclusion(seq, cp.size, &leaf, &proof, &cp.root)
         .expect("the proof verifies");
     assert_eq!(r["event"]["seq"], seq);
+
+    // Receipts reuse the newest signed checkpoint when it covers the event: a call does not get
+    // a checkpoint signed for it (one covering its own audit.read). The background checkpointer
+    // signs once a second while the log grows, so at most one of five quick calls may see one.
+    let res = app.call(Method::GET, "/v1/audit/checkpoint", Some(&app.auditor()), None, None).await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let res =
+            app.call(Method::GET, &format!("/v1/me/events/{seq}/receipt"), Some(&token), None, None).await;
+        assert_eq!(res.status, StatusCode::OK, "{}", res.body);
+        let request_id = res.headers["x-request-id"].to_str().unwrap().to_owned();
+        calls.push((request_id, res.body["inclusion"]["tree_size"].as_u64().unwrap()));
+    }
+    let logged = app.audit_events().await;
+    let covering_own_read = calls
+        .iter()
+        .filter(|(request_id, size)| {
+            let read =
+                logged.iter().find(|e| e["request_id"] == request_id.as_str()).expect("the call's event");
+            *size > read["seq"].as_u64().unwrap()
+        })
+        .count();
+    assert!(covering_own_read <= 1, "{covering_own_read} of 5 receipts were signed for their own call");
 
     // Another customer's event, a seq beyond the log and a malformed seq.
     let theirs = all.iter().find(|e| e["customer_id"] == other.as_str()).unwrap()["seq"].as_u64().unwrap();

@@ -306,7 +306,7 @@
       const verdict = el("p", { class: "verdict", role: "status", "aria-live": "polite" });
       const check = el("button", { type: "button", class: "secondary", text: "Check",
         "aria-label": "Check entry " + event.seq + " against the signed log" });
-      check.addEventListener("click", () => verify(event.seq, verdict, check));
+      check.addEventListener("click", () => verify(event, verdict, check));
       // The customer's own reads of this portal are real accesses, logged like any other, but
       // they drown the shop's; they are listed only on request.
       const own = event.actor && event.actor.role === "customer" && (event.action === "customer.read" || event.action === "audit.read");
@@ -317,13 +317,14 @@
     }
   }
 
-  async function verify(seq, verdict, button) {
+  // Checks the entry as listed (`event`), not merely the copy the receipt carries.
+  async function verify(event, verdict, button) {
     verdict.className = "verdict";
     verdict.textContent = "Checking…";
     button.disabled = true;
     try {
-      const receipt = await api("GET", "/v1/me/events/" + seq + "/receipt");
-      const result = await window.CustodiaVerify.verifyReceipt(receipt);
+      const receipt = await api("GET", "/v1/me/events/" + event.seq + "/receipt");
+      const result = await window.CustodiaVerify.verifyReceipt(receipt, event);
       if (result.ok) {
         verdict.classList.add("ok");
         verdict.textContent = `✓ Verified in log of size ${result.size}, signed by ${result.keyName}+${result.keyId}.`;

@@ -1,4 +1,6 @@
 // Verifies a receipt from GET /v1/me/events/{seq}/receipt in the browser, with WebCrypto only:
+//  0. that the receipt's event is the entry the page lists (same RFC 8785 form): a receipt
+//     proves only the copy it carries, so a listing that differs from it is not verified;
 //  1. the leaf hash SHA-256(0x00 || JCS(event)) (RFC 9162 §2.1.1, RFC 8785);
 //  2. the root from the inclusion proof (RFC 9162 §2.1.3.2);
 //  3. that root against the one the checkpoint note signs (C2SP tlog-checkpoint), and the note's
@@ -119,12 +121,15 @@
   }
 
   /**
-   * Checks a receipt. Resolves to {ok: true, size, keyId, keyName}, or {ok: false, reason} (with
-   * `unsupported: true` when the browser lacks Ed25519, which is no verdict on the entry).
+   * Checks a receipt for `listed`, the entry as the page shows it. Resolves to
+   * {ok: true, size, keyId, keyName}, or {ok: false, reason} (with `unsupported: true` when the
+   * browser lacks Ed25519, which is no verdict on the entry).
    */
-  async function verifyReceipt(receipt) {
+  async function verifyReceipt(receipt, listed) {
     try {
       const event = receipt.event;
+      if (listed === null || typeof listed !== "object") return { ok: false, reason: "there is no listed entry to compare" };
+      if (jcs(listed) !== jcs(event)) return { ok: false, reason: "the entry listed here differs from the one in the log" };
       const index = receipt.inclusion.index;
       if (event.seq !== index) return { ok: false, reason: "the event is not the one asked for" };
       const key = await parseVerifierKey(receipt.key.verifier_key);

@@ -42,7 +42,7 @@
   function renderMonths(months) {
     const box = $("months");
     if (!months.length) {
-      box.append(el("p", { text: "Nothing has been recorded yet." }));
+      box.append(el("p", { text: "No month is complete yet." }));
       return;
     }
     for (const m of months) {
@@ -87,6 +87,10 @@
         `as signed in checkpoint ${report.tree_size} (generated ${report.generated_at.slice(0, 16).replace("T", " ")} UTC).`;
       $("note").textContent = report.checkpoint ? report.checkpoint.note : "(the log is empty)";
       $("key").textContent = report.key.verifier_key;
+      if (report.in_progress) {
+        $("in-progress").textContent = `${monthName(report.in_progress)}: in progress, not published until the month is over.`;
+        $("in-progress").hidden = false;
+      }
       renderMonths(report.months);
       renderRecord(report.record);
     } catch (e) {
