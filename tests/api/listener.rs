@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
-use crate::helpers::{ServerProcess, spawn_app_with, test_settings};
+use crate::helpers::{ServerProcess, TestApp, spawn_app_with, test_settings};
 
 /// A CA and the PEM files of certificates it issued, in a temporary directory.
 struct Pki {
@@ -126,6 +126,19 @@ fn with_tls(s: &mut Settings, (cert, key): &(PathBuf, PathBuf)) {
     s.tls_key = Some(key.clone());
 }
 
+/// A server with a certificate from `pki` that requires client certificates from `pki`'s CA;
+/// also answers the CA file.
+async fn spawn_mutual_tls_app(pki: &Pki) -> (TestApp, PathBuf) {
+    let server = pki.issue("server", true, |_| {});
+    let ca = pki.ca_file();
+    let app = spawn_app_with(|s| {
+        with_tls(s, &server);
+        s.tls_client_ca = Some(ca.clone());
+    })
+    .await;
+    (app, ca)
+}
+
 #[tokio::test]
 async fn https_serves_http2_and_http1_and_a_plain_request_to_the_tls_port_fails_cleanly() {
     let pki = Pki::new();
@@ -192,13 +205,7 @@ async fn unusable_certificate_files_are_start_up_errors_naming_the_file() {
 #[tokio::test]
 async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
     let pki = Pki::new();
-    let server = pki.issue("server", true, |_| {});
-    let ca = pki.ca_file();
-    let app = spawn_app_with(|s| {
-        with_tls(s, &server);
-        s.tls_client_ca = Some(ca.clone());
-    })
-    .await;
+    let (app, ca) = spawn_mutual_tls_app(&pki).await;
     let url = format!("{}/healthz", app.base);
     assert!(pki.client(None).get(&url).send().await.is_err(), "no client certificate");
 
@@ -602,13 +609,7 @@ async fn a_crl_file_that_is_not_a_crl_is_a_start_up_error_naming_the_setting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_export_presents_a_client_certificate_to_a_mutual_tls_server() {
     let pki = Pki::new();
-    let server = pki.issue("server", true, |_| {});
-    let ca = pki.ca_file();
-    let app = spawn_app_with(|s| {
-        with_tls(s, &server);
-        s.tls_client_ca = Some(ca.clone());
-    })
-    .await;
+    let (app, ca) = spawn_mutual_tls_app(&pki).await;
     let (crt, key) = pki.issue("auditor", false, |_| {});
     let token = app.auditor();
     let out = tempfile::tempdir().unwrap();
