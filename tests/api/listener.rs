@@ -205,7 +205,7 @@ async fn unusable_certificate_files_are_start_up_errors_naming_the_file() {
 #[tokio::test]
 async fn mutual_tls_refuses_clients_without_a_certificate_from_the_ca() {
     let pki = Pki::new();
-    let (app, ca) = spawn_mutual_tls_app(&pki).await;
+    let (app, _) = spawn_mutual_tls_app(&pki).await;
     let url = format!("{}/healthz", app.base);
     assert!(pki.client(None).get(&url).send().await.is_err(), "no client certificate");
 
