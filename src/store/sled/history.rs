@@ -24,6 +24,8 @@ use crate::store::StoreError;
 const CACHE_BYTES: u64 = 4 << 20;
 /// The in-memory write buffer before rows go to a sorted table on disk, in bytes.
 const MEMTABLE_BYTES: u64 = 8 << 20;
+/// fjall's journals, at most (its smallest bound; the default is 512 MiB of disk).
+const JOURNAL_BYTES: u64 = 64 << 20;
 /// How long opening waits for the directory lock of a handle still being dropped.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
 
@@ -42,6 +44,7 @@ impl HistoryIndex {
             let opened = Database::builder(dir)
                 .cache_size(CACHE_BYTES)
                 .worker_threads(1)
+                .max_journaling_size(JOURNAL_BYTES)
                 // Durability is ours to decide (`persist` before `history_len` moves), so fjall's
                 // journal is not flushed after each batch.
                 .manual_journal_persist(true)
