@@ -127,7 +127,10 @@ fn describe() {
         "Committed audit events not yet known to be held by the stream sink (log size minus delivered)."
     );
     metrics::describe_counter!(AUDIT_STREAM_DELIVERED, "Audit events the stream sink is known to hold.");
-    metrics::describe_counter!(AUDIT_STREAM_FAILURES, "Failed deliveries to the audit stream sink (retried).");
+    metrics::describe_counter!(
+        AUDIT_STREAM_FAILURES,
+        "Failed deliveries to the audit stream sink (retried)."
+    );
     metrics::describe_gauge!(
         AUDIT_STREAM_LAST_SUCCESS,
         metrics::Unit::Seconds,

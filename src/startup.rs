@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
-use crate::audit::stream::Follower;
 use crate::audit::checkpoint::CheckpointSigner;
+use crate::audit::stream::Follower;
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::crypto::{

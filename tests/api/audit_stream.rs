@@ -54,7 +54,7 @@ fn stream_files(path: &Path) -> Vec<PathBuf> {
             Some((suffix.parse().ok()?, p))
         })
         .collect();
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     rotated.into_iter().map(|(_, p)| p).chain([path.to_owned()]).collect()
 }
 
@@ -111,10 +111,17 @@ async fn the_file_gets_every_event_in_order_rotates_at_the_bound_and_resumes_aft
     }
     // Each line is the exact bytes its Merkle leaf hashes.
     let res = app
-        .call(Method::GET, &format!("/v1/audit/leaves?from=0&limit={}", last + 1), Some(&app.auditor()), None, None)
+        .call(
+            Method::GET,
+            &format!("/v1/audit/leaves?from=0&limit={}", last + 1),
+            Some(&app.auditor()),
+            None,
+            None,
+        )
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
-    let leaves: Vec<&str> = res.body["leaf_hashes"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
+    let leaves: Vec<&str> =
+        res.body["leaf_hashes"].as_array().unwrap().iter().map(|h| h.as_str().unwrap()).collect();
     assert_eq!(leaves.len() as u64, last + 1);
     for (seq, leaf) in leaves.iter().enumerate() {
         assert_eq!(&leaf_hash(&lines[seq].1), leaf, "line {seq} is not the leaf's bytes");
@@ -138,8 +145,10 @@ async fn the_file_gets_every_event_in_order_rotates_at_the_bound_and_resumes_aft
     let app = app.restart().await;
     write_customers(&app, 12, 5).await;
     let (last, events) = last_listed(&app).await;
-    wait_for("the file to hold events after the restart", || streamed(&path).last().is_some_and(|l| l.0 >= last))
-        .await;
+    wait_for("the file to hold events after the restart", || {
+        streamed(&path).last().is_some_and(|l| l.0 >= last)
+    })
+    .await;
     let lines = streamed(&path);
     let seqs: Vec<u64> = lines.iter().map(|l| l.0).collect();
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "in order, no gap, no duplicate");
@@ -301,14 +310,23 @@ async fn udp_syslog_gets_every_event_in_order() {
     }
 }
 
+/// A change to test settings.
+type Adjust = Box<dyn Fn(&mut custodia::config::Settings)>;
+
 #[tokio::test]
 async fn bad_stream_settings_stop_start_up_naming_the_setting() {
     let files = tempfile::tempdir().unwrap();
     let missing_dir = files.path().join("missing/audit.jsonl");
     let directory = files.path().to_owned();
-    let cases: Vec<(&str, Box<dyn Fn(&mut custodia::config::Settings)>)> = vec![
-        ("CUSTODIA_AUDIT_STREAM_SYSLOG", Box::new(|s| s.audit_stream_syslog = Some("http://127.0.0.1:514".into()))),
-        ("CUSTODIA_AUDIT_STREAM_SYSLOG", Box::new(|s| s.audit_stream_syslog = Some("tcp://127.0.0.1".into()))),
+    let cases: Vec<(&str, Adjust)> = vec![
+        (
+            "CUSTODIA_AUDIT_STREAM_SYSLOG",
+            Box::new(|s| s.audit_stream_syslog = Some("http://127.0.0.1:514".into())),
+        ),
+        (
+            "CUSTODIA_AUDIT_STREAM_SYSLOG",
+            Box::new(|s| s.audit_stream_syslog = Some("tcp://127.0.0.1".into())),
+        ),
         ("CUSTODIA_AUDIT_STREAM_FILE", Box::new(move |s| s.audit_stream_file = Some(missing_dir.clone()))),
         ("CUSTODIA_AUDIT_STREAM_FILE", Box::new(move |s| s.audit_stream_file = Some(directory.clone()))),
         (

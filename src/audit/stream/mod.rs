@@ -52,13 +52,17 @@ pub fn configured(settings: &Settings) -> Result<Vec<Sink>, ConfigError> {
     let mut sinks = Vec::new();
     if let Some(path) = &settings.audit_stream_file {
         if settings.audit_stream_file_max_bytes == 0 {
-            return Err(ConfigError::Env { name: FILE_MAX_BYTES_SETTING, message: "must be at least 1".into() });
+            return Err(ConfigError::Env {
+                name: FILE_MAX_BYTES_SETTING,
+                message: "must be at least 1".into(),
+            });
         }
-        let sink = FileSink::open(path, settings.audit_stream_file_max_bytes, settings.audit_stream_file_keep)
-            .map_err(|e| ConfigError::Env {
-                name: FILE_SETTING,
-                message: format!("cannot append to {}: {e}", path.display()),
-            })?;
+        let sink =
+            FileSink::open(path, settings.audit_stream_file_max_bytes, settings.audit_stream_file_keep)
+                .map_err(|e| ConfigError::Env {
+                    name: FILE_SETTING,
+                    message: format!("cannot append to {}: {e}", path.display()),
+                })?;
         sinks.push(Sink::File(sink));
     }
     if let Some(target) = &settings.audit_stream_syslog {

@@ -168,7 +168,8 @@ impl SyslogSink {
     /// delivery (then what was sent since the last confirmed event may not have arrived).
     pub fn settle(&mut self) -> io::Result<()> {
         let mut buffer = [0u8; 512];
-        let closed = || io::Error::new(io::ErrorKind::ConnectionAborted, "the receiver closed the connection");
+        let closed =
+            || io::Error::new(io::ErrorKind::ConnectionAborted, "the receiver closed the connection");
         match &self.connection {
             None => Ok(()),
             // A syslog receiver sends nothing: end of stream means it closed; bytes are ignored.
@@ -252,7 +253,16 @@ mod tests {
         }
         let target: SyslogTarget = "tcp://[::1]:601".parse().unwrap();
         assert_eq!((target.transport, target.host.as_str(), target.port), (Transport::Tcp, "::1", 601));
-        for bad in ["http://logs:514", "logs:514", "tcp://logs", "tcp://:514", "udp://logs:0", "tcp://logs:99999", "tcp://a b:1", "tcp://logs:514/x"] {
+        for bad in [
+            "http://logs:514",
+            "logs:514",
+            "tcp://logs",
+            "tcp://:514",
+            "udp://logs:0",
+            "tcp://logs:99999",
+            "tcp://a b:1",
+            "tcp://logs:514/x",
+        ] {
             assert!(bad.parse::<SyslogTarget>().is_err(), "{bad}");
         }
         assert!("http://logs:514".parse::<SyslogTarget>().unwrap_err().contains("unknown scheme"));
