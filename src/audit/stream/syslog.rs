@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::audit::{Event, Outcome};
+use crate::audit::Outcome;
 
 /// Facility 13, log audit (RFC 5424 §6.2.1, Table 1).
 const FACILITY_LOG_AUDIT: u8 = 13;
@@ -216,15 +216,29 @@ impl SyslogSink {
     }
 }
 
+/// The members of a stored event the message header is made of. Read loosely (unknown members
+/// ignored): the header must never stop the stream.
+#[derive(serde::Deserialize)]
+struct Header {
+    time: String,
+    action: String,
+    outcome: Outcome,
+}
+
 /// The RFC 5424 message of one stored event (its canonical JSON bytes), see the module docs.
+/// Fails only when the bytes are not an event.
 pub fn format(event_bytes: &[u8], hostname: &str, procid: &str) -> Result<Vec<u8>, serde_json::Error> {
-    let event: Event = serde_json::from_slice(event_bytes)?;
-    let severity = if event.outcome == Outcome::Allowed { SEVERITY_ALLOWED } else { SEVERITY_REFUSED };
+    let header: Header = serde_json::from_slice(event_bytes)?;
+    let severity = if header.outcome == Outcome::Allowed { SEVERITY_ALLOWED } else { SEVERITY_REFUSED };
     let priority = FACILITY_LOG_AUDIT * 8 + severity;
-    let action = serde_json::to_value(event.action)?;
-    let msgid = action.as_str().unwrap_or("-");
-    let mut message =
-        format!("<{priority}>1 {} {hostname} {APP_NAME} {procid} {msgid} - ", event.time).into_bytes();
+    // A header field is 1–N printable ASCII characters or the NILVALUE `-` (RFC 5424 §6).
+    let field = |value: &str, max: usize| {
+        let printable =
+            !value.is_empty() && value.len() <= max && value.bytes().all(|b| (33..=126).contains(&b));
+        if printable { value.to_owned() } else { "-".to_owned() }
+    };
+    let (time, msgid) = (field(&header.time, 64), field(&header.action, 32));
+    let mut message = format!("<{priority}>1 {time} {hostname} {APP_NAME} {procid} {msgid} - ").into_bytes();
     if !event_bytes.is_ascii() {
         message.extend_from_slice(BOM);
     }
@@ -277,6 +291,14 @@ mod tests {
             event.as_slice(),
         ]
         .concat();
+        assert_eq!(message, expected);
+        // UTF-8 beyond ASCII: the BOM first (RFC 5424 §6.4); a header field that is not
+        // printable ASCII becomes the NILVALUE.
+        let event = "{\"action\":\"custom action\",\"outcome\":\"allowed\",\"purpose\":\"caf\u{e9}\",\"seq\":8,\"time\":\"2026-11-22T22:49:47Z\"}";
+        let message = format(event.as_bytes(), "-", "42").unwrap();
+        let expected =
+            [b"<110>1 2026-11-22T22:49:47Z - custodia 42 - - \xEF\xBB\xBF".as_slice(), event.as_bytes()]
+                .concat();
         assert_eq!(message, expected);
     }
 }
