@@ -209,8 +209,10 @@ impl Follower {
             Some(c) => c,
             None => self.resume_position(log, head).await?,
         };
+        // Every step, not only after a delivery: a connection the receiver closed while idle is
+        // dropped before anything is written into it.
+        self.sink.settle().await?;
         if self.next > confirmed {
-            self.sink.settle().await?;
             self.confirm(self.next);
         }
         self.keep(log).await?;
