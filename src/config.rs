@@ -112,6 +112,18 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// Most concurrent streams per HTTP/2 connection (`CUSTODIA_HTTP2_MAX_STREAMS`).
     pub http2_max_streams: u32,
+    /// A JSON-lines file every committed audit event is appended to, one per line
+    /// (`CUSTODIA_AUDIT_STREAM_FILE`; see `audit::stream`).
+    pub audit_stream_file: Option<PathBuf>,
+    /// Size in bytes past which the stream file is rotated, at least 1
+    /// (`CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES`).
+    pub audit_stream_file_max_bytes: u64,
+    /// Rotated stream files kept (`PATH.1` … `PATH.N`); 0 keeps none
+    /// (`CUSTODIA_AUDIT_STREAM_FILE_KEEP`).
+    pub audit_stream_file_keep: u32,
+    /// A syslog receiver every committed audit event is sent to, RFC 5424, as
+    /// `tcp://host:port` or `udp://host:port` (`CUSTODIA_AUDIT_STREAM_SYSLOG`).
+    pub audit_stream_syslog: Option<String>,
     /// Generate missing keys into the data directory (`serve --dev`).
     pub dev: bool,
     /// The clock audit events are stamped with. Not a configuration setting (no file key, no
@@ -165,6 +177,10 @@ impl Default for Settings {
             idle_timeout_ms: 30_000,
             max_header_bytes: 16 * 1024,
             http2_max_streams: 128,
+            audit_stream_file: None,
+            audit_stream_file_max_bytes: 100 * 1024 * 1024,
+            audit_stream_file_keep: 5,
+            audit_stream_syslog: None,
             dev: false,
             audit_clock: crate::domain::Clock::default(),
         }
@@ -246,6 +262,10 @@ struct FileSettings {
     idle_timeout_ms: Option<u64>,
     max_header_bytes: Option<usize>,
     http2_max_streams: Option<u32>,
+    audit_stream_file: Option<PathBuf>,
+    audit_stream_file_max_bytes: Option<u64>,
+    audit_stream_file_keep: Option<u32>,
+    audit_stream_syslog: Option<String>,
 }
 
 impl Settings {
@@ -301,7 +321,9 @@ impl Settings {
             idle_timeout_ms,
             max_header_bytes,
             http2_max_streams,
-            tls_client_crl
+            tls_client_crl,
+            audit_stream_file_max_bytes,
+            audit_stream_file_keep
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -318,7 +340,9 @@ impl Settings {
             jwt_audience,
             tls_cert,
             tls_key,
-            tls_client_ca
+            tls_client_ca,
+            audit_stream_file,
+            audit_stream_syslog
         );
         if let Some(k) = f.master_key {
             self.master_key = Some(SecretString::from(k));
@@ -480,6 +504,23 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_KEY_EPOCHS_KEPT") {
             self.key_epochs_kept = number("CUSTODIA_KEY_EPOCHS_KEPT", v)?;
         }
+        if let Some(v) = get("CUSTODIA_AUDIT_STREAM_FILE") {
+            self.audit_stream_file = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES") {
+            self.audit_stream_file_max_bytes = number("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_AUDIT_STREAM_FILE_KEEP") {
+            self.audit_stream_file_keep = number("CUSTODIA_AUDIT_STREAM_FILE_KEEP", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_AUDIT_STREAM_SYSLOG") {
+            self.audit_stream_syslog = Some(v);
+        }
+        if let Some(target) = &self.audit_stream_syslog {
+            target
+                .parse::<crate::audit::stream::SyslogTarget>()
+                .map_err(|message| ConfigError::Env { name: "CUSTODIA_AUDIT_STREAM_SYSLOG", message })?;
+        }
         if self.key_epoch_seconds == 0 {
             return Err(ConfigError::Env {
                 name: "CUSTODIA_KEY_EPOCH_SECONDS",
@@ -494,6 +535,7 @@ impl Settings {
             ("CUSTODIA_IDLE_TIMEOUT_MS", self.idle_timeout_ms == 0),
             ("CUSTODIA_HTTP2_MAX_STREAMS", self.http2_max_streams == 0),
             ("CUSTODIA_TRANSPARENCY_REFRESH_SECS", self.transparency_refresh_secs == 0),
+            ("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES", self.audit_stream_file_max_bytes == 0),
         ] {
             if zero {
                 return Err(ConfigError::Env { name, message: "must be at least 1".into() });
@@ -660,6 +702,10 @@ mod tests {
             "public_rate_limit_per_second",
             "public_rate_limit_burst",
             "transparency_refresh_secs",
+            "audit_stream_file",
+            "audit_stream_file_max_bytes",
+            "audit_stream_file_keep",
+            "audit_stream_syslog",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }
@@ -701,6 +747,31 @@ mod tests {
             Settings::load_from(None, |name| (name == "CUSTODIA_KEY_EPOCH_SECONDS").then(|| "0".to_owned()))
                 .unwrap_err();
         assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+
+    #[test]
+    fn audit_stream_settings_load_and_bad_ones_name_the_setting() {
+        let s = Settings::load_from(None, |name| match name {
+            "CUSTODIA_AUDIT_STREAM_FILE" => Some("/var/log/custodia/audit.jsonl".to_owned()),
+            "CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES" => Some("4096".to_owned()),
+            "CUSTODIA_AUDIT_STREAM_FILE_KEEP" => Some("3".to_owned()),
+            "CUSTODIA_AUDIT_STREAM_SYSLOG" => Some("udp://logs.example.com:514".to_owned()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(s.audit_stream_file, Some(PathBuf::from("/var/log/custodia/audit.jsonl")));
+        assert_eq!((s.audit_stream_file_max_bytes, s.audit_stream_file_keep), (4096, 3));
+        assert_eq!(s.audit_stream_syslog.as_deref(), Some("udp://logs.example.com:514"));
+        for (name, value) in [
+            ("CUSTODIA_AUDIT_STREAM_SYSLOG", "http://logs.example.com:514"),
+            ("CUSTODIA_AUDIT_STREAM_SYSLOG", "tcp://logs.example.com"),
+            ("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES", "0"),
+            ("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES", "1MB"),
+            ("CUSTODIA_AUDIT_STREAM_FILE_KEEP", "-1"),
+        ] {
+            let err = Settings::load_from(None, |n| (n == name).then(|| value.to_owned())).unwrap_err();
+            assert!(err.to_string().contains(name), "{value}: {err}");
+        }
     }
 
     #[test]

@@ -31,6 +31,15 @@ pub const GROUP_COMMIT_BATCH: &str = "custodia_group_commit_batch_size";
 /// Duration of one group-commit flush in seconds (recorded by the store).
 pub const GROUP_COMMIT_FLUSH: &str = "custodia_group_commit_flush_seconds";
 
+/// Committed audit events not yet known to be held by a stream sink, by `sink`.
+pub const AUDIT_STREAM_LAG: &str = "custodia_audit_stream_lag_events";
+/// Audit events a stream sink is known to hold, by `sink` (each event once per process).
+pub const AUDIT_STREAM_DELIVERED: &str = "custodia_audit_stream_delivered_total";
+/// Failed deliveries to a stream sink, by `sink` (each is retried).
+pub const AUDIT_STREAM_FAILURES: &str = "custodia_audit_stream_failures_total";
+/// Unix time in seconds when a stream sink last confirmed events, by `sink`.
+pub const AUDIT_STREAM_LAST_SUCCESS: &str = "custodia_audit_stream_last_success_timestamp_seconds";
+
 /// The route label of a request no route matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -113,6 +122,20 @@ fn describe() {
     );
     metrics::describe_counter!(AUDIT_EVENTS, "Audit events appended, by action and outcome.");
     metrics::describe_gauge!(AUDIT_TREE_SIZE, "Events in the audit Merkle tree.");
+    metrics::describe_gauge!(
+        AUDIT_STREAM_LAG,
+        "Committed audit events not yet known to be held by the stream sink (log size minus delivered)."
+    );
+    metrics::describe_counter!(AUDIT_STREAM_DELIVERED, "Audit events the stream sink is known to hold.");
+    metrics::describe_counter!(
+        AUDIT_STREAM_FAILURES,
+        "Failed deliveries to the audit stream sink (retried)."
+    );
+    metrics::describe_gauge!(
+        AUDIT_STREAM_LAST_SUCCESS,
+        metrics::Unit::Seconds,
+        "Unix time when the audit stream sink last confirmed events."
+    );
     metrics::describe_histogram!(GROUP_COMMIT_BATCH, "Writes made durable by one group-commit flush.");
     metrics::describe_histogram!(
         GROUP_COMMIT_FLUSH,
@@ -157,6 +180,22 @@ pub fn audit_appended(action: Action, outcome: Outcome, tree_size: u64) {
 pub fn audit_tree_size(size: u64) {
     // A gauge is an f64: exact up to 2^53 events.
     metrics::gauge!(AUDIT_TREE_SIZE).set(size as f64);
+}
+
+/// Sets how many committed events `sink` (`file` or `syslog`) is not yet known to hold.
+pub fn audit_stream_lag(sink: &'static str, lag: u64) {
+    metrics::gauge!(AUDIT_STREAM_LAG, "sink" => sink).set(lag as f64);
+}
+
+/// Records `count` more events confirmed held by `sink`, at Unix time `now` (seconds).
+pub fn audit_stream_delivered(sink: &'static str, count: u64, now: f64) {
+    metrics::counter!(AUDIT_STREAM_DELIVERED, "sink" => sink).increment(count);
+    metrics::gauge!(AUDIT_STREAM_LAST_SUCCESS, "sink" => sink).set(now);
+}
+
+/// Records a failed delivery to `sink`.
+pub fn audit_stream_failure(sink: &'static str) {
+    metrics::counter!(AUDIT_STREAM_FAILURES, "sink" => sink).increment(1);
 }
 
 /// The method as a label: one of the standard verbs, else `other` (an extension method is text

@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::AuditLog;
 use crate::audit::checkpoint::CheckpointSigner;
+use crate::audit::stream::Follower;
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, Settings};
 use crate::crypto::{
@@ -72,6 +73,8 @@ impl App {
                  CUSTODIA_ALLOW_PLAINTEXT=true when a TLS-terminating proxy is in front"
             )));
         }
+        // Before the store is opened: an unusable stream setting fails start-up by name.
+        let streams = crate::audit::stream::configured(&settings)?;
         let (vault, store, auth) = open_vault(&settings).await?;
         crate::metric::audit_tree_size(vault.audit_log().head().await?.0);
         let mut background = vec![
@@ -86,6 +89,9 @@ impl App {
                 .push(spawn_rotation(Arc::clone(&vault), Duration::from_millis(settings.rotation_pause_ms)));
         }
         background.push(spawn_epochs(Arc::clone(&vault)));
+        for sink in streams {
+            background.push(spawn_audit_stream(Arc::downgrade(&vault), Follower::new(sink)));
+        }
         if settings.retention_sweep_secs > 0 {
             background.push(spawn_retention_sweeps(
                 Arc::clone(&vault),
@@ -324,6 +330,25 @@ fn spawn_checkpointer(vault: Weak<Vault>, period: Duration) -> tokio::task::Join
             let Some(vault) = vault.upgrade() else { return };
             if let Err(e) = vault.audit_log().checkpoint().await {
                 tracing::error!(error = %e, "signing an audit checkpoint failed");
+            }
+        }
+    })
+}
+
+/// Follows the audit log into one stream sink (see `audit::stream`): never touches a request,
+/// retries a failing sink with backoff. Holds the vault weakly between steps, like
+/// [`spawn_checkpointer`]; stopped before the store is flushed, it resumes on the next start.
+fn spawn_audit_stream(vault: Weak<Vault>, mut follower: Follower) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let wait = {
+                let Some(vault) = vault.upgrade() else { return };
+                follower.step(vault.audit_log()).await
+            };
+            if wait.is_zero() {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(wait).await;
             }
         }
     })

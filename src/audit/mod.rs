@@ -15,6 +15,7 @@ pub mod counters;
 pub mod jcs;
 pub mod merkle;
 pub mod proof;
+pub mod stream;
 pub mod tree;
 pub mod verify;
 
@@ -524,6 +525,31 @@ impl AuditLog {
                 leaf.ok_or_else(|| AuditError::Corrupt(format!("leaf hash {index} is missing")))
             })
             .collect()
+    }
+
+    /// Up to `limit` stored events from seq `from` on, in order, each as its stored canonical
+    /// JSON (the bytes its leaf hashes). Fewer at the end of the log; none past it. Not audited:
+    /// for the server's own background work (the audit stream), never for a caller.
+    pub async fn stored_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, AuditError> {
+        self.store.audit_events(from, limit).await.map_err(AuditError::Unavailable)
+    }
+
+    /// A position the log keeps for a consumer of its events (the audit stream's delivered seq
+    /// per sink), stored as vault metadata under `name`; `None` before the first is kept.
+    pub async fn consumer_position(&self, name: &str) -> Result<Option<u64>, AuditError> {
+        let Some(bytes) = self.store.meta(name).await.map_err(AuditError::Unavailable)? else {
+            return Ok(None);
+        };
+        let text = std::str::from_utf8(&bytes).ok();
+        text.and_then(|t| t.parse().ok())
+            .map(Some)
+            .ok_or_else(|| AuditError::Corrupt(format!("the stored position {name:?} is not a number")))
+    }
+
+    /// Keeps `position` for the consumer `name` (see [`AuditLog::consumer_position`]); durable
+    /// on return.
+    pub async fn set_consumer_position(&self, name: &str, position: u64) -> Result<(), AuditError> {
+        self.store.put_meta(name, position.to_string().into_bytes()).await.map_err(AuditError::Unavailable)
     }
 
     async fn check_size(&self, name: &str, size: u64) -> Result<(), AuditError> {

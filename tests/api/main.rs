@@ -2,6 +2,7 @@
 
 mod accountability;
 mod audit_events;
+mod audit_stream;
 mod auditor;
 mod auth;
 mod blind_index;
