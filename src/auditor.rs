@@ -328,16 +328,19 @@ pub struct Recomputed {
 /// report's own checkpoint must be signed by the key, and the first `tree_size` events of the
 /// export must hash to its root; the counts of those events (distinct customers per cell, closed
 /// months only, as the server computes them) must then equal the report's, month by month, and
-/// the month in progress must be the same, else the error names the first difference.
+/// the month in progress must be the same, else the error names the first difference. Every
+/// month lists the same grid of cells, taken from the report's `record`, or without a report
+/// from the policy files in `policies` (without either, only the cells the log counted).
 pub fn report_files(
     events: &Path,
     checkpoint: &Path,
     key: &str,
     report: Option<&Path>,
+    policies: Option<&Path>,
 ) -> Result<Recomputed, String> {
     use std::io::BufRead;
 
-    use crate::audit::counters::{Counters, Member};
+    use crate::audit::counters::{Counters, Grid, Member};
     use crate::audit::merkle::Frontier;
     use crate::audit::verify::event_leaf;
 
@@ -387,6 +390,24 @@ pub fn report_files(
 
     let file = File::open(events).map_err(|e| format!("{}: {e}", events.display()))?;
     let mut counters = Counters::default();
+    // The report's choices where the server's clock decided (see `counters::HORIZON_DAYS`);
+    // without a report no event is held back.
+    if let Some(r) = &given {
+        for seq in r["held_back"].as_array().into_iter().flatten() {
+            let seq = seq.as_u64().ok_or("the report's `held_back` holds something else than seqs")?;
+            counters.held_back.insert(seq);
+        }
+    }
+    // The grid of cells every month lists: from the report's record, else from `policies`.
+    let grid = match (&given, policies) {
+        (Some(r), _) => Grid::of_record(&r["record"]),
+        (None, Some(dir)) => {
+            let set = crate::policy::PolicySet::load(dir).map_err(|e| format!("policies: {e}"))?;
+            // invariant: the record is names, texts and numbers; it always serialises.
+            Grid::of_record(&serde_json::to_value(crate::policy::ProcessingRecord::of(&set)).expect("record"))
+        }
+        (None, None) => Grid::default(),
+    };
     // Only distinctness matters to the counts, so any key gives the server's numbers.
     let member_key = crate::crypto::MemberKey::random().map_err(|e| e.to_string())?;
     let member = |text: &str| Member(member_key.digest(text));
@@ -396,7 +417,7 @@ pub fn report_files(
         frontier.push(event_leaf(&line, seq).map_err(|e| format!("event {seq}: {e}"))?);
         let event: crate::audit::Event =
             serde_json::from_slice(&line).map_err(|e| format!("event {seq}: {e}"))?;
-        counters.fold(&event, member).map_err(|e| e.to_string())?;
+        counters.fold(&event, member, None).map_err(|e| e.to_string())?;
     }
     if counters.size != size {
         return Err(format!("the export ends after {} events, the report covers {size}", counters.size));
@@ -408,7 +429,7 @@ pub fn report_files(
             "the first {size} events of the export do not hash to the root the report's checkpoint signs"
         ));
     }
-    let months = counters.published();
+    let months = counters.published(&grid);
     if let Some(r) = &given {
         let theirs = r["months"].as_array().cloned().unwrap_or_default();
         // invariant: published months are plain strings and counts; they always serialise.

@@ -187,6 +187,10 @@ enum AuditCommand {
         /// A saved transparency report (JSON) to check.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Without --report: the policy directory whose grid of cells every month lists (as the
+        /// server's report does); with --report the report's own record gives it.
+        #[arg(long)]
+        policies: Option<PathBuf>,
     },
 }
 
@@ -293,8 +297,14 @@ impl Cli {
                     ExitCode::FAILURE
                 }
             },
-            Command::Audit { command: AuditCommand::Report { events, checkpoint, key, report } } => {
-                match crate::auditor::report_files(&events, &checkpoint, &key, report.as_deref()) {
+            Command::Audit { command: AuditCommand::Report { events, checkpoint, key, report, policies } } => {
+                match crate::auditor::report_files(
+                    &events,
+                    &checkpoint,
+                    &key,
+                    report.as_deref(),
+                    policies.as_deref(),
+                ) {
                     Ok(done) if report.is_some() => {
                         println!(
                             "ok: the report's counts agree with the first {} events of the log \

@@ -350,6 +350,11 @@ impl AuditLog {
         self
     }
 
+    /// The clock events are stamped with (the transparency report judges event times by it).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     async fn check_latest_checkpoint(&self, size: u64) -> Result<Option<SignedCheckpoint>, AuditError> {
         let Some((stored_size, note)) =
             self.store.latest_checkpoint().await.map_err(AuditError::Unavailable)?

@@ -44,6 +44,11 @@ struct Report {
     /// The month of the newest counted event (`YYYY-MM`, UTC): in progress, not published;
     /// `null` while the log is empty.
     in_progress: Option<String>,
+    /// Seqs of events (ascending) stamped in a later month than the open one but more than 31
+    /// days ahead of the server's clock when counted (a clock stepped forward): counted in the
+    /// month then open, they closed nothing. `custodia audit report` takes the list from here
+    /// and refuses an entry that would not have closed a month.
+    held_back: Vec<u64>,
     /// What the shop collects and why: the GDPR Art. 30 record generated from the policy files
     /// (the same document as `custodia policy record --json`).
     record: ProcessingRecord,
@@ -51,7 +56,10 @@ struct Report {
     /// later month. Distinct customers with disclosures by recipient, purpose and outcome;
     /// with denials by reason; erased; with retention purges; making objections, restrictions
     /// and consents by change. An event that names no customer counts as one. Each `count` is
-    /// a number of at least 5 or the text "fewer than 5".
+    /// a number of at least 5 or the text "fewer than 5" (0 included). Every month lists the
+    /// same cells: every recipient (and `(none)`) × purpose (and `(none)`) × outcome, every
+    /// known reason code, objected / lifted per purpose open to objection, restricted / lifted,
+    /// granted / withdrawn per consent purpose, plus any cell a published month counted.
     #[schema(value_type = Vec<Object>)]
     months: Vec<PublishedMonth>,
 }
@@ -88,6 +96,7 @@ async fn report(_: PublicBudget, State(state): State<AppState>) -> Result<Json<R
         checkpoint: r.checkpoint.clone().map(Checkpoint::from),
         key: AuditKey::from(&r.key),
         in_progress: r.in_progress.clone(),
+        held_back: r.held_back.clone(),
         record: r.record.clone(),
         months: r.months.clone(),
     }))

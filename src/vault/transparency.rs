@@ -10,40 +10,39 @@
 //! ([`Vault::transparency_report`]) only reads that prepared report: no signing, no store read
 //! or write, nothing an anonymous caller can make the server do per request.
 //!
-//! The fold is persisted as store metadata ([`COUNTERS_META`]) so a restart resumes where it
-//! stood: when a month closed, at most every [`PERSIST_PERIOD`] otherwise, and at shutdown.
-//! Persisting is only a shortcut: the fold is a function of the log, and a restart re-folds the
-//! events after the persisted size. A persisted fold longer than the log (a store restored to an
-//! earlier point) is discarded and rebuilt from the start.
+//! The fold's closed months are persisted as store metadata ([`COUNTERS_META`], JSON of
+//! [`Closed`]: the closed months, the seq the open month began at, the held-back seqs) whenever
+//! they change, i.e. when a month closes. The open month is never persisted: the fold is a
+//! function of the log, so after a restart the open month is re-folded from the seq it began
+//! at (at most a month of events read once at start). A persisted fold longer than the log (a
+//! store restored to an earlier point) is discarded and rebuilt from the start.
 //!
 //! Memory: the open month holds, per cell, the 16-byte keyed digests of its customers
-//! ([`crate::audit::counters::Member`]), about 50 bytes each in memory with the set's overhead;
-//! at the month's close they become counts and are dropped. A digest of an erased customer's id
-//! stays at most until the month closes; it is keyed ([`crate::crypto::MemberKey`]), so it
-//! cannot be matched to an id without the vault's keys (and the id itself stays in the
-//! append-only audit log in any case).
+//! ([`crate::audit::counters::Member`]) in a `BTreeSet`, about 27 bytes each measured, so
+//! 1 000 000 customers in about 3 cells each hold about 81 MB until the month closes; events
+//! naming no customer (refused tokens, say) are a number per cell and cost nothing. At the
+//! month's close the sets become counts and are dropped. The digests are never written
+//! anywhere; the key ([`crate::crypto::MemberKey`]) keeps them from being matched to an id.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
 
 use super::{Vault, VaultError, audit_failure};
 use crate::audit::Event;
 use crate::audit::checkpoint::{SignedCheckpoint, VerifierKey};
-use crate::audit::counters::{Counters, Member, PublishedMonth, THRESHOLD};
+use crate::audit::counters::{Closed, Counters, Grid, HORIZON_DAYS, Member, PublishedMonth, THRESHOLD};
 use crate::domain::Timestamp;
 use crate::policy::ProcessingRecord;
 
-/// The store metadata name the fold is persisted under (JSON of [`Counters`]). Version 2: cells
-/// count distinct customers and the open month is kept as sets (version 1 counted events).
-pub const COUNTERS_META: &str = "transparency_counters_v2";
+/// The store metadata name the fold's closed part is persisted under (JSON of [`Closed`]).
+/// Version 3: closed months only, the open month re-folded from the log (version 2 persisted
+/// the open month's sets, version 1 counted events); an older version is left alone and the
+/// log recounted.
+pub const COUNTERS_META: &str = "transparency_counters_v3";
 
 /// The version of the report's JSON shape; bumped on any incompatible change.
 pub const REPORT_FORMAT_VERSION: u32 = 2;
-
-/// The longest the persisted fold lags the in-memory one while a month stays open.
-pub const PERSIST_PERIOD: Duration = Duration::from_secs(60);
 
 /// Events read per store call while folding.
 const FOLD_PAGE: usize = 1000;
@@ -60,12 +59,8 @@ pub struct TransparencyCounters {
 /// The fold and what of it is persisted.
 struct Fold {
     counters: Counters,
-    /// The size of the persisted fold.
-    persisted_size: u64,
-    /// The number of closed months in the persisted fold.
-    persisted_months: usize,
-    /// When the fold was last persisted (or loaded).
-    persisted_at: Instant,
+    /// The persisted part as last written (or loaded).
+    persisted: Closed,
 }
 
 /// The public transparency report.
@@ -87,6 +82,9 @@ pub struct TransparencyReport {
     pub record: ProcessingRecord,
     /// The month of the newest counted event (`YYYY-MM`): in progress, not published.
     pub in_progress: Option<String>,
+    /// Seqs of events that did not close a month, being stamped more than
+    /// [`HORIZON_DAYS`] days ahead of the server's clock when counted (ascending).
+    pub held_back: Vec<u64>,
     /// Per closed calendar month (UTC), newest first.
     pub months: Vec<PublishedMonth>,
 }
@@ -121,24 +119,20 @@ impl Vault {
         }
         let key = self.keys.transparency_member_key();
         let member = |text: &str| Member(key.digest(text));
-        while fold.counters.size < target {
-            let want = FOLD_PAGE.min(usize::try_from(target - fold.counters.size).unwrap_or(FOLD_PAGE));
-            let page = self.store.audit_events(fold.counters.size, want).await?;
-            if page.is_empty() {
-                // Keep what was folded so far; the next step resumes from there.
-                let missing = fold.counters.size;
-                *state = Some(fold);
-                return Err(VaultError::Internal(format!("event {missing} is missing from the log")));
-            }
-            for (seq, bytes) in page {
-                let event: Event = serde_json::from_slice(&bytes)
-                    .map_err(|e| VaultError::Internal(format!("stored event {seq} unreadable: {e}")))?;
-                fold.counters.fold(&event, member).map_err(|e| VaultError::Internal(e.to_string()))?;
-            }
-        }
-        let month_closed = fold.counters.months.len() != fold.persisted_months;
-        if month_closed || fold.persisted_at.elapsed() >= PERSIST_PERIOD {
-            self.persist(&mut fold).await?;
+        let clock = self.audit.clock().now();
+        let horizon = Timestamp::from_millis(clock.millis().saturating_add(HORIZON_DAYS * 86_400_000)).to_rfc3339();
+        // The fold is kept in `state` on every error: the next step resumes where it stands.
+        let folded = self.fold_to(&mut fold, target, &member, &horizon).await;
+        let persisted = match folded {
+            Ok(()) => self.persist(&mut fold).await,
+            Err(e) => Err(e),
+        };
+        let record = ProcessingRecord::of(&self.policies);
+        // invariant: the record is names, texts and numbers; it always serialises.
+        let grid = Grid::of_record(&serde_json::to_value(&record).expect("the record serialises"));
+        if let Err(e) = persisted {
+            *state = Some(fold);
+            return Err(e);
         }
         let report = TransparencyReport {
             format_version: REPORT_FORMAT_VERSION,
@@ -147,16 +141,54 @@ impl Vault {
             tree_size: fold.counters.size,
             checkpoint,
             key: self.audit.verifier_key().clone(),
-            record: ProcessingRecord::of(&self.policies),
+            record,
             in_progress: fold.counters.in_progress().map(str::to_owned),
-            months: fold.counters.published(),
+            held_back: fold.counters.held_back.iter().copied().collect(),
+            months: fold.counters.published(&grid),
         };
         *self.transparency.prepared.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(report));
         *state = Some(fold);
         Ok(())
     }
 
-    /// Persists the fold if it moved since last persisted (at shutdown).
+    /// Folds the events from where `fold` stands up to `target`. On an error the events folded
+    /// so far stay folded.
+    async fn fold_to(
+        &self,
+        fold: &mut Fold,
+        target: u64,
+        member: &impl Fn(&str) -> Member,
+        horizon: &str,
+    ) -> Result<(), VaultError> {
+        while fold.counters.size < target {
+            let want = FOLD_PAGE.min(usize::try_from(target - fold.counters.size).unwrap_or(FOLD_PAGE));
+            let page = self.store.audit_events(fold.counters.size, want).await?;
+            if page.is_empty() {
+                let missing = fold.counters.size;
+                return Err(VaultError::Internal(format!("event {missing} is missing from the log")));
+            }
+            for (seq, bytes) in page {
+                let event: Event = serde_json::from_slice(&bytes)
+                    .map_err(|e| VaultError::Internal(format!("stored event {seq} unreadable: {e}")))?;
+                let held = fold
+                    .counters
+                    .fold(&event, member, Some(horizon))
+                    .map_err(|e| VaultError::Internal(e.to_string()))?;
+                if held {
+                    tracing::warn!(
+                        seq,
+                        stamped = %event.time,
+                        horizon,
+                        "transparency: an audit event is stamped far ahead of the clock (clock stepped?); \
+                         it is counted in the open month and does not close it"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the fold's closed part if it changed since last persisted (at shutdown).
     pub async fn persist_transparency(&self) -> Result<(), VaultError> {
         let mut state = self.transparency.state.lock().await;
         match state.as_mut() {
@@ -165,32 +197,29 @@ impl Vault {
         }
     }
 
+    /// Writes the closed part when it changed: a month closed or an event was held back. Small
+    /// (closed months' counts), so serialising it here on the async worker is cheap.
     async fn persist(&self, fold: &mut Fold) -> Result<(), VaultError> {
-        if fold.counters.size != fold.persisted_size {
-            // invariant: Counters is maps of strings, integers and digests; it always serialises.
-            let json = serde_json::to_vec(&fold.counters).expect("counters serialise");
+        let closed = fold.counters.closed();
+        if closed != fold.persisted {
+            // invariant: Closed is maps of strings and integers; it always serialises.
+            let json = serde_json::to_vec(&closed).expect("counters serialise");
             self.store.put_meta(COUNTERS_META, json).await?;
-            fold.persisted_size = fold.counters.size;
-            fold.persisted_months = fold.counters.months.len();
+            fold.persisted = closed;
         }
-        fold.persisted_at = Instant::now();
         Ok(())
     }
 
-    /// The persisted fold, or an empty one when there is none or it cannot be read.
+    /// The persisted fold, resumed at the start of its open month, or an empty one when there
+    /// is none or it cannot be read.
     async fn persisted_fold(&self) -> Result<Fold, VaultError> {
-        let counters = match self.store.meta(COUNTERS_META).await? {
-            None => Counters::default(),
+        let persisted = match self.store.meta(COUNTERS_META).await? {
+            None => Closed::default(),
             Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "persisted transparency counters unreadable; recounting");
-                Counters::default()
+                Closed::default()
             }),
         };
-        Ok(Fold {
-            persisted_size: counters.size,
-            persisted_months: counters.months.len(),
-            persisted_at: Instant::now(),
-            counters,
-        })
+        Ok(Fold { counters: Counters::resume(persisted.clone()), persisted })
     }
 }
