@@ -297,7 +297,9 @@ impl Cli {
                     ExitCode::FAILURE
                 }
             },
-            Command::Audit { command: AuditCommand::Report { events, checkpoint, key, report, policies } } => {
+            Command::Audit {
+                command: AuditCommand::Report { events, checkpoint, key, report, policies },
+            } => {
                 match crate::auditor::report_files(
                     &events,
                     &checkpoint,

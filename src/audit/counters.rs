@@ -388,7 +388,8 @@ impl Counters {
 
 /// Denial reason codes the server writes besides the disclosure rules' ([`crate::policy::Reason`]):
 /// refused tokens and roles, and a missing purpose.
-const OTHER_DENIALS: [&str; 5] = ["token_missing", "token_invalid", "token_expired", "role_forbidden", "purpose_required"];
+const OTHER_DENIALS: [&str; 5] =
+    ["token_missing", "token_invalid", "token_expired", "role_forbidden", "purpose_required"];
 
 /// The cells every published month lists, derived from the processing record the report embeds
 /// (so the offline recount derives the same grid from the report it checks): every recipient
@@ -460,7 +461,8 @@ fn merge(into: &mut MonthCounts, from: &MonthCounts, values: bool) {
             *into.entry(k.clone()).or_default() += v(*n);
         }
     };
-    let map2 = |into: &mut BTreeMap<String, BTreeMap<String, u64>>, from: &BTreeMap<String, BTreeMap<String, u64>>| {
+    let map2 = |into: &mut BTreeMap<String, BTreeMap<String, u64>>,
+                from: &BTreeMap<String, BTreeMap<String, u64>>| {
         for (k, m) in from {
             map(into.entry(k.clone()).or_default(), m);
         }
@@ -817,7 +819,9 @@ mod tests {
         // The offline recount takes the list instead of a clock, and refuses a false entry.
         let mut offline = Counters { held_back: BTreeSet::from([1]), ..Counters::default() };
         for (seq, time) in times.iter().enumerate() {
-            offline.fold(&event(seq as u64, time, Action::CustomerRead, Outcome::Allowed), digest, None).unwrap();
+            offline
+                .fold(&event(seq as u64, time, Action::CustomerRead, Outcome::Allowed), digest, None)
+                .unwrap();
         }
         assert_eq!(offline.in_progress(), Some("2026-11"));
         let mut lying = Counters { held_back: BTreeSet::from([0]), ..Counters::default() };

@@ -120,7 +120,8 @@ impl Vault {
         let key = self.keys.transparency_member_key();
         let member = |text: &str| Member(key.digest(text));
         let clock = self.audit.clock().now();
-        let horizon = Timestamp::from_millis(clock.millis().saturating_add(HORIZON_DAYS * 86_400_000)).to_rfc3339();
+        let horizon =
+            Timestamp::from_millis(clock.millis().saturating_add(HORIZON_DAYS * 86_400_000)).to_rfc3339();
         // The fold is kept in `state` on every error: the next step resumes where it stands.
         let folded = self.fold_to(&mut fold, target, &member, &horizon).await;
         let persisted = match folded {

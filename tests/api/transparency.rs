@@ -164,6 +164,21 @@ async fn the_report_counts_distinct_customers_of_closed_months_and_hides_small_n
     );
     assert_eq!(m["erasures"], "fewer than 5");
     assert_eq!(m["retention_purges"], "fewer than 5");
+    // The full grid of the policy, so a cell's presence never tells 0 from 1–4: cells nobody
+    // was counted in are listed too.
+    let n = |list: &str| report["record"][list].as_array().unwrap().len();
+    assert_eq!(d.as_array().unwrap().len(), (n("recipients") + 1) * (n("activities") + 1) * 3, "{d}");
+    assert_eq!(
+        cell(
+            d,
+            &[("recipient", "letterbox-newsletter"), ("purpose", "order_fulfillment"), ("outcome", "failed")]
+        ),
+        "fewer than 5"
+    );
+    assert_eq!(cell(&m["denials"], &[("reason", "token_expired")]), "fewer than 5");
+    assert_eq!(cell(&m["restrictions"], &[("change", "restricted")]), "fewer than 5");
+    assert_eq!(cell(&m["consents"], &[("purpose", "marketing"), ("change", "withdrawn")]), "fewer than 5");
+    assert_eq!(report["held_back"], json!([]));
 
     // What is collected and why: the Art. 30 record of the loaded policies.
     let record = custodia::policy::ProcessingRecord::of(
@@ -258,7 +273,8 @@ async fn one_customer_toggling_a_restriction_cannot_single_out_another() {
 }
 
 /// `custodia audit report` over the export in `dir` (`events.ndjson`, `checkpoint.txt`,
-/// `key.txt`), checking the saved report `report` in `dir` if given.
+/// `key.txt`), checking the saved report `report` in `dir` if given, else listing the grid of
+/// the shipped policies.
 async fn audit_report(dir: &std::path::Path, report: Option<&str>) -> (bool, String, String) {
     let file = |n: &str| dir.join(n).to_str().unwrap().to_owned();
     let mut a: Vec<String> = ["audit", "report", "--events"].map(str::to_owned).to_vec();
@@ -269,8 +285,9 @@ async fn audit_report(dir: &std::path::Path, report: Option<&str>) -> (bool, Str
         "--key".into(),
         file("key.txt"),
     ]);
-    if let Some(r) = report {
-        a.extend(["--report".into(), file(r)]);
+    match report {
+        Some(r) => a.extend(["--report".into(), file(r)]),
+        None => a.extend(["--policies".into(), concat!(env!("CARGO_MANIFEST_DIR"), "/policies").into()]),
     }
     custodia(&a.iter().map(String::as_str).collect::<Vec<_>>()).await
 }
@@ -323,31 +340,47 @@ async fn the_background_task_prepares_the_report_at_start() {
 
 /// The persisted fold of a stopped server, and a way to replace it (as a store restored to an
 /// earlier point, or a test of where the counts come from, would).
-async fn with_persisted_fold(app: &TestApp, edit: impl FnOnce(&mut custodia::audit::counters::Counters)) {
+async fn with_persisted_fold(app: &TestApp, edit: impl FnOnce(&mut custodia::audit::counters::Closed)) {
     let settings = custodia::store::StorageSettings::Sled {
         dir: app.data_dir.path().join("store"),
         cache_bytes: 8 << 20,
     };
     let store = custodia::store::open(&settings, std::sync::Arc::new(custodia::audit::tree::Tree)).unwrap();
     let bytes = store.meta(custodia::vault::COUNTERS_META).await.unwrap().expect("the fold is persisted");
-    let mut counters: custodia::audit::counters::Counters = serde_json::from_slice(&bytes).unwrap();
-    edit(&mut counters);
-    store.put_meta(custodia::vault::COUNTERS_META, serde_json::to_vec(&counters).unwrap()).await.unwrap();
+    let mut closed: custodia::audit::counters::Closed = serde_json::from_slice(&bytes).unwrap();
+    edit(&mut closed);
+    store.put_meta(custodia::vault::COUNTERS_META, serde_json::to_vec(&closed).unwrap()).await.unwrap();
     store.close().await.unwrap();
 }
 
-/// A restart resumes from the persisted fold instead of recounting the log (a month only the
-/// persisted fold holds is still reported), and a fold longer than the log is recounted.
+/// Creates and erases `n` customers (an erasure per customer).
+async fn erase_customers(app: &TestApp, n: usize) {
+    for i in 0..n {
+        let id = app.create_customer(json!({"name": format!("Gone {i}")})).await;
+        let path = format!("/v1/customers/{id}");
+        let res = app.call(Method::DELETE, &path, Some(&app.merchant()), None, None).await;
+        assert_eq!(res.status, StatusCode::OK);
+    }
+}
+
+/// A restart resumes from the persisted closed months (a month only the persisted fold holds
+/// is still reported) and re-folds the open month from the log (only the closed months and the
+/// seq the open month began at are persisted); a fold longer than the log is recounted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_resumes_from_the_persisted_fold_and_a_fold_ahead_of_the_log_is_recounted() {
     let mut app = spawn_quiet_app().await;
     closed_scenario(&app).await;
+    // Three erasures in the open month before the restart, two after.
+    erase_customers(&app, 3).await;
+    app.refresh_transparency().await;
     let before = report(&app).await;
+    let events = app.audit_events().await;
+    let april = events.iter().position(|e| e["time"].as_str().unwrap().starts_with("2031-04")).unwrap();
     app.shutdown().await;
     let size = before["tree_size"].as_u64().unwrap();
     with_persisted_fold(&app, |c| {
-        assert_eq!(c.size, size, "the fold stands at the report's tree size");
-        assert_eq!(c.in_progress(), Some("2031-04"), "the open month is persisted with its sets");
+        assert_eq!(c.size, april as u64, "persisted up to where the open month began, not {size}");
+        assert_eq!(c.months.keys().collect::<Vec<_>>(), ["2031-03"]);
         c.months.entry("1999-01".into()).or_default().erasures = 7;
     })
     .await;
@@ -358,13 +391,66 @@ async fn a_restart_resumes_from_the_persisted_fold_and_a_fold_ahead_of_the_log_i
         after["months"].as_array().unwrap().iter().map(|m| m["month"].as_str().unwrap()).collect();
     assert_eq!(months, ["2031-03", "1999-01"], "resumed from the persisted fold");
     assert_eq!(after["months"][0], before["months"][0]);
+    assert_eq!(after["in_progress"], "2031-04", "the open month re-folded from the log");
+    erase_customers(&app, 2).await;
+    close_month(&app, "2031-05-01T00:00:00Z").await;
+    app.refresh_transparency().await;
+    let may = report(&app).await;
+    assert_eq!(may["months"][0]["month"], "2031-04");
+    assert_eq!(may["months"][0]["erasures"], 5, "erasures from before the restart were re-folded: {may}");
 
     app.shutdown().await;
     with_persisted_fold(&app, |c| c.size = 1 << 40).await;
     let app = app.restart().await;
     app.refresh_transparency().await;
     let recounted = report(&app).await;
-    assert_eq!(recounted["months"], before["months"], "recounted from the log");
+    assert_eq!(recounted["months"][1], before["months"][0], "recounted from the log");
+    assert_eq!(recounted["months"].as_array().unwrap().len(), 2, "1999-01 is gone: {recounted}");
+}
+
+/// A clock stepped forward for a moment: an event stamped years ahead closes nothing (the
+/// month stays open and unpublished until the calendar really moves on), the report lists it,
+/// and the offline recount agrees. Before, it closed March early and counted everything after
+/// it in 2033.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stamped_far_ahead_of_the_clock_closes_no_month() {
+    let app = spawn_quiet_app().await;
+    set_clock(&app, "2031-03-10T12:00:00Z");
+    app.create_customer(json!({"name": "March"})).await;
+    app.refresh_transparency().await;
+    set_clock(&app, "2033-01-01T00:00:00Z");
+    app.create_customer(json!({"name": "Stepped"})).await;
+    set_clock(&app, "2031-03-11T12:00:00Z");
+    erase_customers(&app, 1).await;
+    let events = app.audit_events().await;
+    let stepped = events.iter().position(|e| e["time"].as_str().unwrap().starts_with("2033")).unwrap();
+    app.refresh_transparency().await;
+    let held = report(&app).await;
+    assert_eq!(held["in_progress"], "2031-03", "{held}");
+    assert_eq!(held["months"], json!([]));
+    assert_eq!(held["held_back"], json!([stepped]), "{held}");
+
+    close_month(&app, "2031-04-01T00:00:00Z").await;
+    app.refresh_transparency().await;
+    let closed = report(&app).await;
+    assert_eq!(closed["in_progress"], "2031-04");
+    let months: Vec<&str> =
+        closed["months"].as_array().unwrap().iter().map(|m| m["month"].as_str().unwrap()).collect();
+    assert_eq!(months, ["2031-03"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report.json"), closed.to_string()).unwrap();
+    let (ok, _, stderr) = export(&app, dir.path()).await;
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = audit_report(dir.path(), Some("report.json")).await;
+    assert!(ok, "{stdout}{stderr}");
+    // A report listing an event that closes nothing is refused.
+    let mut lying = closed.clone();
+    lying["held_back"] = json!([0]);
+    std::fs::write(dir.path().join("lying.json"), lying.to_string()).unwrap();
+    let (ok, _, stderr) = audit_report(dir.path(), Some("lying.json")).await;
+    assert!(!ok);
+    assert!(stderr.contains("held back"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
