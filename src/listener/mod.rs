@@ -463,3 +463,25 @@ fn http_builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {
         .keep_alive_timeout(limits.header_read_timeout.max(Duration::from_secs(1)));
     builder
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_slash_64_and_an_ipv4_mapped_address_count_as_one_address() {
+        let table = Arc::new(PerAddress::new(2));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = table.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _second = table.admit(ip("2001:db8:1:2:aaaa::9")).unwrap();
+        assert!(table.admit(ip("2001:db8:1:2:ffff::1")).is_none(), "a third address of the same /64");
+        assert!(table.admit(ip("2001:db8:1:3::1")).is_some(), "another /64 has its own places");
+        let _v4 = table.admit(ip("192.0.2.1")).unwrap();
+        let _mapped = table.admit(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(table.admit(ip("192.0.2.1")).is_none(), "an IPv4-mapped address counts as its IPv4 address");
+        assert!(table.admit(ip("192.0.2.2")).is_some());
+        drop(first);
+        assert!(table.admit(ip("2001:db8:1:2::77")).is_some(), "a closed connection frees its place");
+        assert_eq!(address_group(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+    }
+}
