@@ -633,8 +633,10 @@ mod tests {
     // The same test also checks that a login failure other than a refused PIN is retried.
     const CHILD: &str = "CUSTODIA_PKCS11_TEST_CHILD";
 
-    /// A re-login with a PIN the token refuses (here: the PIN was changed on the token, then the
-    /// session was lost) fails with an error naming the setting, and is never tried again.
+    /// A re-login that fails for a reason other than the PIN (here: the security officer is
+    /// logged in) is tried again on the next call; a re-login with a PIN the token refuses (here:
+    /// the PIN was changed on the token, then the session was lost) fails with an error naming
+    /// the setting, and is never tried again.
     /// SoftHSM2 reads `SOFTHSM2_CONF` once per process and this process's environment cannot be
     /// changed safely, so the work runs in a child process of this test binary.
     #[test]
