@@ -214,6 +214,15 @@ pub enum ConfigError {
         /// What is wrong.
         message: String,
     },
+    /// A setting of the config file has an invalid value (and no environment variable
+    /// overrides it).
+    #[error("config file setting {key}: {message}")]
+    FileValue {
+        /// The file's key, e.g. `idle_timeout_ms`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The config file's keys: the environment variable names without `CUSTODIA_`, lower-case.
@@ -516,16 +525,25 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_AUDIT_STREAM_SYSLOG") {
             self.audit_stream_syslog = Some(v);
         }
+        // A value checked below came from the environment if the variable is set, otherwise from
+        // the file (defaults are valid): the error names the one the operator wrote.
+        let invalid = |name: &'static str, message: String| {
+            if get(name).is_some() {
+                ConfigError::Env { name, message }
+            } else {
+                ConfigError::FileValue {
+                    key: name.trim_start_matches("CUSTODIA_").to_ascii_lowercase(),
+                    message,
+                }
+            }
+        };
         if let Some(target) = &self.audit_stream_syslog {
             target
                 .parse::<crate::audit::stream::SyslogTarget>()
-                .map_err(|message| ConfigError::Env { name: "CUSTODIA_AUDIT_STREAM_SYSLOG", message })?;
+                .map_err(|message| invalid("CUSTODIA_AUDIT_STREAM_SYSLOG", message))?;
         }
         if self.key_epoch_seconds == 0 {
-            return Err(ConfigError::Env {
-                name: "CUSTODIA_KEY_EPOCH_SECONDS",
-                message: "must be at least 1".into(),
-            });
+            return Err(invalid("CUSTODIA_KEY_EPOCH_SECONDS", "must be at least 1".into()));
         }
         // Listener limits: a zero would turn a bound off or refuse everything; refuse it by name.
         for (name, zero) in [
@@ -538,20 +556,14 @@ impl Settings {
             ("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES", self.audit_stream_file_max_bytes == 0),
         ] {
             if zero {
-                return Err(ConfigError::Env { name, message: "must be at least 1".into() });
+                return Err(invalid(name, "must be at least 1".into()));
             }
         }
         if self.max_header_bytes < 8192 {
-            return Err(ConfigError::Env {
-                name: "CUSTODIA_MAX_HEADER_BYTES",
-                message: "must be at least 8192".into(),
-            });
+            return Err(invalid("CUSTODIA_MAX_HEADER_BYTES", "must be at least 8192".into()));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
-            return Err(ConfigError::Env {
-                name: "CUSTODIA_LOG_FORMAT",
-                message: "must be text or json".into(),
-            });
+            return Err(invalid("CUSTODIA_LOG_FORMAT", "must be text or json".into()));
         }
         Ok(())
     }
@@ -596,6 +608,8 @@ impl Settings {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
             max_header_bytes: self.max_header_bytes.max(8192),
             http2_max_streams: self.http2_max_streams.max(1),
+            response_deadline: self.request_timeout()
+                + Duration::from_millis(self.header_read_timeout_ms.max(1)),
         }
     }
 
@@ -646,6 +660,32 @@ mod tests {
         assert_eq!(s.listen, "0.0.0.0:9000");
         assert_eq!(s.data_dir, PathBuf::from("/srv/custodia"));
         assert_eq!(s.policies, PathBuf::from("./policies"));
+    }
+
+    #[test]
+    fn an_invalid_value_is_reported_under_the_name_it_was_given_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("custodia.toml");
+        for (text, key) in [
+            ("idle_timeout_ms = 0\n", "idle_timeout_ms"),
+            ("max_header_bytes = 100\n", "max_header_bytes"),
+            ("log_format = \"xml\"\n", "log_format"),
+            ("key_epoch_seconds = 0\n", "key_epoch_seconds"),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Settings::load_from(Some(&file), |_| None).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("config file setting {key}:")) && !err.contains("CUSTODIA_"),
+                "{err}"
+            );
+        }
+        std::fs::write(&file, "idle_timeout_ms = 5\n").unwrap();
+        let err = Settings::load_from(Some(&file), |name| {
+            (name == "CUSTODIA_IDLE_TIMEOUT_MS").then(|| "0".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("environment variable CUSTODIA_IDLE_TIMEOUT_MS"), "{err}");
     }
 
     #[test]

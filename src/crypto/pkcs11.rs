@@ -158,10 +158,12 @@ fn rv_name(e: &CkError) -> String {
 /// A logged-in token: one session held for the process, re-opened (and logged in again) if the
 /// token drops it.
 ///
-/// Invariant: after one refused login (a wrong or locked PIN, or any other login failure) no
-/// login is tried again in this process. The token counts wrong PINs and locks the user PIN
-/// after a few; a server retrying the same wrong PIN on every request would lock it within
-/// seconds and take every other user of the token down with it.
+/// Invariant: after the token refuses the PIN once (`CKR_PIN_INCORRECT`, `CKR_PIN_LOCKED`,
+/// `CKR_PIN_LEN_RANGE`, `CKR_PIN_EXPIRED`) no login is tried again in this process. The token
+/// counts wrong PINs and locks the user PIN after a few; a server retrying the same wrong PIN
+/// on every request would lock it within seconds and take every other user of the token down
+/// with it. Any other failure (the device is absent or failing while a network HSM restarts, no
+/// session can be opened) says nothing about the PIN and is tried again on the next call.
 pub struct Pkcs11Token {
     ctx: Pkcs11,
     slot: Slot,
@@ -169,7 +171,7 @@ pub struct Pkcs11Token {
     pin: SecretString,
     pin_setting: &'static str,
     session: Mutex<Session>,
-    /// The first refused re-login, returned from then on without asking the token.
+    /// The first re-login whose PIN was refused, returned from then on without asking the token.
     login_refused: Mutex<Option<String>>,
     /// Logins tried after start-up (for tests and the log).
     relogins: std::sync::atomic::AtomicU32,
@@ -235,7 +237,7 @@ impl Pkcs11Token {
                 ),
             ));
         }
-        let session = login(&ctx, slot, &config.pin, config.pin_setting)?;
+        let session = login(&ctx, slot, &config.pin, config.pin_setting).map_err(|e| e.error)?;
         Ok(Arc::new(Pkcs11Token {
             ctx,
             slot,
@@ -315,9 +317,9 @@ impl Pkcs11Token {
         self.session.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces a session the token dropped with a new, logged-in one. Tried at most once per
-    /// process if the login is refused (see the type's invariant): later calls return the
-    /// first refusal without asking the token.
+    /// Replaces a session the token dropped with a new, logged-in one. Once the token has
+    /// refused the PIN, later calls return that refusal without asking the token (see the
+    /// type's invariant); other failures are returned and tried again on the next call.
     fn reconnect(&self, session: &mut Session) -> Result<(), CryptoError> {
         let mut refused = self.login_refused.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(message) = refused.as_ref() {
@@ -329,8 +331,12 @@ impl Pkcs11Token {
                 *session = new;
                 Ok(())
             }
-            Err(e) => {
-                let reason = match e {
+            Err(LoginError { error, pin_refused: false }) => {
+                tracing::warn!(token = %self.label, error = %error, "PKCS#11 login failed; tried again on the next call");
+                Err(error)
+            }
+            Err(LoginError { error, pin_refused: true }) => {
+                let reason = match error {
                     CryptoError::Pkcs11(reason) => reason,
                     other => other.to_string(),
                 };
@@ -352,32 +358,41 @@ impl Pkcs11Token {
     }
 }
 
+/// A failed login, and whether the token refused the PIN itself (retrying it could lock it).
+struct LoginError {
+    error: CryptoError,
+    pin_refused: bool,
+}
+
 fn login(
     ctx: &Pkcs11,
     slot: Slot,
     pin: &SecretString,
     pin_setting: &'static str,
-) -> Result<Session, CryptoError> {
+) -> Result<Session, LoginError> {
+    let other = |error| LoginError { error, pin_refused: false };
+    let refused = |message| LoginError { error: setting_error(pin_setting, message), pin_refused: true };
     // Read-write: `keys hsm-generate` creates a token object; serving only encrypts and decrypts.
-    let session = ctx
-        .open_rw_session(slot)
-        .map_err(|e| setting_error(TOKEN_SETTING, format!("opening a session failed: {}", rv_name(&e))))?;
+    let session = ctx.open_rw_session(slot).map_err(|e| {
+        other(setting_error(TOKEN_SETTING, format!("opening a session failed: {}", rv_name(&e))))
+    })?;
     match session.login(UserType::User, Some(pin)) {
         // Login state is per application and token: another session of this process may have
         // logged in already.
         Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(session),
         Err(CkError::Pkcs11(RvError::PinIncorrect, _)) => {
-            Err(setting_error(pin_setting, "the token refused the PIN (CKR_PIN_INCORRECT)"))
+            Err(refused("the token refused the PIN (CKR_PIN_INCORRECT)"))
         }
-        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(setting_error(
-            pin_setting,
+        Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(refused(
             "the user PIN is locked after too many wrong attempts (CKR_PIN_LOCKED); the security officer must reset it",
         )),
-        Err(CkError::Pkcs11(RvError::PinLenRange, _)) => Err(setting_error(
-            pin_setting,
-            "the PIN has a length the token does not accept (CKR_PIN_LEN_RANGE)",
-        )),
-        Err(e) => Err(setting_error(pin_setting, format!("logging in failed: {}", rv_name(&e)))),
+        Err(CkError::Pkcs11(RvError::PinLenRange, _)) => {
+            Err(refused("the PIN has a length the token does not accept (CKR_PIN_LEN_RANGE)"))
+        }
+        Err(CkError::Pkcs11(RvError::PinExpired, _)) => {
+            Err(refused("the user PIN has expired (CKR_PIN_EXPIRED); set a new one on the token"))
+        }
+        Err(e) => Err(other(setting_error(pin_setting, format!("logging in failed: {}", rv_name(&e))))),
     }
 }
 
@@ -615,10 +630,13 @@ mod tests {
     }
 
     const RELOGIN_TEST: &str = "crypto::pkcs11::tests::a_refused_re_login_is_not_tried_again";
+    // The same test also checks that a login failure other than a refused PIN is retried.
     const CHILD: &str = "CUSTODIA_PKCS11_TEST_CHILD";
 
-    /// A re-login with a PIN the token refuses (here: the PIN was changed on the token, then the
-    /// session was lost) fails with an error naming the setting, and is never tried again.
+    /// A re-login that fails for a reason other than the PIN (here: the security officer is
+    /// logged in) is tried again on the next call; a re-login with a PIN the token refuses (here:
+    /// the PIN was changed on the token, then the session was lost) fails with an error naming
+    /// the setting, and is never tried again.
     /// SoftHSM2 reads `SOFTHSM2_CONF` once per process and this process's environment cannot be
     /// changed safely, so the work runs in a child process of this test binary.
     #[test]
@@ -687,6 +705,20 @@ mod tests {
         keyring(super::super::MissingFile::Create)().unwrap();
         let reopen = keyring(super::super::MissingFile::Refuse);
         {
+            // A login failure that is not about the PIN: the security officer is logged in (the
+            // token refuses a user login beside it), as a device that is briefly unavailable.
+            let so = token.ctx.open_rw_session(token.slot).unwrap();
+            token.session().logout().unwrap();
+            so.login(UserType::So, Some(&SecretString::from("so-9999"))).unwrap();
+            let err = key.decrypt(&nonce, &sealed, b"aad").unwrap_err().to_string();
+            assert!(err.contains("UserAnotherAlreadyLoggedIn") && !err.contains("no further login"), "{err}");
+            so.logout().unwrap();
+            drop(so);
+            // Not remembered: the next call logs in again and works.
+            assert_eq!(key.decrypt(&nonce, &sealed, b"aad").unwrap().as_slice(), b"an epoch key");
+            assert_eq!(token.relogins(), 2, "the failed login and the one after it");
+        }
+        {
             // The PIN is changed on the token (the configured one is now wrong), and the
             // session is lost (as when the HSM restarts).
             let session = token.session();
@@ -705,7 +737,7 @@ mod tests {
             let again = key.decrypt(&nonce, &sealed, b"aad").unwrap_err().to_string();
             assert_eq!(again, err, "the same refusal, without asking the token");
         }
-        assert_eq!(token.relogins(), 1, "a refused login is never tried again");
+        assert_eq!(token.relogins(), 3, "a refused PIN is never tried again");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse as _, Response};
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi as _;
@@ -80,6 +81,9 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             HeadCheck { state, max_body_bytes: limits.max_body_bytes },
             check_head,
         ))
+        // Innermost but for the handlers' own layers: the trace and the request counter see a
+        // panic's 500 like any other answer.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -192,6 +196,15 @@ async fn request_id(mut req: Request, next: Next) -> Response {
         res.headers_mut().insert(REQUEST_ID, value);
     }
     res
+}
+
+/// The answer to a request whose handling panicked (for `tower_http`'s `CatchPanicLayer`): 500
+/// `internal`, the same body as any internal error. The panic's message is not repeated here or
+/// in the log: the panic hook has printed it with its location, and it is not a client's to see.
+pub fn panic_response(_panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    metrics::counter!("custodia_handler_panics_total").increment(1);
+    tracing::error!("a request handler panicked; answered 500");
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
 }
 
 async fn not_found() -> ApiError {

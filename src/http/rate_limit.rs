@@ -71,9 +71,13 @@ impl CallerLimiter {
         format!("{role}:{sub}")
     }
 
-    /// The key of an unauthenticated peer.
+    /// The key of an unauthenticated peer: its address group (an IPv4 address, IPv4-mapped ones
+    /// included, or an IPv6 /64; see [`crate::listener::address_group`]).
     pub fn peer_key(ip: Option<IpAddr>) -> String {
-        ip.map_or_else(|| "peer:unknown".to_owned(), |ip| format!("peer:{ip}"))
+        ip.map_or_else(
+            || "peer:unknown".to_owned(),
+            |ip| format!("peer:{}", crate::listener::address_group(ip)),
+        )
     }
 
     /// Drops buckets that are full again, bounding memory under many distinct keys.
@@ -108,5 +112,23 @@ mod tests {
         assert!(public.check_public("peer:10.0.0.2").is_ok(), "per address");
         let open = CallerLimiter::new(0, 0).with_public(0, 0);
         assert!((0..100).all(|_| open.check_public("peer:x").is_ok()), "0 turns the public budget off");
+    }
+
+    #[test]
+    fn peers_are_keyed_by_ipv4_address_or_ipv6_slash_64() {
+        let key = |ip: &str| CallerLimiter::peer_key(Some(ip.parse().unwrap()));
+        assert_eq!(key("::ffff:192.0.2.7"), key("192.0.2.7"), "an IPv4-mapped address is its IPv4 address");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff:ffff:ffff:ffff"), "one /64, one budget");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"), "another /64");
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        let limiter = CallerLimiter::new(0, 0).with_public(1, 2);
+        assert!(
+            limiter.check_public(&key("2001:db8::1")).is_ok()
+                && limiter.check_public(&key("2001:db8::2")).is_ok()
+        );
+        assert!(
+            limiter.check_public(&key("2001:db8::3")).is_err(),
+            "a new address in the same /64 shares the budget"
+        );
     }
 }

@@ -5,7 +5,7 @@
 //!   closes (they are never accepted and then starved, and the server never runs out of file
 //!   descriptors because of them);
 //! - a **per-address cap**: past `max_connections_per_address` open connections from one IP
-//!   address, its next connection is closed as soon as it is accepted, so one host cannot take
+//!   address (an IPv6 /64 counts as one address, see [`address_group`]), its next connection is closed as soon as it is accepted, so one host cannot take
 //!   every slot of the connection cap;
 //! - a **header-read timeout**: an HTTP/1 connection that has not sent a whole request head this
 //!   long after it became ready for one (a new connection, or one idle after a response) is
@@ -18,6 +18,13 @@
 //!   client answers PINGs; an HTTP/1 keep-alive between requests) is shut down gracefully:
 //!   HTTP/2 gets GOAWAY, HTTP/1 is closed; one that has not finished closing a header timeout
 //!   later is dropped;
+//! - a **response deadline**: a request counts as in progress until its response is sent to the
+//!   end, which only the client's reading ends (an HTTP/2 client that never opens its flow-control
+//!   window, an HTTP/1 client that never reads a large response). A connection whose oldest open
+//!   request started more than `response_deadline` ago (the request timeout plus the header
+//!   timeout) is dropped, so no connection stays open for ever however its client behaves;
+//! - a **drain deadline**: when the server stops, connections finish their requests gracefully,
+//!   but one still open `response_deadline` later is dropped;
 //! - HTTP/1 request heads above `max_header_bytes` are answered 431; HTTP/2 gets a stream cap
 //!   and a header-list cap.
 //!
@@ -25,12 +32,12 @@
 
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -67,10 +74,16 @@ pub struct ListenerLimits {
     pub max_header_bytes: usize,
     /// Most concurrent streams per HTTP/2 connection (`CUSTODIA_HTTP2_MAX_STREAMS`).
     pub http2_max_streams: u32,
+    /// Longest a request may stay in progress, from its start until the last byte of its
+    /// response is handed to the connection (`CUSTODIA_REQUEST_TIMEOUT_MS` plus
+    /// `CUSTODIA_HEADER_READ_TIMEOUT_MS`); also the longest the server waits for a connection
+    /// to finish when it stops.
+    pub response_deadline: Duration,
 }
 
 /// Serves `router` on `listener` until `shutdown` completes, then stops accepting and waits for
-/// open connections to finish their requests.
+/// open connections to finish their requests, at most `limits.response_deadline` (plus the
+/// header timeout for a TLS handshake under way).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
@@ -116,16 +129,20 @@ pub async fn serve(
         // Each request counts as activity from its start until its response body is finished
         // or dropped (HTTP/2: while its stream is open).
         let service = {
-            let (router, activity) = (router.clone(), Arc::clone(&activity));
+            // A panic in any layer becomes a 500 on this request, not a reset of the connection.
+            let router = tower::ServiceBuilder::new()
+                .layer(tower_http::catch_panic::CatchPanicLayer::custom(crate::http::panic_response))
+                .service(router.clone());
+            let activity = Arc::clone(&activity);
             TowerToHyperService::new(tower::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 let guard = Activity::begin(&activity);
                 request.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                 let router = router.clone();
                 async move {
                     let response = router.oneshot(request.map(axum::body::Body::new)).await?;
-                    Ok::<_, Infallible>(
-                        response.map(|body| axum::body::Body::new(Tracked { body, _guard: guard })),
-                    )
+                    Ok::<_, Infallible>(response.map(|body| {
+                        axum::body::Body::new(Tracked { body: axum::body::Body::new(body), _guard: guard })
+                    }))
                 }
             }))
         };
@@ -134,7 +151,8 @@ pub async fn serve(
         let limits = limits.clone();
         let stopping = stopping.clone();
         tokio::spawn(async move {
-            metrics::gauge!("custodia_connections_open").increment(1.0);
+            // Decremented on drop: also if this task unwinds.
+            let _open = OpenGauge::new();
             match tls {
                 None => {
                     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
@@ -155,62 +173,99 @@ pub async fn serve(
                     }
                 }
             }
-            metrics::gauge!("custodia_connections_open").decrement(1.0);
             drop(address_slot);
             drop(slot);
         });
     }
     drop(listener);
-    // Drain: every connection holds a slot until it ends.
+    // Drain: every connection holds a slot until it ends. Each ends by its own drain deadline
+    // (`supervise`); this bound is a backstop (a TLS handshake under way takes up to a header
+    // timeout, a little slack covers the tasks' wake-ups).
     let _ = stop.send(true);
-    let _ = slots.acquire_many(u32::try_from(max_connections).unwrap_or(u32::MAX)).await;
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let backstop = limits.response_deadline + limits.header_read_timeout + Duration::from_secs(1);
+    if tokio::time::timeout(backstop, slots.acquire_many(all)).await.is_err() {
+        tracing::warn!("connections still open after the drain deadline; stopping without them");
+    }
 }
 
-/// What a connection is doing, for the idle and first-request timeouts.
+/// One count in `custodia_connections_open` while alive.
+struct OpenGauge;
+
+impl OpenGauge {
+    fn new() -> OpenGauge {
+        metrics::gauge!("custodia_connections_open").increment(1.0);
+        OpenGauge
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        metrics::gauge!("custodia_connections_open").decrement(1.0);
+    }
+}
+
+/// What a connection is doing, for the idle, first-request and response timeouts.
 struct Activity {
     opened: Instant,
     /// Whether any request has started on the connection.
     started: AtomicBool,
     /// Requests started and not yet answered to the end (HTTP/2: open streams).
-    open: AtomicUsize,
-    /// When the last request ended, in milliseconds since `opened`.
-    last_end_ms: AtomicU64,
+    open: Mutex<OpenRequests>,
+}
+
+/// The open requests of a connection, by a number given in start order, and when the last one
+/// ended. At most `http2_max_streams` entries (one for HTTP/1).
+#[derive(Default)]
+struct OpenRequests {
+    next: u64,
+    /// Start of each open request; numbers and starts grow together, so the first is the oldest.
+    started: BTreeMap<u64, Instant>,
+    /// When the last request ended (`None`: none has).
+    last_end: Option<Instant>,
 }
 
 impl Activity {
     fn new() -> Activity {
-        Activity {
-            opened: Instant::now(),
-            started: AtomicBool::new(false),
-            open: AtomicUsize::new(0),
-            last_end_ms: AtomicU64::new(0),
-        }
+        Activity { opened: Instant::now(), started: AtomicBool::new(false), open: Mutex::default() }
+    }
+
+    fn requests(&self) -> std::sync::MutexGuard<'_, OpenRequests> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn begin(this: &Arc<Activity>) -> RequestGuard {
         this.started.store(true, Ordering::Relaxed);
-        this.open.fetch_add(1, Ordering::AcqRel);
-        RequestGuard(Arc::clone(this))
+        let mut open = this.requests();
+        let id = open.next;
+        open.next += 1;
+        open.started.insert(id, Instant::now());
+        RequestGuard(Arc::clone(this), id)
     }
 
     /// When the connection may next have been idle for `idle`: `None` while a request is open.
     fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        if self.open.load(Ordering::Acquire) > 0 {
+        let open = self.requests();
+        if !open.started.is_empty() {
             return None;
         }
-        Some(self.opened + Duration::from_millis(self.last_end_ms.load(Ordering::Acquire)) + idle)
+        Some(open.last_end.unwrap_or(self.opened) + idle)
+    }
+
+    /// When the oldest open request started, if any is open.
+    fn oldest_open(&self) -> Option<Instant> {
+        self.requests().started.first_key_value().map(|(_, started)| *started)
     }
 }
 
 /// Held while a request is open; its drop marks the end of the request.
-struct RequestGuard(Arc<Activity>);
+struct RequestGuard(Arc<Activity>, u64);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let since = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        // The end time first: a watcher that sees no open request sees this end too.
-        self.0.last_end_ms.fetch_max(since, Ordering::AcqRel);
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        let mut open = self.0.requests();
+        open.started.remove(&self.1);
+        open.last_end = Some(Instant::now());
     }
 }
 
@@ -246,7 +301,11 @@ impl HttpBody for Tracked {
 ///   dropped, which closes the socket;
 /// - no request has been open for the idle timeout: graceful shutdown (GOAWAY for HTTP/2), and
 ///   dropped if that has not finished a header timeout later;
-/// - the server stops: graceful shutdown, waited for.
+/// - the oldest open request started more than the response deadline ago (its client does not
+///   read the response): dropped at once, since a graceful shutdown would wait for that
+///   response too;
+/// - the server stops: graceful shutdown, and dropped if that has not finished within the
+///   response deadline.
 async fn supervise<C>(
     connection: C,
     activity: &Activity,
@@ -259,8 +318,8 @@ async fn supervise<C>(
     let first_request = activity.opened + limits.header_read_timeout;
     // The first look: a request may have started and ended before the header timeout.
     let mut check = activity.opened + limits.header_read_timeout.min(limits.idle_timeout);
-    // Set once a shutdown has begun: `Some(deadline)` to drop the connection by then.
-    let mut closing: Option<Option<Instant>> = None;
+    // Set once a shutdown has begun: the connection is dropped by then.
+    let mut closing: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = &mut connection => return,
@@ -270,7 +329,7 @@ async fn supervise<C>(
                     return;
                 }
                 connection.as_mut().shut_down();
-                closing = Some(None);
+                closing = Some(Instant::now() + limits.response_deadline);
             }
             () = tokio::time::sleep_until(check.into()), if closing.is_none() => {
                 let now = Instant::now();
@@ -282,17 +341,26 @@ async fn supervise<C>(
                     check = first_request;
                     continue;
                 }
+                if let Some(started) = activity.oldest_open() {
+                    let deadline = started + limits.response_deadline;
+                    if deadline <= now {
+                        metrics::counter!("custodia_connections_closed_stalled_total").increment(1);
+                        return;
+                    }
+                    check = deadline.min(now + limits.idle_timeout);
+                    continue;
+                }
                 match activity.idle_deadline(limits.idle_timeout) {
                     None => check = now + limits.idle_timeout,
                     Some(deadline) if deadline > now => check = deadline,
                     Some(_) => {
                         metrics::counter!("custodia_connections_closed_idle_total").increment(1);
                         connection.as_mut().shut_down();
-                        closing = Some(Some(now + limits.header_read_timeout));
+                        closing = Some(now + limits.header_read_timeout);
                     }
                 }
             }
-            () = sleep_until_some(closing.flatten()) => return,
+            () = sleep_until_some(closing) => return,
         }
     }
 }
@@ -324,7 +392,19 @@ where
     }
 }
 
-/// Open connections per IP address, bounded.
+/// The address a per-address limit counts a client under: an IPv4 address as itself (also when
+/// it reaches an IPv6 socket as an IPv4-mapped `::ffff:a.b.c.d`), an IPv6 address as its /64
+/// network with the interface bits zeroed. A /64 is the smallest prefix routed to one site
+/// (RFC 6177, RFC 7421): its holder picks any of its 2^64 addresses at will, so counting them
+/// one by one would let a single host get around every per-address limit.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(v6.to_bits() & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
+}
+
+/// Open connections per address group ([`address_group`]), bounded.
 struct PerAddress {
     cap: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
@@ -337,8 +417,7 @@ impl PerAddress {
 
     /// A slot for one more connection from `ip`, or `None` when it has `cap` open already.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
-        // An IPv4 client on an IPv6 socket counts as its IPv4 address.
-        let ip = ip.to_canonical();
+        let ip = address_group(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let count = open.entry(ip).or_insert(0);
         if *count >= self.cap {
@@ -383,4 +462,26 @@ fn http_builder(limits: &ListenerLimits) -> Builder<TokioExecutor> {
         .keep_alive_interval(Some(limits.header_read_timeout.max(Duration::from_secs(1))))
         .keep_alive_timeout(limits.header_read_timeout.max(Duration::from_secs(1)));
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_slash_64_and_an_ipv4_mapped_address_count_as_one_address() {
+        let table = Arc::new(PerAddress::new(2));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let first = table.admit(ip("2001:db8:1:2::1")).unwrap();
+        let _second = table.admit(ip("2001:db8:1:2:aaaa::9")).unwrap();
+        assert!(table.admit(ip("2001:db8:1:2:ffff::1")).is_none(), "a third address of the same /64");
+        assert!(table.admit(ip("2001:db8:1:3::1")).is_some(), "another /64 has its own places");
+        let _v4 = table.admit(ip("192.0.2.1")).unwrap();
+        let _mapped = table.admit(ip("::ffff:192.0.2.1")).unwrap();
+        assert!(table.admit(ip("192.0.2.1")).is_none(), "an IPv4-mapped address counts as its IPv4 address");
+        assert!(table.admit(ip("192.0.2.2")).is_some());
+        drop(first);
+        assert!(table.admit(ip("2001:db8:1:2::77")).is_some(), "a closed connection frees its place");
+        assert_eq!(address_group(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+    }
 }

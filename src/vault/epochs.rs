@@ -224,8 +224,11 @@ impl Vault {
             let bytes = postcard::to_stdvec(&keep).map_err(|e| VaultError::Internal(e.to_string()))?;
             self.store.put_meta(KEY_EPOCHS, bytes).await?;
             for epoch in beyond {
-                self.keyring
-                    .destroy_epoch(&epoch.id)
+                // Off the async workers: it waits for the file lock, which a master-key re-wrap
+                // holds across token calls, and syncs the file.
+                let (keyring, id) = (Arc::clone(&self.keyring), epoch.id.clone());
+                crate::crypto::off_async_workers(move || keyring.destroy_epoch(&id))
+                    .await
                     .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
                 tracing::info!(epoch = %epoch.id, "epoch key destroyed");
                 self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{}", epoch.id)])).await?;

@@ -635,3 +635,122 @@ async fn audit_export_presents_a_client_certificate_to_a_mutual_tls_server() {
     assert!(ok, "export with a client certificate: {stdout} {stderr}");
     assert!(out.path().join("events.ndjson").exists() && out.path().join("checkpoint.txt").exists());
 }
+
+/// An HTTP/2 connection that asked for a path and never reads the answer: its streams' receive
+/// window is 0 and it never opens it, while its task answers the server's PINGs.
+struct StalledH2 {
+    _client: h2::client::SendRequest<axum::body::Bytes>,
+    _response: axum::http::Response<h2::RecvStream>,
+    connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+}
+
+async fn stalled_h2(addr: &str) -> StalledH2 {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, axum::body::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    // Any answer with a body: here a 404's JSON. Its head arrives; its body never can.
+    let request = axum::http::Request::get("/nope").body(()).unwrap();
+    let (response, _) = client.clone().ready().await.unwrap().send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    StalledH2 { _client: client, _response: response, connection }
+}
+
+/// Limits small enough for the tests below: a response must be sent within 2 s + 1 s.
+fn short_limits(s: &mut Settings) {
+    s.idle_timeout_ms = 1000;
+    s.header_read_timeout_ms = 1000;
+    s.request_timeout_ms = 2000;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_whose_client_never_reads_the_response_are_dropped_and_free_their_slots() {
+    const CAP: usize = 4;
+    let app = spawn_app_with(|s| {
+        short_limits(s);
+        s.max_connections = CAP;
+        s.max_connections_per_address = 2 * CAP;
+    })
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for _ in 0..CAP {
+        stalled.push(stalled_h2(&addr).await);
+    }
+    // Every slot is held by a request that cannot finish; a normal client waits for a slot.
+    let res =
+        tokio::time::timeout(Duration::from_secs(20), app.client.get(format!("{}/healthz", app.base)).send())
+            .await
+            .expect("a normal client was never served: stalled responses hold every slot")
+            .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for connection in stalled {
+        tokio::time::timeout(Duration::from_secs(10), connection.connection)
+            .await
+            .expect("a connection whose response was never read stayed open")
+            .unwrap()
+            .ok();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stops_within_its_drain_deadline_while_a_client_never_reads_its_response() {
+    let mut app = spawn_app_with(short_limits).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let stalled = stalled_h2(&addr).await;
+    tokio::time::timeout(Duration::from_secs(15), app.shutdown())
+        .await
+        .expect("the server did not stop: the drain waited for a response no one reads");
+    assert!(
+        stalled.connection.is_finished() || {
+            tokio::time::timeout(Duration::from_secs(5), stalled.connection).await.is_ok()
+        }
+    );
+}
+
+/// Sends `GET path` on a keep-alive HTTP/1.1 connection; the start of the answer, or `None`
+/// when the connection was closed or reset instead.
+async fn http1_get(stream: &mut tokio::net::TcpStream, path: &str) -> Option<String> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+        Ok(Ok(n)) if n > 0 => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Ok(_) => None,
+        Err(_) => panic!("the server neither answered nor closed the connection"),
+    }
+}
+
+async fn boom() -> &'static str {
+    panic!("a test handler panics on purpose")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_answered_500_and_its_connection_goes_on() {
+    // The listener itself, serving a router with a handler that panics (the application's
+    // handlers have none to trigger on purpose).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let router = axum::Router::new()
+        .route("/boom", axum::routing::get(boom))
+        .route("/fine", axum::routing::get(|| async { "fine" }));
+    let dir = tempfile::tempdir().unwrap();
+    let limits = test_settings(dir.path()).listener_limits();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(custodia::listener::serve(listener, router, limits, None, async move {
+        let _ = stopped.await;
+    }));
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = http1_get(&mut stream, "/boom").await.expect("the connection was reset instead of answered");
+    assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+    assert!(answer.contains("\"internal\"") && !answer.contains("on purpose"), "{answer}");
+    let answer = http1_get(&mut stream, "/fine").await.expect("the connection did not survive the panic");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(stream);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(15), server).await.expect("the listener stops").unwrap();
+}
