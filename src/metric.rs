@@ -31,6 +31,15 @@ pub const GROUP_COMMIT_BATCH: &str = "custodia_group_commit_batch_size";
 /// Duration of one group-commit flush in seconds (recorded by the store).
 pub const GROUP_COMMIT_FLUSH: &str = "custodia_group_commit_flush_seconds";
 
+/// 1 while this node sequences the audit log (PostgreSQL backend), else 0.
+pub const AUDIT_SEQUENCER: &str = "custodia_audit_sequencer";
+/// Events integrated by one sequencer batch (PostgreSQL backend).
+pub const AUDIT_INTEGRATION_BATCH: &str = "custodia_audit_integration_batch_size";
+/// Duration of one sequencer batch in seconds (PostgreSQL backend).
+pub const AUDIT_INTEGRATION_SECONDS: &str = "custodia_audit_integration_seconds";
+/// From a write's commit to its events' seqs, in seconds (PostgreSQL backend).
+pub const AUDIT_INTEGRATION_DELAY: &str = "custodia_audit_integration_delay_seconds";
+
 /// The route label of a request no route matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -88,6 +97,9 @@ fn builder() -> PrometheusBuilder {
         (HTTP_DURATION, LATENCY_BUCKETS),
         (GROUP_COMMIT_FLUSH, FLUSH_BUCKETS),
         (GROUP_COMMIT_BATCH, BATCH_BUCKETS),
+        (AUDIT_INTEGRATION_BATCH, BATCH_BUCKETS),
+        (AUDIT_INTEGRATION_SECONDS, FLUSH_BUCKETS),
+        (AUDIT_INTEGRATION_DELAY, LATENCY_BUCKETS),
     ];
     buckets.into_iter().fold(PrometheusBuilder::new(), |builder, (name, values)| {
         // invariant: every bucket list above is non-empty, the only error this returns.
@@ -114,6 +126,21 @@ fn describe() {
     metrics::describe_counter!(AUDIT_EVENTS, "Audit events appended, by action and outcome.");
     metrics::describe_gauge!(AUDIT_TREE_SIZE, "Events in the audit Merkle tree.");
     metrics::describe_histogram!(GROUP_COMMIT_BATCH, "Writes made durable by one group-commit flush.");
+    metrics::describe_gauge!(AUDIT_SEQUENCER, "1 while this node sequences the audit log (PostgreSQL).");
+    metrics::describe_histogram!(
+        AUDIT_INTEGRATION_BATCH,
+        "Events integrated by one sequencer batch (PostgreSQL)."
+    );
+    metrics::describe_histogram!(
+        AUDIT_INTEGRATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Duration of one sequencer batch (PostgreSQL)."
+    );
+    metrics::describe_histogram!(
+        AUDIT_INTEGRATION_DELAY,
+        metrics::Unit::Seconds,
+        "From a write's commit to its events' seqs (PostgreSQL)."
+    );
     metrics::describe_histogram!(
         GROUP_COMMIT_FLUSH,
         metrics::Unit::Seconds,
@@ -157,6 +184,22 @@ pub fn audit_appended(action: Action, outcome: Outcome, tree_size: u64) {
 pub fn audit_tree_size(size: u64) {
     // A gauge is an f64: exact up to 2^53 events.
     metrics::gauge!(AUDIT_TREE_SIZE).set(size as f64);
+}
+
+/// Records whether this node sequences the audit log.
+pub fn audit_sequencer(leading: bool) {
+    metrics::gauge!(AUDIT_SEQUENCER).set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Records one sequencer batch: its events and how long its transaction took.
+pub fn audit_integrated(events: usize, elapsed: Duration) {
+    metrics::histogram!(AUDIT_INTEGRATION_BATCH).record(events as f64);
+    metrics::histogram!(AUDIT_INTEGRATION_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// Records how long a committed write waited for its events' seqs.
+pub fn audit_integration_delay(elapsed: Duration) {
+    metrics::histogram!(AUDIT_INTEGRATION_DELAY).record(elapsed.as_secs_f64());
 }
 
 /// The method as a label: one of the standard verbs, else `other` (an extension method is text

@@ -5,7 +5,7 @@
 //! The seam follows transparency logs (Trillian, Sunlight): a request hands over its change and
 //! its *pending* events; the backend's sequencer gives them seqs and Merkle nodes through the
 //! injected, pure [`Integrator`] and advances the head. Each backend lives in its own folder
-//! (`sled/`, `memory/`) with everything that exists only for it (sled's write-ahead log, group
+//! (`sled/`, `memory/`, `postgres/`) with everything that exists only for it (sled's write-ahead log, group
 //! commit and audit files).
 //!
 //! The store never sees plaintext: records hold only sealed bytes, blind indexes and metadata
@@ -13,6 +13,7 @@
 //! this module; the rest of the crate holds an `Arc<dyn Store>`.
 
 mod memory;
+mod postgres;
 mod record;
 mod sled;
 
@@ -23,6 +24,8 @@ use async_trait::async_trait;
 
 pub use self::memory::MemoryData;
 use self::memory::MemoryStore;
+use self::postgres::PostgresStore;
+pub use self::postgres::{PostgresSettings, migrate as migrate_postgres};
 use self::sled::SledStore;
 pub use record::{
     CardFingerprint, ConsentRecord, ConsentSource, CustomerRecord, IndexEntry, StoredField,
@@ -171,6 +174,8 @@ pub enum StorageSettings {
     /// Everything in process memory, lost at exit: the reference backend for tests. Opened
     /// twice with the same data, it gives two handles over one store.
     Memory(MemoryData),
+    /// PostgreSQL, shared by several nodes (`CUSTODIA_STORE=postgres`).
+    Postgres(PostgresSettings),
 }
 
 /// Opens the configured backend. The rest of the crate holds the result as `Arc<dyn Store>`
@@ -184,6 +189,7 @@ pub fn open(
             Arc::new(SledStore::open(dir, *cache_bytes, integrator)?)
         }
         StorageSettings::Memory(data) => Arc::new(MemoryStore::open(data, integrator)),
+        StorageSettings::Postgres(settings) => Arc::new(PostgresStore::open(settings, integrator)?),
     })
 }
 
