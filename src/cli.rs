@@ -1,5 +1,6 @@
 //! The command line: `serve`, `policy check`, `policy explain`, `policy record`, `keys generate`,
-//! `keys rotate`, `keys hsm-generate`, `audit export`, `audit verify`, `audit report`, `dev-token`.
+//! `keys rotate`, `keys hsm-generate`, `audit export`, `audit verify`, `audit report`, `db migrate`,
+//! `dev-token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Work with the PostgreSQL database (`CUSTODIA_STORE=postgres`).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Mint a token signed with the configured HS256 secret (or the --dev one).
     DevToken {
         /// merchant, customer or auditor.
@@ -58,6 +64,17 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
         /// A TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create or migrate the schema to this build's version (servers also do it on start;
+    /// safe while other nodes run or start).
+    Migrate {
+        /// A TOML config file (environment variables override it).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -243,6 +260,7 @@ impl Cli {
                 }
             }
             Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
+            Command::Db { command: DbCommand::Migrate { config } } => report(db_migrate(config).await),
             Command::Keys { command: KeysCommand::HsmGenerate { label, config } } => {
                 report(hsm_generate(label, config))
             }
@@ -353,6 +371,23 @@ async fn rotate(config: Option<PathBuf>) -> Result<(), Error> {
     println!(
         "rotation complete: {rewrapped} customer keys re-wrapped; the previous master keys can now be removed"
     );
+    Ok(())
+}
+
+async fn db_migrate(config: Option<PathBuf>) -> Result<(), Error> {
+    let settings = Settings::load(config.as_deref())?;
+    let crate::store::StorageSettings::Postgres(pg) = settings.storage() else {
+        return Err(Error::Config(crate::config::ConfigError::Env {
+            name: "CUSTODIA_STORE",
+            message: "must be postgres for db migrate (sled needs no migration)".into(),
+        }));
+    };
+    let (found, now) = crate::store::migrate_postgres(&pg).await?;
+    if found == now {
+        println!("database schema already at version {now}");
+    } else {
+        println!("database schema migrated from version {found} to {now}");
+    }
     Ok(())
 }
 

@@ -93,8 +93,31 @@ pub struct Settings {
     pub max_header_bytes: usize,
     /// Most concurrent streams per HTTP/2 connection (`CUSTODIA_HTTP2_MAX_STREAMS`).
     pub http2_max_streams: u32,
+    /// The storage backend: `sled` (the embedded default) or `postgres` (`CUSTODIA_STORE`).
+    pub store: StoreKind,
+    /// The PostgreSQL connection URL or `key=value` string (`CUSTODIA_DATABASE_URL`); a secret
+    /// (it holds the password).
+    pub database_url: Option<SecretString>,
+    /// Most database connections per node (`CUSTODIA_DATABASE_POOL_SIZE`, at least 1).
+    pub database_pool_size: usize,
+    /// Longest wait to connect to the database or for a free connection, in milliseconds
+    /// (`CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS`, at least 1).
+    pub database_connect_timeout_ms: u64,
+    /// PEM file of the CA certificates trusted for the database's TLS certificate
+    /// (`CUSTODIA_DATABASE_CA_FILE`); unset: the system's roots.
+    pub database_ca_file: Option<PathBuf>,
     /// Generate missing keys into the data directory (`serve --dev`).
     pub dev: bool,
+}
+
+/// Which storage backend (`CUSTODIA_STORE`, DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// sled in `<data dir>/store`: one node, nothing else to run.
+    Sled,
+    /// PostgreSQL at `CUSTODIA_DATABASE_URL`: several nodes may share it.
+    Postgres,
 }
 
 impl Default for Settings {
@@ -136,6 +159,11 @@ impl Default for Settings {
             max_connections: 1024,
             max_header_bytes: 16 * 1024,
             http2_max_streams: 128,
+            store: StoreKind::Sled,
+            database_url: None,
+            database_pool_size: 16,
+            database_connect_timeout_ms: 5_000,
+            database_ca_file: None,
             dev: false,
         }
     }
@@ -210,6 +238,11 @@ struct FileSettings {
     max_connections: Option<usize>,
     max_header_bytes: Option<usize>,
     http2_max_streams: Option<u32>,
+    store: Option<StoreKind>,
+    database_url: Option<String>,
+    database_pool_size: Option<usize>,
+    database_connect_timeout_ms: Option<u64>,
+    database_ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -259,7 +292,10 @@ impl Settings {
             header_read_timeout_ms,
             max_connections,
             max_header_bytes,
-            http2_max_streams
+            http2_max_streams,
+            store,
+            database_pool_size,
+            database_connect_timeout_ms
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -276,8 +312,12 @@ impl Settings {
             jwt_audience,
             tls_cert,
             tls_key,
-            tls_client_ca
+            tls_client_ca,
+            database_ca_file
         );
+        if let Some(url) = f.database_url {
+            self.database_url = Some(SecretString::from(url));
+        }
         if let Some(k) = f.master_key {
             self.master_key = Some(SecretString::from(k));
         }
@@ -419,6 +459,33 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_KEY_EPOCHS_KEPT") {
             self.key_epochs_kept = number("CUSTODIA_KEY_EPOCHS_KEPT", v)?;
         }
+        if let Some(v) = get("CUSTODIA_STORE") {
+            self.store = match v.as_str() {
+                "sled" => StoreKind::Sled,
+                "postgres" => StoreKind::Postgres,
+                _ => {
+                    return Err(ConfigError::Env { name: "CUSTODIA_STORE", message: "must be sled or postgres".into() });
+                }
+            };
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_URL") {
+            self.database_url = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_POOL_SIZE") {
+            self.database_pool_size = number("CUSTODIA_DATABASE_POOL_SIZE", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS") {
+            self.database_connect_timeout_ms = number("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_CA_FILE") {
+            self.database_ca_file = Some(v.into());
+        }
+        if self.store == StoreKind::Postgres && self.database_url.is_none() {
+            return Err(ConfigError::Env {
+                name: "CUSTODIA_DATABASE_URL",
+                message: "must be set when CUSTODIA_STORE is postgres".into(),
+            });
+        }
         if self.key_epoch_seconds == 0 {
             return Err(ConfigError::Env {
                 name: "CUSTODIA_KEY_EPOCH_SECONDS",
@@ -430,6 +497,8 @@ impl Settings {
             ("CUSTODIA_HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms == 0),
             ("CUSTODIA_MAX_CONNECTIONS", self.max_connections == 0),
             ("CUSTODIA_HTTP2_MAX_STREAMS", self.http2_max_streams == 0),
+            ("CUSTODIA_DATABASE_POOL_SIZE", self.database_pool_size == 0),
+            ("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS", self.database_connect_timeout_ms == 0),
         ] {
             if zero {
                 return Err(ConfigError::Env { name, message: "must be at least 1".into() });
@@ -451,11 +520,24 @@ impl Settings {
     }
 
     /// The storage backend these settings select: sled under `data_dir/store`, its cache
-    /// bounded by `cache_mb`.
+    /// bounded by `cache_mb`, or PostgreSQL at `database_url`.
     pub fn storage(&self) -> crate::store::StorageSettings {
-        crate::store::StorageSettings::Sled {
-            dir: self.data_dir.join("store"),
-            cache_bytes: self.cache_mb * 1024 * 1024,
+        match (self.store, &self.database_url) {
+            (StoreKind::Postgres, Some(url)) => crate::store::StorageSettings::Postgres(self.postgres(url)),
+            _ => crate::store::StorageSettings::Sled {
+                dir: self.data_dir.join("store"),
+                cache_bytes: self.cache_mb * 1024 * 1024,
+            },
+        }
+    }
+
+    /// The PostgreSQL settings for `url` with this configuration's pool, timeout and CA.
+    pub fn postgres(&self, url: &SecretString) -> crate::store::PostgresSettings {
+        crate::store::PostgresSettings {
+            url: url.clone(),
+            pool_size: self.database_pool_size,
+            connect_timeout: Duration::from_millis(self.database_connect_timeout_ms),
+            ca_file: self.database_ca_file.clone(),
         }
     }
 
@@ -583,6 +665,11 @@ mod tests {
             "key_epoch_file",
             "key_epoch_seconds",
             "key_epochs_kept",
+            "store",
+            "database_url",
+            "database_pool_size",
+            "database_connect_timeout_ms",
+            "database_ca_file",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }
@@ -601,6 +688,35 @@ mod tests {
         assert_eq!(Settings::load_from(Some(&file), env("300")).unwrap().jwt_max_lifetime_secs, 300);
         let err = Settings::load_from(None, env("15m")).unwrap_err().to_string();
         assert!(err.contains("CUSTODIA_JWT_MAX_LIFETIME_SECS"), "{err}");
+    }
+
+    #[test]
+    fn postgres_is_chosen_by_environment_and_needs_a_url_that_never_prints() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+        };
+        assert!(matches!(Settings::load_from(None, |_| None).unwrap().storage(), crate::store::StorageSettings::Sled { .. }));
+        let err = Settings::load_from(None, env(&[("CUSTODIA_STORE", "postgres")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIA_DATABASE_URL"), "{err}");
+        let err = Settings::load_from(None, env(&[("CUSTODIA_STORE", "mysql")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIA_STORE"), "{err}");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("CUSTODIA_STORE", "postgres"),
+                ("CUSTODIA_DATABASE_URL", "postgres://u:hunter2@db/custodia"),
+                ("CUSTODIA_DATABASE_POOL_SIZE", "4"),
+                ("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        let crate::store::StorageSettings::Postgres(pg) = s.storage() else { panic!("not postgres") };
+        assert_eq!((pg.pool_size, pg.connect_timeout), (4, Duration::from_millis(250)));
+        assert_eq!(pg.url.expose_secret(), "postgres://u:hunter2@db/custodia");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{:?}", s.storage()).contains("hunter2"));
+        let err = Settings::load_from(None, env(&[("CUSTODIA_DATABASE_POOL_SIZE", "0")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIA_DATABASE_POOL_SIZE"), "{err}");
     }
 
     #[test]

@@ -33,8 +33,8 @@ impl Connector {
         // A 2xx answer means durable: the commit must wait for the WAL flush whatever the
         // server's or role's default says.
         let options = match config.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=on"),
-            _ => "-c synchronous_commit=on".to_owned(),
+            Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=on -c client_min_messages=warning"),
+            _ => "-c synchronous_commit=on -c client_min_messages=warning".to_owned(),
         };
         config.options(options);
         config.connect_timeout(settings.connect_timeout);
@@ -136,9 +136,10 @@ mod tests {
     fn every_session_commits_synchronously() {
         let c = Connector::new(&settings("postgres://u@h/db?options=-c%20work_mem%3D4MB&sslmode=disable"))
             .unwrap();
-        assert_eq!(c.config.get_options(), Some("-c work_mem=4MB -c synchronous_commit=on"));
+        let sync = "-c synchronous_commit=on -c client_min_messages=warning";
+        assert_eq!(c.config.get_options(), Some(format!("-c work_mem=4MB {sync}").as_str()));
         let c = Connector::new(&settings("host=h user=u sslmode=disable")).unwrap();
-        assert_eq!(c.config.get_options(), Some("-c synchronous_commit=on"));
+        assert_eq!(c.config.get_options(), Some(sync));
     }
 
     #[test]

@@ -112,7 +112,11 @@ impl From<StoreError> for Refused {
 pub(super) fn db_error(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(db) => StoreError::Unavailable(format!("database: {} ({})", db.message(), db.code().code())),
-        None => StoreError::Unavailable(format!("database: {e}")),
+        // tokio-postgres puts the cause (refused, timed out, TLS) in the source.
+        None => match std::error::Error::source(&e) {
+            Some(cause) => StoreError::Unavailable(format!("database: {e}: {cause}")),
+            None => StoreError::Unavailable(format!("database: {e}")),
+        },
     }
 }
 
