@@ -464,7 +464,10 @@ impl Settings {
                 "sled" => StoreKind::Sled,
                 "postgres" => StoreKind::Postgres,
                 _ => {
-                    return Err(ConfigError::Env { name: "CUSTODIA_STORE", message: "must be sled or postgres".into() });
+                    return Err(ConfigError::Env {
+                        name: "CUSTODIA_STORE",
+                        message: "must be sled or postgres".into(),
+                    });
                 }
             };
         }
@@ -695,7 +698,10 @@ mod tests {
         let env = |vars: &'static [(&'static str, &'static str)]| {
             move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
         };
-        assert!(matches!(Settings::load_from(None, |_| None).unwrap().storage(), crate::store::StorageSettings::Sled { .. }));
+        assert!(matches!(
+            Settings::load_from(None, |_| None).unwrap().storage(),
+            crate::store::StorageSettings::Sled { .. }
+        ));
         let err = Settings::load_from(None, env(&[("CUSTODIA_STORE", "postgres")])).unwrap_err().to_string();
         assert!(err.contains("CUSTODIA_DATABASE_URL"), "{err}");
         let err = Settings::load_from(None, env(&[("CUSTODIA_STORE", "mysql")])).unwrap_err().to_string();
@@ -715,7 +721,8 @@ mod tests {
         assert_eq!(pg.url.expose_secret(), "postgres://u:hunter2@db/custodia");
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!format!("{:?}", s.storage()).contains("hunter2"));
-        let err = Settings::load_from(None, env(&[("CUSTODIA_DATABASE_POOL_SIZE", "0")])).unwrap_err().to_string();
+        let err =
+            Settings::load_from(None, env(&[("CUSTODIA_DATABASE_POOL_SIZE", "0")])).unwrap_err().to_string();
         assert!(err.contains("CUSTODIA_DATABASE_POOL_SIZE"), "{err}");
     }
 

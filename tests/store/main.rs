@@ -5,6 +5,7 @@
 mod crash_windows;
 #[path = "../support/pg.rs"]
 mod pg;
+mod postgres_only;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

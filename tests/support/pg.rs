@@ -50,6 +50,11 @@ pub fn with_database(url: &str, name: &str) -> String {
 
 /// Runs `sql` on the server (outside any runtime the caller is in: a thread of its own).
 fn admin(url: &str, sql: String) {
+    query(url, sql);
+}
+
+/// Runs `sql` at `url`; the first column of the first row as an `i64`, if any.
+fn query(url: &str, sql: String) -> Option<i64> {
     let url = url.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -58,11 +63,15 @@ fn admin(url: &str, sql: String) {
                 .await
                 .expect("connect to the test server");
             tokio::spawn(conn);
-            client.batch_execute(&sql).await.expect("admin statement");
-        });
+            let rows = client.simple_query(&sql).await.expect("admin statement");
+            rows.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
+                _ => None,
+            })
+        })
     })
     .join()
-    .expect("admin thread");
+    .expect("admin thread")
 }
 
 impl Database {
@@ -73,6 +82,11 @@ impl Database {
         admin(&admin_url, format!("CREATE DATABASE {name}"));
         let url = with_database(&admin_url, &name);
         Some(Database { admin_url, name, url })
+    }
+
+    /// The first column of the first row of `sql` run in this database, as a number.
+    pub fn number(&self, sql: &str) -> Option<i64> {
+        query(&self.url, sql.to_owned())
     }
 
     /// Store settings for this database.

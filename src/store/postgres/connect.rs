@@ -33,7 +33,9 @@ impl Connector {
         // A 2xx answer means durable: the commit must wait for the WAL flush whatever the
         // server's or role's default says.
         let options = match config.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=on -c client_min_messages=warning"),
+            Some(o) if !o.is_empty() => {
+                format!("{o} -c synchronous_commit=on -c client_min_messages=warning")
+            }
             _ => "-c synchronous_commit=on -c client_min_messages=warning".to_owned(),
         };
         config.options(options);
