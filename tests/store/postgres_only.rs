@@ -43,12 +43,12 @@ async fn sslmode_require_connects_over_tls_verified_against_the_configured_ca() 
     store.put_meta("m", b"v".to_vec()).await.unwrap();
     let tls = db.number(
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-         WHERE a.application_name = 'custodia' AND a.datname = current_database() AND s.ssl",
+         WHERE a.application_name = current_setting('application_name') AND s.ssl",
     );
     assert!(tls.unwrap() >= 1, "the store's sessions use TLS");
     let plain = db.number(
         "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
-         WHERE a.application_name = 'custodia' AND a.datname = current_database() AND NOT s.ssl",
+         WHERE a.application_name = current_setting('application_name') AND NOT s.ssl AND a.pid <> pg_backend_pid()",
     );
     assert_eq!(plain, Some(0));
     store.close().await.unwrap();

@@ -1,5 +1,7 @@
-//! A fresh PostgreSQL database per test, made from `CUSTODIA_TEST_DATABASE_URL` (a server the
-//! tests may create databases on; `tools/pg-cluster` starts one, `.ci/run` always does).
+//! A fresh PostgreSQL schema per test, made in the database of `CUSTODIA_TEST_DATABASE_URL` (a
+//! server the tests may create schemas on; `tools/pg-cluster` starts one, `.ci/run` always
+//! does). The test's URL selects it through `search_path` (the store's advisory locks are keyed
+//! by schema, so tests in parallel never share a sequencer) and names its sessions after it.
 //!
 //! Without that variable a PostgreSQL test prints `skipped: CUSTODIA_TEST_DATABASE_URL not set`
 //! and returns; with `CUSTODIA_REQUIRE_POSTGRES=1` (as `.ci/run` sets) it panics instead.
@@ -11,10 +13,11 @@ use std::time::Duration;
 use custodia::store::PostgresSettings;
 use secrecy::SecretString;
 
-/// A database created for one test, dropped (with its connections) when this is dropped.
+/// A schema created for one test, dropped (with its sessions) when this is dropped.
 pub struct Database {
     admin_url: String,
-    name: String,
+    /// The schema's name, also the `application_name` of the test's sessions.
+    pub name: String,
     /// Its URL.
     pub url: String,
 }
@@ -31,20 +34,6 @@ pub fn server_url() -> Option<String> {
             println!("skipped: CUSTODIA_TEST_DATABASE_URL not set");
             None
         }
-    }
-}
-
-/// `url` with its database name replaced by `name` (a `postgres://host/db?params` URL).
-pub fn with_database(url: &str, name: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
     }
 }
 
@@ -75,12 +64,13 @@ fn query(url: &str, sql: String) -> Option<i64> {
 }
 
 impl Database {
-    /// A new, empty database, or `None` (skipped) without a server.
+    /// A new, empty schema, or `None` (skipped) without a server.
     pub fn create() -> Option<Database> {
         let admin_url = server_url()?;
-        let name = format!("custodia_t_{}", uuid::Uuid::new_v4().simple());
-        admin(&admin_url, format!("CREATE DATABASE {name}"));
-        let url = with_database(&admin_url, &name);
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        admin(&admin_url, format!("CREATE SCHEMA {name}"));
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}options=-c%20search_path%3D{name}&application_name={name}");
         Some(Database { admin_url, name, url })
     }
 
@@ -107,16 +97,15 @@ pub fn settings(url: &str) -> PostgresSettings {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        admin(&self.admin_url, format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        // The test's sessions may still be open (a sequencer mid-batch on a runtime that is
+        // now blocked in this drop): end them, then drop the schema.
+        let name = &self.name;
+        admin(
+            &self.admin_url,
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{name}'; \
+                 DROP SCHEMA IF EXISTS {name} CASCADE"
+            ),
+        );
     }
-}
-
-#[test]
-fn a_database_name_replaces_the_urls() {
-    assert_eq!(
-        with_database("postgres://u@h:5/postgres?sslmode=disable", "x"),
-        "postgres://u@h:5/x?sslmode=disable"
-    );
-    assert_eq!(with_database("postgres://u@h:5", "x"), "postgres://u@h:5/x");
-    assert_eq!(with_database("postgresql://u:p@h/db", "x"), "postgresql://u:p@h/x");
 }

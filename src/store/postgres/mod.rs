@@ -41,10 +41,14 @@ use super::{
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
 
-/// Advisory lock held around schema migration.
-const MIGRATE_LOCK: i64 = 0x6375_7374_6d69_6701; // "custmig" + 1
-/// Advisory lock held by the sequencer's session for as long as it sequences.
-const SEQUENCER_LOCK: i64 = 0x6375_7374_7365_7101; // "custseq" + 1
+/// Advisory lock class held around schema migration. Advisory locks are per database; the
+/// second key is a hash of the schema the session works in (its `search_path`), so deployments
+/// in different schemas of one database never share a lock.
+const MIGRATE_LOCK: i32 = 0x6375_6d01; // "cum" + 1
+/// Advisory lock class held by the sequencer's session for as long as it sequences.
+const SEQUENCER_LOCK: i32 = 0x6375_7301; // "cus" + 1
+/// The lock's second key: the session's schema.
+const LOCK_SCHEMA: &str = "hashtext(current_schema())";
 /// How often a writer whose events another node integrates looks for their seqs.
 const SEQ_POLL: Duration = Duration::from_millis(5);
 /// Longest a write waits for its events' seqs after its commit before answering unavailable.

@@ -5,7 +5,7 @@
 
 use tokio_postgres::Client;
 
-use super::{MIGRATE_LOCK, db_error};
+use super::{LOCK_SCHEMA, MIGRATE_LOCK, db_error};
 use crate::store::StoreError;
 
 /// The migrations, in order: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
@@ -90,9 +90,13 @@ pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// Brings the schema to [`SCHEMA_VERSION`]; returns the version found before. Refuses a
 /// database migrated by a newer build.
 pub(super) async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK]).await.map_err(db_error)?;
+    client
+        .execute(&format!("SELECT pg_advisory_lock($1, {LOCK_SCHEMA})"), &[&MIGRATE_LOCK])
+        .await
+        .map_err(db_error)?;
     let result = migrate_locked(client).await;
-    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK]).await;
+    let unlock =
+        client.execute(&format!("SELECT pg_advisory_unlock($1, {LOCK_SCHEMA})"), &[&MIGRATE_LOCK]).await;
     let found = result?;
     unlock.map_err(db_error)?;
     Ok(found)

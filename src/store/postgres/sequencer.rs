@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::GenericClient;
 
-use super::{SEQUENCER_LOCK, Shared, db_error, hash_of, id_of, to_i64};
+use super::{LOCK_SCHEMA, SEQUENCER_LOCK, Shared, db_error, hash_of, id_of, to_i64};
 use crate::store::{PendingEvent, StoreError, TreeHead};
 
 /// How often a node that does not sequence tries to take over.
@@ -53,7 +53,7 @@ async fn lead(shared: &Shared, stop: &mut watch::Receiver<bool>) -> Result<(), S
     let mut client = shared.connector.connect().await?;
     loop {
         let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&SEQUENCER_LOCK])
+            .query_one(&format!("SELECT pg_try_advisory_lock($1, {LOCK_SCHEMA})"), &[&SEQUENCER_LOCK])
             .await
             .map_err(db_error)?;
         if row.get::<_, bool>(0) {
@@ -72,7 +72,8 @@ async fn lead(shared: &Shared, stop: &mut watch::Receiver<bool>) -> Result<(), S
     let result = integrate_until_stopped(shared, &mut client, stop).await;
     crate::metric::audit_sequencer(false);
     // Let go at once rather than when the session ends, so a successor need not wait.
-    let _ = client.execute("SELECT pg_advisory_unlock($1)", &[&SEQUENCER_LOCK]).await;
+    let _ =
+        client.execute(&format!("SELECT pg_advisory_unlock($1, {LOCK_SCHEMA})"), &[&SEQUENCER_LOCK]).await;
     result
 }
 
