@@ -20,6 +20,8 @@ mod metrics;
 mod openapi;
 mod operate;
 mod payment;
+#[path = "../support/pg.rs"]
+mod pg;
 mod portal;
 mod request_log;
 mod shredding;

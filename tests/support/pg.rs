@@ -79,6 +79,48 @@ impl Database {
         query(&self.url, sql.to_owned())
     }
 
+    /// Every text and byte value stored in this schema's tables, concatenated, as the
+    /// database returns them (raw bytes, not hex): for scans that no plaintext reached it.
+    pub fn stored_bytes(&self) -> Vec<u8> {
+        let url = self.url.clone();
+        let schema = self.name.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (client, conn) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+                tokio::spawn(conn);
+                let tables = client
+                    .query(
+                        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+                        &[&schema],
+                    )
+                    .await
+                    .expect("list tables");
+                let mut out = Vec::new();
+                for table in tables {
+                    let table: String = table.get(0);
+                    for row in
+                        client.query(&format!("SELECT * FROM {schema}.{table}"), &[]).await.expect("read")
+                    {
+                        for (i, column) in row.columns().iter().enumerate() {
+                            let ty = column.type_();
+                            if *ty == tokio_postgres::types::Type::BYTEA {
+                                out.extend(row.get::<_, Option<Vec<u8>>>(i).unwrap_or_default());
+                            } else if *ty == tokio_postgres::types::Type::TEXT {
+                                out.extend(row.get::<_, Option<String>>(i).unwrap_or_default().into_bytes());
+                            }
+                        }
+                    }
+                }
+                assert!(!out.is_empty(), "the scan reads the database");
+                out
+            })
+        })
+        .join()
+        .expect("dump thread")
+    }
+
     /// Store settings for this database.
     pub fn settings(&self) -> PostgresSettings {
         settings(&self.url)

@@ -108,7 +108,7 @@ async fn integrate_until_stopped(
 pub(super) async fn read_head(client: &impl GenericClient) -> Result<TreeHead, StoreError> {
     let row = client.query_one("SELECT size, roots FROM log_head", &[]).await.map_err(db_error)?;
     let roots: &[u8] = row.get(1);
-    if roots.len() % 32 != 0 {
+    if !roots.len().is_multiple_of(32) {
         return Err(StoreError::Corrupt("the stored log head's roots are not whole hashes".into()));
     }
     Ok(TreeHead {
