@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app, test_settings};
 
-mod own {
+pub(crate) mod own {
     //! A small verifier written from RFC 6962 §2.1, RFC 8785 and the C2SP signed-note and
     //! tlog-checkpoint specifications.
 

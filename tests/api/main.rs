@@ -24,6 +24,7 @@ mod payment;
 mod pg;
 mod portal;
 mod request_log;
+mod scale_out;
 mod shredding;
 mod storage;
 mod transparency;

@@ -1,0 +1,248 @@
+//! Several nodes on one PostgreSQL database (README "Scaling out"): two `custodia serve`
+//! processes, concurrent writers on both, the sequencing node `kill -9`ed mid-load. Needs
+//! `CUSTODIA_TEST_DATABASE_URL` (skipped without it, required by `.ci/run`).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::auditor::own;
+use crate::helpers::{ServerProcess, TestApp};
+use crate::pg::Database;
+
+/// Starts a node over `data_dir` on `db` with the epoch-key file `data_dir.epoch-keys`.
+fn node(data_dir: &Path, db: &Database) -> ServerProcess {
+    let epochs = data_dir.with_extension("epoch-keys");
+    let epochs = epochs.to_str().unwrap();
+    ServerProcess::start(
+        data_dir,
+        &[
+            ("CUSTODIA_STORE", "postgres"),
+            ("CUSTODIA_DATABASE_URL", &db.url),
+            ("CUSTODIA_DATABASE_POOL_SIZE", "8"),
+            ("CUSTODIA_KEY_EPOCH_FILE", epochs),
+        ],
+    )
+}
+
+/// Whether `node` sequences the audit log now (its metrics say so).
+async fn sequences(node: &ServerProcess) -> bool {
+    let text = reqwest::get(format!("{}/metrics", node.base)).await.unwrap().text().await.unwrap();
+    text.lines().any(|l| l.trim() == "custodia_audit_sequencer 1")
+}
+
+async fn get(base: &str, path: &str, token: &str) -> (StatusCode, Value) {
+    let res = reqwest::Client::new().get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+    let status = res.status();
+    (status, res.json().await.unwrap_or_default())
+}
+
+/// (size, root) of a node's current checkpoint.
+async fn checkpoint(base: &str) -> (u64, own::H) {
+    let (status, body) = get(base, "/v1/audit/checkpoint", &TestApp::auditor_token()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let root = STANDARD.decode(body["root_hash"].as_str().unwrap()).unwrap().try_into().unwrap();
+    (body["tree_size"].as_u64().unwrap(), root)
+}
+
+/// Creates customers from 4 concurrent writers on `base` until `stop` is set or the node is
+/// gone; (id, email) of every acknowledged create. Emails carry `tag`, unique across nodes.
+async fn writers(base: String, tag: &'static str, stop: Arc<Mutex<bool>>) -> Vec<(String, String)> {
+    let client = reqwest::Client::new();
+    let token = TestApp::token_for_tests();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let (client, base, token, stop) = (client.clone(), base.clone(), token.clone(), Arc::clone(&stop));
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0.. {
+                if *stop.lock().unwrap() {
+                    break;
+                }
+                let email = format!("{tag}{w}-{i}@scale.test");
+                let res = client
+                    .post(format!("{base}/v1/customers"))
+                    .bearer_auth(&token)
+                    .json(&json!({"fields": {"email": email, "name": format!("Writer {tag}{w} {i}")}}))
+                    .send()
+                    .await;
+                match res {
+                    Ok(r) if r.status() == StatusCode::CREATED => {
+                        let body: Value = r.json().await.unwrap_or_default();
+                        acked.push((body["id"].as_str().expect("an id").to_owned(), email));
+                    }
+                    Ok(r) => panic!("{tag}: unexpected {}", r.status()),
+                    // The node was killed.
+                    Err(_) => break,
+                }
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_one_log_and_survive_the_sequencer_being_killed_mid_load() {
+    let Some(db) = Database::create() else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (dirs.path().join("a"), dirs.path().join("b"));
+    let dirs = [dir_a, dir_b];
+    let mut nodes = vec![node(&dirs[0], &db)];
+    // Each node locks its own epoch-key file; the second starts with a copy of the first's
+    // (README "Scaling out": epochs are not rotated across nodes yet).
+    std::fs::copy(dirs[0].with_extension("epoch-keys"), dirs[1].with_extension("epoch-keys")).unwrap();
+    nodes.push(node(&dirs[1], &db));
+
+    // One of them sequences; both serve.
+    let mut leader = None;
+    for _ in 0..100 {
+        match (sequences(&nodes[0]).await, sequences(&nodes[1]).await) {
+            (true, true) => panic!("two nodes sequence at once"),
+            (true, false) => leader = Some(0),
+            (false, true) => leader = Some(1),
+            (false, false) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+        if leader.is_some() {
+            break;
+        }
+    }
+    let leader = leader.expect("a node sequences");
+    let follower = 1 - leader;
+
+    // Writers on both nodes; the sequencing node dies under them.
+    let stop = Arc::new(Mutex::new(false));
+    let on_leader = tokio::spawn(writers(nodes[leader].base.clone(), "l", Arc::clone(&stop)));
+    let on_follower = tokio::spawn(writers(nodes[follower].base.clone(), "f", Arc::clone(&stop)));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    nodes[leader].kill();
+    let killed = std::time::Instant::now();
+    // The follower takes over within seconds and its writers carry on.
+    let mut took_over = None;
+    for _ in 0..100 {
+        if sequences(&nodes[follower]).await {
+            took_over = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took_over = took_over.expect("the surviving node took over sequencing");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    *stop.lock().unwrap() = true;
+    let mut acked = on_leader.await.unwrap();
+    let after_kill = on_follower.await.unwrap();
+    assert!(!after_kill.is_empty() && !acked.is_empty(), "both nodes acknowledged writes");
+    println!(
+        "{} creates acknowledged on the killed node, {} on the other; takeover after {took_over:?}",
+        acked.len(),
+        after_kill.len()
+    );
+    acked.extend(after_kill);
+
+    // Every acknowledged create reads back from the surviving node and from the restarted one.
+    let restarted = node(&dirs[leader], &db);
+    let follower = &nodes[follower];
+    let acked = Arc::new(acked);
+    for base in [&follower.base, &restarted.base] {
+        let readers: Vec<_> = (0..8)
+            .map(|r| {
+                let (acked, base) = (Arc::clone(&acked), base.clone());
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let token = TestApp::token_for_tests();
+                    for (id, email) in acked.iter().skip(r).step_by(8) {
+                        let res = client
+                            .get(format!("{base}/v1/customers/{id}"))
+                            .bearer_auth(&token)
+                            .header("X-Purpose", "order_fulfillment")
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(res.status(), StatusCode::OK, "{id} on {base}");
+                        let body: Value = res.json().await.unwrap();
+                        assert_eq!(body["fields"]["email"], email.as_str());
+                    }
+                })
+            })
+            .collect();
+        for reader in readers {
+            reader.await.unwrap();
+        }
+    }
+
+    // Every acknowledged create has its event; the export from either node verifies.
+    for base in [&follower.base, &restarted.base] {
+        let out = tempfile::tempdir().unwrap();
+        let (ok, _, err) = crate::auditor::custodia(&[
+            "audit",
+            "export",
+            "--url",
+            base,
+            "--token",
+            &TestApp::auditor_token(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ])
+        .await;
+        assert!(ok, "export from {base}: {err}");
+        let file = |name: &str| out.path().join(name).to_str().unwrap().to_owned();
+        let (ok, stdout, err) = crate::auditor::custodia(&[
+            "audit",
+            "verify",
+            "--events",
+            &file("events.ndjson"),
+            "--checkpoint",
+            &file("checkpoint.txt"),
+            "--key",
+            &file("key.txt"),
+        ])
+        .await;
+        assert!(ok, "verify of the export from {base}: {stdout} {err}");
+        let events = std::fs::read_to_string(out.path().join("events.ndjson")).unwrap();
+        let created: std::collections::HashSet<String> = events
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| e["action"] == "customer.create")
+            .filter_map(|e| e["customer_id"].as_str().map(str::to_owned))
+            .collect();
+        for (id, _) in acked.iter() {
+            assert!(created.contains(id), "the create of {id} has its event");
+        }
+    }
+
+    // Checkpoints from both nodes are consistent: the later extends the earlier.
+    let (size_a, root_a) = checkpoint(&restarted.base).await;
+    reqwest::Client::new()
+        .post(format!("{}/v1/customers", follower.base))
+        .bearer_auth(TestApp::token_for_tests())
+        .json(&serde_json::json!({"fields": {"name": "One more"}}))
+        .send()
+        .await
+        .unwrap();
+    let (size_b, root_b) = checkpoint(&follower.base).await;
+    assert!(size_b > size_a, "{size_b} > {size_a}");
+    let (status, body) = get(
+        &restarted.base,
+        &format!("/v1/audit/proofs/consistency?from={size_a}&to={size_b}"),
+        &TestApp::auditor_token(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let proof: Vec<own::H> = body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| STANDARD.decode(p.as_str().unwrap()).unwrap().try_into().unwrap())
+        .collect();
+    assert!(own::consistency_holds(size_a, size_b, &proof, &root_a, &root_b));
+    assert_eq!(db.number("SELECT count(*) FROM pending_events"), Some(0), "nothing left unintegrated");
+}
