@@ -120,7 +120,15 @@ impl From<CryptoError> for VaultError {
 
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
-        VaultError::Internal(format!("store: {e}"))
+        match e {
+            // The store cannot be reached (a database outage): nothing was carried out or
+            // audited, so the caller gets 503 and may retry, not 500.
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "storage unavailable");
+                VaultError::AuditUnavailable
+            }
+            e => VaultError::Internal(format!("store: {e}")),
+        }
     }
 }
 

@@ -246,3 +246,100 @@ async fn two_nodes_share_one_log_and_survive_the_sequencer_being_killed_mid_load
     assert!(own::consistency_holds(size_a, size_b, &proof, &root_a, &root_b));
     assert_eq!(db.number("SELECT count(*) FROM pending_events"), Some(0), "nothing left unintegrated");
 }
+
+/// A PostgreSQL server of the test's own (it is stopped and started), removed when dropped.
+struct OwnServer {
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+impl OwnServer {
+    fn cluster(&self, command: &str) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pg-cluster");
+        let out =
+            std::process::Command::new(script).arg(command).arg(self.dir.path().join("pg")).output().unwrap();
+        assert!(out.status.success(), "pg-cluster {command}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn start() -> OwnServer {
+        let dir = tempfile::tempdir().unwrap();
+        // As root the cluster belongs to an unprivileged user, who must reach its directory.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/pg-cluster");
+        let out =
+            std::process::Command::new(script).arg("start").arg(dir.path().join("pg")).output().unwrap();
+        assert!(out.status.success(), "pg-cluster start: {}", String::from_utf8_lossy(&out.stderr));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let url = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("export CUSTODIA_TEST_DATABASE_URL="))
+            .expect("the server's URL")
+            .trim_matches('\'')
+            .to_owned();
+        OwnServer { dir, url }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.cluster("stop");
+    }
+}
+
+#[tokio::test]
+async fn a_database_outage_answers_503_writes_nothing_and_service_resumes() {
+    if crate::pg::server_url().is_none() {
+        return;
+    }
+    let server = OwnServer::start();
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.store = custodia::config::StoreKind::Postgres;
+        s.database_url = Some(secrecy::SecretString::from(server.url.clone()));
+        s.database_connect_timeout_ms = 1000;
+    })
+    .await;
+    let kept = app.create_customer(json!({"name": "Kept Before", "email": "kept@outage.test"})).await;
+
+    server.cluster("halt");
+    let during = app
+        .call(
+            reqwest::Method::POST,
+            "/v1/customers",
+            Some(&app.merchant()),
+            None,
+            Some(&json!({"fields": {"name": "Lost During", "email": "lost@outage.test"}})),
+        )
+        .await;
+    assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE, "{}", during.body);
+    let read = app.read_customer(&kept, "order_fulfillment").await;
+    assert_eq!(read.status, StatusCode::SERVICE_UNAVAILABLE, "{}", read.body);
+    assert!(!read.body.to_string().contains("Kept Before"), "no data in a 503: {}", read.body);
+
+    server.cluster("resume");
+    let mut back = false;
+    for _ in 0..100 {
+        if app.read_customer(&kept, "order_fulfillment").await.status == StatusCode::OK {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "service resumes when the database returns");
+    let read = app.read_customer(&kept, "order_fulfillment").await;
+    assert_eq!(read.body["fields"]["name"], "Kept Before");
+    // Nothing of the refused create was written: no record under its email, no create event.
+    let found = app
+        .call(
+            reqwest::Method::GET,
+            "/v1/customers?email=lost@outage.test",
+            Some(&app.merchant()),
+            Some("order_fulfillment"),
+            None,
+        )
+        .await;
+    assert_eq!(found.body["customers"], json!([]), "{}", found.body);
+    let creates = app.audit_events().await.into_iter().filter(|e| e["action"] == "customer.create").count();
+    assert_eq!(creates, 1);
+    app.create_customer(json!({"name": "After", "email": "after@outage.test"})).await;
+}
