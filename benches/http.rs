@@ -15,6 +15,8 @@
 //! `CUSTODIA_MASTER_KEY_PKCS11_KEY` and the other `CUSTODIA_MASTER_KEY_PKCS11_*` settings (and
 //! `SOFTHSM2_CONF` for SoftHSM) in the environment, the server's master key is that HSM key
 //! instead of the built-in file key (README: "The master key in an HSM").
+//! `HTTP_BENCH_DATABASE_URL=URL` runs the server on PostgreSQL at URL (`CUSTODIA_STORE=postgres`;
+//! give it an empty database or schema) instead of sled; the restart then reopens that database.
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`, the mean
 //! group-commit batch from the server's metrics and the bytes the server wrote to disk per
 //! request, from `/proc/PID/io`), the server's peak RSS and data-directory size, and writes the
@@ -194,6 +196,9 @@ fn start_server(data_dir: &Path, profiled: bool, env: &[(&str, std::ffi::OsStrin
     // PKCS#11 settings).
     if std::env::var_os("CUSTODIA_MASTER_KEY_PKCS11_KEY").is_none() {
         command.env("CUSTODIA_MASTER_KEY", MASTER_KEY);
+    }
+    if let Ok(url) = std::env::var("HTTP_BENCH_DATABASE_URL") {
+        command.env("CUSTODIA_STORE", "postgres").env("CUSTODIA_DATABASE_URL", url);
     }
     let mut child = command
         .arg("serve")
