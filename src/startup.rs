@@ -237,14 +237,32 @@ fn log_open_report(path: &Path, report: &OpenReport) {
 
 /// Rotates key epochs in the background: creates a new epoch every period, re-wraps every data
 /// key to it, destroys old ones (see `vault::epochs`). A step that fails is retried.
+/// Among nodes sharing a store, only the one holding the `epochs` turn steps (see
+/// `Store::exclusive`); the others ask again every 5 s.
 fn spawn_epochs(vault: Arc<Vault>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut state = EpochState::default();
+        let mut turn = None;
         loop {
+            if turn.is_none() {
+                turn = match vault.store().exclusive("epochs").await {
+                    Ok(turn) => turn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not take the key epoch turn; retrying in 5 s");
+                        None
+                    }
+                };
+                if turn.is_none() {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+            }
             let wait = match vault.epoch_step(&mut state).await {
                 Ok(wait) => wait,
                 Err(e) => {
                     tracing::error!(error = %e, "a key epoch step failed; retrying in 5 s");
+                    // The turn's session may be what failed: take it again.
+                    turn = None;
                     Duration::from_secs(5)
                 }
             };
@@ -257,9 +275,21 @@ fn spawn_epochs(vault: Arc<Vault>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Re-wraps every key under the current master key in the background.
+/// Re-wraps every key under the current master key in the background, unless another node
+/// sharing the store is doing it (its `rotation` turn).
 fn spawn_rotation(vault: Arc<Vault>, pause: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let _turn = match vault.store().exclusive("rotation").await {
+            Ok(Some(turn)) => turn,
+            Ok(None) => {
+                tracing::info!("another node is rotating the master key");
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "master key rotation not started; it resumes on the next start");
+                return;
+            }
+        };
         tracing::info!("master key rotation started");
         match vault.rotate_master_key(pause).await {
             Ok(n) => tracing::info!(customers = n, "master key rotation completed"),
@@ -297,6 +327,15 @@ fn spawn_retention_sweeps(vault: Arc<Vault>, every: Duration) -> tokio::task::Jo
         loop {
             ticks.tick().await;
             let Some(vault) = vault.upgrade() else { return };
+            // One node at a time among nodes sharing the store; another's sweep covers this round.
+            let _turn = match vault.store().exclusive("retention").await {
+                Ok(Some(turn)) => turn,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "retention sweep not started");
+                    continue;
+                }
+            };
             match vault.purge_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(customers = n, "retention sweep erased expired fields"),

@@ -161,6 +161,23 @@ pub trait Integrator: Send + Sync + 'static {
     fn integrate(&self, head: &TreeHead, pending: Vec<PendingEvent>) -> (Vec<IntegratedLeaf>, TreeHead);
 }
 
+/// A turn at a background sweep ([`Store::exclusive`]): released when dropped.
+#[derive(Default)]
+pub struct Turn(Option<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Turn {
+    /// A turn that lasts as long as `held` (e.g. the database session holding a lock).
+    pub(crate) fn holding(held: impl std::any::Any + Send + Sync) -> Self {
+        Turn(Some(Box::new(held)))
+    }
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Turn(held)" } else { "Turn" })
+    }
+}
+
 /// Which backend, and its settings (DESIGN §8).
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
@@ -260,6 +277,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The checkpoint with the largest size, as (size, note).
     async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// A turn at the background sweep named `task` (retention, key epochs, master-key
+    /// rotation) among every node sharing this store: `Some` while this node may run it (drop
+    /// the turn to release it), `None` while another node holds it. A single-process backend
+    /// always grants it; PostgreSQL holds an advisory lock in a session of the turn's own.
+    async fn exclusive(&self, task: &str) -> Result<Option<Turn>, StoreError> {
+        let _ = task;
+        Ok(Some(Turn::default()))
+    }
 
     /// Makes everything durable in its final place and releases the backend (at shutdown).
     /// Later calls fail.

@@ -180,3 +180,23 @@ async fn an_unreachable_database_is_unavailable_within_the_connect_timeout() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[tokio::test]
+async fn one_node_at_a_time_holds_a_sweeps_turn() {
+    let Some(db) = Database::create() else { return };
+    let (a, b) = (open(&db.settings()), open(&db.settings()));
+    let turn = a.exclusive("retention").await.unwrap();
+    assert!(turn.is_some());
+    assert!(b.exclusive("retention").await.unwrap().is_none(), "the other node waits its turn");
+    assert!(b.exclusive("epochs").await.unwrap().is_some(), "each sweep has its own turn");
+    drop(turn);
+    let mut taken = false;
+    for _ in 0..50 {
+        if b.exclusive("retention").await.unwrap().is_some() {
+            taken = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(taken, "a released turn is taken by the other node");
+}

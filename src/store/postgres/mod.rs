@@ -36,7 +36,8 @@ use tokio_postgres::error::SqlState;
 
 use self::connect::Connector;
 use super::{
-    CustomerChange, CustomerRecord, Hash, Integrator, NodeId, Store, StoreError, TreeHead, Write, Written,
+    CustomerChange, CustomerRecord, Hash, Integrator, NodeId, Store, StoreError, TreeHead, Turn, Write,
+    Written,
 };
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
@@ -47,6 +48,8 @@ use crate::domain::CustomerId;
 const MIGRATE_LOCK: i32 = 0x6375_6d01; // "cum" + 1
 /// Advisory lock class held by the sequencer's session for as long as it sequences.
 const SEQUENCER_LOCK: i32 = 0x6375_7301; // "cus" + 1
+/// Advisory lock class of the background sweeps, one lock per sweep name.
+const SWEEP_LOCK: i32 = 0x6375_7701; // "cuw" + 1
 /// The lock's second key: the session's schema.
 const LOCK_SCHEMA: &str = "hashtext(current_schema())";
 /// How often a writer whose events another node integrates looks for their seqs.
@@ -581,6 +584,15 @@ impl Store for PostgresStore {
         let st = client.prepare_cached(sql).await.map_err(db_error)?;
         let row = client.query_opt(&st, &[]).await.map_err(db_error)?;
         Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    async fn exclusive(&self, task: &str) -> Result<Option<Turn>, StoreError> {
+        let shared = self.ready().await?;
+        // A session of its own: the lock lasts exactly as long as the turn (or the session).
+        let client = shared.connector.connect().await?;
+        let sql = "SELECT pg_try_advisory_lock($1, hashtext(current_schema() || '/' || $2::text))";
+        let got: bool = client.query_one(sql, &[&SWEEP_LOCK, &task]).await.map_err(db_error)?.get(0);
+        Ok(got.then(|| Turn::holding(client)))
     }
 
     async fn close(&self) -> Result<(), StoreError> {
