@@ -134,6 +134,37 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+const NEXT_WRITE_ID: &str = "SELECT nextval('write_ids')";
+const INSERT_PENDING: &str = "INSERT INTO pending_events (write_id, pos, prefix, time, customer) \
+                              SELECT $1, * FROM unnest($2::int[], $3::bytea[], $4::text[], $5::bytea[])";
+
+/// The columns of a write's pending events, as arrays for one `unnest` insert.
+struct PendingRows<'a> {
+    pos: Vec<i32>,
+    prefixes: Vec<&'a [u8]>,
+    times: Vec<&'a str>,
+    customers: Vec<Option<&'a [u8]>>,
+}
+
+impl<'a> PendingRows<'a> {
+    fn of(write: &'a Write) -> Self {
+        PendingRows {
+            pos: (0..write.events.len() as i32).collect(),
+            prefixes: write.events.iter().map(|e| e.prefix.as_slice()).collect(),
+            times: write.events.iter().map(|e| e.time.as_str()).collect(),
+            customers: write
+                .events
+                .iter()
+                .map(|e| e.customer.as_ref().map(|c| c.as_bytes().as_slice()))
+                .collect(),
+        }
+    }
+
+    fn params<'p>(&'p self, write_id: &'p i64) -> [&'p (dyn tokio_postgres::types::ToSql + Sync); 5] {
+        [write_id, &self.pos, &self.prefixes, &self.times, &self.customers]
+    }
+}
+
 /// A statement prepared once per connection.
 async fn st(
     cache: &StatementCache,
@@ -307,17 +338,31 @@ impl Shared {
         tx: &Transaction<'_>,
         write: &Write,
     ) -> Result<i64, tokio_postgres::Error> {
-        let sql = "SELECT nextval('write_ids')";
-        let write_id: i64 = tx.query_one(&st(cache, tx, sql).await?, &[]).await?.get(0);
-        let pos: Vec<i32> = (0..write.events.len() as i32).collect();
-        let prefixes: Vec<&[u8]> = write.events.iter().map(|e| e.prefix.as_slice()).collect();
-        let times: Vec<&str> = write.events.iter().map(|e| e.time.as_str()).collect();
-        let customers: Vec<Option<&[u8]>> =
-            write.events.iter().map(|e| e.customer.as_ref().map(|c| c.as_bytes().as_slice())).collect();
-        let sql = "INSERT INTO pending_events (write_id, pos, prefix, time, customer) \
-                   SELECT $1, * FROM unnest($2::int[], $3::bytea[], $4::text[], $5::bytea[])";
-        tx.execute(&st(cache, tx, sql).await?, &[&write_id, &pos, &prefixes, &times, &customers]).await?;
+        let write_id: i64 = tx.query_one(&st(cache, tx, NEXT_WRITE_ID).await?, &[]).await?.get(0);
+        let rows = PendingRows::of(write);
+        tx.execute(&st(cache, tx, INSERT_PENDING).await?, &rows.params(&write_id)).await?;
         Ok(write_id)
+    }
+
+    /// A write of events only (a read's or a disclosure's audit): no transaction, one
+    /// autocommitted insert (durable at its commit), the write id taken just before.
+    async fn commit_events(&self, write: Write) -> Result<Written, StoreError> {
+        let client = self.client().await?;
+        let next = client.prepare_cached(NEXT_WRITE_ID).await.map_err(db_error)?;
+        let write_id: i64 = client.query_one(&next, &[]).await.map_err(db_error)?.get(0);
+        let rx = self.wait_for(write_id);
+        let insert = client.prepare_cached(INSERT_PENDING).await.map_err(db_error)?;
+        let rows = PendingRows::of(&write);
+        if let Err(e) = client.execute(&insert, &rows.params(&write_id)).await {
+            self.forget(&[write_id]);
+            return Err(db_error(e));
+        }
+        drop(client);
+        let committed = std::time::Instant::now();
+        self.pending.notify_one();
+        let first = self.first_seq(write_id, rx).await?;
+        crate::metric::audit_integration_delay(committed.elapsed());
+        Ok(Written { seqs: (first..first + write.events.len() as u64).collect() })
     }
 
     /// Registers a waiter for `write_id`'s seqs before its commit, so the sequencer cannot
@@ -482,6 +527,9 @@ impl Store for PostgresStore {
             return Ok(Written { seqs: Vec::new() });
         }
         let shared = self.ready().await?;
+        if write.change.is_none() {
+            return shared.commit_events(write).await;
+        }
         shared.commit(vec![write]).await?.pop().expect("one outcome per write")
     }
 

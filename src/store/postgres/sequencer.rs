@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_postgres::GenericClient;
+use tokio_postgres::{GenericClient, Statement};
 
 use super::{LOCK_SCHEMA, SEQUENCER_LOCK, Shared, db_error, hash_of, id_of, to_i64};
 use crate::store::{PendingEvent, StoreError, TreeHead};
@@ -77,17 +77,64 @@ async fn lead(shared: &Shared, stop: &mut watch::Receiver<bool>) -> Result<(), S
     result
 }
 
+/// The sequencer's statements, prepared once per session (each is then one round trip).
+struct Statements {
+    head: Statement,
+    pending: Statement,
+    events: Statement,
+    nodes: Statement,
+    history: Statement,
+    integrated: Statement,
+    seqs: Statement,
+    advance: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &tokio_postgres::Client) -> Result<Self, StoreError> {
+        let prepare = |sql: &'static str| async move { client.prepare(sql).await.map_err(db_error) };
+        Ok(Statements {
+            head: prepare(HEAD).await?,
+            pending: prepare(
+                "SELECT write_id, prefix, time, customer FROM pending_events \
+                 WHERE write_id IN (SELECT DISTINCT write_id FROM pending_events ORDER BY write_id LIMIT $1) \
+                 ORDER BY write_id, pos",
+            )
+            .await?,
+            events: prepare("INSERT INTO audit_events (seq, event) SELECT * FROM unnest($1::bigint[], $2::bytea[])")
+                .await?,
+            nodes: prepare(
+                "INSERT INTO merkle_nodes (level, idx, hash) \
+                 SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
+            )
+            .await?,
+            history: prepare(
+                "INSERT INTO customer_history (customer, seq) SELECT * FROM unnest($1::bytea[], $2::bigint[])",
+            )
+            .await?,
+            integrated: prepare("DELETE FROM pending_events WHERE write_id = ANY($1)").await?,
+            seqs: prepare(
+                "INSERT INTO write_seqs (write_id, first_seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+            )
+            .await?,
+            advance: prepare("UPDATE log_head SET size = $1, roots = $2 WHERE size = $3").await?,
+        })
+    }
+}
+
+const HEAD: &str = "SELECT size, roots FROM log_head";
+
 async fn integrate_until_stopped(
     shared: &Shared,
     client: &mut tokio_postgres::Client,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
+    let statements = Statements::prepare(client).await?;
     let mut pruned = tokio::time::Instant::now();
     loop {
         if *stop.borrow() {
             return Ok(());
         }
-        if integrate_batch(shared, client).await? > 0 {
+        if integrate_batch(shared, client, &statements).await? > 0 {
             continue;
         }
         if pruned.elapsed() > Duration::from_secs(60) {
@@ -106,7 +153,11 @@ async fn integrate_until_stopped(
 
 /// The head as stored.
 pub(super) async fn read_head(client: &impl GenericClient) -> Result<TreeHead, StoreError> {
-    let row = client.query_one("SELECT size, roots FROM log_head", &[]).await.map_err(db_error)?;
+    let row = client.query_one(HEAD, &[]).await.map_err(db_error)?;
+    head_of(&row)
+}
+
+fn head_of(row: &tokio_postgres::Row) -> Result<TreeHead, StoreError> {
     let roots: &[u8] = row.get(1);
     if !roots.len().is_multiple_of(32) {
         return Err(StoreError::Corrupt("the stored log head's roots are not whole hashes".into()));
@@ -118,18 +169,19 @@ pub(super) async fn read_head(client: &impl GenericClient) -> Result<TreeHead, S
 }
 
 /// Integrates one batch of pending writes in one transaction; how many events.
-async fn integrate_batch(shared: &Shared, client: &mut tokio_postgres::Client) -> Result<usize, StoreError> {
+async fn integrate_batch(
+    shared: &Shared,
+    client: &mut tokio_postgres::Client,
+    st: &Statements,
+) -> Result<usize, StoreError> {
     let started = std::time::Instant::now();
-    let tx = client.transaction().await.map_err(db_error)?;
-    let head = read_head(&tx).await?;
-    let sql = "SELECT write_id, prefix, time, customer FROM pending_events \
-               WHERE write_id IN (SELECT DISTINCT write_id FROM pending_events ORDER BY write_id LIMIT $1) \
-               ORDER BY write_id, pos";
-    let rows = tx.query(sql, &[&BATCH_WRITES]).await.map_err(db_error)?;
+    // Outside a transaction first: an idle poll is one round trip.
+    let rows = client.query(&st.pending, &[&BATCH_WRITES]).await.map_err(db_error)?;
     if rows.is_empty() {
-        tx.rollback().await.map_err(db_error)?;
         return Ok(0);
     }
+    let tx = client.transaction().await.map_err(db_error)?;
+    let head = head_of(&tx.query_one(&st.head, &[]).await.map_err(db_error)?)?;
     // (write id, first seq) of each write, in order.
     let mut writes: Vec<(i64, u64)> = Vec::new();
     let mut pending = Vec::with_capacity(rows.len());
@@ -169,43 +221,26 @@ async fn integrate_batch(shared: &Shared, client: &mut tokio_postgres::Client) -
     let first_seqs: Vec<i64> = writes.iter().map(|(_, seq)| to_i64(*seq)).collect();
     let roots: Vec<u8> = next.roots.concat();
 
-    tx.execute(
-        "INSERT INTO audit_events (seq, event) SELECT * FROM unnest($1::bigint[], $2::bytea[])",
-        &[&seqs, &events],
+    // One round trip: tokio-postgres pipelines statements issued together on one session; the
+    // transaction makes them one step, the head's compare-and-set decides whether it commits.
+    let no_history = history_seqs.is_empty();
+    let (size, old_size) = (to_i64(next.size), to_i64(head.size));
+    let (_, _, _, _, _, advanced) = tokio::try_join!(
+        async { tx.execute(&st.events, &[&seqs, &events]).await },
+        async { tx.execute(&st.nodes, &[&levels, &indexes, &hashes]).await },
+        async {
+            if no_history {
+                Ok(0)
+            } else {
+                tx.execute(&st.history, &[&history_customers, &history_seqs]).await
+            }
+        },
+        async { tx.execute(&st.integrated, &[&write_ids]).await },
+        async { tx.execute(&st.seqs, &[&write_ids, &first_seqs]).await },
+        // The fence: only the sequencer that read this size may advance it.
+        async { tx.execute(&st.advance, &[&size, &roots, &old_size]).await },
     )
-    .await
     .map_err(db_error)?;
-    tx.execute(
-        "INSERT INTO merkle_nodes (level, idx, hash) SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
-        &[&levels, &indexes, &hashes],
-    )
-    .await
-    .map_err(db_error)?;
-    if !history_seqs.is_empty() {
-        tx.execute(
-            "INSERT INTO customer_history (customer, seq) SELECT * FROM unnest($1::bytea[], $2::bigint[])",
-            &[&history_customers, &history_seqs],
-        )
-        .await
-        .map_err(db_error)?;
-    }
-    tx.execute("DELETE FROM pending_events WHERE write_id = ANY($1)", &[&write_ids])
-        .await
-        .map_err(db_error)?;
-    tx.execute(
-        "INSERT INTO write_seqs (write_id, first_seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
-        &[&write_ids, &first_seqs],
-    )
-    .await
-    .map_err(db_error)?;
-    // The fence: only the sequencer that read this size may advance it.
-    let advanced = tx
-        .execute(
-            "UPDATE log_head SET size = $1, roots = $2 WHERE size = $3",
-            &[&to_i64(next.size), &roots, &to_i64(head.size)],
-        )
-        .await
-        .map_err(db_error)?;
     if advanced != 1 {
         return Err(StoreError::Unavailable("the log head moved under this sequencer: fenced".into()));
     }
