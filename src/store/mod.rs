@@ -278,6 +278,15 @@ pub trait Store: Send + Sync + 'static {
     /// The checkpoint with the largest size, as (size, note).
     async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
 
+    /// Stores `record` as it is (version, data key and index entries kept) for a customer the
+    /// store does not hold, with no event: for `custodia store copy` into an empty store, whose
+    /// log is copied separately. `VersionConflict` if the customer exists, `UniqueViolation` on
+    /// a clash. Backends that are never a copy's destination refuse it.
+    async fn import(&self, record: CustomerRecord) -> Result<(), StoreError> {
+        let _ = record;
+        Err(StoreError::Unavailable("this backend cannot be the destination of a store copy".into()))
+    }
+
     /// A turn at the background sweep named `task` (retention, key epochs, master-key
     /// rotation) among every node sharing this store: `Some` while this node may run it (drop
     /// the turn to release it), `None` while another node holds it. A single-process backend

@@ -343,3 +343,104 @@ async fn a_database_outage_answers_503_writes_nothing_and_service_resumes() {
     assert_eq!(creates, 1);
     app.create_customer(json!({"name": "After", "email": "after@outage.test"})).await;
 }
+
+#[tokio::test]
+async fn store_copy_moves_a_sled_store_to_postgres_and_proves_it_against_the_signed_checkpoint() {
+    let Some(db) = Database::create() else { return };
+    let sled = crate::helpers::spawn_app_with(|s| {
+        s.store = custodia::config::StoreKind::Sled;
+        s.database_url = None;
+    })
+    .await;
+    let kept = sled.create_customer(json!({"name": "Kept Copy", "email": "kept@copy.test"})).await;
+    let erased = sled.create_customer(json!({"name": "Erased Copy", "email": "erased@copy.test"})).await;
+    assert_eq!(sled.read_customer(&kept, "order_fulfillment").await.status, StatusCode::OK);
+    let gone = sled
+        .call(reqwest::Method::DELETE, &format!("/v1/customers/{erased}"), Some(&sled.merchant()), None, None)
+        .await;
+    assert_eq!(gone.status, StatusCode::OK, "{}", gone.body);
+    let events_before = sled.audit_events().await.len();
+    let mut sled = sled;
+    sled.shutdown().await;
+
+    let copy = |url: String| {
+        let dir = sled.data_dir.path().to_owned();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
+                .args(["store", "copy", "--from-dir", dir.to_str().unwrap()])
+                .env("CUSTODIA_DATABASE_URL", url)
+                .output()
+                .await
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (ok, stdout, stderr) = copy(db.url.clone()).await;
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("copied 1 customers") && stdout.contains("matches the newest signed checkpoint"),
+        "{stdout}"
+    );
+    // A second copy into the now full database is refused.
+    let (ok, _, stderr) = copy(db.url.clone()).await;
+    assert!(!ok && stderr.contains("not empty"), "{stderr}");
+
+    // A source whose newest checkpoint does not sign the log's root is refused after the copy.
+    let (size, note) = crate::helpers::latest_stored_checkpoint(sled.data_dir.path());
+    let mut lines: Vec<String> =
+        String::from_utf8(note.clone()).unwrap().lines().map(str::to_owned).collect();
+    lines[2] = STANDARD.encode([0u8; 32]);
+    crate::helpers::replace_stored_checkpoint(
+        sled.data_dir.path(),
+        size,
+        (lines.join("\n") + "\n").into_bytes(),
+    );
+    let Some(other) = Database::create() else { return };
+    let (ok, _, stderr) = copy(other.url.clone()).await;
+    assert!(!ok && stderr.contains("not the one the newest signed checkpoint names"), "{stderr}");
+    crate::helpers::replace_stored_checkpoint(sled.data_dir.path(), size, note);
+
+    // A server on the copy, with the same keys, serves what the sled server held.
+    let epochs = sled.data_dir.path().join(crate::helpers::TEST_EPOCH_FILE);
+    let pg = crate::helpers::spawn_app_with(|s| {
+        s.store = custodia::config::StoreKind::Postgres;
+        s.database_url = Some(secrecy::SecretString::from(db.url.clone()));
+        s.key_epoch_file = Some(epochs);
+    })
+    .await;
+    let read = pg.read_customer(&kept, "order_fulfillment").await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(read.body["fields"]["name"], "Kept Copy");
+    assert_eq!(pg.read_customer(&erased, "order_fulfillment").await.status, StatusCode::NOT_FOUND);
+    let found = pg
+        .call(
+            reqwest::Method::GET,
+            "/v1/customers?email=kept@copy.test",
+            Some(&pg.merchant()),
+            Some("order_fulfillment"),
+            None,
+        )
+        .await;
+    assert_eq!(found.body["customers"][0]["id"], kept.as_str(), "{}", found.body);
+    assert!(pg.audit_events().await.len() > events_before, "the log continues after the copied events");
+    let out = tempfile::tempdir().unwrap();
+    let (ok, _, err) = crate::auditor::export(&pg, out.path()).await;
+    assert!(ok, "{err}");
+    let file = |name: &str| out.path().join(name).to_str().unwrap().to_owned();
+    let (ok, stdout, err) = crate::auditor::custodia(&[
+        "audit",
+        "verify",
+        "--events",
+        &file("events.ndjson"),
+        "--checkpoint",
+        &file("checkpoint.txt"),
+        "--key",
+        &file("key.txt"),
+    ])
+    .await;
+    assert!(ok, "{stdout}{err}");
+}

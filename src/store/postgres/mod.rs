@@ -281,41 +281,7 @@ impl Shared {
                 if changed != 1 {
                     return Err(StoreError::VersionConflict.into());
                 }
-                let sql = "DELETE FROM index_entries WHERE customer = $1";
-                tx.execute(&st(cache, tx, sql).await?, &[&id]).await?;
-                if record.index_entries.is_empty() {
-                    return Ok(());
-                }
-                let fields: Vec<&str> = record.index_entries.iter().map(|e| e.field.as_str()).collect();
-                let indexes: Vec<&[u8]> = record.index_entries.iter().map(|e| e.index.as_slice()).collect();
-                let unique: Vec<bool> = record.index_entries.iter().map(|e| e.unique).collect();
-                // A unique entry another customer holds (as a unique or plain entry) is a clash,
-                // named by its field; racing inserts are caught by the unique index instead.
-                if unique.iter().any(|u| *u) {
-                    let sql = "SELECT e.field FROM index_entries e \
-                               JOIN unnest($2::text[], $3::bytea[], $4::bool[]) AS n(field, index, uniq) \
-                                 ON e.field = n.field AND e.index = n.index \
-                               WHERE n.uniq AND e.customer <> $1 LIMIT 1";
-                    let clash =
-                        tx.query_opt(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await?;
-                    if let Some(row) = clash {
-                        return Err(StoreError::UniqueViolation { field: row.get(0) }.into());
-                    }
-                }
-                let sql = "INSERT INTO index_entries (field, index, customer, unique_entry) \
-                           SELECT n.field, n.index, $1, n.uniq FROM unnest($2::text[], $3::bytea[], $4::bool[]) \
-                             AS n(field, index, uniq) \
-                           ON CONFLICT (field, index, customer) DO NOTHING";
-                match tx.execute(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                        // Lost a race for a unique value: which field is not in the error without
-                        // its DETAIL (which holds the index), so name the first unique field.
-                        let field = record.index_entries.iter().find(|e| e.unique).map(|e| e.field.clone());
-                        Err(StoreError::UniqueViolation { field: field.unwrap_or_default() }.into())
-                    }
-                    Err(e) => Err(e.into()),
-                }
+                self.index_rows(cache, tx, record).await
             }
             CustomerChange::Delete { id, expected_version } => {
                 let id = id.as_bytes().as_slice();
@@ -328,6 +294,50 @@ impl Shared {
                 tx.execute(&st(cache, tx, sql).await?, &[&id]).await?;
                 Ok(())
             }
+        }
+    }
+
+    /// Replaces the index rows of `record`'s customer with its entries, inside `tx`.
+    async fn index_rows(
+        &self,
+        cache: &StatementCache,
+        tx: &Transaction<'_>,
+        record: &CustomerRecord,
+    ) -> Result<(), Refused> {
+        let id = record.id.as_bytes().as_slice();
+        let sql = "DELETE FROM index_entries WHERE customer = $1";
+        tx.execute(&st(cache, tx, sql).await?, &[&id]).await?;
+        if record.index_entries.is_empty() {
+            return Ok(());
+        }
+        let fields: Vec<&str> = record.index_entries.iter().map(|e| e.field.as_str()).collect();
+        let indexes: Vec<&[u8]> = record.index_entries.iter().map(|e| e.index.as_slice()).collect();
+        let unique: Vec<bool> = record.index_entries.iter().map(|e| e.unique).collect();
+        // A unique entry another customer holds (as a unique or plain entry) is a clash,
+        // named by its field; racing inserts are caught by the unique index instead.
+        if unique.iter().any(|u| *u) {
+            let sql = "SELECT e.field FROM index_entries e \
+                       JOIN unnest($2::text[], $3::bytea[], $4::bool[]) AS n(field, index, uniq) \
+                         ON e.field = n.field AND e.index = n.index \
+                       WHERE n.uniq AND e.customer <> $1 LIMIT 1";
+            let clash = tx.query_opt(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await?;
+            if let Some(row) = clash {
+                return Err(StoreError::UniqueViolation { field: row.get(0) }.into());
+            }
+        }
+        let sql = "INSERT INTO index_entries (field, index, customer, unique_entry) \
+                   SELECT n.field, n.index, $1, n.uniq FROM unnest($2::text[], $3::bytea[], $4::bool[]) \
+                     AS n(field, index, uniq) \
+                   ON CONFLICT (field, index, customer) DO NOTHING";
+        match tx.execute(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                // Lost a race for a unique value: which field is not in the error without
+                // its DETAIL (which holds the index), so name the first unique field.
+                let field = record.index_entries.iter().find(|e| e.unique).map(|e| e.field.clone());
+                Err(StoreError::UniqueViolation { field: field.unwrap_or_default() }.into())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -632,6 +642,35 @@ impl Store for PostgresStore {
         let st = client.prepare_cached(sql).await.map_err(db_error)?;
         let row = client.query_opt(&st, &[]).await.map_err(db_error)?;
         Ok(row.map(|r| (r.get::<_, i64>(0) as u64, r.get(1))))
+    }
+
+    async fn import(&self, record: CustomerRecord) -> Result<(), StoreError> {
+        let shared = self.ready().await?;
+        let mut client = shared.client().await?;
+        let cache = Arc::clone(&client.statement_cache);
+        let tx = client.transaction().await.map_err(db_error)?;
+        // The record row first with its own version, then the index rows as a put would write
+        // them (a put of version 1 over an absent customer).
+        let id = record.id.as_bytes().as_slice();
+        let sql =
+            "INSERT INTO customers (id, version, record) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING";
+        let encoded = record.encode()?;
+        let inserted = tx
+            .execute(
+                &st(&cache, &tx, sql).await.map_err(db_error)?,
+                &[&id, &to_i64(record.version), &encoded],
+            )
+            .await
+            .map_err(db_error)?;
+        if inserted != 1 {
+            return Err(StoreError::VersionConflict);
+        }
+        match shared.index_rows(&cache, &tx, &record).await {
+            Ok(()) => {}
+            Err(Refused::Store(e)) => return Err(e),
+            Err(Refused::Db(e)) => return Err(db_error(e)),
+        }
+        tx.commit().await.map_err(db_error)
     }
 
     async fn exclusive(&self, task: &str) -> Result<Option<Turn>, StoreError> {
