@@ -17,6 +17,8 @@
 //! instead of the built-in file key (README: "The master key in an HSM").
 //! `HTTP_BENCH_DATABASE_URL=URL` runs the server on PostgreSQL at URL (`CUSTODIA_STORE=postgres`;
 //! give it an empty database or schema) instead of sled; the restart then reopens that database.
+//! With it, `HTTP_BENCH_NODES=N` starts N servers on that database and spreads each scenario's
+//! requests over them (preloads, metrics, TLS and the restart use the first).
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`, the mean
 //! group-commit batch from the server's metrics and the bytes the server wrote to disk per
 //! request, from `/proc/PID/io`), the server's peak RSS and data-directory size, and writes the
@@ -124,9 +126,29 @@ fn main() {
     }
     let (mut child, base) = start_server(dir.path(), true, &[]);
     let pid = child.id();
+    // More nodes on the same PostgreSQL database, each with a copy of the first's epoch keys.
+    let nodes = if smoke { 1 } else { env("HTTP_BENCH_NODES", 1.0) as usize };
+    assert!(
+        nodes <= 1 || std::env::var_os("HTTP_BENCH_DATABASE_URL").is_some(),
+        "HTTP_BENCH_NODES needs HTTP_BENCH_DATABASE_URL: nodes share a database"
+    );
+    let mut extra = Vec::new();
+    for _ in 1..nodes.max(1) {
+        let node_dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(dir.path().join("epoch-keys"), node_dir.path().join("epoch-keys")).expect("epoch keys");
+        let (node, node_base) = start_server(node_dir.path(), false, &[]);
+        extra.push((node_dir, node, node_base));
+    }
+    let others: Vec<String> = extra.iter().map(|(_, _, b)| b.clone()).collect();
+    if !others.is_empty() {
+        println!("{} nodes on one database: {base} and {}", others.len() + 1, others.join(", "));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (mut outcomes, ids, next_new) = runtime.block_on(run(&config, &base, pid));
+    let (mut outcomes, ids, next_new) = runtime.block_on(run(&config, &base, &others, pid));
     let rss_kib = peak_rss_kib(pid);
+    for (_, node, _) in &mut extra {
+        stop_server(node, false);
+    }
     stop_server(&mut child, true);
     if std::env::var_os("HTTP_BENCH_TLS").is_some() {
         let certs = tempfile::tempdir().expect("temp dir");
@@ -258,6 +280,9 @@ fn customer_body(n: usize) -> Value {
 struct Client {
     http: reqwest::Client,
     base: String,
+    /// Further nodes on the same database (`HTTP_BENCH_NODES`): scenario requests go to `base`
+    /// and these in turn; preloads and metrics go to `base`.
+    others: Vec<String>,
     token: String,
     ids: Vec<String>,
     next_new: AtomicU64,
@@ -265,10 +290,16 @@ struct Client {
 
 /// The scenarios over plain HTTP; also answers the preloaded ids and the next new customer
 /// number, for a second server over the same data.
-async fn run(config: &Config, base: &str, pid: u32) -> (Vec<Outcome>, Vec<String>, u64) {
+async fn run(config: &Config, base: &str, others: &[String], pid: u32) -> (Vec<Outcome>, Vec<String>, u64) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(config.connections).build().unwrap();
-    let mut client =
-        Client { http, base: base.to_owned(), token: token(), ids: Vec::new(), next_new: AtomicU64::new(0) };
+    let mut client = Client {
+        http,
+        base: base.to_owned(),
+        others: others.to_vec(),
+        token: token(),
+        ids: Vec::new(),
+        next_new: AtomicU64::new(0),
+    };
     let started = Instant::now();
     client.ids = preload(&client, config, 0..config.customers).await;
     client.next_new.store(config.customers as u64, Ordering::Relaxed);
@@ -327,6 +358,7 @@ async fn run_tls(
     let client = Arc::new(Client {
         http,
         base: base.to_owned(),
+        others: Vec::new(),
         token: token(),
         ids,
         next_new: AtomicU64::new(next_new),
@@ -525,7 +557,10 @@ async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {
         other => other,
     };
     let n = (rng >> 8) as usize % client.ids.len().max(1);
-    let base = &client.base;
+    let base = match rng as usize % (client.others.len() + 1) {
+        0 => &client.base,
+        i => &client.others[i - 1],
+    };
     let req = match kind {
         Scenario::Healthz => client.http.get(format!("{base}/healthz")),
         Scenario::Create => {

@@ -53,7 +53,7 @@ const SWEEP_LOCK: i32 = 0x6375_7701; // "cuw" + 1
 /// The lock's second key: the session's schema.
 const LOCK_SCHEMA: &str = "hashtext(current_schema())";
 /// How often a writer whose events another node integrates looks for their seqs.
-const SEQ_POLL: Duration = Duration::from_millis(5);
+const SEQ_POLL: Duration = Duration::from_millis(20);
 /// Longest a write waits for its events' seqs after its commit before answering unavailable.
 const SEQ_WAIT: Duration = Duration::from_secs(30);
 
@@ -395,7 +395,7 @@ impl Shared {
     async fn first_seq(&self, write_id: i64, mut rx: oneshot::Receiver<u64>) -> Result<u64, StoreError> {
         let deadline = tokio::time::Instant::now() + SEQ_WAIT;
         loop {
-            match tokio::time::timeout(SEQ_POLL * 4, &mut rx).await {
+            match tokio::time::timeout(SEQ_POLL, &mut rx).await {
                 Ok(Ok(seq)) => return Ok(seq),
                 Ok(Err(_)) => tokio::time::sleep(SEQ_POLL).await,
                 Err(_) => {}
