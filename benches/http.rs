@@ -15,6 +15,10 @@
 //! `CUSTODIA_MASTER_KEY_PKCS11_KEY` and the other `CUSTODIA_MASTER_KEY_PKCS11_*` settings (and
 //! `SOFTHSM2_CONF` for SoftHSM) in the environment, the server's master key is that HSM key
 //! instead of the built-in file key (README: "The master key in an HSM").
+//! `HTTP_BENCH_DATABASE_URL=URL` runs the server on PostgreSQL at URL (`CUSTODIA_STORE=postgres`;
+//! give it an empty database or schema) instead of sled; the restart then reopens that database.
+//! With it, `HTTP_BENCH_NODES=N` starts N servers on that database and spreads each scenario's
+//! requests over them (preloads, metrics, TLS and the restart use the first).
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to `healthz`, the mean
 //! group-commit batch from the server's metrics and the bytes the server wrote to disk per
 //! request, from `/proc/PID/io`), the server's peak RSS and data-directory size, and writes the
@@ -79,6 +83,9 @@ struct Outcome {
     mean_batch: Option<f64>,
     /// Bytes the server wrote to disk per request during the scenario.
     write_bytes_per_request: Option<f64>,
+    /// PostgreSQL: events the sequencer integrated per second, and the commit-to-seq delay's
+    /// p50 and p99 (histogram bucket bounds, seconds).
+    integration: Option<(f64, Option<f64>, Option<f64>)>,
     requests: usize,
     errors: usize,
     elapsed: Duration,
@@ -119,9 +126,29 @@ fn main() {
     }
     let (mut child, base) = start_server(dir.path(), true, &[]);
     let pid = child.id();
+    // More nodes on the same PostgreSQL database, each with a copy of the first's epoch keys.
+    let nodes = if smoke { 1 } else { env("HTTP_BENCH_NODES", 1.0) as usize };
+    assert!(
+        nodes <= 1 || std::env::var_os("HTTP_BENCH_DATABASE_URL").is_some(),
+        "HTTP_BENCH_NODES needs HTTP_BENCH_DATABASE_URL: nodes share a database"
+    );
+    let mut extra = Vec::new();
+    for _ in 1..nodes.max(1) {
+        let node_dir = tempfile::tempdir().expect("temp dir");
+        std::fs::copy(dir.path().join("epoch-keys"), node_dir.path().join("epoch-keys")).expect("epoch keys");
+        let (node, node_base) = start_server(node_dir.path(), false, &[]);
+        extra.push((node_dir, node, node_base));
+    }
+    let others: Vec<String> = extra.iter().map(|(_, _, b)| b.clone()).collect();
+    if !others.is_empty() {
+        println!("{} nodes on one database: {base} and {}", others.len() + 1, others.join(", "));
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (mut outcomes, ids, next_new) = runtime.block_on(run(&config, &base, pid));
+    let (mut outcomes, ids, next_new) = runtime.block_on(run(&config, &base, &others, pid));
     let rss_kib = peak_rss_kib(pid);
+    for (_, node, _) in &mut extra {
+        stop_server(node, false);
+    }
     stop_server(&mut child, true);
     if std::env::var_os("HTTP_BENCH_TLS").is_some() {
         let certs = tempfile::tempdir().expect("temp dir");
@@ -195,6 +222,9 @@ fn start_server(data_dir: &Path, profiled: bool, env: &[(&str, std::ffi::OsStrin
     if std::env::var_os("CUSTODIA_MASTER_KEY_PKCS11_KEY").is_none() {
         command.env("CUSTODIA_MASTER_KEY", MASTER_KEY);
     }
+    if let Ok(url) = std::env::var("HTTP_BENCH_DATABASE_URL") {
+        command.env("CUSTODIA_STORE", "postgres").env("CUSTODIA_DATABASE_URL", url);
+    }
     let mut child = command
         .arg("serve")
         .env("CUSTODIA_LISTEN", "127.0.0.1:0")
@@ -250,6 +280,9 @@ fn customer_body(n: usize) -> Value {
 struct Client {
     http: reqwest::Client,
     base: String,
+    /// Further nodes on the same database (`HTTP_BENCH_NODES`): scenario requests go to `base`
+    /// and these in turn; preloads and metrics go to `base`.
+    others: Vec<String>,
     token: String,
     ids: Vec<String>,
     next_new: AtomicU64,
@@ -257,10 +290,16 @@ struct Client {
 
 /// The scenarios over plain HTTP; also answers the preloaded ids and the next new customer
 /// number, for a second server over the same data.
-async fn run(config: &Config, base: &str, pid: u32) -> (Vec<Outcome>, Vec<String>, u64) {
+async fn run(config: &Config, base: &str, others: &[String], pid: u32) -> (Vec<Outcome>, Vec<String>, u64) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(config.connections).build().unwrap();
-    let mut client =
-        Client { http, base: base.to_owned(), token: token(), ids: Vec::new(), next_new: AtomicU64::new(0) };
+    let mut client = Client {
+        http,
+        base: base.to_owned(),
+        others: others.to_vec(),
+        token: token(),
+        ids: Vec::new(),
+        next_new: AtomicU64::new(0),
+    };
     let started = Instant::now();
     client.ids = preload(&client, config, 0..config.customers).await;
     client.next_new.store(config.customers as u64, Ordering::Relaxed);
@@ -319,6 +358,7 @@ async fn run_tls(
     let client = Arc::new(Client {
         http,
         base: base.to_owned(),
+        others: Vec::new(),
         token: token(),
         ids,
         next_new: AtomicU64::new(next_new),
@@ -351,15 +391,52 @@ fn test_certificate(dir: &Path) -> (String, std::path::PathBuf, std::path::PathB
     (ca_pem, cert_file, key_file)
 }
 
-/// The server's group-commit batch histogram (sum, count) from `/metrics`.
+/// The server's group-commit batch histogram (sum, count) from `/metrics`; on PostgreSQL the
+/// sequencer's batches (events per integration) instead.
 async fn batch_totals(client: &Client) -> Option<(f64, f64)> {
-    let text = client.http.get(format!("{}/metrics", client.base)).send().await.ok()?.text().await.ok()?;
-    let value = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-    };
-    Some((value("custodia_group_commit_batch_size_sum")?, value("custodia_group_commit_batch_size_count")?))
+    let text = metrics_text(client).await?;
+    let value = |name: &str| metric_value(&text, name);
+    value("custodia_group_commit_batch_size_sum")
+        .zip(value("custodia_group_commit_batch_size_count"))
+        .or_else(|| {
+            value("custodia_audit_integration_batch_size_sum")
+                .zip(value("custodia_audit_integration_batch_size_count"))
+        })
+}
+
+async fn metrics_text(client: &Client) -> Option<String> {
+    client.http.get(format!("{}/metrics", client.base)).send().await.ok()?.text().await.ok()
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+}
+
+/// The PostgreSQL sequencer's commit-to-seq delay histogram: (upper bound in s, cumulative count).
+async fn delay_buckets(client: &Client) -> Vec<(f64, f64)> {
+    let Some(text) = metrics_text(client).await else { return Vec::new() };
+    let prefix = "custodia_audit_integration_delay_seconds_bucket{le=\"";
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(prefix)?;
+            let (le, value) = rest.split_once("\"}")?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The bucket bound at quantile `q` of the delays recorded between two scrapes.
+fn delay_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let base = |le: f64| before.iter().find(|(b, _)| *b == le).map_or(0.0, |(_, c)| *c);
+    let deltas: Vec<(f64, f64)> = after.iter().map(|(le, c)| (*le, c - base(*le))).collect();
+    let total = deltas.iter().map(|(_, c)| *c).fold(0.0, f64::max);
+    if total <= 0.0 {
+        return None;
+    }
+    deltas.iter().find(|(_, c)| *c >= q * total).map(|(le, _)| *le)
 }
 
 /// Bytes the process has caused to be written to storage (`write_bytes` of `/proc/PID/io`).
@@ -404,6 +481,7 @@ async fn drive(
     grown_to: Option<usize>,
 ) -> Outcome {
     let batches_before = batch_totals(client).await;
+    let delays_before = delay_buckets(client).await;
     let written_before = written_bytes(pid);
     let deadline = Instant::now() + Duration::from_secs_f64(config.seconds);
     let started = Instant::now();
@@ -438,10 +516,19 @@ async fn drive(
     let elapsed = started.elapsed();
     latencies_us.sort_unstable();
     let written = written_bytes(pid).zip(written_before).map(|(after, before)| after.saturating_sub(before));
-    let mean_batch = batch_totals(client)
-        .await
+    let batches_after = batch_totals(client).await;
+    let mean_batch = batches_after
         .zip(batches_before)
         .and_then(|((sum, count), (s0, c0))| (count > c0).then(|| (sum - s0) / (count - c0)));
+    let delays_after = delay_buckets(client).await;
+    let integration = (!delays_after.is_empty()).then(|| {
+        let events = batches_after.zip(batches_before).map_or(0.0, |((sum, _), (s0, _))| sum - s0);
+        (
+            events / elapsed.as_secs_f64(),
+            delay_quantile(&delays_before, &delays_after, 0.5),
+            delay_quantile(&delays_before, &delays_after, 0.99),
+        )
+    });
     let requests = latencies_us.len();
     let label = match grown_to {
         Some(m) => format!("{}@{}k", scenario.name(), m / 1000),
@@ -451,6 +538,7 @@ async fn drive(
         scenario,
         label,
         mean_batch,
+        integration,
         write_bytes_per_request: written.map(|w| w as f64 / requests.max(1) as f64),
         requests,
         errors,
@@ -469,7 +557,10 @@ async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {
         other => other,
     };
     let n = (rng >> 8) as usize % client.ids.len().max(1);
-    let base = &client.base;
+    let base = match rng as usize % (client.others.len() + 1) {
+        0 => &client.base,
+        i => &client.others[i - 1],
+    };
     let req = match kind {
         Scenario::Healthz => client.http.get(format!("{base}/healthz")),
         Scenario::Create => {
@@ -567,11 +658,23 @@ fn report(
             o.mean_batch.map_or("-".into(), |b| format!("{b:.1}")),
             o.write_bytes_per_request.map_or("-".into(), |b| format!("{b:.0}")),
         );
+        if let Some((rate, p50, p99)) = o.integration.filter(|i| i.0 > 0.0) {
+            let ms = |s: Option<f64>| s.map_or("-".into(), |s| format!("≤ {:.1} ms", s * 1e3));
+            println!(
+                "{:<15} sequencer: {rate:.0} events/s integrated, commit-to-seq p50 {}, p99 {}",
+                "",
+                ms(p50),
+                ms(p99)
+            );
+        }
         rows.push(json!({
             "scenario": o.label, "requests_per_s": o.rps(), "p50_ms": o.percentile_ms(0.50),
             "p99_ms": o.percentile_ms(0.99), "p999_ms": o.percentile_ms(0.999), "errors": o.errors,
             "requests": o.requests, "ratio_to_healthz": o.rps() / ceiling,
             "mean_group_commit_batch": o.mean_batch, "write_bytes_per_request": o.write_bytes_per_request,
+            "integrated_events_per_s": o.integration.map(|i| i.0),
+            "integration_delay_p50_s": o.integration.and_then(|i| i.1),
+            "integration_delay_p99_s": o.integration.and_then(|i| i.2),
         }));
     }
     let rss_mib = rss_kib.map(|k| k as f64 / 1024.0);

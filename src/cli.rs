@@ -1,5 +1,6 @@
 //! The command line: `serve`, `policy check`, `policy explain`, `policy record`, `keys generate`,
-//! `keys rotate`, `keys hsm-generate`, `audit export`, `audit verify`, `audit report`, `dev-token`.
+//! `keys rotate`, `keys hsm-generate`, `audit export`, `audit verify`, `audit report`, `db migrate`,
+//! `store copy`, `dev-token`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,16 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Move a store to another backend.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Work with the PostgreSQL database (`CUSTODIA_STORE=postgres`).
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
     /// Mint a token signed with the configured HS256 secret (or the --dev one).
     DevToken {
         /// merchant, customer or auditor.
@@ -58,6 +69,33 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
         /// A TOML config file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommand {
+    /// Copy the sled store of a stopped server into the empty PostgreSQL database named by
+    /// CUSTODIA_DATABASE_URL (not an argument: a URL holds a password, and arguments are visible
+    /// to every user), then verify the copy: the same log head, and its root at the newest
+    /// signed checkpoint's size equal to the root that checkpoint signs.
+    Copy {
+        /// The stopped server's data directory (its store is `DIR/store`).
+        #[arg(long)]
+        from_dir: PathBuf,
+        /// A TOML config file (environment variables override it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Create or migrate the schema to this build's version (servers also do it on start;
+    /// safe while other nodes run or start).
+    Migrate {
+        /// A TOML config file (environment variables override it).
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -255,6 +293,10 @@ impl Cli {
                 }
             }
             Command::Keys { command: KeysCommand::Rotate { config } } => report(rotate(config).await),
+            Command::Db { command: DbCommand::Migrate { config } } => report(db_migrate(config).await),
+            Command::Store { command: StoreCommand::Copy { from_dir, config } } => {
+                report(store_copy(from_dir, config).await)
+            }
             Command::Keys { command: KeysCommand::HsmGenerate { label, config } } => {
                 report(crate::crypto::off_async_workers(move || hsm_generate(label, config)).await)
             }
@@ -378,6 +420,61 @@ async fn rotate(config: Option<PathBuf>) -> Result<(), Error> {
     store.close().await?;
     println!(
         "rotation complete: {rewrapped} customer keys re-wrapped; the previous master keys can now be removed"
+    );
+    Ok(())
+}
+
+async fn db_migrate(config: Option<PathBuf>) -> Result<(), Error> {
+    let settings = Settings::load(config.as_deref())?;
+    let crate::store::StorageSettings::Postgres(pg) = settings.storage() else {
+        return Err(Error::Config(crate::config::ConfigError::Env {
+            name: "CUSTODIA_STORE",
+            message: "must be postgres for db migrate (sled needs no migration)".into(),
+        }));
+    };
+    let (found, now) = crate::store::migrate_postgres(&pg).await?;
+    if found == now {
+        println!("database schema already at version {now}");
+    } else {
+        println!("database schema migrated from version {found} to {now}");
+    }
+    Ok(())
+}
+
+async fn store_copy(from_dir: PathBuf, config: Option<PathBuf>) -> Result<(), Error> {
+    use crate::store::StorageSettings;
+    let settings = Settings::load(config.as_deref())?;
+    let Some(url) = &settings.database_url else {
+        return Err(Error::Config(crate::config::ConfigError::Env {
+            name: "CUSTODIA_DATABASE_URL",
+            message: "must name the empty PostgreSQL database to copy into".into(),
+        }));
+    };
+    let dir = from_dir.join("store");
+    if !dir.is_dir() {
+        return Err(Error::Copy(crate::copy::CopyError::Refused(format!(
+            "{} holds no store (give the data directory of a stopped server)",
+            from_dir.display()
+        ))));
+    }
+    let tree = std::sync::Arc::new(crate::audit::tree::Tree);
+    let cache_bytes = settings.cache_mb * 1024 * 1024;
+    let from = crate::store::open(&StorageSettings::Sled { dir, cache_bytes }, tree.clone())?;
+    let to = crate::store::open(&StorageSettings::Postgres(settings.postgres(url)), tree)?;
+    let copied = crate::copy::copy_store(from.as_ref(), to.as_ref()).await;
+    from.close().await?;
+    to.close().await?;
+    let copied = copied?;
+    println!(
+        "copied {} customers, {} audit events and {} metadata values; {}",
+        copied.customers,
+        copied.events,
+        copied.meta,
+        match copied.checkpoint {
+            Some(size) =>
+                format!("the copied log's root at size {size} matches the newest signed checkpoint"),
+            None => "the source had no signed checkpoint".to_owned(),
+        }
     );
     Ok(())
 }

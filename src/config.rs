@@ -124,12 +124,35 @@ pub struct Settings {
     /// A syslog receiver every committed audit event is sent to, RFC 5424, as
     /// `tcp://host:port` or `udp://host:port` (`CUSTODIA_AUDIT_STREAM_SYSLOG`).
     pub audit_stream_syslog: Option<String>,
+    /// The storage backend: `sled` (the embedded default) or `postgres` (`CUSTODIA_STORE`).
+    pub store: StoreKind,
+    /// The PostgreSQL connection URL or `key=value` string (`CUSTODIA_DATABASE_URL`); a secret
+    /// (it holds the password).
+    pub database_url: Option<SecretString>,
+    /// Most database connections per node (`CUSTODIA_DATABASE_POOL_SIZE`, at least 1).
+    pub database_pool_size: usize,
+    /// Longest wait to connect to the database or for a free connection, in milliseconds
+    /// (`CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS`, at least 1).
+    pub database_connect_timeout_ms: u64,
+    /// PEM file of the CA certificates trusted for the database's TLS certificate
+    /// (`CUSTODIA_DATABASE_CA_FILE`); unset: the system's roots.
+    pub database_ca_file: Option<PathBuf>,
     /// Generate missing keys into the data directory (`serve --dev`).
     pub dev: bool,
     /// The clock audit events are stamped with. Not a configuration setting (no file key, no
     /// environment variable): the system clock, unless code embedding the server (the tests)
     /// shifts it to drive the transparency report's month boundaries.
     pub audit_clock: crate::domain::Clock,
+}
+
+/// Which storage backend (`CUSTODIA_STORE`, DESIGN §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// sled in `<data dir>/store`: one node, nothing else to run.
+    Sled,
+    /// PostgreSQL at `CUSTODIA_DATABASE_URL`: several nodes may share it.
+    Postgres,
 }
 
 impl Default for Settings {
@@ -181,6 +204,11 @@ impl Default for Settings {
             audit_stream_file_max_bytes: 100 * 1024 * 1024,
             audit_stream_file_keep: 5,
             audit_stream_syslog: None,
+            store: StoreKind::Sled,
+            database_url: None,
+            database_pool_size: 16,
+            database_connect_timeout_ms: 5_000,
+            database_ca_file: None,
             dev: false,
             audit_clock: crate::domain::Clock::default(),
         }
@@ -275,6 +303,11 @@ struct FileSettings {
     audit_stream_file_max_bytes: Option<u64>,
     audit_stream_file_keep: Option<u32>,
     audit_stream_syslog: Option<String>,
+    store: Option<StoreKind>,
+    database_url: Option<String>,
+    database_pool_size: Option<usize>,
+    database_connect_timeout_ms: Option<u64>,
+    database_ca_file: Option<PathBuf>,
 }
 
 impl Settings {
@@ -332,7 +365,10 @@ impl Settings {
             http2_max_streams,
             tls_client_crl,
             audit_stream_file_max_bytes,
-            audit_stream_file_keep
+            audit_stream_file_keep,
+            store,
+            database_pool_size,
+            database_connect_timeout_ms
         );
         macro_rules! set_opt {
             ($($name:ident),*) => { $( if f.$name.is_some() { self.$name = f.$name; } )* };
@@ -351,8 +387,12 @@ impl Settings {
             tls_key,
             tls_client_ca,
             audit_stream_file,
-            audit_stream_syslog
+            audit_stream_syslog,
+            database_ca_file
         );
+        if let Some(url) = f.database_url {
+            self.database_url = Some(SecretString::from(url));
+        }
         if let Some(k) = f.master_key {
             self.master_key = Some(SecretString::from(k));
         }
@@ -542,6 +582,36 @@ impl Settings {
                 .parse::<crate::audit::stream::SyslogTarget>()
                 .map_err(|message| invalid("CUSTODIA_AUDIT_STREAM_SYSLOG", message))?;
         }
+        if let Some(v) = get("CUSTODIA_STORE") {
+            self.store = match v.as_str() {
+                "sled" => StoreKind::Sled,
+                "postgres" => StoreKind::Postgres,
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "CUSTODIA_STORE",
+                        message: "must be sled or postgres".into(),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_URL") {
+            self.database_url = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_POOL_SIZE") {
+            self.database_pool_size = number("CUSTODIA_DATABASE_POOL_SIZE", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS") {
+            self.database_connect_timeout_ms = number("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_DATABASE_CA_FILE") {
+            self.database_ca_file = Some(v.into());
+        }
+        if self.store == StoreKind::Postgres && self.database_url.is_none() {
+            return Err(ConfigError::Env {
+                name: "CUSTODIA_DATABASE_URL",
+                message: "must be set when CUSTODIA_STORE is postgres".into(),
+            });
+        }
         if self.key_epoch_seconds == 0 {
             return Err(invalid("CUSTODIA_KEY_EPOCH_SECONDS", "must be at least 1".into()));
         }
@@ -554,6 +624,8 @@ impl Settings {
             ("CUSTODIA_HTTP2_MAX_STREAMS", self.http2_max_streams == 0),
             ("CUSTODIA_TRANSPARENCY_REFRESH_SECS", self.transparency_refresh_secs == 0),
             ("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES", self.audit_stream_file_max_bytes == 0),
+            ("CUSTODIA_DATABASE_POOL_SIZE", self.database_pool_size == 0),
+            ("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS", self.database_connect_timeout_ms == 0),
         ] {
             if zero {
                 return Err(invalid(name, "must be at least 1".into()));
@@ -569,11 +641,24 @@ impl Settings {
     }
 
     /// The storage backend these settings select: sled under `data_dir/store`, its cache
-    /// bounded by `cache_mb`.
+    /// bounded by `cache_mb`, or PostgreSQL at `database_url`.
     pub fn storage(&self) -> crate::store::StorageSettings {
-        crate::store::StorageSettings::Sled {
-            dir: self.data_dir.join("store"),
-            cache_bytes: self.cache_mb * 1024 * 1024,
+        match (self.store, &self.database_url) {
+            (StoreKind::Postgres, Some(url)) => crate::store::StorageSettings::Postgres(self.postgres(url)),
+            _ => crate::store::StorageSettings::Sled {
+                dir: self.data_dir.join("store"),
+                cache_bytes: self.cache_mb * 1024 * 1024,
+            },
+        }
+    }
+
+    /// The PostgreSQL settings for `url` with this configuration's pool, timeout and CA.
+    pub fn postgres(&self, url: &SecretString) -> crate::store::PostgresSettings {
+        crate::store::PostgresSettings {
+            url: url.clone(),
+            pool_size: self.database_pool_size,
+            connect_timeout: Duration::from_millis(self.database_connect_timeout_ms),
+            ca_file: self.database_ca_file.clone(),
         }
     }
 
@@ -746,6 +831,11 @@ mod tests {
             "audit_stream_file_max_bytes",
             "audit_stream_file_keep",
             "audit_stream_syslog",
+            "store",
+            "database_url",
+            "database_pool_size",
+            "database_connect_timeout_ms",
+            "database_ca_file",
         ] {
             assert!(text.contains(&format!("{key} = ")), "{key} is not documented in the example");
         }
@@ -764,6 +854,39 @@ mod tests {
         assert_eq!(Settings::load_from(Some(&file), env("300")).unwrap().jwt_max_lifetime_secs, 300);
         let err = Settings::load_from(None, env("15m")).unwrap_err().to_string();
         assert!(err.contains("CUSTODIA_JWT_MAX_LIFETIME_SECS"), "{err}");
+    }
+
+    #[test]
+    fn postgres_is_chosen_by_environment_and_needs_a_url_that_never_prints() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| (*v).to_owned())
+        };
+        assert!(matches!(
+            Settings::load_from(None, |_| None).unwrap().storage(),
+            crate::store::StorageSettings::Sled { .. }
+        ));
+        let err = Settings::load_from(None, env(&[("CUSTODIA_STORE", "postgres")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIA_DATABASE_URL"), "{err}");
+        let err = Settings::load_from(None, env(&[("CUSTODIA_STORE", "mysql")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIA_STORE"), "{err}");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("CUSTODIA_STORE", "postgres"),
+                ("CUSTODIA_DATABASE_URL", "postgres://u:hunter2@db/custodia"),
+                ("CUSTODIA_DATABASE_POOL_SIZE", "4"),
+                ("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS", "250"),
+            ]),
+        )
+        .unwrap();
+        let crate::store::StorageSettings::Postgres(pg) = s.storage() else { panic!("not postgres") };
+        assert_eq!((pg.pool_size, pg.connect_timeout), (4, Duration::from_millis(250)));
+        assert_eq!(pg.url.expose_secret(), "postgres://u:hunter2@db/custodia");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert!(!format!("{:?}", s.storage()).contains("hunter2"));
+        let err =
+            Settings::load_from(None, env(&[("CUSTODIA_DATABASE_POOL_SIZE", "0")])).unwrap_err().to_string();
+        assert!(err.contains("CUSTODIA_DATABASE_POOL_SIZE"), "{err}");
     }
 
     #[test]

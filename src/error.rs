@@ -20,6 +20,9 @@ pub enum Error {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `custodia store copy` stopped.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::CopyError),
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),

@@ -6,6 +6,7 @@ pub mod auditor;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod copy;
 pub mod crypto;
 pub mod domain;
 pub mod error;

@@ -39,6 +39,14 @@ pub const AUDIT_STREAM_DELIVERED: &str = "custodia_audit_stream_delivered_total"
 pub const AUDIT_STREAM_FAILURES: &str = "custodia_audit_stream_failures_total";
 /// Unix time in seconds when a stream sink last confirmed events, by `sink`.
 pub const AUDIT_STREAM_LAST_SUCCESS: &str = "custodia_audit_stream_last_success_timestamp_seconds";
+/// 1 while this node sequences the audit log (PostgreSQL backend), else 0.
+pub const AUDIT_SEQUENCER: &str = "custodia_audit_sequencer";
+/// Events integrated by one sequencer batch (PostgreSQL backend).
+pub const AUDIT_INTEGRATION_BATCH: &str = "custodia_audit_integration_batch_size";
+/// Duration of one sequencer batch in seconds (PostgreSQL backend).
+pub const AUDIT_INTEGRATION_SECONDS: &str = "custodia_audit_integration_seconds";
+/// From a write's commit to its events' seqs, in seconds (PostgreSQL backend).
+pub const AUDIT_INTEGRATION_DELAY: &str = "custodia_audit_integration_delay_seconds";
 
 /// The route label of a request no route matched.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -97,6 +105,9 @@ fn builder() -> PrometheusBuilder {
         (HTTP_DURATION, LATENCY_BUCKETS),
         (GROUP_COMMIT_FLUSH, FLUSH_BUCKETS),
         (GROUP_COMMIT_BATCH, BATCH_BUCKETS),
+        (AUDIT_INTEGRATION_BATCH, BATCH_BUCKETS),
+        (AUDIT_INTEGRATION_SECONDS, FLUSH_BUCKETS),
+        (AUDIT_INTEGRATION_DELAY, LATENCY_BUCKETS),
     ];
     buckets.into_iter().fold(PrometheusBuilder::new(), |builder, (name, values)| {
         // invariant: every bucket list above is non-empty, the only error this returns.
@@ -137,6 +148,21 @@ fn describe() {
         "Unix time when the audit stream sink last confirmed events."
     );
     metrics::describe_histogram!(GROUP_COMMIT_BATCH, "Writes made durable by one group-commit flush.");
+    metrics::describe_gauge!(AUDIT_SEQUENCER, "1 while this node sequences the audit log (PostgreSQL).");
+    metrics::describe_histogram!(
+        AUDIT_INTEGRATION_BATCH,
+        "Events integrated by one sequencer batch (PostgreSQL)."
+    );
+    metrics::describe_histogram!(
+        AUDIT_INTEGRATION_SECONDS,
+        metrics::Unit::Seconds,
+        "Duration of one sequencer batch (PostgreSQL)."
+    );
+    metrics::describe_histogram!(
+        AUDIT_INTEGRATION_DELAY,
+        metrics::Unit::Seconds,
+        "From a write's commit to its events' seqs (PostgreSQL)."
+    );
     metrics::describe_histogram!(
         GROUP_COMMIT_FLUSH,
         metrics::Unit::Seconds,
@@ -196,6 +222,22 @@ pub fn audit_stream_delivered(sink: &'static str, count: u64, now: f64) {
 /// Records a failed delivery to `sink`.
 pub fn audit_stream_failure(sink: &'static str) {
     metrics::counter!(AUDIT_STREAM_FAILURES, "sink" => sink).increment(1);
+}
+
+/// Records whether this node sequences the audit log.
+pub fn audit_sequencer(leading: bool) {
+    metrics::gauge!(AUDIT_SEQUENCER).set(if leading { 1.0 } else { 0.0 });
+}
+
+/// Records one sequencer batch: its events and how long its transaction took.
+pub fn audit_integrated(events: usize, elapsed: Duration) {
+    metrics::histogram!(AUDIT_INTEGRATION_BATCH).record(events as f64);
+    metrics::histogram!(AUDIT_INTEGRATION_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// Records how long a committed write waited for its events' seqs.
+pub fn audit_integration_delay(elapsed: Duration) {
+    metrics::histogram!(AUDIT_INTEGRATION_DELAY).record(elapsed.as_secs_f64());
 }
 
 /// The method as a label: one of the standard verbs, else `other` (an extension method is text

@@ -248,16 +248,38 @@ fn log_open_report(path: &Path, report: &OpenReport) {
     }
 }
 
+/// How often a node without the key-epoch (or master-key rotation) turn asks for it.
+const EPOCH_TURN_RETRY: Duration = Duration::from_millis(500);
+
 /// Rotates key epochs in the background: creates a new epoch every period, re-wraps every data
 /// key to it, destroys old ones (see `vault::epochs`). A step that fails is retried.
+/// Among nodes sharing a store, only the one holding the `epochs` turn steps (see
+/// `Store::exclusive`); the others ask again every [`EPOCH_TURN_RETRY`] (a restarted node may
+/// find its killed predecessor's session not yet ended).
 fn spawn_epochs(vault: Arc<Vault>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut state = EpochState::default();
+        let mut turn = None;
         loop {
+            if turn.is_none() {
+                turn = match vault.store().exclusive("epochs").await {
+                    Ok(turn) => turn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not take the key epoch turn; retrying");
+                        None
+                    }
+                };
+                if turn.is_none() {
+                    tokio::time::sleep(EPOCH_TURN_RETRY).await;
+                    continue;
+                }
+            }
             let wait = match vault.epoch_step(&mut state).await {
                 Ok(wait) => wait,
                 Err(e) => {
                     tracing::error!(error = %e, "a key epoch step failed; retrying in 5 s");
+                    // The turn's session may be what failed: take it again.
+                    turn = None;
                     Duration::from_secs(5)
                 }
             };
@@ -270,9 +292,25 @@ fn spawn_epochs(vault: Arc<Vault>) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Re-wraps every key under the current master key in the background.
+/// Re-wraps every key under the current master key in the background, once this node holds the
+/// `rotation` turn among nodes sharing the store.
 fn spawn_rotation(vault: Arc<Vault>, pause: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Wait for the turn: another node may be rotating (then this one finds little left), or
+        // a killed predecessor's session may not have ended yet.
+        let mut told = false;
+        let _turn = loop {
+            match vault.store().exclusive("rotation").await {
+                Ok(Some(turn)) => break turn,
+                Ok(None) if !told => {
+                    tracing::info!("another node is rotating the master key; waiting for its turn");
+                    told = true;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "could not take the master key rotation turn; retrying"),
+            }
+            tokio::time::sleep(EPOCH_TURN_RETRY).await;
+        };
         tracing::info!("master key rotation started");
         match vault.rotate_master_key(pause).await {
             Ok(n) => tracing::info!(customers = n, "master key rotation completed"),
@@ -310,6 +348,15 @@ fn spawn_retention_sweeps(vault: Arc<Vault>, every: Duration) -> tokio::task::Jo
         loop {
             ticks.tick().await;
             let Some(vault) = vault.upgrade() else { return };
+            // One node at a time among nodes sharing the store; another's sweep covers this round.
+            let _turn = match vault.store().exclusive("retention").await {
+                Ok(Some(turn)) => turn,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "retention sweep not started");
+                    continue;
+                }
+            };
             match vault.purge_expired().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(customers = n, "retention sweep erased expired fields"),

@@ -5,7 +5,7 @@
 //! The seam follows transparency logs (Trillian, Sunlight): a request hands over its change and
 //! its *pending* events; the backend's sequencer gives them seqs and Merkle nodes through the
 //! injected, pure [`Integrator`] and advances the head. Each backend lives in its own folder
-//! (`sled/`, `memory/`) with everything that exists only for it (sled's write-ahead log, group
+//! (`sled/`, `memory/`, `postgres/`) with everything that exists only for it (sled's write-ahead log, group
 //! commit and audit files).
 //!
 //! The store never sees plaintext: records hold only sealed bytes, blind indexes and metadata
@@ -13,6 +13,7 @@
 //! this module; the rest of the crate holds an `Arc<dyn Store>`.
 
 mod memory;
+mod postgres;
 mod record;
 mod sled;
 
@@ -23,6 +24,8 @@ use async_trait::async_trait;
 
 pub use self::memory::MemoryData;
 use self::memory::MemoryStore;
+use self::postgres::PostgresStore;
+pub use self::postgres::{PostgresSettings, migrate as migrate_postgres};
 use self::sled::SledStore;
 pub use record::{
     CardFingerprint, ConsentRecord, ConsentSource, CustomerRecord, IndexEntry, StoredField,
@@ -158,6 +161,23 @@ pub trait Integrator: Send + Sync + 'static {
     fn integrate(&self, head: &TreeHead, pending: Vec<PendingEvent>) -> (Vec<IntegratedLeaf>, TreeHead);
 }
 
+/// A turn at a background sweep ([`Store::exclusive`]): released when dropped.
+#[derive(Default)]
+pub struct Turn(Option<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Turn {
+    /// A turn that lasts as long as `held` (e.g. the database session holding a lock).
+    pub(crate) fn holding(held: impl std::any::Any + Send + Sync) -> Self {
+        Turn(Some(Box::new(held)))
+    }
+}
+
+impl std::fmt::Debug for Turn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Turn(held)" } else { "Turn" })
+    }
+}
+
 /// Which backend, and its settings (DESIGN §8).
 #[derive(Debug, Clone)]
 pub enum StorageSettings {
@@ -171,6 +191,8 @@ pub enum StorageSettings {
     /// Everything in process memory, lost at exit: the reference backend for tests. Opened
     /// twice with the same data, it gives two handles over one store.
     Memory(MemoryData),
+    /// PostgreSQL, shared by several nodes (`CUSTODIA_STORE=postgres`).
+    Postgres(PostgresSettings),
 }
 
 /// Opens the configured backend. The rest of the crate holds the result as `Arc<dyn Store>`
@@ -184,6 +206,7 @@ pub fn open(
             Arc::new(SledStore::open(dir, *cache_bytes, integrator)?)
         }
         StorageSettings::Memory(data) => Arc::new(MemoryStore::open(data, integrator)),
+        StorageSettings::Postgres(settings) => Arc::new(PostgresStore::open(settings, integrator)?),
     })
 }
 
@@ -254,6 +277,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// The checkpoint with the largest size, as (size, note).
     async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
+
+    /// Stores `record` as it is (version, data key and index entries kept) for a customer the
+    /// store does not hold, with no event: for `custodia store copy` into an empty store, whose
+    /// log is copied separately. `VersionConflict` if the customer exists, `UniqueViolation` on
+    /// a clash. Backends that are never a copy's destination refuse it.
+    async fn import(&self, record: CustomerRecord) -> Result<(), StoreError> {
+        let _ = record;
+        Err(StoreError::Unavailable("this backend cannot be the destination of a store copy".into()))
+    }
+
+    /// A turn at the background sweep named `task` (retention, key epochs, master-key
+    /// rotation) among every node sharing this store: `Some` while this node may run it (drop
+    /// the turn to release it), `None` while another node holds it. A single-process backend
+    /// always grants it; PostgreSQL holds an advisory lock in a session of the turn's own.
+    async fn exclusive(&self, task: &str) -> Result<Option<Turn>, StoreError> {
+        let _ = task;
+        Ok(Some(Turn::default()))
+    }
 
     /// Makes everything durable in its final place and releases the backend (at shutdown).
     /// Later calls fail.

@@ -27,9 +27,9 @@ use crate::domain::{Principal, Timestamp};
 use crate::store::Store;
 
 /// Metadata name: the ids of the epochs that may wrap data keys (postcard `Vec<String>`).
-const KEY_EPOCHS: &str = "key_epochs";
+pub(crate) const KEY_EPOCHS: &str = "key_epochs";
 /// Metadata name: the id of the epoch the last complete re-wrap brought every data key under.
-const REWRAPPED_TO: &str = "epoch_rewrapped_to";
+pub(crate) const REWRAPPED_TO: &str = "epoch_rewrapped_to";
 /// How long the task waits at most between looks at the clock.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 

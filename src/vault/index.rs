@@ -33,7 +33,7 @@ use crate::crypto::{BlindIndexKey, CryptoError, DataKey, EpochKey, KeyId};
 use crate::store::{CardFingerprint, CustomerRecord};
 
 /// Metadata name: present once no record holds legacy index entries (value `1`).
-const LEGACY_MIGRATED: &str = "index_legacy_migrated";
+pub(crate) const LEGACY_MIGRATED: &str = "index_legacy_migrated";
 
 /// What the vault remembers about blind indexes.
 #[derive(Debug, Default)]

@@ -41,6 +41,17 @@ pub use rotation::{RewrapPass, SYSTEM_KEYS};
 pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};
 pub use transparency::{COUNTERS_META, REPORT_FORMAT_VERSION, TransparencyCounters, TransparencyReport};
 
+/// Every store metadata name the vault writes (`custodia store copy` moves these). A new name
+/// belongs here too.
+pub const META_NAMES: &[&str] = &[
+    SYSTEM_KEYS,
+    rotation::ROTATED_TO,
+    epochs::KEY_EPOCHS,
+    epochs::REWRAPPED_TO,
+    index::LEGACY_MIGRATED,
+    COUNTERS_META,
+];
+
 /// How often an update is retried when another writer changed the record in between.
 const MAX_WRITE_ATTEMPTS: usize = 8;
 
@@ -120,7 +131,15 @@ impl From<CryptoError> for VaultError {
 
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
-        VaultError::Internal(format!("store: {e}"))
+        match e {
+            // The store cannot be reached (a database outage): nothing was carried out or
+            // audited, so the caller gets 503 and may retry, not 500.
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(%detail, "storage unavailable");
+                VaultError::AuditUnavailable
+            }
+            e => VaultError::Internal(format!("store: {e}")),
+        }
     }
 }
 

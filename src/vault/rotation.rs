@@ -21,7 +21,7 @@ use crate::domain::Principal;
 use crate::store::{CustomerChange, StoreError, Write};
 
 /// Metadata name: the id of the master key every wrap was last brought under.
-const ROTATED_TO: &str = "rotated_to";
+pub(crate) const ROTATED_TO: &str = "rotated_to";
 /// Metadata name of the wrapped vault-wide keys.
 pub const SYSTEM_KEYS: &str = "system_keys";
 const PAGE: usize = 200;

@@ -1,5 +1,9 @@
 //! `spawn_app()`: a real server on a random port over a fresh sled directory, with request
 //! helpers and tokens per audience. Set `TEST_LOG=1` to see the server's logs.
+//!
+//! The backend: sled, or with `CUSTODIA_TEST_STORE=postgres` PostgreSQL, a fresh schema per
+//! test on the server of `CUSTODIA_TEST_DATABASE_URL` (`.ci/run` runs the suite both ways).
+//! Tests that look at sled's files say so with [`sled_only`] and are skipped on PostgreSQL.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
@@ -33,8 +37,68 @@ pub fn fixture(path: &str) -> PathBuf {
 /// tests of copies of the data directory set it outside explicitly.)
 pub const TEST_EPOCH_FILE: &str = "test-epoch-keys";
 
-/// Settings for a test server over `data_dir`.
+/// Whether this run's servers use PostgreSQL (`CUSTODIA_TEST_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    match std::env::var("CUSTODIA_TEST_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sled") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("CUSTODIA_TEST_STORE must be sled or postgres, not {other}"),
+    }
+}
+
+/// For a test that inspects sled's files or process-level sled behaviour: `true` (and a line
+/// saying the test was skipped and why) when this run is on PostgreSQL; the test then returns.
+pub fn sled_only(why: &str) -> bool {
+    let skip = on_postgres();
+    if skip {
+        println!("skipped on PostgreSQL (sled only: {why})");
+        // The harness counts a test that returns as passed: `.ci/run` reads this file to count
+        // it as skipped instead.
+        if let Some(log) = std::env::var_os("CUSTODIA_TEST_SKIP_LOG") {
+            use std::io::Write;
+            let name = std::thread::current().name().unwrap_or("unknown").to_owned();
+            if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+                let _ = writeln!(file, "{name}: {why}");
+            }
+        }
+    }
+    skip
+}
+
+/// The PostgreSQL schema of each test server's data directory, dropped with its [`TestApp`].
+static DATABASES: LazyLock<Mutex<std::collections::HashMap<PathBuf, crate::pg::Database>>> =
+    LazyLock::new(Default::default);
+
+/// Settings for a test server over `data_dir`: on PostgreSQL also a fresh schema, kept for
+/// `data_dir` (a restart over the same directory reuses it).
 pub fn test_settings(data_dir: &Path) -> Settings {
+    let mut settings = sled_test_settings(data_dir);
+    if on_postgres() {
+        let mut databases = DATABASES.lock().unwrap_or_else(|p| p.into_inner());
+        let db = databases.entry(data_dir.to_owned()).or_insert_with(|| {
+            crate::pg::Database::create()
+                .expect("CUSTODIA_TEST_STORE=postgres needs CUSTODIA_TEST_DATABASE_URL")
+        });
+        settings.store = custodia::config::StoreKind::Postgres;
+        settings.database_url = Some(SecretString::from(db.url.clone()));
+        settings.database_pool_size = 8;
+    }
+    settings
+}
+
+/// The environment that puts a `custodia serve` process over `data_dir` on this run's backend.
+pub fn store_env(data_dir: &Path) -> Vec<(String, String)> {
+    let settings = test_settings(data_dir);
+    match &settings.database_url {
+        Some(url) if on_postgres() => vec![
+            ("CUSTODIA_STORE".into(), "postgres".into()),
+            ("CUSTODIA_DATABASE_URL".into(), secrecy::ExposeSecret::expose_secret(url).to_owned()),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+fn sled_test_settings(data_dir: &Path) -> Settings {
     Settings {
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.to_owned(),
@@ -245,9 +309,17 @@ impl TestApp {
         }
     }
 
-    /// Every file under the data directory, concatenated (for plaintext scans).
+    /// Every file under the data directory, concatenated (for plaintext scans); on PostgreSQL
+    /// also every text and byte value in the test's schema.
     pub fn data_dir_bytes(&self) -> Vec<u8> {
-        files_under(self.data_dir.path()).into_iter().flat_map(|(_, bytes)| bytes).collect()
+        let mut bytes: Vec<u8> =
+            files_under(self.data_dir.path()).into_iter().flat_map(|(_, bytes)| bytes).collect();
+        if on_postgres() {
+            let databases = DATABASES.lock().unwrap_or_else(|p| p.into_inner());
+            let db = databases.get(self.data_dir.path()).expect("this app's schema");
+            bytes.extend(db.stored_bytes());
+        }
+        bytes
     }
 }
 
@@ -256,6 +328,9 @@ impl Drop for TestApp {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+        // After a restart this is the fresh, unused directory: the schema stays with the
+        // running app.
+        DATABASES.lock().unwrap_or_else(|p| p.into_inner()).remove(self.data_dir.path());
     }
 }
 
@@ -440,6 +515,7 @@ impl ServerProcess {
             .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
             .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
             .env("CUSTODIA_KEY_EPOCH_FILE", data_dir.join(TEST_EPOCH_FILE))
+            .envs(store_env(data_dir))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());

@@ -21,8 +21,11 @@ mod metrics;
 mod openapi;
 mod operate;
 mod payment;
+#[path = "../support/pg.rs"]
+mod pg;
 mod portal;
 mod request_log;
+mod scale_out;
 mod shredding;
 mod storage;
 mod transparency;

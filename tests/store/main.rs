@@ -3,6 +3,9 @@
 //! more module here.
 
 mod crash_windows;
+#[path = "../support/pg.rs"]
+mod pg;
+mod postgres_only;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use custodia::store::{CustomerRecord, IndexEntry, MemoryData, StorageSettings, S
 pub struct Fixture {
     settings: StorageSettings,
     _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database of the test, dropped after it.
+    _db: Option<pg::Database>,
 }
 
 impl Fixture {
@@ -46,10 +51,10 @@ pub fn record(id: CustomerId, version: u64, entries: Vec<IndexEntry>) -> Custome
 mod sled {
     use super::*;
 
-    fn fixture() -> Fixture {
+    fn fixture() -> Option<Fixture> {
         let dir = tempfile::tempdir().unwrap();
         let settings = StorageSettings::Sled { dir: dir.path().join("store"), cache_bytes: 8 << 20 };
-        Fixture { settings, _dir: Some(dir) }
+        Some(Fixture { settings, _dir: Some(dir), _db: None })
     }
 
     include!("contract.rs");
@@ -58,8 +63,21 @@ mod sled {
 mod memory {
     use super::*;
 
-    fn fixture() -> Fixture {
-        Fixture { settings: StorageSettings::Memory(MemoryData::default()), _dir: None }
+    fn fixture() -> Option<Fixture> {
+        Some(Fixture { settings: StorageSettings::Memory(MemoryData::default()), _dir: None, _db: None })
+    }
+
+    include!("contract.rs");
+}
+
+/// PostgreSQL, when `CUSTODIA_TEST_DATABASE_URL` names a server: each test gets a database of
+/// its own, created from that URL.
+mod postgres {
+    use super::*;
+
+    fn fixture() -> Option<Fixture> {
+        let db = pg::Database::create()?;
+        Some(Fixture { settings: StorageSettings::Postgres(db.settings()), _dir: None, _db: Some(db) })
     }
 
     include!("contract.rs");

@@ -233,6 +233,24 @@ impl Store for MemoryStore {
         Ok(self.state()?.checkpoints.last_key_value().map(|(size, note)| (*size, note.clone())))
     }
 
+    async fn import(&self, record: CustomerRecord) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        let put =
+            CustomerChange::Put { expected_version: record.version.checked_sub(1), record: Box::new(record) };
+        let CustomerChange::Put { record, .. } = &put else { unreachable!("built as a put") };
+        if state.customers.contains_key(&record.id) {
+            return Err(StoreError::VersionConflict);
+        }
+        for entry in record.index_entries.iter().filter(|e| e.unique) {
+            let owners = state.index.get(&(entry.field.clone(), entry.index));
+            if owners.is_some_and(|o| o.iter().any(|owner| owner != &record.id)) {
+                return Err(StoreError::UniqueViolation { field: entry.field.clone() });
+            }
+        }
+        state.change(put);
+        Ok(())
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::Release);
         Ok(())
