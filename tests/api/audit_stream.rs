@@ -102,13 +102,7 @@ async fn the_file_gets_every_event_in_order_rotates_at_the_bound_and_resumes_aft
     wait_for("the file to hold the listed events", || streamed(&path).last().is_some_and(|l| l.0 >= last))
         .await;
 
-    let lines = streamed(&path);
-    let seqs: Vec<u64> = lines.iter().map(|l| l.0).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "in order, no gap, no duplicate");
-    for event in &events {
-        let seq = event["seq"].as_u64().unwrap() as usize;
-        assert_eq!(&serde_json::from_slice::<Value>(&lines[seq].1).unwrap(), event);
-    }
+    let lines = assert_streamed_in_order(&path, &events);
     // Each line is the exact bytes its Merkle leaf hashes.
     let res = app
         .call(
@@ -149,13 +143,7 @@ async fn the_file_gets_every_event_in_order_rotates_at_the_bound_and_resumes_aft
         streamed(&path).last().is_some_and(|l| l.0 >= last)
     })
     .await;
-    let lines = streamed(&path);
-    let seqs: Vec<u64> = lines.iter().map(|l| l.0).collect();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "in order, no gap, no duplicate");
-    for event in &events {
-        let seq = event["seq"].as_u64().unwrap() as usize;
-        assert_eq!(&serde_json::from_slice::<Value>(&lines[seq].1).unwrap(), event);
-    }
+    assert_streamed_in_order(&path, &events);
 }
 
 /// What a syslog listener received: the seq of each event, and each message parsed.
@@ -346,4 +334,17 @@ async fn bad_stream_settings_stop_start_up_naming_the_setting() {
         assert!(!data_dir.path().join("store").exists(), "{name}: the store was opened");
     }
     assert!(!std::env::temp_dir().join("never-written.jsonl").exists());
+}
+
+/// The file sink at `path` holds seqs 0.. in order with no gap or duplicate, and each listed
+/// event as its line; answers the lines.
+fn assert_streamed_in_order(path: &Path, events: &[Value]) -> Vec<(u64, Vec<u8>)> {
+    let lines = streamed(path);
+    let seqs: Vec<u64> = lines.iter().map(|l| l.0).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "in order, no gap, no duplicate");
+    for event in events {
+        let seq = event["seq"].as_u64().unwrap() as usize;
+        assert_eq!(&serde_json::from_slice::<Value>(&lines[seq].1).unwrap(), event);
+    }
+    lines
 }

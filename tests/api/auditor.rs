@@ -397,15 +397,26 @@ pub(crate) async fn custodia(args: &[&str]) -> (bool, String, String) {
 }
 
 pub(crate) async fn export(app: &TestApp, out: &Path) -> (bool, String, String) {
+    export_from(&app.base, &app.auditor(), out).await
+}
+
+/// `custodia audit export` from the server at `base` with an auditor's `token` into `out`.
+pub(crate) async fn export_from(base: &str, token: &str, out: &Path) -> (bool, String, String) {
+    custodia(&["audit", "export", "--url", base, "--token", token, "--out", out.to_str().unwrap()]).await
+}
+
+/// `custodia audit verify` of the export in `dir` (its events, checkpoint and key files).
+pub(crate) async fn verify_export(dir: &Path) -> (bool, String, String) {
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     custodia(&[
         "audit",
-        "export",
-        "--url",
-        &app.base,
-        "--token",
-        &app.auditor(),
-        "--out",
-        out.to_str().unwrap(),
+        "verify",
+        "--events",
+        &file("events.ndjson"),
+        "--checkpoint",
+        &file("checkpoint.txt"),
+        "--key",
+        &file("key.txt"),
     ])
     .await
 }

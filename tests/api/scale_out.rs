@@ -182,30 +182,9 @@ async fn two_nodes_share_one_log_and_survive_the_sequencer_being_killed_mid_load
     // Every acknowledged create has its event; the export from either node verifies.
     for base in [&follower.base, &restarted.base] {
         let out = tempfile::tempdir().unwrap();
-        let (ok, _, err) = crate::auditor::custodia(&[
-            "audit",
-            "export",
-            "--url",
-            base,
-            "--token",
-            &TestApp::auditor_token(),
-            "--out",
-            out.path().to_str().unwrap(),
-        ])
-        .await;
+        let (ok, _, err) = crate::auditor::export_from(base, &TestApp::auditor_token(), out.path()).await;
         assert!(ok, "export from {base}: {err}");
-        let file = |name: &str| out.path().join(name).to_str().unwrap().to_owned();
-        let (ok, stdout, err) = crate::auditor::custodia(&[
-            "audit",
-            "verify",
-            "--events",
-            &file("events.ndjson"),
-            "--checkpoint",
-            &file("checkpoint.txt"),
-            "--key",
-            &file("key.txt"),
-        ])
-        .await;
+        let (ok, stdout, err) = crate::auditor::verify_export(out.path()).await;
         assert!(ok, "verify of the export from {base}: {stdout} {err}");
         let events = std::fs::read_to_string(out.path().join("events.ndjson")).unwrap();
         let created: std::collections::HashSet<String> = events
@@ -430,17 +409,6 @@ async fn store_copy_moves_a_sled_store_to_postgres_and_proves_it_against_the_sig
     let out = tempfile::tempdir().unwrap();
     let (ok, _, err) = crate::auditor::export(&pg, out.path()).await;
     assert!(ok, "{err}");
-    let file = |name: &str| out.path().join(name).to_str().unwrap().to_owned();
-    let (ok, stdout, err) = crate::auditor::custodia(&[
-        "audit",
-        "verify",
-        "--events",
-        &file("events.ndjson"),
-        "--checkpoint",
-        &file("checkpoint.txt"),
-        "--key",
-        &file("key.txt"),
-    ])
-    .await;
+    let (ok, stdout, err) = crate::auditor::verify_export(out.path()).await;
     assert!(ok, "{stdout}{err}");
 }

@@ -264,12 +264,7 @@ async fn one_customer_toggling_a_restriction_cannot_single_out_another() {
     assert_eq!(cell(&m["restrictions"], &[("change", "lifted")]), "fewer than 5");
 
     // The offline recount agrees with the distinct rule.
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("report.json"), closed.to_string()).unwrap();
-    let (ok, _, stderr) = export(&app, dir.path()).await;
-    assert!(ok, "{stderr}");
-    let (ok, stdout, stderr) = audit_report(dir.path(), Some("report.json")).await;
-    assert!(ok, "{stdout}{stderr}");
+    recount_agrees(&app, &closed).await;
 }
 
 /// `custodia audit report` over the export in `dir` (`events.ndjson`, `checkpoint.txt`,
@@ -441,12 +436,7 @@ async fn an_event_stamped_far_ahead_of_the_clock_closes_no_month() {
         closed["months"].as_array().unwrap().iter().map(|m| m["month"].as_str().unwrap()).collect();
     assert_eq!(months, ["2031-03"]);
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("report.json"), closed.to_string()).unwrap();
-    let (ok, _, stderr) = export(&app, dir.path()).await;
-    assert!(ok, "{stderr}");
-    let (ok, stdout, stderr) = audit_report(dir.path(), Some("report.json")).await;
-    assert!(ok, "{stdout}{stderr}");
+    let dir = recount_agrees(&app, &closed).await;
     // A report listing an event that closes nothing is refused.
     let mut lying = closed.clone();
     lying["held_back"] = json!([0]);
@@ -553,4 +543,16 @@ async fn policy_record_prints_the_art_30_record_as_markdown_and_json() {
     let (ok, _, stderr) = custodia(&["policy", "record", "/nonexistent"]).await;
     assert!(!ok);
     assert!(stderr.contains("invalid"), "{stderr}");
+}
+
+/// Exports the log of `app` beside `report` (as `report.json`) and checks that `custodia audit
+/// report` recomputes the same numbers; answers the directory for further checks.
+async fn recount_agrees(app: &TestApp, report: &Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("report.json"), report.to_string()).unwrap();
+    let (ok, _, stderr) = export(app, dir.path()).await;
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = audit_report(dir.path(), Some("report.json")).await;
+    assert!(ok, "{stdout}{stderr}");
+    dir
 }
