@@ -10,7 +10,8 @@
 //! length, persists them ([`HistoryIndex::persist`]), and only then advances `history_len` in
 //! sled; a row written twice is the same row. So after a crash the rows below `history_len`
 //! are all here, and open rebuilds the rest from the audit entries. If the index cannot be
-//! opened at all, it is rebuilt from the whole log (`rebuild`).
+//! opened at all, [`HistoryIndex::open_or_reset`] starts it empty and the store's open rebuilds
+//! every row from the log.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -72,8 +72,8 @@ struct Shared {
     apply: Mutex<Applied>,
     /// The durable head: events below `size` are in the log and synced.
     head: RwLock<TreeHead>,
-    /// (customer, seq) of the entries whose history rows are not in sled yet (at or after the
-    /// stored `history_len`); readers merge them with the rows.
+    /// (customer, seq) of the entries whose history rows are not in the history index yet (at
+    /// or after the stored `history_len`); readers merge them with the rows.
     history_tail: RwLock<BTreeSet<(CustomerId, u64)>>,
     /// Set after any failure that followed a log append: writes answer 503 until a restart.
     poisoned: AtomicBool,
