@@ -103,7 +103,7 @@ impl App {
                 .with_public(settings.public_rate_limit_per_second, settings.public_rate_limit_burst),
         );
         spawn_limiter_pruning(Arc::clone(&limiter));
-        let state = AppState { vault: Arc::clone(&vault), auth: Arc::new(auth), limiter };
+        let state = AppState::new(Arc::clone(&vault), Arc::new(auth), limiter);
         let limits =
             Limits { max_body_bytes: settings.max_body_bytes, request_timeout: settings.request_timeout() };
         let router = http::router(state, limits);

@@ -34,15 +34,35 @@ use crate::vault::Vault;
 use error::ApiError;
 use extract::RequestId;
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, so the clones axum makes for every extractor and
+/// layer of every request touch one reference count, not one per part (`perf` put the drops of
+/// a three-`Arc` state at 2 % of the server's CPU on reads).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+/// What [`AppState`] shares (reached through `Deref`: `state.vault`).
+pub struct AppParts {
     /// The service layer.
     pub vault: Arc<Vault>,
     /// Token verification.
     pub auth: Arc<Authenticator>,
     /// Per-caller request budgets.
     pub limiter: Arc<rate_limit::CallerLimiter>,
+}
+
+impl AppState {
+    /// The state of a router over `vault`, authenticating with `auth` and limiting with `limiter`.
+    pub fn new(vault: Arc<Vault>, auth: Arc<Authenticator>, limiter: Arc<rate_limit::CallerLimiter>) -> Self {
+        AppState(Arc::new(AppParts { vault, auth, limiter }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
 }
 
 /// Limits applied to every request.

@@ -757,11 +757,11 @@ mod fail_closed {
         let vault = Arc::new(Vault::new(policies, store, audit, keyring, keys));
         let auth = Arc::new(Authenticator::hs256(&SecretString::from(SECRET)).unwrap());
         let app = router(
-            AppState {
-                vault: Arc::clone(&vault),
+            AppState::new(
+                Arc::clone(&vault),
                 auth,
-                limiter: Arc::new(custodia::http::rate_limit::CallerLimiter::new(0, 0)),
-            },
+                Arc::new(custodia::http::rate_limit::CallerLimiter::new(0, 0)),
+            ),
             Limits { max_body_bytes: 1 << 16, request_timeout: Duration::from_secs(10) },
         );
         let merchant = TestApp::token_for_tests();

@@ -193,7 +193,7 @@ async fn every_served_route_is_documented() {
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(dir.path());
     let (vault, _store, auth) = custodia::startup::open_vault(&settings).await.expect("vault opens");
-    let state = AppState { vault, auth: Arc::new(auth), limiter: Arc::new(CallerLimiter::new(0, 0)) };
+    let state = AppState::new(vault, Arc::new(auth), Arc::new(CallerLimiter::new(0, 0)));
     let limits = Limits { max_body_bytes: 65_536, request_timeout: Duration::from_secs(10) };
     let router = custodia::http::router(state, limits);
 
