@@ -673,6 +673,10 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_error)
     }
 
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        schema::is_empty(&**self.ready().await?.client().await?).await
+    }
+
     async fn exclusive(&self, task: &str) -> Result<Option<Turn>, StoreError> {
         let shared = self.ready().await?;
         // A session of its own: the lock lasts exactly as long as the turn (or the session).
