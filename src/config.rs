@@ -717,6 +717,7 @@ impl Settings {
             pool_size: self.database_pool_size,
             connect_timeout: Duration::from_millis(self.database_connect_timeout_ms),
             ca_file: self.database_ca_file.clone(),
+            request_timeout: self.request_timeout(),
         }
     }
 
