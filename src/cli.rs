@@ -461,7 +461,23 @@ async fn store_copy(from_dir: PathBuf, config: Option<PathBuf>) -> Result<(), Er
     let cache_bytes = settings.cache_mb * 1024 * 1024;
     let from = crate::store::open(&StorageSettings::Sled { dir, cache_bytes }, tree.clone())?;
     let to = crate::store::open(&StorageSettings::Postgres(settings.postgres(url)), tree)?;
-    let copied = crate::copy::copy_store(from.as_ref(), to.as_ref()).await;
+    // The source's log key checks its newest checkpoint's signature before anything is copied.
+    let copied = match startup::log_verifier(&settings, &from).await {
+        Ok(Some(key)) => crate::copy::copy_store_verified(from.as_ref(), to.as_ref(), &key).await,
+        // No system keys: a store no server opened, which has no checkpoint to check either.
+        Ok(None) => match from.latest_checkpoint().await {
+            Ok(None) => crate::copy::copy_store(from.as_ref(), to.as_ref()).await,
+            Ok(Some(_)) => Err(crate::copy::CopyError::Refused(
+                "the source holds a signed checkpoint but no log key to check it with".into(),
+            )),
+            Err(e) => Err(e.into()),
+        },
+        Err(e) => {
+            from.close().await?;
+            to.close().await?;
+            return Err(e);
+        }
+    };
     from.close().await?;
     to.close().await?;
     let copied = copied?;

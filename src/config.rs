@@ -310,6 +310,62 @@ struct FileSettings {
     database_ca_file: Option<PathBuf>,
 }
 
+/// A config file's parse error without any of the file's text: the file holds secrets
+/// (`database_url`, `jwt_hs256_secret`, `master_key`, PINs), and `toml`'s own rendering quotes
+/// the offending line while serde's messages quote the offending value. Says the parser's
+/// message with every quoted value taken out, the line and column, and the key of that line.
+fn parse_message(e: &toml::de::Error, text: &str) -> String {
+    let message = value_free(e.message().trim());
+    let Some(span) = e.span() else { return message };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() + 1;
+    // The key the line sets, if it looks like `key = …` (a bare key is [A-Za-z0-9_-]).
+    let this_line = text[line_start..].lines().next().unwrap_or("");
+    let key = this_line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
+    match key {
+        Some(key) => format!("{message} (line {line}, column {column}, key {key})"),
+        None => format!("{message} (line {line}, column {column})"),
+    }
+}
+
+/// `message` with the values it quotes replaced by `…`: every `"…"` string, and the
+/// backquoted value after serde's `integer`, `floating point`, `boolean` or `character`. Key
+/// names (`unknown field `x``) and tokens (`expected `=``) stay.
+fn value_free(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    loop {
+        let quote = rest.find('"');
+        let tick = ["integer `", "floating point `", "boolean `", "character `"]
+            .iter()
+            .filter_map(|w| rest.find(w).map(|i| i + w.len() - 1))
+            .min();
+        let (at, close) = match (quote, tick) {
+            (Some(q), Some(t)) if t < q => (t, '`'),
+            (Some(q), _) => (q, '"'),
+            (None, Some(t)) => (t, '`'),
+            (None, None) => break,
+        };
+        out.push_str(&rest[..=at]);
+        out.push('…');
+        // An unclosed quote hides everything after it.
+        match rest[at + 1..].rfind(close).filter(|_| close == '"').or_else(|| rest[at + 1..].find(close)) {
+            Some(end) => {
+                out.push(close);
+                rest = &rest[at + 1 + end + 1..];
+            }
+            None => return out,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 impl Settings {
     /// Defaults, then `file` if given, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -325,8 +381,10 @@ impl Settings {
         if let Some(path) = file {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-            let f: FileSettings = toml::from_str(&text)
-                .map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+            let f: FileSettings = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: parse_message(&e, &text),
+            })?;
             s.apply_file(f);
         }
         s.apply_env(env)?;
@@ -659,6 +717,7 @@ impl Settings {
             pool_size: self.database_pool_size,
             connect_timeout: Duration::from_millis(self.database_connect_timeout_ms),
             ca_file: self.database_ca_file.clone(),
+            request_timeout: self.request_timeout(),
         }
     }
 
@@ -771,6 +830,43 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("environment variable CUSTODIA_IDLE_TIMEOUT_MS"), "{err}");
+    }
+
+    #[test]
+    fn a_malformed_config_file_never_quotes_a_secret_in_its_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("custodia.toml");
+        let secret = "hunter2";
+        let url = format!("postgres://custodia:{secret}@db.internal/custodia?sslmode=require");
+        let files = [
+            // An unterminated string on the secret's line.
+            format!("listen = \"127.0.0.1:9000\"\ndatabase_url = \"{url}\n"),
+            // A syntax error on the line after it.
+            format!("database_url = \"{url}\"\nlisten = = 1\n"),
+            // Wrong types, where serde's message quotes the value.
+            format!("database_url = [\"{url}\"]\n"),
+            format!("previous_master_keys = \"{secret}\"\n"),
+            format!("master_key_pkcs11_pin = 4711{secret}\n"),
+            "master_key_pkcs11_pin = 4711\n".to_owned(),
+            format!("jwt_hs256_secret = {{ value = \"{secret}\" }}\n"),
+            format!("jwt_hs256_secret = '''{secret}\n"),
+            format!("master_key = \"\"\"\n{secret}\n"),
+            format!("database_url = \"{url}\" junk\n"),
+        ];
+        for text in files {
+            std::fs::write(&file, &text).unwrap();
+            let err = Settings::load_from(Some(&file), |_| None).unwrap_err();
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains(secret) && !shown.contains("4711"), "{text:?} gave {shown}");
+            assert!(shown.contains("line "), "{shown}");
+        }
+        // The message still says what is wrong and where.
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nmax_body_bytes = \"lots\"\n").unwrap();
+        let err = Settings::load_from(Some(&file), |_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid type") && err.contains("line 2") && err.contains("max_body_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::str::FromStr;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use crate::audit::checkpoint::VerifierKey;
 use crate::audit::proof::Plan;
 use crate::domain::CustomerId;
 use crate::store::{Hash, PendingEvent, Store, StoreError, Write};
@@ -48,13 +49,63 @@ pub enum CopyError {
     Refused(String),
 }
 
-/// Copies `from` into `to`, which must be empty, and verifies the copy.
+/// Copies `from` into `to`, which must be empty, and verifies the copy against the newest
+/// checkpoint's root. The note's signature is not checked: `custodia store copy` uses
+/// [`copy_store_verified`].
 pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, CopyError> {
-    if to.head().await?.size != 0 || !to.customer_ids(None, 1).await?.is_empty() {
+    copy(from, to, None).await
+}
+
+/// [`copy_store`], and first the source's newest checkpoint note must verify under `verifier`
+/// (the source log's key and origin; C2SP signed-note): an altered source is refused before
+/// anything is written.
+pub async fn copy_store_verified(
+    from: &dyn Store,
+    to: &dyn Store,
+    verifier: &VerifierKey,
+) -> Result<CopyReport, CopyError> {
+    copy(from, to, Some(verifier)).await
+}
+
+async fn copy(
+    from: &dyn Store,
+    to: &dyn Store,
+    verifier: Option<&VerifierKey>,
+) -> Result<CopyReport, CopyError> {
+    // Empty means empty: a node started on the destination leaves metadata, checkpoints or
+    // pending events that the copy would mix with the source's.
+    let mut empty = to.is_empty().await?;
+    for name in crate::vault::META_NAMES {
+        empty = empty && to.meta(name).await?.is_none();
+    }
+    if !empty {
         return Err(CopyError::Refused("the destination is not empty".into()));
     }
     let source_head = from.head().await?;
     let checkpoint = from.latest_checkpoint().await?;
+    // The root the newest checkpoint signs, its signature checked when a key is given.
+    let signed = match (&checkpoint, verifier) {
+        (None, _) => None,
+        (Some((size, note)), None) => Some((*size, note_root(note, *size)?)),
+        (Some((size, note)), Some(key)) => {
+            let opened = std::str::from_utf8(note)
+                .ok()
+                .and_then(|n| key.open_checkpoint(n).ok())
+                .ok_or_else(|| {
+                    CopyError::Refused(format!(
+                        "the source's newest checkpoint (size {size}) does not verify under its log's key and \
+                         origin: was the source altered, or is CUSTODIA_AUDIT_ORIGIN not the source's?"
+                    ))
+                })?;
+            if opened.size != *size {
+                return Err(CopyError::Refused(format!(
+                    "the checkpoint stored for size {size} names size {}",
+                    opened.size
+                )));
+            }
+            Some((*size, opened.root))
+        }
+    };
 
     // The log first: a customer's history rows come with its events.
     let mut next = 0u64;
@@ -112,10 +163,8 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, 
             copied_head.size, source_head.size
         )));
     }
-    let checkpoint = match checkpoint {
-        None => None,
-        Some((size, note)) => {
-            let signed_root = note_root(&note, size)?;
+    let checkpoint = match (checkpoint, signed) {
+        (Some((size, note)), Some((_, signed_root))) => {
             let plan = Plan::root(size);
             let ids = plan.nodes();
             let found = to.nodes(&ids).await?;
@@ -136,6 +185,7 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, 
             }
             Some(size)
         }
+        _ => None,
     };
     Ok(CopyReport { customers, events: source_head.size, meta, checkpoint })
 }

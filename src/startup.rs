@@ -502,6 +502,42 @@ pub fn resolve_keys(settings: &Settings) -> Result<(MasterKeyring, Authenticator
     }
 }
 
+/// The verifier key of the log `store` holds: its checkpoint signing key (unwrapped with the
+/// configured master keys) under the configured origin, for `custodia store copy` to check the
+/// source's newest checkpoint. `None` when the store holds no system keys (a store no server
+/// ever opened). Writes nothing to `store`.
+pub async fn log_verifier(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+) -> Result<Option<crate::audit::checkpoint::VerifierKey>, Error> {
+    if store.meta(SYSTEM_KEYS).await?.is_none() {
+        return Ok(None);
+    }
+    let resolving = settings.clone();
+    let master = crate::crypto::off_async_workers(move || {
+        let mut token = TokenSlot { settings: &resolving, token: None };
+        let current = master_key(&resolving, &mut token)?.ok_or_else(|| {
+            Error::MissingKeys(
+                "no master key (set CUSTODIA_MASTER_KEY, CUSTODIA_MASTER_KEY_FILE or CUSTODIA_MASTER_KEY_PKCS11_KEY): \
+                 the source's checkpoint key is wrapped under it"
+                    .into(),
+            )
+        })?;
+        let previous = resolving
+            .previous_master_keys
+            .iter()
+            .map(|k| previous_master_key(k.expose_secret(), &mut token))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok::<_, Error>(MasterKeyring::new(current, previous))
+    })
+    .await?;
+    let (_, keys, _) = system_keys(store, master).await?;
+    let signer =
+        CheckpointSigner::new(&settings.audit_origin, SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?)
+            .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
+    Ok(Some(signer.verifier_key().clone()))
+}
+
 /// The configured PKCS#11 token, opened (and logged into) on first use only.
 struct TokenSlot<'a> {
     settings: &'a Settings,

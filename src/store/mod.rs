@@ -287,6 +287,16 @@ pub trait Store: Send + Sync + 'static {
         Err(StoreError::Unavailable("this backend cannot be the destination of a store copy".into()))
     }
 
+    /// Whether the store holds nothing: no record, no event (integrated or pending), no
+    /// checkpoint, no metadata. `custodia store copy` only writes into an empty store. This
+    /// default sees records, the log's head and checkpoints; a backend that can be a copy's
+    /// destination looks at everything it keeps.
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.head().await?.size == 0
+            && self.customer_ids(None, 1).await?.is_empty()
+            && self.latest_checkpoint().await?.is_none())
+    }
+
     /// A turn at the background sweep named `task` (retention, key epochs, master-key
     /// rotation) among every node sharing this store: `Some` while this node may run it (drop
     /// the turn to release it), `None` while another node holds it. A single-process backend

@@ -23,6 +23,7 @@ mod operate;
 mod payment;
 #[path = "../support/pg.rs"]
 mod pg;
+mod pg_hardening;
 mod portal;
 mod request_log;
 mod scale_out;

@@ -6,6 +6,7 @@ mod crash_windows;
 #[path = "../support/pg.rs"]
 mod pg;
 mod postgres_only;
+mod postgres_review;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

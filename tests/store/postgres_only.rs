@@ -172,6 +172,7 @@ async fn an_unreachable_database_is_unavailable_within_the_connect_timeout() {
         pool_size: 2,
         connect_timeout: Duration::from_millis(500),
         ca_file: None,
+        request_timeout: Duration::from_secs(10),
     };
     let store = open(&settings);
     let started = std::time::Instant::now();

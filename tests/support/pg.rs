@@ -74,6 +74,12 @@ impl Database {
         Some(Database { admin_url, name, url })
     }
 
+    /// Runs `sql` as the server's administrator (outside this schema's `search_path`); the
+    /// first column of its first row as a number, if any.
+    pub fn admin(&self, sql: &str) -> Option<i64> {
+        query(&self.admin_url, sql.to_owned())
+    }
+
     /// The first column of the first row of `sql` run in this database, as a number.
     pub fn number(&self, sql: &str) -> Option<i64> {
         query(&self.url, sql.to_owned())
@@ -134,6 +140,7 @@ pub fn settings(url: &str) -> PostgresSettings {
         pool_size: 8,
         connect_timeout: Duration::from_secs(5),
         ca_file: None,
+        request_timeout: Duration::from_secs(10),
     }
 }
 

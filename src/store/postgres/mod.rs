@@ -51,7 +51,7 @@ const SEQUENCER_LOCK: i32 = 0x6375_7301; // "cus" + 1
 /// Advisory lock class of the background sweeps, one lock per sweep name.
 const SWEEP_LOCK: i32 = 0x6375_7701; // "cuw" + 1
 /// The lock's second key: the session's schema.
-const LOCK_SCHEMA: &str = "hashtext(current_schema())";
+const LOCK_SCHEMA: &str = "pg_catalog.hashtext(pg_catalog.current_schema()::text)";
 /// How often a writer whose events another node integrates looks for their seqs.
 const SEQ_POLL: Duration = Duration::from_millis(20);
 /// Longest a write waits for its events' seqs after its commit before answering unavailable.
@@ -70,8 +70,11 @@ pub struct PostgresSettings {
     pub connect_timeout: Duration,
     /// PEM file of the CA certificates trusted for the database's TLS certificate
     /// (`CUSTODIA_DATABASE_CA_FILE`); `None`: the system's roots. Used when the URL's `sslmode`
-    /// is `prefer` (the default) or `require`; rustls always verifies the certificate.
+    /// is not `disable`; rustls always verifies the certificate.
     pub ca_file: Option<PathBuf>,
+    /// The node's request timeout (`CUSTODIA_REQUEST_TIMEOUT_MS`): every session's statement,
+    /// lock and idle-transaction timeouts are derived from it, below it.
+    pub request_timeout: Duration,
 }
 
 /// Records, index rows, the log and metadata in one PostgreSQL database.
@@ -134,9 +137,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
-const NEXT_WRITE_ID: &str = "SELECT nextval('write_ids')";
+const NEXT_WRITE_ID: &str = "SELECT pg_catalog.nextval('write_ids')";
 const INSERT_PENDING: &str = "INSERT INTO pending_events (write_id, pos, prefix, time, customer) \
-                              SELECT $1, * FROM unnest($2::int[], $3::bytea[], $4::text[], $5::bytea[])";
+                              SELECT $1, * FROM ROWS FROM (pg_catalog.unnest($2::int[]), pg_catalog.unnest($3::bytea[]), pg_catalog.unnest($4::text[]), pg_catalog.unnest($5::bytea[]))";
 
 /// The columns of a write's pending events, as arrays for one `unnest` insert.
 struct PendingRows<'a> {
@@ -317,7 +320,7 @@ impl Shared {
         // named by its field; racing inserts are caught by the unique index instead.
         if unique.iter().any(|u| *u) {
             let sql = "SELECT e.field FROM index_entries e \
-                       JOIN unnest($2::text[], $3::bytea[], $4::bool[]) AS n(field, index, uniq) \
+                       JOIN ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bytea[]), pg_catalog.unnest($4::bool[])) AS n(field, index, uniq) \
                          ON e.field = n.field AND e.index = n.index \
                        WHERE n.uniq AND e.customer <> $1 LIMIT 1";
             let clash = tx.query_opt(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await?;
@@ -326,7 +329,7 @@ impl Shared {
             }
         }
         let sql = "INSERT INTO index_entries (field, index, customer, unique_entry) \
-                   SELECT n.field, n.index, $1, n.uniq FROM unnest($2::text[], $3::bytea[], $4::bool[]) \
+                   SELECT n.field, n.index, $1, n.uniq FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bytea[]), pg_catalog.unnest($4::bool[])) \
                      AS n(field, index, uniq) \
                    ON CONFLICT (field, index, customer) DO NOTHING";
         match tx.execute(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await {
@@ -588,7 +591,7 @@ impl Store for PostgresStore {
         let levels: Vec<i16> = ids.iter().map(|(l, _)| i16::from(*l)).collect();
         let indexes: Vec<i64> = ids.iter().map(|(_, i)| to_i64(*i)).collect();
         let sql = "SELECT n.level, n.idx, n.hash FROM merkle_nodes n \
-                   JOIN unnest($1::smallint[], $2::bigint[]) AS w(level, idx) \
+                   JOIN ROWS FROM (pg_catalog.unnest($1::smallint[]), pg_catalog.unnest($2::bigint[])) AS w(level, idx) \
                      ON n.level = w.level AND n.idx = w.idx";
         let st = client.prepare_cached(sql).await.map_err(db_error)?;
         let rows = client.query(&st, &[&levels, &indexes]).await.map_err(db_error)?;
@@ -673,11 +676,15 @@ impl Store for PostgresStore {
         tx.commit().await.map_err(db_error)
     }
 
+    async fn is_empty(&self) -> Result<bool, StoreError> {
+        schema::is_empty(&**self.ready().await?.client().await?).await
+    }
+
     async fn exclusive(&self, task: &str) -> Result<Option<Turn>, StoreError> {
         let shared = self.ready().await?;
         // A session of its own: the lock lasts exactly as long as the turn (or the session).
         let client = shared.connector.connect().await?;
-        let sql = "SELECT pg_try_advisory_lock($1, hashtext(current_schema() || '/' || $2::text))";
+        let sql = "SELECT pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext(pg_catalog.concat(pg_catalog.current_schema(), '/', $2::text)))";
         let got: bool = client.query_one(sql, &[&SWEEP_LOCK, &task]).await.map_err(db_error)?.get(0);
         Ok(got.then(|| Turn::holding(client)))
     }

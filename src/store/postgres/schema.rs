@@ -91,12 +91,13 @@ pub(super) const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 /// database migrated by a newer build.
 pub(super) async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
     client
-        .execute(&format!("SELECT pg_advisory_lock($1, {LOCK_SCHEMA})"), &[&MIGRATE_LOCK])
+        .execute(&format!("SELECT pg_catalog.pg_advisory_lock($1, {LOCK_SCHEMA})"), &[&MIGRATE_LOCK])
         .await
         .map_err(db_error)?;
     let result = migrate_locked(client).await;
-    let unlock =
-        client.execute(&format!("SELECT pg_advisory_unlock($1, {LOCK_SCHEMA})"), &[&MIGRATE_LOCK]).await;
+    let unlock = client
+        .execute(&format!("SELECT pg_catalog.pg_advisory_unlock($1, {LOCK_SCHEMA})"), &[&MIGRATE_LOCK])
+        .await;
     let found = result?;
     unlock.map_err(db_error)?;
     Ok(found)
@@ -113,7 +114,7 @@ async fn migrate_locked(client: &mut Client) -> Result<i32, StoreError> {
         .await
         .map_err(db_error)?;
     let row = client
-        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .query_one("SELECT coalesce(pg_catalog.max(version), 0) FROM schema_version", &[])
         .await
         .map_err(db_error)?;
     let found: i32 = row.get(0);
@@ -134,4 +135,15 @@ async fn migrate_locked(client: &mut Client) -> Result<i32, StoreError> {
         tracing::info!(version, "database schema migrated");
     }
     Ok(found)
+}
+
+/// Whether every table of the schema is empty and the head at size 0 (one query): a `store
+/// copy` destination must be. A table a later migration adds belongs here too.
+pub(super) async fn is_empty(client: &Client) -> Result<bool, StoreError> {
+    let sql = "SELECT NOT (EXISTS (SELECT FROM customers) OR EXISTS (SELECT FROM index_entries) \
+               OR EXISTS (SELECT FROM pending_events) OR EXISTS (SELECT FROM write_seqs) \
+               OR EXISTS (SELECT FROM audit_events) OR EXISTS (SELECT FROM merkle_nodes) \
+               OR EXISTS (SELECT FROM customer_history) OR EXISTS (SELECT FROM checkpoints) \
+               OR EXISTS (SELECT FROM meta) OR EXISTS (SELECT FROM log_head WHERE size <> 0))";
+    Ok(client.query_one(sql, &[]).await.map_err(db_error)?.get(0))
 }

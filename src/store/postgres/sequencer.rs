@@ -50,10 +50,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// Takes the lock (waiting while another node holds it), then integrates until stopped. `Ok`
 /// only when stopped.
 async fn lead(shared: &Shared, stop: &mut watch::Receiver<bool>) -> Result<(), StoreError> {
-    let mut client = shared.connector.connect().await?;
+    let mut client = shared.connector.connect_sequencer().await?;
     loop {
         let row = client
-            .query_one(&format!("SELECT pg_try_advisory_lock($1, {LOCK_SCHEMA})"), &[&SEQUENCER_LOCK])
+            .query_one(
+                &format!("SELECT pg_catalog.pg_try_advisory_lock($1, {LOCK_SCHEMA})"),
+                &[&SEQUENCER_LOCK],
+            )
             .await
             .map_err(db_error)?;
         if row.get::<_, bool>(0) {
@@ -72,8 +75,9 @@ async fn lead(shared: &Shared, stop: &mut watch::Receiver<bool>) -> Result<(), S
     let result = integrate_until_stopped(shared, &mut client, stop).await;
     crate::metric::audit_sequencer(false);
     // Let go at once rather than when the session ends, so a successor need not wait.
-    let _ =
-        client.execute(&format!("SELECT pg_advisory_unlock($1, {LOCK_SCHEMA})"), &[&SEQUENCER_LOCK]).await;
+    let _ = client
+        .execute(&format!("SELECT pg_catalog.pg_advisory_unlock($1, {LOCK_SCHEMA})"), &[&SEQUENCER_LOCK])
+        .await;
     result
 }
 
@@ -100,20 +104,20 @@ impl Statements {
                  ORDER BY write_id, pos",
             )
             .await?,
-            events: prepare("INSERT INTO audit_events (seq, event) SELECT * FROM unnest($1::bigint[], $2::bytea[])")
+            events: prepare("INSERT INTO audit_events (seq, event) SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bytea[]))")
                 .await?,
             nodes: prepare(
                 "INSERT INTO merkle_nodes (level, idx, hash) \
-                 SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])",
+                 SELECT * FROM ROWS FROM (pg_catalog.unnest($1::smallint[]), pg_catalog.unnest($2::bigint[]), pg_catalog.unnest($3::bytea[]))",
             )
             .await?,
             history: prepare(
-                "INSERT INTO customer_history (customer, seq) SELECT * FROM unnest($1::bytea[], $2::bigint[])",
+                "INSERT INTO customer_history (customer, seq) SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bytea[]), pg_catalog.unnest($2::bigint[]))",
             )
             .await?,
             integrated: prepare("DELETE FROM pending_events WHERE write_id = ANY($1)").await?,
             seqs: prepare(
-                "INSERT INTO write_seqs (write_id, first_seq) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                "INSERT INTO write_seqs (write_id, first_seq) SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[]))",
             )
             .await?,
             advance: prepare("UPDATE log_head SET size = $1, roots = $2 WHERE size = $3").await?,
@@ -138,8 +142,9 @@ async fn integrate_until_stopped(
             continue;
         }
         if pruned.elapsed() > Duration::from_secs(60) {
-            let sql =
-                format!("DELETE FROM write_seqs WHERE integrated_at < now() - interval '{WRITE_SEQS_KEPT}'");
+            let sql = format!(
+                "DELETE FROM write_seqs WHERE integrated_at < pg_catalog.now() - interval '{WRITE_SEQS_KEPT}'"
+            );
             client.execute(sql.as_str(), &[]).await.map_err(db_error)?;
             pruned = tokio::time::Instant::now();
         }
