@@ -20,7 +20,7 @@ use crate::domain::CustomerId;
 use crate::store::{Hash, PendingEvent, Store, StoreError, Write};
 
 /// Events re-appended per write (one write's events get adjacent seqs).
-const EVENTS_PER_WRITE: usize = 500;
+pub(crate) const EVENTS_PER_WRITE: usize = 500;
 /// Customers read and imported per page.
 const CUSTOMERS_PER_PAGE: usize = 200;
 
@@ -50,9 +50,7 @@ pub enum CopyError {
 
 /// Copies `from` into `to`, which must be empty, and verifies the copy.
 pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, CopyError> {
-    if to.head().await?.size != 0 || !to.customer_ids(None, 1).await?.is_empty() {
-        return Err(CopyError::Refused("the destination is not empty".into()));
-    }
+    refuse_unless_empty(to).await?;
     let source_head = from.head().await?;
     let checkpoint = from.latest_checkpoint().await?;
 
@@ -66,19 +64,7 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, 
                 source_head.size
             )));
         }
-        let mut events = Vec::with_capacity(page.len());
-        for (i, (seq, bytes)) in page.iter().enumerate() {
-            if *seq != next + i as u64 {
-                return Err(CopyError::Refused(format!("the source log skips seq {}", next + i as u64)));
-            }
-            events.push(pending_of(*seq, bytes)?);
-        }
-        let count = events.len() as u64;
-        let written = to.write(Write { change: None, events }).await?;
-        if written.seqs.first() != Some(&next) {
-            return Err(CopyError::Refused(format!("the destination's log did not continue at seq {next}")));
-        }
-        next += count;
+        next = append_leaves(to, next, &page).await?;
     }
 
     let mut customers = 0u64;
@@ -115,29 +101,63 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, 
     let checkpoint = match checkpoint {
         None => None,
         Some((size, note)) => {
-            let signed_root = note_root(&note, size)?;
-            let plan = Plan::root(size);
-            let ids = plan.nodes();
-            let found = to.nodes(&ids).await?;
-            let nodes: std::collections::HashMap<(u8, u64), Hash> =
-                ids.into_iter().zip(found).filter_map(|(id, hash)| hash.map(|h| (id, h))).collect();
-            let root = plan
-                .assemble_root(&nodes)
-                .map_err(|e| CopyError::Refused(format!("the copied log has no root at size {size}: {e}")))?;
-            if root != signed_root {
-                return Err(CopyError::Refused(format!(
-                    "the copied log's root at size {size} is not the one the newest signed checkpoint names"
-                )));
-            }
-            if to.put_checkpoint(size, note.clone()).await? != note {
-                return Err(CopyError::Refused(format!(
-                    "the destination holds another checkpoint for size {size}"
-                )));
-            }
+            put_verified_checkpoint(to, size, note).await?;
             Some(size)
         }
     };
     Ok(CopyReport { customers, events: source_head.size, meta, checkpoint })
+}
+
+/// Refuses a destination that holds a log, a customer or the vault's keys.
+pub(crate) async fn refuse_unless_empty(to: &dyn Store) -> Result<(), CopyError> {
+    if to.head().await?.size != 0
+        || !to.customer_ids(None, 1).await?.is_empty()
+        || to.meta(crate::vault::SYSTEM_KEYS).await?.is_some()
+    {
+        return Err(CopyError::Refused("the destination is not empty".into()));
+    }
+    Ok(())
+}
+
+/// Re-appends `leaves` (seq, stored canonical JSON), which must continue the destination's log
+/// at `next` with adjacent seqs, as one write; returns the seq after the last.
+pub(crate) async fn append_leaves(to: &dyn Store, next: u64, leaves: &[(u64, Vec<u8>)]) -> Result<u64, CopyError> {
+    let mut events = Vec::with_capacity(leaves.len());
+    for (i, (seq, bytes)) in leaves.iter().enumerate() {
+        if *seq != next + i as u64 {
+            return Err(CopyError::Refused(format!("the source log skips seq {}", next + i as u64)));
+        }
+        events.push(pending_of(*seq, bytes)?);
+    }
+    let count = events.len() as u64;
+    let written = to.write(Write { change: None, events }).await?;
+    if written.seqs.first() != Some(&next) {
+        return Err(CopyError::Refused(format!("the destination's log did not continue at seq {next}")));
+    }
+    Ok(next + count)
+}
+
+/// Stores the signed checkpoint `note` of `size` in `to` after recomputing, from the nodes `to`
+/// holds, the root it signs: a copied or restored log proves itself before it is kept.
+pub(crate) async fn put_verified_checkpoint(to: &dyn Store, size: u64, note: Vec<u8>) -> Result<(), CopyError> {
+    let signed_root = note_root(&note, size)?;
+    let plan = Plan::root(size);
+    let ids = plan.nodes();
+    let found = to.nodes(&ids).await?;
+    let nodes: std::collections::HashMap<(u8, u64), Hash> =
+        ids.into_iter().zip(found).filter_map(|(id, hash)| hash.map(|h| (id, h))).collect();
+    let root = plan
+        .assemble_root(&nodes)
+        .map_err(|e| CopyError::Refused(format!("the copied log has no root at size {size}: {e}")))?;
+    if root != signed_root {
+        return Err(CopyError::Refused(format!(
+            "the copied log's root at size {size} is not the one the newest signed checkpoint names"
+        )));
+    }
+    if to.put_checkpoint(size, note.clone()).await? != note {
+        return Err(CopyError::Refused(format!("the destination holds another checkpoint for size {size}")));
+    }
+    Ok(())
 }
 
 /// The pending event whose leaf at `seq` is `bytes`: the bytes without their trailing `seq` and
