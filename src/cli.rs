@@ -560,17 +560,18 @@ fn backup_verify(file: &std::path::Path, key: Option<&str>) -> Result<crate::bac
 async fn backup(out: PathBuf, config: Option<PathBuf>) -> Result<(), Error> {
     let settings = Settings::load(config.as_deref())?;
     let started = std::time::Instant::now();
-    let (summary, bytes, how) = match crate::backup::control::backup_from_server(&settings.data_dir, &out).await? {
-        Some((summary, bytes)) => (summary, bytes, "from the running server"),
-        None => {
-            let (vault, store, _) = startup::open_vault(&settings).await?;
-            let written = crate::backup::write_file(&vault, &out).await;
-            drop(vault);
-            store.close().await?;
-            let (taken, summary) = written?;
-            (summary, taken.bytes, "from the store (no server was running)")
-        }
-    };
+    let (summary, bytes, how) =
+        match crate::backup::control::backup_from_server(&settings.data_dir, &out).await? {
+            Some((summary, bytes)) => (summary, bytes, "from the running server"),
+            None => {
+                let (vault, store, _) = startup::open_vault(&settings).await?;
+                let written = crate::backup::write_file(&vault, &out).await;
+                drop(vault);
+                store.close().await?;
+                let (taken, summary) = written?;
+                (summary, taken.bytes, "from the store (no server was running)")
+            }
+        };
     println!(
         "backup written to {} {how} in {:.1} s: {} bytes, {} customer records, {} audit events \
          (backup point {}), root {}; verified",

@@ -121,7 +121,11 @@ pub(crate) async fn refuse_unless_empty(to: &dyn Store) -> Result<(), CopyError>
 
 /// Re-appends `leaves` (seq, stored canonical JSON), which must continue the destination's log
 /// at `next` with adjacent seqs, as one write; returns the seq after the last.
-pub(crate) async fn append_leaves(to: &dyn Store, next: u64, leaves: &[(u64, Vec<u8>)]) -> Result<u64, CopyError> {
+pub(crate) async fn append_leaves(
+    to: &dyn Store,
+    next: u64,
+    leaves: &[(u64, Vec<u8>)],
+) -> Result<u64, CopyError> {
     let mut events = Vec::with_capacity(leaves.len());
     for (i, (seq, bytes)) in leaves.iter().enumerate() {
         if *seq != next + i as u64 {
@@ -139,7 +143,11 @@ pub(crate) async fn append_leaves(to: &dyn Store, next: u64, leaves: &[(u64, Vec
 
 /// Stores the signed checkpoint `note` of `size` in `to` after recomputing, from the nodes `to`
 /// holds, the root it signs: a copied or restored log proves itself before it is kept.
-pub(crate) async fn put_verified_checkpoint(to: &dyn Store, size: u64, note: Vec<u8>) -> Result<(), CopyError> {
+pub(crate) async fn put_verified_checkpoint(
+    to: &dyn Store,
+    size: u64,
+    note: Vec<u8>,
+) -> Result<(), CopyError> {
     let signed_root = note_root(&note, size)?;
     let plan = Plan::root(size);
     let ids = plan.nodes();

@@ -110,7 +110,9 @@ pub async fn backup_from_server(data_dir: &Path, out: &Path) -> Result<Option<(S
     let path = data_dir.join(SOCKET);
     let mut stream = match UnixStream::connect(&path).await {
         Ok(stream) => stream,
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+        Err(e)
+            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
+        {
             return Ok(None);
         }
         Err(e) => return Err(BackupError::Io(format!("connecting to {}: {e}", path.display()))),

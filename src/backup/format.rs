@@ -186,7 +186,9 @@ impl std::fmt::Display for Summary {
             STANDARD.encode(self.root)
         )?;
         match self.checkpoint {
-            Some(size) => write!(f, "; the root at size {size} matches the signed checkpoint, signed by {}", self.key),
+            Some(size) => {
+                write!(f, "; the root at size {size} matches the signed checkpoint, signed by {}", self.key)
+            }
             None => f.write_str("; the log was empty (no checkpoint)"),
         }
     }
@@ -297,7 +299,9 @@ impl<R: BufRead> Reader<R> {
             }
             if self.line_no == 1 {
                 if raw != format!("{MAGIC}\n").as_bytes() {
-                    return Err(self.invalid(format!("not a Custodia backup of format 1 (expected {MAGIC:?})")));
+                    return Err(
+                        self.invalid(format!("not a Custodia backup of format 1 (expected {MAGIC:?})"))
+                    );
                 }
                 self.hash.update(&raw);
                 continue;
@@ -365,9 +369,9 @@ impl<R: BufRead> Reader<R> {
                 if let Some(pinned) = &self.pinned
                     && pinned.to_string() != key.to_string()
                 {
-                    return Err(self.invalid(format!(
-                        "the file's verifier key {key} is not the pinned key {pinned}"
-                    )));
+                    return Err(
+                        self.invalid(format!("the file's verifier key {key} is not the pinned key {pinned}"))
+                    );
                 }
                 self.header = Some((backup_point, created, key));
                 self.section = Section::Records;
@@ -408,11 +412,14 @@ impl<R: BufRead> Reader<R> {
                 let key = &self.header.as_ref().map(|h| &h.2);
                 // invariant: `enter` checked the header was read.
                 let key = key.expect("header read");
-                let checkpoint = key
-                    .open_checkpoint(&note)
-                    .map_err(|e| self.invalid(format!("the checkpoint does not verify under the file's key: {e}")))?;
+                let checkpoint = key.open_checkpoint(&note).map_err(|e| {
+                    self.invalid(format!("the checkpoint does not verify under the file's key: {e}"))
+                })?;
                 if checkpoint.size != size {
-                    return Err(self.invalid(format!("the checkpoint signs size {}, the line says {size}", checkpoint.size)));
+                    return Err(self.invalid(format!(
+                        "the checkpoint signs size {}, the line says {size}",
+                        checkpoint.size
+                    )));
                 }
                 self.checkpoint = Some((size, checkpoint.root));
                 self.section = Section::Events;
@@ -423,8 +430,10 @@ impl<R: BufRead> Reader<R> {
                 if seq != self.frontier.size() {
                     return Err(self.invalid(format!("event seq {seq}, expected {}", self.frontier.size())));
                 }
-                let leaf = event_leaf(event.as_bytes(), seq).map_err(|e| self.invalid(format!("event {seq}: {e}")))?;
-                let value: Value = serde_json::from_str(&event).map_err(|_| self.invalid("event: not JSON"))?;
+                let leaf = event_leaf(event.as_bytes(), seq)
+                    .map_err(|e| self.invalid(format!("event {seq}: {e}")))?;
+                let value: Value =
+                    serde_json::from_str(&event).map_err(|_| self.invalid("event: not JSON"))?;
                 if jcs::canonical(&value) != event.as_bytes() {
                     return Err(self.invalid(format!("event {seq}: not in RFC 8785 canonical form")));
                 }
@@ -461,7 +470,10 @@ impl<R: BufRead> Reader<R> {
                     return Err(self.invalid("the trailer's backup point does not match the header"));
                 }
                 if size != self.frontier.size() {
-                    return Err(self.invalid(format!("the trailer says {size} events, the file holds {}", self.frontier.size())));
+                    return Err(self.invalid(format!(
+                        "the trailer says {size} events, the file holds {}",
+                        self.frontier.size()
+                    )));
                 }
                 if records != self.records || meta != self.meta_seen.len() as u64 {
                     return Err(self.invalid("the trailer's counts do not match the file"));

@@ -59,8 +59,7 @@ pub enum BackupError {
 /// Verifies the backup file at `path` offline (every check of [`format::Reader`]); `pinned`,
 /// if given, must be the key the file names.
 pub fn verify(path: &Path, pinned: Option<&VerifierKey>) -> Result<Summary, BackupError> {
-    let file =
-        std::fs::File::open(path).map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+    let file = std::fs::File::open(path).map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
     Ok(format::Reader::new(BufReader::with_capacity(1 << 20, file), pinned.cloned()).verify()?)
 }
 

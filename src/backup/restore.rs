@@ -241,7 +241,8 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
             let staging = settings.data_dir.join(STAGING);
             if staging.exists() {
                 // A restore that stopped half-way: never served, so nothing to keep.
-                std::fs::remove_dir_all(&staging).map_err(Error::io(format!("removing {}", staging.display())))?;
+                std::fs::remove_dir_all(&staging)
+                    .map_err(Error::io(format!("removing {}", staging.display())))?;
             }
             let mut work = settings.clone();
             work.data_dir = staging.clone();
@@ -288,8 +289,13 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         }
     }
     if let (Some(staging), StorageSettings::Sled { dir, .. }) = (&staging, &target) {
-        std::fs::rename(staging.join("store"), dir).map_err(Error::io(format!("moving the store into {}", dir.display())))?;
+        std::fs::rename(staging.join("store"), dir)
+            .map_err(Error::io(format!("moving the store into {}", dir.display())))?;
         let _ = std::fs::remove_dir_all(staging);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&settings.data_dir, std::fs::Permissions::from_mode(0o700));
+        }
         if let Ok(d) = std::fs::File::open(&settings.data_dir) {
             let _ = d.sync_all();
         }
@@ -311,7 +317,8 @@ async fn build(
     summary: &super::Summary,
 ) -> Result<(u64, u64, Option<u64>), Error> {
     if let StorageSettings::Sled { .. } = work.storage() {
-        std::fs::create_dir_all(&work.data_dir).map_err(Error::io(format!("creating {}", work.data_dir.display())))?;
+        std::fs::create_dir_all(&work.data_dir)
+            .map_err(Error::io(format!("creating {}", work.data_dir.display())))?;
     }
     let store = crate::store::open(&work.storage(), std::sync::Arc::new(crate::audit::tree::Tree))?;
     let result = fill(store.as_ref(), from, export, after, summary).await;
@@ -394,7 +401,10 @@ async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
         format!("not_restored:{}", restored.not_restored),
     ];
     let result = async {
-        vault.record_restore(codes).await.map_err(|e| refused(format!("recording the restore failed: {e}")))?;
+        vault
+            .record_restore(codes)
+            .await
+            .map_err(|e| refused(format!("recording the restore failed: {e}")))?;
         vault.audit_log().checkpoint().await?;
         Ok::<u64, Error>(vault.audit_log().head().await?.0)
     }
@@ -418,8 +428,14 @@ fn read_export(dir: &Path, key: &str, backup_size: u64) -> Result<Export, Backup
         None,
         leaves.is_file().then_some(leaves.as_path()),
     )
-    .map_err(|f| BackupError::Refused(format!("the export in {} does not verify under the backup's key: {f}", dir.display())))?;
-    let note = std::fs::read(&checkpoint).map_err(|e| BackupError::Io(format!("{}: {e}", checkpoint.display())))?;
+    .map_err(|f| {
+        BackupError::Refused(format!(
+            "the export in {} does not verify under the backup's key: {f}",
+            dir.display()
+        ))
+    })?;
+    let note =
+        std::fs::read(&checkpoint).map_err(|e| BackupError::Io(format!("{}: {e}", checkpoint.display())))?;
     let note = {
         // The note as signed (the file may carry extra trailing newlines).
         let text = String::from_utf8_lossy(&note);
@@ -429,11 +445,15 @@ fn read_export(dir: &Path, key: &str, backup_size: u64) -> Result<Export, Backup
     let mut frontier = Frontier::default();
     let mut root_at_backup = (backup_size == 0).then(crate::audit::merkle::empty_root);
     let mut newer = Vec::new();
-    let input = std::fs::File::open(&events).map_err(|e| BackupError::Io(format!("{}: {e}", events.display())))?;
+    let input =
+        std::fs::File::open(&events).map_err(|e| BackupError::Io(format!("{}: {e}", events.display())))?;
     for (seq, line) in (0..size).zip(BufReader::new(input).split(b'\n')) {
         let line = line.map_err(|e| BackupError::Io(format!("{}: {e}", events.display())))?;
         if seq < backup_size {
-            frontier.push(event_leaf(&line, seq).map_err(|e| BackupError::Refused(format!("export event {seq}: {e}")))?);
+            frontier.push(
+                event_leaf(&line, seq)
+                    .map_err(|e| BackupError::Refused(format!("export event {seq}: {e}")))?,
+            );
             if seq + 1 == backup_size {
                 root_at_backup = Some(frontier.root());
             }

@@ -17,6 +17,11 @@ pub const PREFIX: &str = "custodia-backup-";
 /// …and end with this.
 pub const SUFFIX: &str = ".cbk";
 
+/// The store's record of the last scheduled backup (Unix ms, decimal): shared by every node on
+/// PostgreSQL, so one backup is taken per interval however many nodes tick. Not in
+/// [`crate::vault::META_NAMES`]: a restored store starts its schedule afresh.
+const LAST_BACKUP: &str = "backup.last_scheduled";
+
 /// Takes a backup into `dir` every `every`, keeping the newest `keep`.
 pub fn spawn(vault: Weak<Vault>, dir: PathBuf, every: Duration, keep: usize) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -27,7 +32,7 @@ pub fn spawn(vault: Weak<Vault>, dir: PathBuf, every: Duration, keep: usize) -> 
         loop {
             tick.tick().await;
             let Some(vault) = vault.upgrade() else { return };
-            match once(&vault, &dir, keep).await {
+            match once(&vault, &dir, keep, every).await {
                 Ok(None) => {}
                 Ok(Some(path)) => {
                     crate::metric::backup_succeeded(super::control::now_seconds());
@@ -42,13 +47,27 @@ pub fn spawn(vault: Weak<Vault>, dir: PathBuf, every: Duration, keep: usize) -> 
     })
 }
 
-/// One scheduled backup: `None` when another node holds this interval's turn.
-pub async fn once(vault: &Vault, dir: &Path, keep: usize) -> Result<Option<PathBuf>, BackupError> {
-    let Some(_turn) = vault.store().exclusive("backup").await? else { return Ok(None) };
+/// One scheduled backup: `None` when another node holds the turn or took this interval's
+/// backup already.
+pub async fn once(
+    vault: &Vault,
+    dir: &Path,
+    keep: usize,
+    every: Duration,
+) -> Result<Option<PathBuf>, BackupError> {
+    let store = vault.store();
+    let Some(_turn) = store.exclusive("backup").await? else { return Ok(None) };
+    let now = chrono::Utc::now().timestamp_millis();
+    let last = store.meta(LAST_BACKUP).await?.and_then(|v| String::from_utf8(v).ok()?.parse::<i64>().ok());
+    // A tenth of the interval of slack: ticks of one node drift a little.
+    if last.is_some_and(|last| now - last < every.as_millis() as i64 * 9 / 10) {
+        return Ok(None);
+    }
     std::fs::create_dir_all(dir).map_err(|e| BackupError::Io(format!("creating {}: {e}", dir.display())))?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
     let path = dir.join(format!("{PREFIX}{stamp}{SUFFIX}"));
     super::write_file(vault, &path).await?;
+    store.put_meta(LAST_BACKUP, now.to_string().into_bytes()).await?;
     prune(dir, keep)?;
     Ok(Some(path))
 }

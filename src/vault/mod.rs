@@ -230,7 +230,8 @@ impl Vault {
     /// `root:…`, `replayed:N`, `erasures:N`…); never a value.
     pub async fn record_restore(&self, codes: Vec<String>) -> Result<u64, VaultError> {
         let actor = Principal::system("restore");
-        self.record(EventDraft::new(crate::audit::Action::StoreRestore, &actor, "restore").withheld(codes)).await
+        self.record(EventDraft::new(crate::audit::Action::StoreRestore, &actor, "restore").withheld(codes))
+            .await
     }
 
     /// Appends an event with no data change.

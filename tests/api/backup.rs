@@ -14,8 +14,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    MASTER_KEY, SECRET, ServerProcess, TestApp, contains, files_under, on_postgres, spawn_app, spawn_app_with,
-    store_env, write_until_stopped,
+    MASTER_KEY, SECRET, ServerProcess, TestApp, contains, files_under, on_postgres, spawn_app,
+    spawn_app_with, store_env, write_until_stopped,
 };
 
 /// Runs the `custodia` binary with the test keys over `data_dir` (epoch-key file `epochs`,
@@ -64,7 +64,11 @@ struct Client {
 
 impl Client {
     fn of(server: &ServerProcess) -> Client {
-        Client { base: server.base.clone(), http: reqwest::Client::new(), merchant: TestApp::token_for_tests() }
+        Client {
+            base: server.base.clone(),
+            http: reqwest::Client::new(),
+            merchant: TestApp::token_for_tests(),
+        }
     }
 
     async fn create(&self, email: &str) -> String {
@@ -81,8 +85,12 @@ impl Client {
     }
 
     async fn erase(&self, id: &str) {
-        let res =
-            self.http.delete(format!("{}/v1/customers/{id}", self.base)).bearer_auth(&self.merchant).send().await;
+        let res = self
+            .http
+            .delete(format!("{}/v1/customers/{id}", self.base))
+            .bearer_auth(&self.merchant)
+            .send()
+            .await;
         assert_eq!(res.unwrap().status(), StatusCode::OK, "erasing {id}");
     }
 
@@ -175,9 +183,10 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let file = root.path().join("drill.cbk");
     let (d, e, f) = (data.clone(), epochs.clone(), file.clone());
-    let out = tokio::task::spawn_blocking(move || custodia(&["backup", "--out", f.to_str().unwrap()], &d, &e))
-        .await
-        .unwrap();
+    let out =
+        tokio::task::spawn_blocking(move || custodia(&["backup", "--out", f.to_str().unwrap()], &d, &e))
+            .await
+            .unwrap();
     *stop.lock().unwrap() = true;
     let written = writers.await.unwrap();
     assert!(out.status.success(), "backup failed: {}", text(&out));
@@ -237,7 +246,10 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
         .filter(|e| !erased_ids.contains(&e["customer_id"].as_str().unwrap_or_default()))
         .count() as u64;
     assert!(lost >= after.len() as u64);
-    assert_eq!(said.lines().find(|l| l.contains("could not bring back")).map(|l| number_after(l, "")), Some(lost));
+    assert_eq!(
+        said.lines().find(|l| l.contains("could not bring back")).map(|l| number_after(l, "")),
+        Some(lost)
+    );
 
     // Nothing of an erased customer from the backup is in the new directory: not their wrapped
     // key, not a sealed value (and a kept customer's wrapped key is found the same way).
@@ -284,8 +296,22 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
     assert!(out.status.success(), "{}", text(&out));
     let path = |name: &str| fresh.join(name).to_str().unwrap().to_owned();
     let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(["audit", "verify", "--events", &path("events.ndjson"), "--checkpoint", &path("checkpoint.txt")])
-        .args(["--key", &path("key.txt"), "--leaves", &path("leaves.txt"), "--previous", kept.to_str().unwrap()])
+        .args([
+            "audit",
+            "verify",
+            "--events",
+            &path("events.ndjson"),
+            "--checkpoint",
+            &path("checkpoint.txt"),
+        ])
+        .args([
+            "--key",
+            &path("key.txt"),
+            "--leaves",
+            &path("leaves.txt"),
+            "--previous",
+            kept.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "audit verify: {}", text(&out));
@@ -296,8 +322,13 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
         .find(|e| e["action"] == "store.restore")
         .expect("a store.restore event");
     assert_eq!(restore_event["actor"], json!({"role": "system", "sub": "restore"}));
-    assert_eq!(restore_event["seq"].as_u64(), Some(events.len() as u64), "recorded after the export's events");
-    let reasons: Vec<&str> = restore_event["reason"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    assert_eq!(
+        restore_event["seq"].as_u64(),
+        Some(events.len() as u64),
+        "recorded after the export's events"
+    );
+    let reasons: Vec<&str> =
+        restore_event["reason"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
     for code in [
         format!("size:{backup_size}"),
         format!("replayed:{}", events.len() as u64 - backup_size),
@@ -330,7 +361,8 @@ async fn a_flipped_byte_fails_verify_and_restore_and_a_used_target_is_refused() 
     let root = tempfile::tempdir().unwrap();
     let epochs = app.settings.key_epoch_file();
     let file = root.path().join("small.cbk");
-    let out = custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    let out =
+        custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
     assert!(out.status.success(), "{}", text(&out));
 
     let size = std::fs::metadata(&file).unwrap().len() as usize;
@@ -345,7 +377,8 @@ async fn a_flipped_byte_fails_verify_and_restore_and_a_used_target_is_refused() 
     let spots = [3, lines[0] + 30, lines[1] + 60, lines[lines.len() - 5] + 40, size - 30, size - 10];
     for at in spots {
         let bad = flipped(&file, at, root.path());
-        let out = custodia_async(&["backup", "verify", bad.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+        let out =
+            custodia_async(&["backup", "verify", bad.to_str().unwrap()], app.data_dir.path(), &epochs).await;
         assert!(!out.status.success(), "a flip at byte {at} verified");
         assert!(text(&out).contains("line "), "the failure names the line: {}", text(&out));
     }
@@ -407,7 +440,8 @@ async fn scheduled_backups_are_written_pruned_and_measured() {
     let names = listing();
     assert_eq!(names.len(), 2);
     for name in &names {
-        let summary = custodia::backup::verify(&backups.join(name), None).expect("a scheduled backup verifies");
+        let summary =
+            custodia::backup::verify(&backups.join(name), None).expect("a scheduled backup verifies");
         assert_eq!(summary.records, 1);
     }
     let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();

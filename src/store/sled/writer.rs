@@ -181,7 +181,9 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 match answer {
                     Answer::Writes { reply, .. } => drop(reply.send(Err(error.clone()))),
                     Answer::Bytes { reply, .. } => drop(reply.send(Err(error.clone()))),
-                    Answer::Unit { reply } | Answer::Done { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    Answer::Unit { reply } | Answer::Done { reply, .. } => {
+                        drop(reply.send(Err(error.clone())))
+                    }
                 }
             }
             return;
