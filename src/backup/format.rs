@@ -409,10 +409,11 @@ impl<R: BufRead> Reader<R> {
                 if self.checkpoint.is_some() {
                     return Err(self.invalid("a second checkpoint"));
                 }
-                let key = &self.header.as_ref().map(|h| &h.2);
-                // invariant: `enter` checked the header was read.
-                let key = key.expect("header read");
-                let checkpoint = key.open_checkpoint(&note).map_err(|e| {
+                let opened = match &self.header {
+                    Some((_, _, key)) => key.open_checkpoint(&note),
+                    None => return Err(self.invalid("the checkpoint before the header")),
+                };
+                let checkpoint = opened.map_err(|e| {
                     self.invalid(format!("the checkpoint does not verify under the file's key: {e}"))
                 })?;
                 if checkpoint.size != size {

@@ -382,6 +382,18 @@ async fn a_flipped_byte_fails_verify_and_restore_and_a_used_target_is_refused() 
         assert!(!out.status.success(), "a flip at byte {at} verified");
         assert!(text(&out).contains("line "), "the failure names the line: {}", text(&out));
     }
+    // Cut short anywhere (at a line's end, too), or with a line repeated: also refused.
+    let whole = std::fs::read(&file).unwrap();
+    let repeated = [&whole[..lines[1] + 1], &whole[lines[0] + 1..]].concat();
+    for (name, bytes) in
+        [("cut", &whole[..size / 2]), ("at-line", &whole[..lines[2] + 1]), ("repeated", &repeated[..])]
+    {
+        let bad = root.path().join(format!("{name}.cbk"));
+        std::fs::write(&bad, bytes).unwrap();
+        let out =
+            custodia_async(&["backup", "verify", bad.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+        assert!(!out.status.success(), "the {name} file verified");
+    }
 
     // The server holds the epoch-key file locked; a restore needs it, as after a real loss.
     let mut app = app;
