@@ -471,3 +471,92 @@ fn note_root(note: &[u8]) -> Option<Hash> {
     let text = std::str::from_utf8(note).ok()?;
     STANDARD.decode(text.lines().nth(2)?).ok()?.try_into().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::crypto::{DataKey, MasterKey, MasterKeyring, Sealed};
+    use crate::store::{IndexEntry, StoredField};
+
+    fn record(fields: &[(&str, i64)]) -> CustomerRecord {
+        let id = CustomerId::random();
+        let ring = MasterKeyring::new(MasterKey::from_bytes(&[1; 32]).unwrap(), vec![]);
+        CustomerRecord {
+            id,
+            version: 3,
+            data_key: ring.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap(),
+            fields: fields
+                .iter()
+                .map(|(name, at)| {
+                    let field = StoredField {
+                        sealed: Sealed::from_bytes(vec![1, 2, 3]),
+                        written_at: Timestamp::from_millis(*at),
+                    };
+                    ((*name).to_owned(), field)
+                })
+                .collect(),
+            index_entries: fields
+                .iter()
+                .map(|(name, _)| IndexEntry {
+                    field: (*name).to_owned(),
+                    index: [7; 32],
+                    unique: false,
+                    epoch: None,
+                })
+                .collect(),
+            consents: BTreeMap::new(),
+            objections: BTreeSet::new(),
+            restricted: false,
+            payment_methods: vec![],
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    fn event(action: &str, outcome: &str, customer: &CustomerId, time_ms: i64, fields: &[&str]) -> Vec<u8> {
+        let time = Timestamp::from_millis(time_ms).to_rfc3339();
+        serde_json::to_vec(&serde_json::json!({
+            "seq": 0, "time": time, "action": action, "outcome": outcome,
+            "actor": {"role": "system", "sub": "retention"}, "customer_id": customer.to_string(),
+            "fields": fields, "request_id": "r"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_purge_after_the_backup_point_removes_the_fields_it_names_unless_written_again() {
+        let kept = record(&[("email", 1_000), ("phone", 5_000), ("name", 1_000)]);
+        let mut after = After::default();
+        after
+            .note(&event("retention.purge", "allowed", &kept.id, 2_000, &["email", "phone"]), false)
+            .unwrap();
+        let back = after.apply(kept).expect("not erased");
+        assert_eq!(
+            back.fields.keys().collect::<Vec<_>>(),
+            ["name", "phone"],
+            "phone was written after the purge"
+        );
+        assert_eq!(
+            back.index_entries.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["phone", "name"]
+        );
+        assert_eq!(back.version, 3);
+        assert_eq!(after.purge_count, 1);
+    }
+
+    #[test]
+    fn an_allowed_erasure_drops_the_record_and_a_denied_one_does_not() {
+        let (gone, stays) = (record(&[("email", 1)]), record(&[("email", 1)]));
+        let mut after = After::default();
+        after.note(&event("customer.erase", "allowed", &gone.id, 10, &[]), false).unwrap();
+        after.note(&event("customer.erase", "denied", &stays.id, 10, &[]), false).unwrap();
+        after.note(&event("customer.update", "allowed", &stays.id, 20, &["email"]), true).unwrap();
+        after.note(&event("customer.update", "allowed", &gone.id, 20, &["email"]), true).unwrap();
+        assert!(after.apply(gone).is_none());
+        assert!(after.apply(stays).is_some());
+        assert_eq!(after.erasures, 1);
+        assert_eq!(after.not_restored(), 1, "a later change of an erased customer is not counted");
+    }
+}
