@@ -46,6 +46,17 @@ async fn custodia_async(args: &[&str], data_dir: &Path, epochs: &Path) -> Output
     .unwrap()
 }
 
+/// `custodia audit export` of the server at `base` into `out`, as an auditor.
+fn audit_export(base: &str, out: &Path) {
+    let done = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .args(["audit", "export", "--url", base, "--out"])
+        .arg(out)
+        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "audit export: {}", text(&done));
+}
+
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -209,12 +220,7 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
 
     // Just before the loss: the auditor's export and the checkpoint they keep.
     let export = root.path().join("export");
-    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(["audit", "export", "--url", &server.base, "--out", export.to_str().unwrap()])
-        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    audit_export(&server.base, &export);
     let kept = root.path().join("checkpoint-before-loss.txt");
     std::fs::copy(export.join("checkpoint.txt"), &kept).unwrap();
     assert!(server.terminate());
@@ -288,12 +294,7 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
 
     // The log verifies, and is consistent with the checkpoint taken before the loss.
     let fresh = root.path().join("export-after");
-    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(["audit", "export", "--url", &server.base, "--out", fresh.to_str().unwrap()])
-        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    audit_export(&server.base, &fresh);
     let path = |name: &str| fresh.join(name).to_str().unwrap().to_owned();
     let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
         .args([
