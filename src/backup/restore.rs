@@ -31,6 +31,7 @@ use crate::audit::verify::event_leaf;
 use crate::audit::{Action, Event, Outcome, jcs};
 use crate::config::Settings;
 use crate::copy::{EVENTS_PER_WRITE, append_leaves, put_verified_checkpoint, refuse_unless_empty};
+use crate::crypto::KeyId;
 use crate::domain::{CustomerId, Timestamp};
 use crate::error::Error;
 use crate::store::{CustomerRecord, StorageSettings, Store};
@@ -66,6 +67,10 @@ pub struct Restored {
     pub checkpoint: Option<u64>,
     /// The log's size after the `store.restore` event.
     pub size: u64,
+    /// Records whose data key is wrapped under an epoch the epoch-key file no longer holds
+    /// (destroyed since the backup): they are restored but cannot be opened (README, the backup
+    /// trade-off).
+    pub unopenable: u64,
 }
 
 /// What happened after the backup point, from the events.
@@ -252,7 +257,7 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         _ => (settings.clone(), None),
     };
     let built = build(&work, from, export.as_ref(), &after, &summary).await;
-    let (records, erased_records, checkpoint) = match built {
+    let (records, erased_records, checkpoint, epochs) = match built {
         Ok(done) => done,
         Err(e) => {
             if let Some(staging) = &staging {
@@ -274,11 +279,12 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         not_restored: after.not_restored(),
         checkpoint,
         size: 0,
+        unopenable: 0,
     };
 
     // 6. The `store.restore` event, through the vault: opening it proves the master key and
     //    the epoch-key file fit the restored store, and its checkpoint covers the event.
-    let recorded = record(&work, &restored).await;
+    let recorded = record(&work, &mut restored, &epochs).await;
     match recorded {
         Ok(size) => restored.size = size,
         Err(e) => {
@@ -308,14 +314,15 @@ fn refused(message: String) -> Error {
 }
 
 /// Writes the log, the records, the metadata and the checkpoints into the (empty) store of
-/// `work`; returns (records imported, records left out as erased, newest checkpoint size).
+/// `work`; returns (records imported, records left out as erased, newest checkpoint size,
+/// imported records per epoch their data key is wrapped under).
 async fn build(
     work: &Settings,
     from: &Path,
     export: Option<&Export>,
     after: &After,
     summary: &super::Summary,
-) -> Result<(u64, u64, Option<u64>), Error> {
+) -> Result<Built, Error> {
     if let StorageSettings::Sled { .. } = work.storage() {
         std::fs::create_dir_all(&work.data_dir)
             .map_err(Error::io(format!("creating {}", work.data_dir.display())))?;
@@ -326,13 +333,16 @@ async fn build(
     result
 }
 
+/// What [`build`] answers.
+type Built = (u64, u64, Option<u64>, HashMap<KeyId, u64>);
+
 async fn fill(
     store: &dyn Store,
     from: &Path,
     export: Option<&Export>,
     after: &After,
     summary: &super::Summary,
-) -> Result<(u64, u64, Option<u64>), Error> {
+) -> Result<Built, Error> {
     refuse_unless_empty(store).await.map_err(|_| refused("the target store is not empty".into()))?;
     // The file is read again (it was verified; the reader checks it again as it goes, and a
     // file changed in between fails at its trailer, leaving only the staging store behind).
@@ -340,12 +350,16 @@ async fn fill(
     let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file), Some(summary.key.clone()));
     let (mut records, mut erased, mut next) = (0u64, 0u64, 0u64);
     let mut checkpoint = None;
+    let mut epochs: HashMap<KeyId, u64> = HashMap::new();
     let mut batch = Vec::with_capacity(EVENTS_PER_WRITE);
     // Reading is synchronous but bounded by one line at a time; writes dominate.
     while let Some(item) = reader.next_item().map_err(BackupError::from)? {
         match item {
             Item::Record(record) => match after.apply(*record) {
                 Some(record) => {
+                    if record.data_key.master_key.is_epoch() {
+                        *epochs.entry(record.data_key.master_key.clone()).or_default() += 1;
+                    }
                     store.import(record).await?;
                     records += 1;
                 }
@@ -384,13 +398,20 @@ async fn fill(
         put_verified_checkpoint(store, export.size, export.note.clone()).await.map_err(BackupError::from)?;
         newest = Some(export.size);
     }
-    Ok((records, erased, newest))
+    Ok((records, erased, newest, epochs))
 }
 
 /// Records the `store.restore` event through the vault over `work` and signs a checkpoint of
-/// the restored log; returns the log's size.
-async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
+/// the restored log; returns the log's size. Counts the records under epochs the epoch-key
+/// file no longer holds into `restored`.
+async fn record(
+    work: &Settings,
+    restored: &mut Restored,
+    epochs: &HashMap<KeyId, u64>,
+) -> Result<u64, Error> {
     let (vault, store, _) = crate::startup::open_vault(work).await?;
+    restored.unopenable =
+        epochs.iter().filter(|(id, _)| vault.keyring().epoch(id).is_none()).map(|(_, n)| n).sum();
     let codes = vec![
         format!("size:{}", restored.backup_size),
         format!("root:{}", STANDARD.encode(restored.backup_root)),
@@ -399,6 +420,7 @@ async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
         format!("erasures:{}", restored.erasures),
         format!("purges:{}", restored.purges),
         format!("not_restored:{}", restored.not_restored),
+        format!("unopenable:{}", restored.unopenable),
     ];
     let result = async {
         vault

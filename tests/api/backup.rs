@@ -335,6 +335,7 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
         format!("replayed:{}", events.len() as u64 - backup_size),
         format!("erasures:{}", erased.len()),
         format!("not_restored:{lost}"),
+        "unopenable:0".to_owned(),
     ] {
         assert!(reasons.contains(&code.as_str()), "{code} not in {reasons:?}");
     }
@@ -466,4 +467,40 @@ async fn scheduled_backups_are_written_pruned_and_measured() {
         .find_map(|l| l.strip_prefix("custodia_backup_last_success_timestamp_seconds "))
         .expect("the last-success metric");
     assert!(value.trim().parse::<f64>().unwrap() >= started, "{value}");
+}
+
+/// A backup whose key epochs were destroyed since (README, the backup trade-off) restores, and
+/// the restore says how many of its customers cannot be opened, in its output and its event.
+#[tokio::test]
+async fn a_restore_names_the_customers_whose_epochs_were_destroyed_since_the_backup() {
+    let mut app = spawn_app_with(|s| {
+        s.key_epoch_seconds = 2;
+        s.key_epochs_kept = 0;
+        s.request_timeout_ms = 1000;
+    })
+    .await;
+    for n in 0..2 {
+        app.create_customer(json!({"email": format!("old-{n}@epochs.test"), "name": "Old"})).await;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let epochs = app.settings.key_epoch_file();
+    let file = root.path().join("old.cbk");
+    let out =
+        custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (records, _) = backup_contents(&file);
+    let epoch = records[0].data_key.master_key.to_string();
+    assert!(epoch.starts_with("ek-") && records.iter().all(|r| r.data_key.master_key.to_string() == epoch));
+    crate::helpers::wait_for_epochs_destroyed(&app, &[epoch], std::time::Duration::from_secs(30)).await;
+    app.shutdown().await;
+
+    let target = root.path().join("target");
+    let out = custodia_async(&["restore", "--from", file.to_str().unwrap()], &target, &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("warning: 2 customer records are under key epochs the epoch-key file no longer holds"),
+        "{}",
+        text(&out)
+    );
 }
