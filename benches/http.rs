@@ -10,7 +10,9 @@
 //! scenarios, preload up to M customers and run `create` and `read` again, so the cost at two
 //! store sizes is compared in one run), `HTTP_BENCH_TLS=1` (then restart the server over the
 //! same data with TLS and run `healthz`, `create` and `read` again over HTTPS), `HTTP_BENCH_KEEP=1`
-//! (keep the data directory and print its path), and `HTTP_BENCH_PROFILE=FILE` to run the server under
+//! (keep the data directory and print its path), `HTTP_BENCH_BACKUP=1` (after the scenarios, time
+//! `custodia backup` of the preloaded store alone, then run `read` twice, without a backup and
+//! while backups run back to back through the server's control socket), and `HTTP_BENCH_PROFILE=FILE` to run the server under
 //! `perf record -e cpu-clock -g` writing FILE (profile before optimising). With
 //! `CUSTODIA_MASTER_KEY_PKCS11_KEY` and the other `CUSTODIA_MASTER_KEY_PKCS11_*` settings (and
 //! `SOFTHSM2_CONF` for SoftHSM) in the environment, the server's master key is that HSM key
@@ -144,7 +146,7 @@ fn main() {
         println!("{} nodes on one database: {base} and {}", others.len() + 1, others.join(", "));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let (mut outcomes, ids, next_new) = runtime.block_on(run(&config, &base, &others, pid));
+    let (mut outcomes, ids, next_new) = runtime.block_on(run(&config, &base, &others, pid, dir.path()));
     let rss_kib = peak_rss_kib(pid);
     for (_, node, _) in &mut extra {
         stop_server(node, false);
@@ -290,7 +292,13 @@ struct Client {
 
 /// The scenarios over plain HTTP; also answers the preloaded ids and the next new customer
 /// number, for a second server over the same data.
-async fn run(config: &Config, base: &str, others: &[String], pid: u32) -> (Vec<Outcome>, Vec<String>, u64) {
+async fn run(
+    config: &Config,
+    base: &str,
+    others: &[String],
+    pid: u32,
+    data_dir: &Path,
+) -> (Vec<Outcome>, Vec<String>, u64) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(config.connections).build().unwrap();
     let mut client = Client {
         http,
@@ -315,6 +323,9 @@ async fn run(config: &Config, base: &str, others: &[String], pid: u32) -> (Vec<O
             continue;
         }
         outcomes.push(drive(&client, scenario, config, pid, None).await);
+    }
+    if std::env::var_os("HTTP_BENCH_BACKUP").is_some() {
+        outcomes.extend(backup_figures(&client, config, pid, data_dir).await);
     }
     let grow_to = std::env::var("HTTP_BENCH_GROW_TO").ok().and_then(|v| v.parse::<usize>().ok());
     if let Some(grow_to) = grow_to.filter(|m| *m > config.customers) {
@@ -545,6 +556,65 @@ async fn drive(
         elapsed,
         latencies_us,
     }
+}
+
+/// Runs `custodia backup --out FILE` against the server over `data_dir` (through its control
+/// socket); answers the wall time and the file's size.
+async fn one_backup(data_dir: &Path, file: &Path) -> (Duration, u64) {
+    let (data_dir, file) = (data_dir.to_owned(), file.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
+            .args(["backup", "--out"])
+            .arg(&file)
+            .env("CUSTODIA_DATA_DIR", &data_dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("custodia backup runs");
+        let elapsed = started.elapsed();
+        assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&file);
+        (elapsed, bytes)
+    })
+    .await
+    .unwrap()
+}
+
+/// `HTTP_BENCH_BACKUP=1`: a backup alone, then `read` without and with backups running.
+async fn backup_figures(client: &Arc<Client>, config: &Config, pid: u32, data_dir: &Path) -> Vec<Outcome> {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let file = scratch.path().join("bench.cbk");
+    let (alone, bytes) = one_backup(data_dir, &file).await;
+    println!(
+        "backup alone: {:.2} s, {:.1} MiB ({} customers, written and verified by `custodia backup`)",
+        alone.as_secs_f64(),
+        bytes as f64 / (1024.0 * 1024.0),
+        config.customers
+    );
+    let mut quiet = drive(client, Scenario::Read, config, pid, None).await;
+    quiet.label = "read, no backup".into();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let looping = {
+        let (stop, data_dir, file) = (Arc::clone(&stop), data_dir.to_owned(), file.clone());
+        tokio::spawn(async move {
+            let mut times = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                times.push(one_backup(&data_dir, &file).await.0);
+            }
+            times
+        })
+    };
+    let mut busy = drive(client, Scenario::Read, config, pid, None).await;
+    busy.label = "read, backup".into();
+    stop.store(true, Ordering::Relaxed);
+    let times = looping.await.unwrap();
+    let mean = times.iter().map(Duration::as_secs_f64).sum::<f64>() / times.len().max(1) as f64;
+    println!(
+        "backups during `read, backup`: {} back to back, {mean:.2} s each on average (the last one ends after the window)",
+        times.len()
+    );
+    vec![quiet, busy]
 }
 
 async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {

@@ -121,6 +121,13 @@ pub struct Settings {
     /// Rotated stream files kept (`PATH.1` … `PATH.N`); 0 keeps none
     /// (`CUSTODIA_AUDIT_STREAM_FILE_KEEP`).
     pub audit_stream_file_keep: u32,
+    /// A directory the server writes scheduled backups to (`CUSTODIA_BACKUP_DIR`; none: no
+    /// scheduled backups; see `backup::schedule`).
+    pub backup_dir: Option<PathBuf>,
+    /// Seconds between scheduled backups, at least 1 (`CUSTODIA_BACKUP_INTERVAL_SECS`).
+    pub backup_interval_secs: u64,
+    /// Scheduled backups kept in the directory, at least 1 (`CUSTODIA_BACKUP_KEEP`).
+    pub backup_keep: u32,
     /// A syslog receiver every committed audit event is sent to, RFC 5424, as
     /// `tcp://host:port` or `udp://host:port` (`CUSTODIA_AUDIT_STREAM_SYSLOG`).
     pub audit_stream_syslog: Option<String>,
@@ -203,6 +210,9 @@ impl Default for Settings {
             audit_stream_file: None,
             audit_stream_file_max_bytes: 100 * 1024 * 1024,
             audit_stream_file_keep: 5,
+            backup_dir: None,
+            backup_interval_secs: 86_400,
+            backup_keep: 7,
             audit_stream_syslog: None,
             store: StoreKind::Sled,
             database_url: None,
@@ -302,6 +312,9 @@ struct FileSettings {
     audit_stream_file: Option<PathBuf>,
     audit_stream_file_max_bytes: Option<u64>,
     audit_stream_file_keep: Option<u32>,
+    backup_dir: Option<PathBuf>,
+    backup_interval_secs: Option<u64>,
+    backup_keep: Option<u32>,
     audit_stream_syslog: Option<String>,
     store: Option<StoreKind>,
     database_url: Option<String>,
@@ -424,6 +437,8 @@ impl Settings {
             tls_client_crl,
             audit_stream_file_max_bytes,
             audit_stream_file_keep,
+            backup_interval_secs,
+            backup_keep,
             store,
             database_pool_size,
             database_connect_timeout_ms
@@ -446,6 +461,7 @@ impl Settings {
             tls_client_ca,
             audit_stream_file,
             audit_stream_syslog,
+            backup_dir,
             database_ca_file
         );
         if let Some(url) = f.database_url {
@@ -620,6 +636,15 @@ impl Settings {
         if let Some(v) = get("CUSTODIA_AUDIT_STREAM_FILE_KEEP") {
             self.audit_stream_file_keep = number("CUSTODIA_AUDIT_STREAM_FILE_KEEP", v)?;
         }
+        if let Some(v) = get("CUSTODIA_BACKUP_DIR") {
+            self.backup_dir = Some(v.into());
+        }
+        if let Some(v) = get("CUSTODIA_BACKUP_INTERVAL_SECS") {
+            self.backup_interval_secs = number("CUSTODIA_BACKUP_INTERVAL_SECS", v)?;
+        }
+        if let Some(v) = get("CUSTODIA_BACKUP_KEEP") {
+            self.backup_keep = number("CUSTODIA_BACKUP_KEEP", v)?;
+        }
         if let Some(v) = get("CUSTODIA_AUDIT_STREAM_SYSLOG") {
             self.audit_stream_syslog = Some(v);
         }
@@ -684,6 +709,8 @@ impl Settings {
             ("CUSTODIA_AUDIT_STREAM_FILE_MAX_BYTES", self.audit_stream_file_max_bytes == 0),
             ("CUSTODIA_DATABASE_POOL_SIZE", self.database_pool_size == 0),
             ("CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS", self.database_connect_timeout_ms == 0),
+            ("CUSTODIA_BACKUP_INTERVAL_SECS", self.backup_interval_secs == 0),
+            ("CUSTODIA_BACKUP_KEEP", self.backup_keep == 0),
         ] {
             if zero {
                 return Err(invalid(name, "must be at least 1".into()));
@@ -926,6 +953,9 @@ mod tests {
             "audit_stream_file",
             "audit_stream_file_max_bytes",
             "audit_stream_file_keep",
+            "backup_dir",
+            "backup_interval_secs",
+            "backup_keep",
             "audit_stream_syslog",
             "store",
             "database_url",

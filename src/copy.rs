@@ -21,7 +21,7 @@ use crate::domain::CustomerId;
 use crate::store::{Hash, PendingEvent, Store, StoreError, Write};
 
 /// Events re-appended per write (one write's events get adjacent seqs).
-const EVENTS_PER_WRITE: usize = 500;
+pub(crate) const EVENTS_PER_WRITE: usize = 500;
 /// Customers read and imported per page.
 const CUSTOMERS_PER_PAGE: usize = 200;
 
@@ -72,15 +72,7 @@ async fn copy(
     to: &dyn Store,
     verifier: Option<&VerifierKey>,
 ) -> Result<CopyReport, CopyError> {
-    // Empty means empty: a node started on the destination leaves metadata, checkpoints or
-    // pending events that the copy would mix with the source's.
-    let mut empty = to.is_empty().await?;
-    for name in crate::vault::META_NAMES {
-        empty = empty && to.meta(name).await?.is_none();
-    }
-    if !empty {
-        return Err(CopyError::Refused("the destination is not empty".into()));
-    }
+    refuse_unless_empty(to).await?;
     let source_head = from.head().await?;
     let checkpoint = from.latest_checkpoint().await?;
     // The root the newest checkpoint signs, its signature checked when a key is given.
@@ -117,19 +109,7 @@ async fn copy(
                 source_head.size
             )));
         }
-        let mut events = Vec::with_capacity(page.len());
-        for (i, (seq, bytes)) in page.iter().enumerate() {
-            if *seq != next + i as u64 {
-                return Err(CopyError::Refused(format!("the source log skips seq {}", next + i as u64)));
-            }
-            events.push(pending_of(*seq, bytes)?);
-        }
-        let count = events.len() as u64;
-        let written = to.write(Write { change: None, events }).await?;
-        if written.seqs.first() != Some(&next) {
-            return Err(CopyError::Refused(format!("the destination's log did not continue at seq {next}")));
-        }
-        next += count;
+        next = append_leaves(to, next, &page).await?;
     }
 
     let mut customers = 0u64;
@@ -164,30 +144,76 @@ async fn copy(
         )));
     }
     let checkpoint = match (checkpoint, signed) {
-        (Some((size, note)), Some((_, signed_root))) => {
-            let plan = Plan::root(size);
-            let ids = plan.nodes();
-            let found = to.nodes(&ids).await?;
-            let nodes: std::collections::HashMap<(u8, u64), Hash> =
-                ids.into_iter().zip(found).filter_map(|(id, hash)| hash.map(|h| (id, h))).collect();
-            let root = plan
-                .assemble_root(&nodes)
-                .map_err(|e| CopyError::Refused(format!("the copied log has no root at size {size}: {e}")))?;
-            if root != signed_root {
-                return Err(CopyError::Refused(format!(
-                    "the copied log's root at size {size} is not the one the newest signed checkpoint names"
-                )));
-            }
-            if to.put_checkpoint(size, note.clone()).await? != note {
-                return Err(CopyError::Refused(format!(
-                    "the destination holds another checkpoint for size {size}"
-                )));
-            }
+        (Some((size, note)), Some(_)) => {
+            put_verified_checkpoint(to, size, note).await?;
             Some(size)
         }
         _ => None,
     };
     Ok(CopyReport { customers, events: source_head.size, meta, checkpoint })
+}
+
+/// Refuses a destination that is not empty: empty means empty, since a node started on it
+/// leaves metadata, checkpoints or pending events that a copy or a restore would mix with its
+/// own ([`Store::is_empty`], and every metadata name the vault writes).
+pub(crate) async fn refuse_unless_empty(to: &dyn Store) -> Result<(), CopyError> {
+    let mut empty = to.is_empty().await?;
+    for name in crate::vault::META_NAMES {
+        empty = empty && to.meta(name).await?.is_none();
+    }
+    if !empty {
+        return Err(CopyError::Refused("the destination is not empty".into()));
+    }
+    Ok(())
+}
+
+/// Re-appends `leaves` (seq, stored canonical JSON), which must continue the destination's log
+/// at `next` with adjacent seqs, as one write; returns the seq after the last.
+pub(crate) async fn append_leaves(
+    to: &dyn Store,
+    next: u64,
+    leaves: &[(u64, Vec<u8>)],
+) -> Result<u64, CopyError> {
+    let mut events = Vec::with_capacity(leaves.len());
+    for (i, (seq, bytes)) in leaves.iter().enumerate() {
+        if *seq != next + i as u64 {
+            return Err(CopyError::Refused(format!("the source log skips seq {}", next + i as u64)));
+        }
+        events.push(pending_of(*seq, bytes)?);
+    }
+    let count = events.len() as u64;
+    let written = to.write(Write { change: None, events }).await?;
+    if written.seqs.first() != Some(&next) {
+        return Err(CopyError::Refused(format!("the destination's log did not continue at seq {next}")));
+    }
+    Ok(next + count)
+}
+
+/// Stores the signed checkpoint `note` of `size` in `to` after recomputing, from the nodes `to`
+/// holds, the root it signs: a copied or restored log proves itself before it is kept.
+pub(crate) async fn put_verified_checkpoint(
+    to: &dyn Store,
+    size: u64,
+    note: Vec<u8>,
+) -> Result<(), CopyError> {
+    let signed_root = note_root(&note, size)?;
+    let plan = Plan::root(size);
+    let ids = plan.nodes();
+    let found = to.nodes(&ids).await?;
+    let nodes: std::collections::HashMap<(u8, u64), Hash> =
+        ids.into_iter().zip(found).filter_map(|(id, hash)| hash.map(|h| (id, h))).collect();
+    let root = plan
+        .assemble_root(&nodes)
+        .map_err(|e| CopyError::Refused(format!("the copied log has no root at size {size}: {e}")))?;
+    if root != signed_root {
+        return Err(CopyError::Refused(format!(
+            "the copied log's root at size {size} is not the one the newest signed checkpoint names"
+        )));
+    }
+    if to.put_checkpoint(size, note.clone()).await? != note {
+        return Err(CopyError::Refused(format!("the destination holds another checkpoint for size {size}")));
+    }
+    Ok(())
 }
 
 /// The pending event whose leaf at `seq` is `bytes`: the bytes without their trailing `seq` and

@@ -23,6 +23,9 @@ pub enum Error {
     /// `custodia store copy` stopped.
     #[error(transparent)]
     Copy(#[from] crate::copy::CopyError),
+    /// A backup or restore stopped.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     /// The audit log could not be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod auditor;
 pub mod auth;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod copy;

@@ -39,6 +39,10 @@ pub const AUDIT_STREAM_DELIVERED: &str = "custodia_audit_stream_delivered_total"
 pub const AUDIT_STREAM_FAILURES: &str = "custodia_audit_stream_failures_total";
 /// Unix time in seconds when a stream sink last confirmed events, by `sink`.
 pub const AUDIT_STREAM_LAST_SUCCESS: &str = "custodia_audit_stream_last_success_timestamp_seconds";
+/// Unix time in seconds when the server last completed a backup (scheduled or `custodia backup`).
+pub const BACKUP_LAST_SUCCESS: &str = "custodia_backup_last_success_timestamp_seconds";
+/// Backups the server started and did not complete.
+pub const BACKUP_FAILURES: &str = "custodia_backup_failures_total";
 /// 1 while this node sequences the audit log (PostgreSQL backend), else 0.
 pub const AUDIT_SEQUENCER: &str = "custodia_audit_sequencer";
 /// Events integrated by one sequencer batch (PostgreSQL backend).
@@ -147,6 +151,12 @@ fn describe() {
         metrics::Unit::Seconds,
         "Unix time when the audit stream sink last confirmed events."
     );
+    metrics::describe_gauge!(
+        BACKUP_LAST_SUCCESS,
+        metrics::Unit::Seconds,
+        "Unix time when the server last completed a backup."
+    );
+    metrics::describe_counter!(BACKUP_FAILURES, "Backups the server started and did not complete.");
     metrics::describe_histogram!(GROUP_COMMIT_BATCH, "Writes made durable by one group-commit flush.");
     metrics::describe_gauge!(AUDIT_SEQUENCER, "1 while this node sequences the audit log (PostgreSQL).");
     metrics::describe_histogram!(
@@ -219,6 +229,16 @@ pub fn audit_stream_delivered(sink: &'static str, count: u64, now: f64) {
     metrics::gauge!(AUDIT_STREAM_LAST_SUCCESS, "sink" => sink).set(now);
 }
 
+/// Records a backup completed at Unix time `now` (seconds).
+pub fn backup_succeeded(now: f64) {
+    metrics::gauge!(BACKUP_LAST_SUCCESS).set(now);
+}
+
+/// Records a backup that did not complete.
+pub fn backup_failed() {
+    metrics::counter!(BACKUP_FAILURES).increment(1);
+}
+
 /// Records a failed delivery to `sink`.
 pub fn audit_stream_failure(sink: &'static str) {
     metrics::counter!(AUDIT_STREAM_FAILURES, "sink" => sink).increment(1);
@@ -268,6 +288,7 @@ fn action_label(action: Action) -> &'static str {
         A::AuthDenied => "auth.denied",
         A::RetentionPurge => "retention.purge",
         A::KeyRotate => "key.rotate",
+        A::StoreRestore => "store.restore",
     }
 }
 
@@ -344,6 +365,7 @@ mod tests {
             A::AuthDenied,
             A::RetentionPurge,
             A::KeyRotate,
+            A::StoreRestore,
         ];
         for action in every {
             assert_eq!(serde_json::to_value(action).unwrap(), action_label(action));

@@ -89,6 +89,15 @@ impl App {
                 .push(spawn_rotation(Arc::clone(&vault), Duration::from_millis(settings.rotation_pause_ms)));
         }
         background.push(spawn_epochs(Arc::clone(&vault)));
+        background.extend(crate::backup::control::spawn(Arc::downgrade(&vault), &settings.data_dir));
+        if let Some(dir) = &settings.backup_dir {
+            background.push(crate::backup::schedule::spawn(
+                Arc::downgrade(&vault),
+                dir.clone(),
+                Duration::from_secs(settings.backup_interval_secs.max(1)),
+                settings.backup_keep as usize,
+            ));
+        }
         for sink in streams {
             background.push(spawn_audit_stream(Arc::downgrade(&vault), Follower::new(sink)));
         }

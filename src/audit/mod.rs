@@ -86,6 +86,9 @@ pub enum Action {
     #[serde(rename = "key.rotate")]
     /// Data keys were re-wrapped under a new master key.
     KeyRotate,
+    #[serde(rename = "store.restore")]
+    /// The store was restored from a backup (`custodia restore`).
+    StoreRestore,
 }
 
 /// How the request ended.

@@ -84,6 +84,27 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], CryptoError> {
     Ok(out)
 }
 
+/// SHA-256 over data fed in pieces (the backup file's checksum, which covers hundreds of MB).
+pub struct Sha256Stream(ring::digest::Context);
+
+impl Default for Sha256Stream {
+    fn default() -> Self {
+        Sha256Stream(ring::digest::Context::new(&ring::digest::SHA256))
+    }
+}
+
+impl Sha256Stream {
+    /// Feeds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The digest of everything fed so far, as 64 lowercase hex digits.
+    pub fn hex(&self) -> String {
+        self.0.clone().finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// SHA-256 of `data` (audit tree hashing and key ids).
 pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);

@@ -279,9 +279,10 @@ pub trait Store: Send + Sync + 'static {
     async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError>;
 
     /// Stores `record` as it is (version, data key and index entries kept) for a customer the
-    /// store does not hold, with no event: for `custodia store copy` into an empty store, whose
-    /// log is copied separately. `VersionConflict` if the customer exists, `UniqueViolation` on
-    /// a clash. Backends that are never a copy's destination refuse it.
+    /// store does not hold, with no event: for `custodia store copy` and `custodia restore` into
+    /// an empty store, whose log is copied separately. `VersionConflict` if the customer exists,
+    /// `UniqueViolation` on a clash. Backends that are never a copy's destination refuse it
+    /// (every backend here implements it).
     async fn import(&self, record: CustomerRecord) -> Result<(), StoreError> {
         let _ = record;
         Err(StoreError::Unavailable("this backend cannot be the destination of a store copy".into()))

@@ -225,6 +225,15 @@ impl Vault {
         self.record(draft).await.map(|_| ())
     }
 
+    /// Records that the store was restored from a backup: a `store.restore` event (actor
+    /// `system`, sub `restore`) whose reason codes count what the restore did (`size:N`,
+    /// `root:…`, `replayed:N`, `erasures:N`…); never a value.
+    pub async fn record_restore(&self, codes: Vec<String>) -> Result<u64, VaultError> {
+        let actor = Principal::system("restore");
+        self.record(EventDraft::new(crate::audit::Action::StoreRestore, &actor, "restore").withheld(codes))
+            .await
+    }
+
     /// Appends an event with no data change.
     async fn record(&self, draft: EventDraft) -> Result<u64, VaultError> {
         self.audit.record(draft, None).await.map_err(audit_failure)

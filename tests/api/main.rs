@@ -5,6 +5,7 @@ mod audit_events;
 mod audit_stream;
 mod auditor;
 mod auth;
+mod backup;
 mod blind_index;
 mod browser;
 mod crash;

@@ -329,6 +329,12 @@ impl Store for SledStore {
         answer(outcome).await
     }
 
+    async fn import(&self, record: CustomerRecord) -> Result<(), StoreError> {
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Job::Import { record: Box::new(record), reply })?;
+        answer(outcome).await
+    }
+
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.shared.tree.get(meta_key(name)).map_err(unavailable)?.map(|v| v.to_vec()))
     }

@@ -50,6 +50,9 @@ pub(super) enum Job {
     InsertIfAbsent { key: Vec<u8>, value: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, StoreError>> },
     /// Stores `value` under `key`.
     Put { key: Vec<u8>, value: Vec<u8>, reply: oneshot::Sender<Result<(), StoreError>> },
+    /// Stores a record as it is (its own version) for an absent customer, with no event
+    /// (`Store::import`, for a restore into an empty store).
+    Import { record: Box<CustomerRecord>, reply: oneshot::Sender<Result<(), StoreError>> },
 }
 
 impl Job {
@@ -76,6 +79,7 @@ impl Job {
             Job::Writes { reply, .. } => drop(reply.send(Err(error.clone()))),
             Job::InsertIfAbsent { reply, .. } => drop(reply.send(Err(error.clone()))),
             Job::Put { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Job::Import { reply, .. } => drop(reply.send(Err(error.clone()))),
         }
     }
 }
@@ -99,6 +103,7 @@ enum Answer {
     Writes { reply: WritesReply, outcomes: Vec<Result<(usize, usize), StoreError>> },
     Bytes { reply: oneshot::Sender<Result<Vec<u8>, StoreError>>, value: Result<Vec<u8>, StoreError> },
     Unit { reply: oneshot::Sender<Result<(), StoreError>> },
+    Done { reply: oneshot::Sender<Result<(), StoreError>>, outcome: Result<(), StoreError> },
 }
 
 fn commit_group(shared: &Shared, group: Vec<Job>) {
@@ -159,6 +164,10 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 stage.put(key, value);
                 Answer::Unit { reply }
             }
+            Job::Import { record, reply } => {
+                let outcome = stage.stage(CustomerChange::Put { record, expected_version: None }, true);
+                Answer::Done { reply, outcome }
+            }
         });
     }
     let result = make_durable(shared, stage, events);
@@ -172,7 +181,9 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 match answer {
                     Answer::Writes { reply, .. } => drop(reply.send(Err(error.clone()))),
                     Answer::Bytes { reply, .. } => drop(reply.send(Err(error.clone()))),
-                    Answer::Unit { reply } => drop(reply.send(Err(error.clone()))),
+                    Answer::Unit { reply } | Answer::Done { reply, .. } => {
+                        drop(reply.send(Err(error.clone())))
+                    }
                 }
             }
             return;
@@ -195,6 +206,7 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
             }
             Answer::Bytes { reply, value } => drop(reply.send(value)),
             Answer::Unit { reply } => drop(reply.send(Ok(()))),
+            Answer::Done { reply, outcome } => drop(reply.send(outcome)),
         }
     }
 }
@@ -373,6 +385,11 @@ impl Staging<'_> {
     /// Checks a change (version, unique entries) and stages its keys; on an error nothing of it
     /// is staged.
     fn change(&mut self, change: CustomerChange) -> Result<(), StoreError> {
+        self.stage(change, false)
+    }
+
+    /// As `change`; `imported`: a put over an absent customer that keeps the record's version.
+    fn stage(&mut self, change: CustomerChange, imported: bool) -> Result<(), StoreError> {
         let id = match &change {
             CustomerChange::Put { record, .. } => record.id,
             CustomerChange::Delete { id, .. } => *id,
@@ -388,7 +405,7 @@ impl Staging<'_> {
         let old_entries: &[IndexEntry] = current.as_ref().map_or(&[], |(r, _)| &r.index_entries);
         match change {
             CustomerChange::Put { mut record, expected_version } => {
-                if record.version != expected_version.unwrap_or(0) + 1 {
+                if !imported && record.version != expected_version.unwrap_or(0) + 1 {
                     return Err(StoreError::VersionConflict);
                 }
                 let added: Vec<IndexEntry> =

@@ -1,0 +1,112 @@
+//! Backup and restore (`custodia backup`, `backup verify`, `restore`, scheduled backups).
+//!
+//! A backup is one file ([`format`]): the records as stored (sealed values, wrapped data keys,
+//! blind-index entries, never decrypted), the vault's metadata ([`crate::vault::META_NAMES`]),
+//! the newest signed checkpoint, every audit event as stored with its seq, the log's verifier
+//! key, and a trailer with the tree size, root and a SHA-256 checksum. No plaintext value, no
+//! unwrapped key; epoch keys are never in the store, so never in a backup.
+//!
+//! It is taken online through the [`crate::store::Store`] interface ([`take`]), so it works on
+//! sled and PostgreSQL alike; consistency is defined by the log (see [`take`]). A running sled
+//! server holds its store locked, so `custodia backup` asks the server for the file over a Unix
+//! socket in the data directory ([`control`]) and opens the store itself only when no server
+//! answers there.
+//!
+//! A restore ([`restore`]) re-applies every erasure and retention purge recorded after the
+//! backup point, in the backup's own log and in a newer `audit export` if one is given, by not
+//! importing what they removed; it re-appends the export's newer events so the log stays
+//! consistent with every checkpoint signed before the loss, and records a `store.restore` event.
+
+pub mod control;
+pub mod format;
+pub mod restore;
+pub mod schedule;
+pub mod take;
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+pub use format::{Invalid, Summary};
+pub use take::{Taken, take};
+
+use crate::audit::AuditError;
+use crate::audit::checkpoint::VerifierKey;
+use crate::store::StoreError;
+
+/// Why a backup or a restore stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The audit log failed (signing the checkpoint, or recording the restore).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// A file or the control socket failed.
+    #[error("{0}")]
+    Io(String),
+    /// The backup file failed a check.
+    #[error("the backup does not verify: {0}")]
+    Invalid(#[from] Invalid),
+    /// The operation is refused (target not empty, a different history…); nothing changed.
+    #[error("{0}")]
+    Refused(String),
+    /// Re-appending the log or storing a checkpoint failed.
+    #[error(transparent)]
+    Copy(#[from] crate::copy::CopyError),
+}
+
+/// Verifies the backup file at `path` offline (every check of [`format::Reader`]); `pinned`,
+/// if given, must be the key the file names.
+pub fn verify(path: &Path, pinned: Option<&VerifierKey>) -> Result<Summary, BackupError> {
+    let file = std::fs::File::open(path).map_err(|e| BackupError::Io(format!("{}: {e}", path.display())))?;
+    Ok(format::Reader::new(BufReader::with_capacity(1 << 20, file), pinned.cloned()).verify()?)
+}
+
+/// A temporary path next to `path` (same directory, so a rename is atomic).
+pub(crate) fn partial_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+}
+
+/// Makes the finished temporary file durable and moves it to `path`: fsync the file, rename,
+/// fsync the directory.
+pub(crate) fn commit_file(partial: &Path, path: &Path) -> Result<(), BackupError> {
+    let io = |what: &str, e: std::io::Error| BackupError::Io(format!("{what} {}: {e}", path.display()));
+    std::fs::File::open(partial).and_then(|f| f.sync_all()).map_err(|e| io("syncing", e))?;
+    std::fs::rename(partial, path).map_err(|e| io("renaming into", e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing the directory of", e))?;
+    }
+    Ok(())
+}
+
+/// Writes a backup of `vault` to `path`: a temporary file, verified, then made durable and
+/// renamed, so `path` only ever holds a complete, verified backup.
+pub async fn write_file(vault: &crate::vault::Vault, path: &Path) -> Result<(Taken, Summary), BackupError> {
+    let partial = partial_path(path);
+    let result = async {
+        let file = tokio::fs::File::create(&partial)
+            .await
+            .map_err(|e| BackupError::Io(format!("creating {}: {e}", partial.display())))?;
+        let taken = take(vault.store().as_ref(), vault.audit_log(), file).await?;
+        let checking = partial.clone();
+        let summary = blocking(move || verify(&checking, None)).await?;
+        commit_file(&partial, path)?;
+        Ok((taken, summary))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    result
+}
+
+/// Runs file reading off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BackupError> + Send + 'static,
+) -> Result<T, BackupError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackupError::Io(format!("a backup file task stopped: {e}")))?
+}

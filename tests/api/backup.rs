@@ -1,0 +1,506 @@
+//! Backup and restore (issue 16): the restore drill with real `custodia serve` processes and the
+//! real CLI, tampered backups, refused targets, and scheduled backups. On PostgreSQL
+//! (`CUSTODIA_TEST_STORE=postgres`) the drill restores into a fresh schema; the checks that
+//! read sled's files run on sled only.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use custodia::store::CustomerRecord;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    MASTER_KEY, SECRET, ServerProcess, TestApp, contains, files_under, on_postgres, spawn_app,
+    spawn_app_with, store_env, write_until_stopped,
+};
+
+/// Runs the `custodia` binary with the test keys over `data_dir` (epoch-key file `epochs`,
+/// outside it) on this run's backend.
+fn custodia(args: &[&str], data_dir: &Path, epochs: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .args(args)
+        .env("CUSTODIA_DATA_DIR", data_dir)
+        .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
+        .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
+        .env("CUSTODIA_KEY_EPOCH_FILE", epochs)
+        .envs(store_env(data_dir))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the custodia binary runs")
+}
+
+/// [`custodia`] off the async workers (an in-process server answers the CLI meanwhile).
+async fn custodia_async(args: &[&str], data_dir: &Path, epochs: &Path) -> Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let (data_dir, epochs) = (data_dir.to_owned(), epochs.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        custodia(&args, &data_dir, &epochs)
+    })
+    .await
+    .unwrap()
+}
+
+/// `custodia audit export` of the server at `base` into `out`, as an auditor.
+fn audit_export(base: &str, out: &Path) {
+    let done = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .args(["audit", "export", "--url", base, "--out"])
+        .arg(out)
+        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "audit export: {}", text(&done));
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// A number printed right before `label` in `text` ("… N label …") or after "label: ".
+fn number_after(text: &str, label: &str) -> u64 {
+    let at = text.find(label).unwrap_or_else(|| panic!("{label:?} not in:\n{text}")) + label.len();
+    text[at..].trim_start().chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+    merchant: String,
+}
+
+impl Client {
+    fn of(server: &ServerProcess) -> Client {
+        Client {
+            base: server.base.clone(),
+            http: reqwest::Client::new(),
+            merchant: TestApp::token_for_tests(),
+        }
+    }
+
+    async fn create(&self, email: &str) -> String {
+        let res = self
+            .http
+            .post(format!("{}/v1/customers", self.base))
+            .bearer_auth(&self.merchant)
+            .json(&json!({"fields": {"email": email, "name": format!("Person {email}")}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::CREATED);
+        res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn erase(&self, id: &str) {
+        let res = self
+            .http
+            .delete(format!("{}/v1/customers/{id}", self.base))
+            .bearer_auth(&self.merchant)
+            .send()
+            .await;
+        assert_eq!(res.unwrap().status(), StatusCode::OK, "erasing {id}");
+    }
+
+    /// (status, body) of a read for order fulfilment.
+    async fn read(&self, id: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(format!("{}/v1/customers/{id}", self.base))
+            .bearer_auth(&self.merchant)
+            .header("X-Purpose", "order_fulfillment")
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap_or_default())
+    }
+
+    async fn lookup(&self, email: &str) -> Vec<String> {
+        let res = self
+            .http
+            .get(format!("{}/v1/customers?email={}", self.base, email.replace('@', "%40")))
+            .bearer_auth(&self.merchant)
+            .header("X-Purpose", "customer_support")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.unwrap();
+        body["customers"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    async fn own_export(&self, id: &str) -> StatusCode {
+        let res = self
+            .http
+            .get(format!("{}/v1/me/export", self.base))
+            .bearer_auth(TestApp::customer_token(id))
+            .send()
+            .await
+            .unwrap();
+        res.status()
+    }
+}
+
+/// The records of a backup file and its trailer's size, read straight from the file.
+fn backup_contents(path: &Path) -> (Vec<CustomerRecord>, u64) {
+    let mut records = Vec::new();
+    let mut size = None;
+    for line in std::fs::read_to_string(path).unwrap().lines().skip(1) {
+        let line: Value = serde_json::from_str(line).unwrap();
+        match line["kind"].as_str() {
+            Some("record") => {
+                let bytes = STANDARD.decode(line["record"].as_str().unwrap()).unwrap();
+                records.push(CustomerRecord::decode(&bytes).unwrap());
+            }
+            Some("trailer") => size = line["size"].as_u64(),
+            _ => {}
+        }
+    }
+    (records, size.expect("a trailer"))
+}
+
+/// The sealed byte strings of a record: its wrapped data key and every sealed field value.
+fn sealed_parts(record: &CustomerRecord) -> Vec<Vec<u8>> {
+    let mut parts = vec![record.data_key.sealed.as_bytes().to_vec()];
+    parts.extend(record.fields.values().map(|f| f.sealed.as_bytes().to_vec()));
+    parts
+}
+
+/// The drill of README "Backup and restore": back up while writers run, erase and create, take
+/// an export and a checkpoint, lose the data directory, restore from the backup and the
+/// export, and check that erasures held, old customers came back and the log verifies against
+/// the checkpoint taken before the loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
+    let root = tempfile::tempdir().unwrap();
+    let (data, epochs) = (root.path().join("data"), root.path().join("epoch-keys"));
+    let epoch_env = epochs.to_str().unwrap().to_owned();
+    let mut server = ServerProcess::start(&data, &[("CUSTODIA_KEY_EPOCH_FILE", &epoch_env)]);
+    let client = Client::of(&server);
+
+    let mut before = Vec::new();
+    for n in 0..12 {
+        let email = format!("before-{n}@drill.test");
+        before.push((client.create(&email).await, email));
+    }
+
+    // The backup while writers run, through the running server's control socket.
+    let stop = Arc::new(Mutex::new(false));
+    let (base, stopping) = (server.base.clone(), Arc::clone(&stop));
+    let writers = tokio::spawn(async move { write_until_stopped(&base, 3, stopping).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let file = root.path().join("drill.cbk");
+    let (d, e, f) = (data.clone(), epochs.clone(), file.clone());
+    let out =
+        tokio::task::spawn_blocking(move || custodia(&["backup", "--out", f.to_str().unwrap()], &d, &e))
+            .await
+            .unwrap();
+    *stop.lock().unwrap() = true;
+    let written = writers.await.unwrap();
+    assert!(out.status.success(), "backup failed: {}", text(&out));
+    assert!(text(&out).contains("from the running server"), "{}", text(&out));
+    assert!(written.len() > 3, "the writers ran during the backup ({} creates)", written.len());
+    let verified = custodia(&["backup", "verify", file.to_str().unwrap()], &data, &epochs);
+    assert!(verified.status.success(), "{}", text(&verified));
+    let (backed_up, backup_size) = backup_contents(&file);
+
+    // After the backup: erase five of the old customers and two of the writers', create more.
+    let erased: Vec<(String, String)> = before[..5].iter().chain(&written[..2]).cloned().collect();
+    for (id, _) in &erased {
+        client.erase(id).await;
+    }
+    let mut after = Vec::new();
+    for n in 0..4 {
+        let email = format!("after-{n}@drill.test");
+        after.push(client.create(&email).await);
+    }
+
+    // Just before the loss: the auditor's export and the checkpoint they keep.
+    let export = root.path().join("export");
+    audit_export(&server.base, &export);
+    let kept = root.path().join("checkpoint-before-loss.txt");
+    std::fs::copy(export.join("checkpoint.txt"), &kept).unwrap();
+    assert!(server.terminate());
+
+    // The loss. The master key and the epoch-key file live outside the data directory.
+    std::fs::remove_dir_all(&data).unwrap();
+    let restored_dir = root.path().join("restored");
+    let out = custodia(
+        &["restore", "--from", file.to_str().unwrap(), "--log", export.to_str().unwrap()],
+        &restored_dir,
+        &epochs,
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "restore failed: {said}");
+    assert_eq!(number_after(&said, "erasures re-applied:"), erased.len() as u64, "{said}");
+
+    // "Changes not brought back": the export's changes beyond the backup's log, of customers
+    // not erased since.
+    let erased_ids: Vec<&str> = erased.iter().map(|(id, _)| id.as_str()).collect();
+    let events: Vec<Value> = std::fs::read_to_string(export.join("events.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lost = events
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() >= backup_size && e["outcome"] == "allowed")
+        .filter(|e| e["action"] == "customer.create")
+        .filter(|e| !erased_ids.contains(&e["customer_id"].as_str().unwrap_or_default()))
+        .count() as u64;
+    assert!(lost >= after.len() as u64);
+    assert_eq!(
+        said.lines().find(|l| l.contains("could not bring back")).map(|l| number_after(l, "")),
+        Some(lost)
+    );
+
+    // Nothing of an erased customer from the backup is in the new directory: not their wrapped
+    // key, not a sealed value (and a kept customer's wrapped key is found the same way).
+    if !on_postgres() {
+        let files = files_under(&restored_dir);
+        for record in backed_up.iter().filter(|r| erased_ids.contains(&r.id.to_string().as_str())) {
+            for part in sealed_parts(record) {
+                let holding: Vec<&String> =
+                    files.iter().filter(|(_, bytes)| contains(bytes, &part)).map(|(name, _)| name).collect();
+                assert!(holding.is_empty(), "sealed bytes of erased {} in {holding:?}", record.id);
+            }
+        }
+        let kept = backed_up.iter().find(|r| r.id.to_string() == before[7].0).unwrap();
+        assert!(files.iter().any(|(_, bytes)| contains(bytes, kept.data_key.sealed.as_bytes())));
+    }
+    assert!(backed_up.iter().any(|r| r.id.to_string() == before[0].0), "the backup held an erased customer");
+
+    let epoch_env = epochs.to_str().unwrap().to_owned();
+    let mut server = ServerProcess::start(&restored_dir, &[("CUSTODIA_KEY_EPOCH_FILE", &epoch_env)]);
+    let client = Client::of(&server);
+    for (id, email) in &erased {
+        assert_eq!(client.read(id).await.0, StatusCode::NOT_FOUND, "erased {id} answers");
+        assert_eq!(client.lookup(email).await, Vec::<String>::new(), "erased {email} is found");
+        assert_eq!(client.own_export(id).await, StatusCode::NOT_FOUND);
+    }
+    for (id, email) in &before[5..] {
+        let (status, body) = client.read(id).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["fields"]["email"], email.as_str());
+        assert_eq!(client.lookup(email).await, vec![id.clone()]);
+    }
+    // Created after the backup: the recovery point; their events remain.
+    for id in &after {
+        assert_eq!(client.read(id).await.0, StatusCode::NOT_FOUND);
+    }
+
+    // The log verifies, and is consistent with the checkpoint taken before the loss.
+    let fresh = root.path().join("export-after");
+    audit_export(&server.base, &fresh);
+    let path = |name: &str| fresh.join(name).to_str().unwrap().to_owned();
+    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .args([
+            "audit",
+            "verify",
+            "--events",
+            &path("events.ndjson"),
+            "--checkpoint",
+            &path("checkpoint.txt"),
+        ])
+        .args([
+            "--key",
+            &path("key.txt"),
+            "--leaves",
+            &path("leaves.txt"),
+            "--previous",
+            kept.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "audit verify: {}", text(&out));
+    let restore_event: Value = std::fs::read_to_string(fresh.join("events.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|e| e["action"] == "store.restore")
+        .expect("a store.restore event");
+    assert_eq!(restore_event["actor"], json!({"role": "system", "sub": "restore"}));
+    assert_eq!(
+        restore_event["seq"].as_u64(),
+        Some(events.len() as u64),
+        "recorded after the export's events"
+    );
+    let reasons: Vec<&str> =
+        restore_event["reason"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    for code in [
+        format!("size:{backup_size}"),
+        format!("replayed:{}", events.len() as u64 - backup_size),
+        format!("erasures:{}", erased.len()),
+        format!("not_restored:{lost}"),
+        "unopenable:0".to_owned(),
+    ] {
+        assert!(reasons.contains(&code.as_str()), "{code} not in {reasons:?}");
+    }
+    assert!(server.terminate());
+}
+
+/// Flips the byte at `at` of a copy of `file`.
+fn flipped(file: &Path, at: usize, dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at] ^= 0x01;
+    let path = dir.join(format!("flipped-{at}.cbk"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// A backup with one byte flipped anywhere fails `backup verify` naming the line, and fails
+/// `restore`, which leaves the target as it was: the same target then takes the intact backup,
+/// and refuses a second restore, still unchanged.
+#[tokio::test]
+async fn a_flipped_byte_fails_verify_and_restore_and_a_used_target_is_refused() {
+    let app = spawn_app().await;
+    for n in 0..3 {
+        app.create_customer(json!({"email": format!("flip-{n}@backup.test"), "name": "Flip"})).await;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let epochs = app.settings.key_epoch_file();
+    let file = root.path().join("small.cbk");
+    let out =
+        custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let size = std::fs::metadata(&file).unwrap().len() as usize;
+    let lines: Vec<usize> = std::fs::read(&file)
+        .unwrap()
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    // The magic line, the header, a record, a meta value, an event, the trailer's checksum.
+    let spots = [3, lines[0] + 30, lines[1] + 60, lines[lines.len() - 5] + 40, size - 30, size - 10];
+    for at in spots {
+        let bad = flipped(&file, at, root.path());
+        let out =
+            custodia_async(&["backup", "verify", bad.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+        assert!(!out.status.success(), "a flip at byte {at} verified");
+        assert!(text(&out).contains("line "), "the failure names the line: {}", text(&out));
+    }
+    // Cut short anywhere (at a line's end, too), or with a line repeated: also refused.
+    let whole = std::fs::read(&file).unwrap();
+    let repeated = [&whole[..lines[1] + 1], &whole[lines[0] + 1..]].concat();
+    for (name, bytes) in
+        [("cut", &whole[..size / 2]), ("at-line", &whole[..lines[2] + 1]), ("repeated", &repeated[..])]
+    {
+        let bad = root.path().join(format!("{name}.cbk"));
+        std::fs::write(&bad, bytes).unwrap();
+        let out =
+            custodia_async(&["backup", "verify", bad.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+        assert!(!out.status.success(), "the {name} file verified");
+    }
+
+    // The server holds the epoch-key file locked; a restore needs it, as after a real loss.
+    let mut app = app;
+    app.shutdown().await;
+    let target = root.path().join("target");
+    let bad = flipped(&file, lines[1] + 60, root.path());
+    let out = custodia_async(&["restore", "--from", bad.to_str().unwrap()], &target, &epochs).await;
+    assert!(!out.status.success(), "a tampered backup was restored");
+    assert!(text(&out).contains("does not verify"), "{}", text(&out));
+    if !on_postgres() {
+        assert!(!target.join("store").exists(), "the refused restore left a store");
+    }
+
+    let out = custodia_async(&["restore", "--from", file.to_str().unwrap()], &target, &epochs).await;
+    assert!(out.status.success(), "the intact backup restores into the untouched target: {}", text(&out));
+    let before = (!on_postgres()).then(|| files_under(&target));
+    let out = custodia_async(&["restore", "--from", file.to_str().unwrap()], &target, &epochs).await;
+    assert!(!out.status.success());
+    assert!(text(&out).contains("empty"), "{}", text(&out));
+    if let Some(before) = before {
+        assert!(before == files_under(&target), "a refused restore changed the target");
+    }
+}
+
+/// Scheduled backups: a short interval writes verified files named by time, keeps only the
+/// newest `CUSTODIA_BACKUP_KEEP`, and sets the last-success metric.
+#[tokio::test]
+async fn scheduled_backups_are_written_pruned_and_measured() {
+    let dir = tempfile::tempdir().unwrap();
+    let backups = dir.path().join("backups");
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let app = spawn_app_with(|s| {
+        s.backup_dir = Some(backups.clone());
+        s.backup_interval_secs = 1;
+        s.backup_keep = 2;
+    })
+    .await;
+    app.create_customer(json!({"email": "scheduled@backup.test", "name": "Sched"})).await;
+    let listing = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&backups)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.retain(|n| n.starts_with("custodia-backup-") && n.ends_with(".cbk"));
+        names.sort();
+        names
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while seen.len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "scheduled backups: only {seen:?}");
+        let names = listing();
+        // The oldest goes only once the newest is complete: KEEP + 1 for a moment.
+        assert!(names.len() <= 3, "more than KEEP + 1 files: {names:?}");
+        seen.extend(names);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    let mut app = app;
+    app.shutdown().await;
+    let names = listing();
+    assert_eq!(names.len(), 2, "{names:?}");
+    for name in &names {
+        let summary =
+            custodia::backup::verify(&backups.join(name), None).expect("a scheduled backup verifies");
+        assert_eq!(summary.records, 1);
+    }
+    let value = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("custodia_backup_last_success_timestamp_seconds "))
+        .expect("the last-success metric");
+    assert!(value.trim().parse::<f64>().unwrap() >= started, "{value}");
+}
+
+/// A backup whose key epochs were destroyed since (README, the backup trade-off) restores, and
+/// the restore says how many of its customers cannot be opened, in its output and its event.
+#[tokio::test]
+async fn a_restore_names_the_customers_whose_epochs_were_destroyed_since_the_backup() {
+    let mut app = spawn_app_with(|s| {
+        s.key_epoch_seconds = 2;
+        s.key_epochs_kept = 0;
+        s.request_timeout_ms = 1000;
+    })
+    .await;
+    for n in 0..2 {
+        app.create_customer(json!({"email": format!("old-{n}@epochs.test"), "name": "Old"})).await;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let epochs = app.settings.key_epoch_file();
+    let file = root.path().join("old.cbk");
+    let out =
+        custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (records, _) = backup_contents(&file);
+    let epoch = records[0].data_key.master_key.to_string();
+    assert!(epoch.starts_with("ek-") && records.iter().all(|r| r.data_key.master_key.to_string() == epoch));
+    crate::helpers::wait_for_epochs_destroyed(&app, &[epoch], std::time::Duration::from_secs(30)).await;
+    app.shutdown().await;
+
+    let target = root.path().join("target");
+    let out = custodia_async(&["restore", "--from", file.to_str().unwrap()], &target, &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("warning: 2 customer records are under key epochs the epoch-key file no longer holds"),
+        "{}",
+        text(&out)
+    );
+}
