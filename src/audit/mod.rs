@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 
 use crate::crypto::PseudonymKey;
 use crate::domain::{Clock, CustomerId, Principal, Timestamp};
-use crate::store::{CustomerChange, PendingEvent, Store, StoreError, Write};
+use crate::store::{CustomerChange, MetaEquals, PendingEvent, Store, StoreError, Write};
 use checkpoint::{CheckpointSigner, SignedCheckpoint, VerifierKey};
 use merkle::Hash;
 use proof::{Plan, ProofError};
@@ -420,13 +420,33 @@ impl AuditLog {
         &self,
         writes: Vec<(Vec<EventDraft>, Option<CustomerChange>)>,
     ) -> Result<Vec<Result<Vec<u64>, AuditError>>, AuditError> {
+        self.record_writes(writes.into_iter().map(|(drafts, change)| (drafts, change, None)).collect()).await
+    }
+
+    /// As [`AuditLog::record_batch`], committed only if `precondition` holds (see
+    /// [`crate::store::Write::precondition`]); `Rejected(PreconditionFailed)` otherwise.
+    pub async fn record_fenced(
+        &self,
+        drafts: Vec<EventDraft>,
+        change: Option<CustomerChange>,
+        precondition: Option<MetaEquals>,
+    ) -> Result<Vec<u64>, AuditError> {
+        let mut outcomes = self.record_writes(vec![(drafts, change, precondition)]).await?;
+        outcomes.pop().unwrap_or_else(|| Err(AuditError::Corrupt("the store gave a write no outcome".into())))
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn record_writes(
+        &self,
+        writes: Vec<(Vec<EventDraft>, Option<CustomerChange>, Option<MetaEquals>)>,
+    ) -> Result<Vec<Result<Vec<u64>, AuditError>>, AuditError> {
         let now = self.clock.now();
         let mut kinds = Vec::with_capacity(writes.len());
         let mut batch = Vec::with_capacity(writes.len());
-        for (drafts, change) in writes {
+        for (drafts, change, precondition) in writes {
             kinds.push(drafts.iter().map(|d| (d.action, d.outcome)).collect::<Vec<_>>());
             let events = drafts.into_iter().map(|d| d.pending(now, &self.pseudonyms)).collect();
-            batch.push(Write { change, events });
+            batch.push(Write { precondition, change, events });
         }
         let outcomes = self.store.write_many(batch).await.map_err(AuditError::Unavailable)?;
         Ok(outcomes
@@ -439,9 +459,11 @@ impl AuditLog {
                     }
                     Ok(written.seqs)
                 }
-                Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
-                    Err(AuditError::Rejected(e))
-                }
+                Err(
+                    e @ (StoreError::VersionConflict
+                    | StoreError::UniqueViolation { .. }
+                    | StoreError::PreconditionFailed { .. }),
+                ) => Err(AuditError::Rejected(e)),
                 Err(e) => Err(AuditError::Unavailable(e)),
             })
             .collect())

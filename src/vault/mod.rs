@@ -28,12 +28,12 @@ use crate::audit::{AuditError, AuditLog, EventDraft};
 use crate::crypto::{CryptoError, DataKey, DataKeyring, SystemKeys};
 use crate::domain::{CustomerId, Principal, Timestamp};
 use crate::policy::{PolicySet, Purpose, Reason};
-use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
+use crate::store::{CustomerChange, CustomerRecord, MetaEquals, Store, StoreError};
 
 pub use audit_read::{EventPage, EventQuery};
 pub use consent::ConsentView;
 pub use disclosure::{Disclosure, DisclosureRequest};
-pub use epochs::{EpochSchedule, EpochState, stored_epoch_ids};
+pub use epochs::{EPOCH_REFRESH, EpochSchedule, EpochState, stored_epoch_ids};
 pub use payment::{NewPaymentMethod, PaymentMethodView};
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
 pub use receipt::{MAX_OWN_EVENTS_PAGE, OwnEvents, Receipt};
@@ -271,7 +271,10 @@ impl Vault {
             None => None,
         };
         match record {
-            Some(r) => Ok(r),
+            Some(r) => {
+                self.know_epoch_of(&r).await?;
+                Ok(r)
+            }
             None => self.refuse(draft.clone().failed(["not_found"]), VaultError::NotFound).await,
         }
     }
@@ -299,9 +302,11 @@ impl Vault {
     ) -> Result<(T, u64), VaultError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let record = self.load(draft, id).await?;
+            // Read before the step reads the current epoch (see `Vault::fence`).
+            let fence = self.fence();
             match step(record)? {
                 Step::Commit { draft, change, then, answer } => {
-                    if let Some(seq) = self.commit_change_then(draft, change, then).await? {
+                    if let Some(seq) = self.commit_change_then(draft, change, then, fence).await? {
                         return Ok((answer, seq));
                     }
                 }
@@ -318,26 +323,37 @@ impl Vault {
         &self,
         draft: EventDraft,
         change: CustomerChange,
+        fence: Option<MetaEquals>,
     ) -> Result<Option<u64>, VaultError> {
-        self.commit_change_then(draft, change, Vec::new()).await
+        self.commit_change_then(draft, change, Vec::new(), fence).await
     }
 
     /// As [`Vault::commit_change`], then appends `then` (e.g. the read event of a write whose
     /// answer shows stored values), all made durable by one flush. Returns the change's seq.
+    /// A put carries `fence` (read before its data key was wrapped and its index entries
+    /// computed); when another node changed the epochs meanwhile, the view is refreshed and
+    /// `Ok(None)` asks the caller to compute the change again.
     async fn commit_change_then(
         &self,
         draft: EventDraft,
         change: CustomerChange,
         then: Vec<EventDraft>,
+        fence: Option<MetaEquals>,
     ) -> Result<Option<u64>, VaultError> {
         let mut change = change;
+        let mut precondition = None;
         if let CustomerChange::Put { record, .. } = &mut change {
             self.seal_legacy_consents(record)?;
+            precondition = fence;
         }
         let drafts = std::iter::once(draft.clone()).chain(then).collect();
-        match self.audit.record_batch(drafts, Some(change)).await {
+        match self.audit.record_fenced(drafts, Some(change), precondition).await {
             Ok(seqs) => Ok(seqs.first().copied()),
             Err(AuditError::Rejected(StoreError::VersionConflict)) => Ok(None),
+            Err(AuditError::Rejected(StoreError::PreconditionFailed { .. })) => {
+                self.refresh_epochs().await?;
+                Ok(None)
+            }
             Err(AuditError::Rejected(StoreError::UniqueViolation { field })) => {
                 let draft = draft.fields([field.clone()]).failed(["unique_conflict"]);
                 self.refuse(draft, VaultError::Conflict { field }).await

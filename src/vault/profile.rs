@@ -115,6 +115,32 @@ impl Vault {
         }
         let now = Timestamp::now();
         let key = DataKey::generate()?;
+        // A create computes its wrap and index entries once more if the epochs changed under it.
+        for attempt in 0..2 {
+            // Read before the current epoch is (see `Vault::fence`).
+            let fence = self.fence();
+            if let Some(id) = self.try_create(&draft, id, &key, &body, &valid, now, fence).await? {
+                return Ok(id);
+            }
+            if attempt == 1 {
+                break;
+            }
+        }
+        Err(VaultError::Internal("creating a customer kept meeting epoch changes".into()))
+    }
+
+    /// One attempt of a create: `Ok(None)` when the epochs changed under it.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_create(
+        &self,
+        draft: &EventDraft,
+        id: CustomerId,
+        key: &DataKey,
+        body: &NewCustomer,
+        valid: &[fields::ValidField],
+        now: Timestamp,
+        fence: Option<crate::store::MetaEquals>,
+    ) -> Result<Option<CustomerId>, VaultError> {
         let mut consents = BTreeMap::new();
         for input in &body.consents {
             let record = match self.consent_record(&key, &id, input, input.purpose.as_deref(), None, now) {
@@ -145,11 +171,8 @@ impl Vault {
         };
         self.apply_fields(&mut record, &key, &valid, &[], now)?;
         let change = CustomerChange::Put { record: Box::new(record), expected_version: None };
-        match self.commit_change(draft.customer(id), change).await? {
-            Some(_) => Ok(id),
-            // invariant: a fresh random id cannot already exist; treat a clash as internal.
-            None => Err(VaultError::Internal("customer id collision".into())),
-        }
+        // A fresh random id cannot already exist: `None` is the epochs changing under it.
+        Ok(self.commit_change(draft.clone().customer(id), change, fence).await?.map(|_| id))
     }
 
     /// Reads a customer's fields for a purpose (rules 2–5 of the disclosure rule).

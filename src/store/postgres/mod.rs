@@ -239,6 +239,32 @@ pub async fn migrate(settings: &PostgresSettings) -> Result<(i32, i32), StoreErr
     Ok((found, schema::SCHEMA_VERSION))
 }
 
+/// One connection to the database `settings` names, outside any pool, its driver spawned on the
+/// current runtime (the key database's: see `crypto::epoch`). Every session commits
+/// synchronously, as the store's.
+pub async fn connect_once(settings: &PostgresSettings) -> Result<tokio_postgres::Client, StoreError> {
+    Connector::new(settings)?.connect().await
+}
+
+/// A database error as text: the server's message and SQLSTATE, never a row's values.
+pub fn describe_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Which server, database and schema a connection to `settings` lands in, as one string
+/// (the server's start time and port, the database, the schema): two settings with the same
+/// identity name the same tables. Lets start-up refuse a key database that is the data database.
+pub async fn identity(settings: &PostgresSettings) -> Result<(String, String), StoreError> {
+    let client = connect_once(settings).await?;
+    let sql = "SELECT pg_postmaster_start_time()::text || '/' || current_setting('port') || '/' || \
+               current_database(), coalesce(current_schema()::text, '')";
+    let row = client.query_one(sql, &[]).await.map_err(db_error)?;
+    Ok((row.get(0), row.get(1)))
+}
+
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.shared.stop.send_replace(true);
@@ -442,7 +468,9 @@ impl Shared {
             match outcome {
                 Ok(written) => outcomes.push(Ok(written)),
                 Err(Refused::Store(
-                    e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. }),
+                    e @ (StoreError::VersionConflict
+                    | StoreError::UniqueViolation { .. }
+                    | StoreError::PreconditionFailed { .. }),
                 )) => {
                     if single {
                         return Ok(vec![Err(e)]);
@@ -489,6 +517,15 @@ impl Shared {
         tx: &Transaction<'_>,
         write: &Write,
     ) -> Result<Option<(i64, usize)>, Refused> {
+        if let Some(p) = &write.precondition {
+            // FOR SHARE: a concurrent change of the value waits for this commit (and this one
+            // for it), so the value holds until COMMIT.
+            let sql = "SELECT value FROM meta WHERE name = $1 FOR SHARE";
+            let row = tx.query_opt(&st(cache, tx, sql).await?, &[&p.name]).await?;
+            if row.map(|r| r.get::<_, Vec<u8>>(0)) != p.value {
+                return Err(StoreError::PreconditionFailed { name: p.name.clone() }.into());
+            }
+        }
         if let Some(change) = &write.change {
             self.apply_change(cache, tx, change).await?;
         }
@@ -537,7 +574,7 @@ impl Store for PostgresStore {
             return Ok(Written { seqs: Vec::new() });
         }
         let shared = self.ready().await?;
-        if write.change.is_none() {
+        if write.change.is_none() && write.precondition.is_none() {
             return shared.commit_events(write).await;
         }
         shared.commit(vec![write]).await?.pop().expect("one outcome per write")
