@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use custodia::audit::merkle::{leaf_hash, node_hash};
 use custodia::crypto::BlindIndex;
 use custodia::domain::CustomerId;
-use custodia::store::{CustomerChange, IndexEntry, PendingEvent, StoreError, Write};
+use custodia::store::{CustomerChange, IndexEntry, MetaEquals, PendingEvent, StoreError, Write};
 
 fn entry(field: &str, byte: u8, unique: bool) -> IndexEntry {
     IndexEntry { field: field.into(), index: [byte; 32], unique, epoch: None }
@@ -247,6 +247,38 @@ async fn independent_writes_in_one_batch_have_their_own_outcomes() {
     assert!(outcomes[3].as_ref().unwrap().seqs.is_empty());
     assert_eq!(store.customer(&id).await.unwrap().unwrap().version, 2);
     assert_eq!(store.audit_events(0, 10).await.unwrap(), vec![(0, leaf(0, 0)), (1, leaf(2, 1))]);
+}
+
+#[tokio::test]
+async fn a_meta_precondition_commits_only_while_the_value_holds_and_a_mismatch_writes_nothing() {
+    let Some(fixture) = fixture() else { return };
+    let store = fixture.open();
+    let guard = |value: Option<&[u8]>| Some(MetaEquals { name: "fence".into(), value: value.map(<[u8]>::to_vec) });
+    let (a, b) = (CustomerId::random(), CustomerId::random());
+    // Absent, and asked to be absent: commits.
+    let w = Write { precondition: guard(None), change: put(record(a, 1, vec![]), None), events: vec![event(0, None)] };
+    assert_eq!(store.write(w).await.unwrap().seqs, vec![0]);
+    store.put_meta("fence", b"one".to_vec()).await.unwrap();
+    // A stale value (absent, or another one): refused, naming the value; nothing written, not
+    // even the event, in a single write or inside a batch beside one that holds.
+    for stale in [None, Some(&b"two"[..])] {
+        let w = Write { precondition: guard(stale), change: put(record(b, 1, vec![]), None), events: vec![event(1, None)] };
+        let err = store.write(w).await.unwrap_err();
+        assert!(matches!(&err, StoreError::PreconditionFailed { name } if name == "fence"), "{err:?}");
+    }
+    let batch = vec![
+        Write { precondition: guard(Some(b"two")), change: put(record(b, 1, vec![]), None), events: vec![] },
+        Write { precondition: guard(Some(b"one")), change: put(record(a, 2, vec![]), Some(1)), events: vec![] },
+    ];
+    let outcomes = store.write_many(batch).await.unwrap();
+    assert!(matches!(outcomes[0], Err(StoreError::PreconditionFailed { .. })), "{:?}", outcomes[0]);
+    assert!(outcomes[1].is_ok(), "{:?}", outcomes[1]);
+    assert!(store.customer(&b).await.unwrap().is_none());
+    assert_eq!(store.customer(&a).await.unwrap().unwrap().version, 2);
+    assert_eq!(size(&store).await, 1);
+    // The current value: commits.
+    let w = Write { precondition: guard(Some(b"one")), change: put(record(b, 1, vec![]), None), events: vec![event(1, None)] };
+    assert_eq!(store.write(w).await.unwrap().seqs, vec![1]);
 }
 
 #[tokio::test]
