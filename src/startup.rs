@@ -246,7 +246,8 @@ async fn open_keyring(
 /// would keep destroyed epoch keys next to the data. Another schema of the data database is
 /// allowed (tests) with a warning: its backups hold both.
 async fn check_key_database(settings: &Settings, keys: &crate::store::PostgresSettings) -> Result<(), Error> {
-    let (Some(data_url), crate::config::StoreKind::Postgres) = (&settings.database_url, settings.store) else {
+    let (Some(data_url), crate::config::StoreKind::Postgres) = (&settings.database_url, settings.store)
+    else {
         return Ok(());
     };
     let (data, data_schema) = crate::store::postgres_identity(&settings.postgres(data_url)).await?;

@@ -789,7 +789,8 @@ impl DataKeyring {
         let keys: Vec<Arc<EpochKey>> = self.read().clone();
         let stored = store.load()?;
         for key in keys {
-            let old = stored.iter().any(|(_, s)| s.epoch_id() == key.info.id && s.master_id() != current_master);
+            let old =
+                stored.iter().any(|(_, s)| s.epoch_id() == key.info.id && s.master_id() != current_master);
             if !old {
                 continue;
             }
@@ -832,7 +833,9 @@ fn wrap_under(epoch: &EpochKey, customer: &CustomerId, key: &DataKey) -> Result<
 }
 
 fn sort_newest_first(epochs: &mut [Arc<EpochKey>]) {
-    epochs.sort_by(|a, b| (b.info.created_ms, b.info.id.as_str()).cmp(&(a.info.created_ms, a.info.id.as_str())));
+    epochs.sort_by(|a, b| {
+        (b.info.created_ms, b.info.id.as_str()).cmp(&(a.info.created_ms, a.info.id.as_str()))
+    });
 }
 
 /// Unwraps stored copies, one key per epoch (the newest copy that opens), newest epoch first;

@@ -185,7 +185,10 @@ impl Vault {
 
     /// Makes sure the epoch a loaded record's data key is wrapped under is known here, when
     /// another node may have created it (shared epoch keys). A destroyed one stays unknown.
-    pub(super) async fn know_epoch_of(&self, record: &crate::store::CustomerRecord) -> Result<(), VaultError> {
+    pub(super) async fn know_epoch_of(
+        &self,
+        record: &crate::store::CustomerRecord,
+    ) -> Result<(), VaultError> {
         let id = &record.data_key.master_key;
         if self.keyring.shared() && id.is_epoch() && self.keyring.epoch(id).is_none() {
             self.refresh_epochs().await?;

@@ -157,7 +157,11 @@ impl Vault {
                     // not one event per customer: they touch no field.
                     let change =
                         CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-                    writes.push(Write { precondition: fence.clone(), change: Some(change), events: Vec::new() });
+                    writes.push(Write {
+                        precondition: fence.clone(),
+                        change: Some(change),
+                        events: Vec::new(),
+                    });
                     targets.push((*id, changed));
                 }
                 todo.clear();

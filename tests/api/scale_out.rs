@@ -421,7 +421,8 @@ fn stored_epochs(keys: &Database) -> std::collections::BTreeSet<String> {
 
 /// Every `epoch_destroyed` epoch id in `base`'s audit log.
 async fn destroyed_epochs(base: &str) -> Vec<String> {
-    let (status, body) = get(base, "/v1/audit/events?action=key.rotate&limit=1000", &TestApp::auditor_token()).await;
+    let (status, body) =
+        get(base, "/v1/audit/events?action=key.rotate&limit=1000", &TestApp::auditor_token()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["events"]
         .as_array()
@@ -429,7 +430,11 @@ async fn destroyed_epochs(base: &str) -> Vec<String> {
         .iter()
         .filter(|e| e["reason"][0] == "epoch_destroyed")
         .filter_map(|e| {
-            e["reason"].as_array().unwrap().iter().find_map(|r| r.as_str()?.strip_prefix("epoch:").map(str::to_owned))
+            e["reason"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|r| r.as_str()?.strip_prefix("epoch:").map(str::to_owned))
         })
         .collect()
 }
@@ -540,4 +545,73 @@ async fn a_key_database_that_is_the_data_database_and_schema_is_refused() {
     assert!(err.contains("CUSTODIA_KEY_DATABASE_URL names the data database"), "{err}");
     assert!(!err.contains(&db.url), "the URL is never printed");
     assert_eq!(db.number(&format!("SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = 'epoch_keys'", db.name)), Some(0), "nothing was created");
+}
+
+/// Settings of an in-process node on `db` whose epoch keys are in `keys`: a new epoch every
+/// second, none kept, a 200 ms settle time.
+fn in_process(dir: &Path, db: &Database, keys: &Database) -> custodia::config::Settings {
+    use secrecy::SecretString;
+    custodia::config::Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_owned(),
+        policies: Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        master_key: Some(SecretString::from(crate::helpers::MASTER_KEY)),
+        jwt_hs256_secret: Some(SecretString::from(crate::helpers::SECRET)),
+        store: custodia::config::StoreKind::Postgres,
+        database_url: Some(SecretString::from(db.url.clone())),
+        key_database_url: Some(SecretString::from(keys.url.clone())),
+        database_pool_size: 4,
+        key_epoch_seconds: 1,
+        key_epochs_kept: 0,
+        request_timeout_ms: 200,
+        ..custodia::config::Settings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_stale_epoch_view_never_commits_a_key_under_an_epoch_another_node_destroyed() {
+    use custodia::domain::{Principal, Role};
+    use custodia::vault::{EpochState, NewCustomer, RequestContext};
+    let Some(db) = Database::create() else { return };
+    let Some(keys) = Database::create() else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    // Two vaults in this process, without their background tasks: B's view of the epochs only
+    // changes when one of its own loads or writes makes it.
+    let (a, store, _) =
+        custodia::startup::open_vault(&in_process(&dirs.path().join("a"), &db, &keys)).await.unwrap();
+    let (b, _, _) =
+        custodia::startup::open_vault(&in_process(&dirs.path().join("b"), &db, &keys)).await.unwrap();
+    let stale = b.keyring().current().id;
+    assert_eq!(a.keyring().current().id, stale, "one shared first epoch");
+
+    // A rotates: a new epoch, every key re-wrapped to it, then the old one destroyed.
+    let mut state = EpochState::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.keyring().epoch(&stale).is_some() {
+        assert!(std::time::Instant::now() < deadline, "A destroyed the first epoch");
+        let wait = a.epoch_step(&mut state).await.unwrap();
+        tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+    }
+    assert_eq!(
+        b.keyring().current().id,
+        stale,
+        "B's view is stale: it still wraps under the destroyed epoch"
+    );
+
+    // B creates a customer: its first attempt wraps under the destroyed epoch and is fenced off
+    // at commit; B refreshes its view and wraps under A's current epoch.
+    let ctx = RequestContext {
+        principal: Principal { role: Role::Merchant, sub: Some("shop-backend".into()) },
+        request_id: "fence-test".into(),
+    };
+    let body: NewCustomer =
+        serde_json::from_value(json!({"fields": {"email": "fenced@epochs.test", "name": "Fenced"}})).unwrap();
+    let id = b.create_customer(&ctx, body, None).await.unwrap();
+    let record = store.customer(&id).await.unwrap().unwrap();
+    let current = a.keyring().current().id;
+    assert_eq!(record.data_key.master_key, current, "committed under the live epoch, not {stale}");
+    assert!(record.index_entries.iter().all(|e| e.epoch.as_ref() == Some(&current)), "indexed under it too");
+    assert!(b.keyring().epoch(&stale).is_none(), "B forgot the destroyed epoch");
+    let view = a.read_customer(&ctx, &id.to_string(), Some("order_fulfillment"), None).await.unwrap();
+    assert_eq!(view.fields["email"], "fenced@epochs.test");
 }

@@ -43,7 +43,10 @@ async fn a_customers_history_survives_two_kill_9s_before_the_first_flush() {
                 expected_version: None,
             };
             let event = PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: Some(id) };
-            store.write(Write { precondition: None, change: Some(change), events: vec![event] }).await.unwrap();
+            store
+                .write(Write { precondition: None, change: Some(change), events: vec![event] })
+                .await
+                .unwrap();
         } else {
             // Run 2: the replay puts the group (and `wal_lsn`) into sled and flushes sled at
             // open, but writes no `history_len`; the history is right, from the rebuilt tail.

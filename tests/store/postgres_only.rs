@@ -79,7 +79,11 @@ async fn two_nodes_on_one_database_share_one_log_and_one_sequencer_and_the_other
                     expected_version: None,
                 });
                 let written = node
-                    .write(Write { precondition: None, change, events: vec![event(Some(id)), event(Some(id))] })
+                    .write(Write {
+                        precondition: None,
+                        change,
+                        events: vec![event(Some(id)), event(Some(id))],
+                    })
                     .await
                     .unwrap();
                 (id, written.seqs)

@@ -64,9 +64,13 @@ impl KeyDatabase {
         let mut this = KeyDatabase { settings, runtime, client: None };
         let count: i64 = this.run("creating the epoch_keys table in", |client| {
             Box::pin(async move {
-                client.execute("SELECT pg_advisory_lock($1, hashtext(current_schema()))", &[&CREATE_LOCK]).await?;
+                client
+                    .execute("SELECT pg_advisory_lock($1, hashtext(current_schema()))", &[&CREATE_LOCK])
+                    .await?;
                 let created = client.batch_execute(CREATE).await;
-                client.execute("SELECT pg_advisory_unlock($1, hashtext(current_schema()))", &[&CREATE_LOCK]).await?;
+                client
+                    .execute("SELECT pg_advisory_unlock($1, hashtext(current_schema()))", &[&CREATE_LOCK])
+                    .await?;
                 created?;
                 Ok(client.query_one("SELECT count(*) FROM epoch_keys", &[]).await?.get(0))
             })
@@ -124,7 +128,9 @@ impl EpochStore for KeyDatabase {
 
     fn load(&mut self) -> Result<Vec<(usize, StoredEpoch)>, EpochError> {
         let rows = self.run("reading", |client| {
-            Box::pin(async move { client.query("SELECT id, created_ms, master, sealed FROM epoch_keys", &[]).await })
+            Box::pin(async move {
+                client.query("SELECT id, created_ms, master, sealed FROM epoch_keys", &[]).await
+            })
         })?;
         rows.iter()
             .map(|row| {
@@ -149,13 +155,23 @@ impl EpochStore for KeyDatabase {
                 // One statement, so one snapshot: with `only_if_empty` two nodes opening an
                 // empty database at once may both see it empty, and the table lock makes the
                 // second wait and then find the first's row.
-                let mut sql = String::from("INSERT INTO epoch_keys (id, created_ms, master, sealed) SELECT $1, $2, $3, $4");
+                let mut sql = String::from(
+                    "INSERT INTO epoch_keys (id, created_ms, master, sealed) SELECT $1, $2, $3, $4",
+                );
                 if only_if_empty {
                     client.batch_execute("BEGIN; LOCK TABLE epoch_keys IN SHARE ROW EXCLUSIVE MODE").await?;
                     sql.push_str(" WHERE NOT EXISTS (SELECT 1 FROM epoch_keys)");
                 }
                 let added = client
-                    .execute(&sql, &[&entry.id.as_slice(), &entry.created_ms, &entry.master.as_slice(), &entry.sealed.as_slice()])
+                    .execute(
+                        &sql,
+                        &[
+                            &entry.id.as_slice(),
+                            &entry.created_ms,
+                            &entry.master.as_slice(),
+                            &entry.sealed.as_slice(),
+                        ],
+                    )
                     .await;
                 if only_if_empty {
                     match &added {
@@ -177,7 +193,9 @@ impl EpochStore for KeyDatabase {
     fn destroy(&mut self, id: &KeyId) -> Result<bool, EpochError> {
         let raw = id.raw(EPOCH_PREFIX).ok_or_else(|| db("destroying", "a malformed epoch id"))?;
         let deleted = self.run("destroying an epoch key in", |client| {
-            Box::pin(async move { client.execute("DELETE FROM epoch_keys WHERE id = $1", &[&raw.as_slice()]).await })
+            Box::pin(async move {
+                client.execute("DELETE FROM epoch_keys WHERE id = $1", &[&raw.as_slice()]).await
+            })
         })?;
         self.vacuum()?;
         Ok(deleted > 0)
