@@ -74,7 +74,7 @@ pub async fn copy_store(from: &dyn Store, to: &dyn Store) -> Result<CopyReport, 
             events.push(pending_of(*seq, bytes)?);
         }
         let count = events.len() as u64;
-        let written = to.write(Write { precondition: None, change: None, events }).await?;
+        let written = to.write(Write { need_seqs: true, precondition: None, change: None, events }).await?;
         if written.seqs.first() != Some(&next) {
             return Err(CopyError::Refused(format!("the destination's log did not continue at seq {next}")));
         }

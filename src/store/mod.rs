@@ -85,6 +85,11 @@ pub struct Write {
     pub change: Option<CustomerChange>,
     /// The events that record the request, in order.
     pub events: Vec<PendingEvent>,
+    /// The caller needs its events' seqs (an erasure receipt names its event's). A backend
+    /// that integrates events after the commit (PostgreSQL's sequencer) then waits for them;
+    /// otherwise it answers at the commit, with [`Written::seqs`] empty. Backends that
+    /// integrate inside the commit (sled, memory) always give them.
+    pub need_seqs: bool,
     /// Commit only if a metadata value still is what the caller computed the change from;
     /// otherwise nothing is written and the outcome is [`StoreError::PreconditionFailed`].
     /// Checked atomically with the commit: in the write's transaction under a share lock on the
@@ -105,7 +110,8 @@ pub struct MetaEquals {
 /// What a write became: the seqs its events were given, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
-    /// One leaf index per event of the write.
+    /// One leaf index per event of the write; empty when the backend answered at the commit,
+    /// before its sequencer integrated them (PostgreSQL without [`Write::need_seqs`]).
     pub seqs: Vec<u64>,
 }
 
@@ -241,7 +247,9 @@ pub fn open(
 /// group commit), but each caller sees its own write fully done or not at all. A backend
 /// integrates the events of a write into the log (seqs, leaves, nodes, head) through the
 /// injected [`Integrator`]; `head`, `nodes` and the event readers never show an event before
-/// it is durable.
+/// it is durable. `head` and the event readers read their own writes: every event whose write
+/// returned before the call began is in what they show (PostgreSQL waits for its sequencer to
+/// integrate what was committed before the read).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The stored record of a customer, if any.

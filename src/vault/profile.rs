@@ -172,7 +172,10 @@ impl Vault {
         self.apply_fields(&mut record, &key, &valid, &[], now)?;
         let change = CustomerChange::Put { record: Box::new(record), expected_version: None };
         // A fresh random id cannot already exist: `None` is the epochs changing under it.
-        Ok(self.commit_change(draft.clone().customer(id), change, fence).await?.map(|_| id))
+        Ok(match self.commit_change(draft.clone().customer(id), change, fence).await? {
+            super::Committed::Done(_) => Some(id),
+            super::Committed::Retry => None,
+        })
     }
 
     /// Reads a customer's fields for a purpose (rules 2–5 of the disclosure rule).
@@ -281,7 +284,7 @@ impl Vault {
             let wrapped_under = self.newest_epoch_of(&record);
             Ok(Step::Commit { draft, change, then: Vec::new(), answer: (record.id, wrapped_under) })
         };
-        let ((id, wrapped_under), audit_seq) = self.write_customer("erasure", &draft, id, step).await?;
+        let ((id, wrapped_under), audit_seq) = self.write_customer_seq("erasure", &draft, id, step).await?;
         // The store's write returned: the key is gone from the data directory.
         let destroyed = Timestamp::now();
         let copies = self.copies_unreadable_by(&wrapped_under, destroyed);

@@ -158,6 +158,7 @@ impl Vault {
                     let change =
                         CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
                     writes.push(Write {
+                        need_seqs: false,
                         precondition: fence.clone(),
                         change: Some(change),
                         events: Vec::new(),

@@ -80,6 +80,7 @@ async fn two_nodes_on_one_database_share_one_log_and_one_sequencer_and_the_other
                 });
                 let written = node
                     .write(Write {
+                        need_seqs: true,
                         precondition: None,
                         change,
                         events: vec![event(Some(id)), event(Some(id))],
@@ -111,7 +112,7 @@ async fn two_nodes_on_one_database_share_one_log_and_one_sequencer_and_the_other
     drop(a);
     let written = tokio::time::timeout(
         Duration::from_secs(10),
-        b.write(Write { precondition: None, change: None, events: vec![event(None)] }),
+        b.write(Write { need_seqs: true, precondition: None, change: None, events: vec![event(None)] }),
     )
     .await
     .expect("the surviving node integrates within seconds")
@@ -154,14 +155,14 @@ async fn erasure_deletes_the_record_row_with_its_data_key_and_every_index_row() 
     ];
     let change =
         Some(CustomerChange::Put { record: Box::new(record(id, 1, entries)), expected_version: None });
-    store.write(Write { precondition: None, change, events: vec![event(Some(id))] }).await.unwrap();
+    store.write(Write { need_seqs: true, precondition: None, change, events: vec![event(Some(id))] }).await.unwrap();
     let hex = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>();
     let rows = |table: &str, column: &str| {
         db.number(&format!("SELECT count(*) FROM {table} WHERE {column} = '\\x{hex}'::bytea"))
     };
     assert_eq!((rows("customers", "id"), rows("index_entries", "customer")), (Some(1), Some(2)));
     let erase = Some(CustomerChange::Delete { id, expected_version: 1 });
-    store.write(Write { precondition: None, change: erase, events: vec![event(Some(id))] }).await.unwrap();
+    store.write(Write { need_seqs: true, precondition: None, change: erase, events: vec![event(Some(id))] }).await.unwrap();
     assert_eq!((rows("customers", "id"), rows("index_entries", "customer")), (Some(0), Some(0)));
     assert_eq!(rows("customer_history", "customer"), Some(2), "the log keeps the history");
 }

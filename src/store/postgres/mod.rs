@@ -91,6 +91,8 @@ struct Shared {
     waiters: Mutex<HashMap<i64, oneshot::Sender<u64>>>,
     /// Wakes this node's sequencer when a write committed pending events.
     pending: Notify,
+    /// Woken by this node's sequencer after each batch: readers waiting for integration.
+    integrated: Notify,
     /// `true` once the handle is closed or dropped: the sequencer stops.
     stop: watch::Sender<bool>,
     closed: AtomicBool,
@@ -205,6 +207,7 @@ impl PostgresStore {
             integrator,
             waiters: Mutex::new(HashMap::new()),
             pending: Notify::new(),
+            integrated: Notify::new(),
             stop,
             closed: AtomicBool::new(false),
         };
@@ -386,7 +389,7 @@ impl Shared {
         let client = self.client().await?;
         let next = client.prepare_cached(NEXT_WRITE_ID).await.map_err(db_error)?;
         let write_id: i64 = client.query_one(&next, &[]).await.map_err(db_error)?.get(0);
-        let rx = self.wait_for(write_id);
+        let rx = write.need_seqs.then(|| self.wait_for(write_id));
         let insert = client.prepare_cached(INSERT_PENDING).await.map_err(db_error)?;
         let rows = PendingRows::of(&write);
         if let Err(e) = client.execute(&insert, &rows.params(&write_id)).await {
@@ -396,9 +399,37 @@ impl Shared {
         drop(client);
         let committed = std::time::Instant::now();
         self.pending.notify_one();
+        let Some(rx) = rx else { return Ok(Written { seqs: Vec::new() }) };
         let first = self.first_seq(write_id, rx).await?;
         crate::metric::audit_integration_delay(committed.elapsed());
         Ok(Written { seqs: (first..first + write.events.len() as u64).collect() })
+    }
+
+    /// Waits until every event committed before this call is integrated (the log readers read
+    /// their own writes, which answered at COMMIT): the newest pending write id now, then until
+    /// no pending write at or below it remains. Woken by this node's sequencer, or polling.
+    async fn integrated_barrier(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let newest = client.prepare_cached("SELECT max(write_id) FROM pending_events").await.map_err(db_error)?;
+        let Some(newest): Option<i64> = client.query_one(&newest, &[]).await.map_err(db_error)?.get(0) else {
+            return Ok(());
+        };
+        let sql = "SELECT EXISTS (SELECT 1 FROM pending_events WHERE write_id <= $1)";
+        let left = client.prepare_cached(sql).await.map_err(db_error)?;
+        let deadline = tokio::time::Instant::now() + SEQ_WAIT;
+        loop {
+            // Registered before the look, so an integration in between still wakes it.
+            let integrated = self.integrated.notified();
+            if !client.query_one(&left, &[&newest]).await.map_err(db_error)?.get::<_, bool>(0) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::Unavailable(
+                    "the audit log's sequencer has not integrated the committed events yet".into(),
+                ));
+            }
+            let _ = tokio::time::timeout(SEQ_POLL, integrated).await;
+        }
     }
 
     /// Registers a waiter for `write_id`'s seqs before its commit, so the sequencer cannot
@@ -481,8 +512,15 @@ impl Shared {
                 Err(Refused::Db(e)) => return Err(db_error(e)),
             }
         }
-        let ids: Vec<i64> =
-            outcomes.iter().filter_map(|o| o.as_ref().ok().copied().flatten()).map(|(id, _)| id).collect();
+        // Waiters only for the writes whose callers need their seqs; the others answer at COMMIT.
+        let ids: Vec<i64> = outcomes
+            .iter()
+            .zip(&writes)
+            .filter(|(_, w)| w.need_seqs)
+            .filter_map(|(o, _)| o.as_ref().ok().copied().flatten())
+            .map(|(id, _)| id)
+            .collect();
+        let any_events = outcomes.iter().any(|o| matches!(o, Ok(Some(_))));
         let receivers: Vec<_> = ids.iter().map(|id| self.wait_for(*id)).collect();
         if let Err(e) = tx.commit().await {
             self.forget(&ids);
@@ -491,14 +529,15 @@ impl Shared {
         // The connection goes back to the pool before the wait: waiting writers hold none.
         drop(client);
         let committed = std::time::Instant::now();
-        if !ids.is_empty() {
+        if any_events {
             self.pending.notify_one();
         }
         let mut receivers = receivers.into_iter();
         let mut results = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
+        for (outcome, write) in outcomes.into_iter().zip(&writes) {
             results.push(match outcome {
                 Ok(None) => Ok(Written { seqs: Vec::new() }),
+                Ok(Some(_)) if !write.need_seqs => Ok(Written { seqs: Vec::new() }),
                 Ok(Some((id, count))) => {
                     let rx = receivers.next().expect("one receiver per write with events");
                     let first = self.first_seq(id, rx).await?;
@@ -613,7 +652,9 @@ impl Store for PostgresStore {
     }
 
     async fn head(&self) -> Result<TreeHead, StoreError> {
-        let client = self.ready().await?.client().await?;
+        let shared = self.ready().await?;
+        shared.integrated_barrier().await?;
+        let client = shared.client().await?;
         sequencer::read_head(&**client).await
     }
 
@@ -638,7 +679,9 @@ impl Store for PostgresStore {
     }
 
     async fn audit_events(&self, from: u64, limit_to: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let client = self.ready().await?.client().await?;
+        let shared = self.ready().await?;
+        shared.integrated_barrier().await?;
+        let client = shared.client().await?;
         let sql = "SELECT seq, event FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2";
         let st = client.prepare_cached(sql).await.map_err(db_error)?;
         let rows = client.query(&st, &[&to_i64(from), &limit(limit_to)]).await.map_err(db_error)?;
@@ -651,7 +694,9 @@ impl Store for PostgresStore {
         after: Option<u64>,
         limit_to: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let client = self.ready().await?.client().await?;
+        let shared = self.ready().await?;
+        shared.integrated_barrier().await?;
+        let client = shared.client().await?;
         let sql = "SELECT h.seq, e.event FROM customer_history h JOIN audit_events e ON e.seq = h.seq \
                    WHERE h.customer = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3";
         let st = client.prepare_cached(sql).await.map_err(db_error)?;

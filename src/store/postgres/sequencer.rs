@@ -246,6 +246,9 @@ async fn integrate_batch(
     }
     tx.commit().await.map_err(db_error)?;
     crate::metric::audit_integrated(count, started.elapsed());
+    // Writes that answered at COMMIT never learn their seqs: the gauge follows the head here.
+    crate::metric::audit_tree_size(next.size);
+    shared.integrated.notify_waiters();
 
     let mut waiters = shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
     for (id, first) in writes {
