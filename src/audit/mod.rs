@@ -396,8 +396,9 @@ impl AuditLog {
     /// use [`AuditLog::record_batch`] when the seq is not needed.
     pub async fn record(&self, draft: EventDraft, change: Option<CustomerChange>) -> Result<u64, AuditError> {
         let mut outcomes = self.record_writes(vec![(vec![draft], change, None)], true).await?;
-        let seqs =
-            outcomes.pop().unwrap_or_else(|| Err(AuditError::Corrupt("the store gave a write no outcome".into())))?;
+        let seqs = outcomes
+            .pop()
+            .unwrap_or_else(|| Err(AuditError::Corrupt("the store gave a write no outcome".into())))?;
         seqs.first().copied().ok_or_else(|| AuditError::Corrupt("the store gave an event no seq".into()))
     }
 
@@ -425,7 +426,8 @@ impl AuditLog {
         &self,
         writes: Vec<(Vec<EventDraft>, Option<CustomerChange>)>,
     ) -> Result<Vec<Result<Vec<u64>, AuditError>>, AuditError> {
-        self.record_writes(writes.into_iter().map(|(drafts, change)| (drafts, change, None)).collect(), false).await
+        self.record_writes(writes.into_iter().map(|(drafts, change)| (drafts, change, None)).collect(), false)
+            .await
     }
 
     /// As [`AuditLog::record_batch`], committed only if `precondition` holds (see
@@ -463,7 +465,11 @@ impl AuditLog {
             .map(|(outcome, kinds)| match outcome {
                 Ok(written) => {
                     for (i, (action, outcome)) in kinds.into_iter().enumerate() {
-                        crate::metric::audit_appended(action, outcome, written.seqs.get(i).map(|seq| seq + 1));
+                        crate::metric::audit_appended(
+                            action,
+                            outcome,
+                            written.seqs.get(i).map(|seq| seq + 1),
+                        );
                     }
                     Ok(written.seqs)
                 }

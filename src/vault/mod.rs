@@ -344,7 +344,9 @@ impl Vault {
                         return Ok((answer, seq));
                     }
                 }
-                Step::Answer { event, answer } if need_seq => return Ok((answer, Some(self.record_seq(event).await?))),
+                Step::Answer { event, answer } if need_seq => {
+                    return Ok((answer, Some(self.record_seq(event).await?)));
+                }
                 Step::Answer { event, answer } => return Ok((answer, self.record(event).await?)),
                 Step::Refuse { event, error } => return self.refuse(event, error).await,
             }

@@ -44,7 +44,12 @@ async fn a_customers_history_survives_two_kill_9s_before_the_first_flush() {
             };
             let event = PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: Some(id) };
             store
-                .write(Write { need_seqs: true, precondition: None, change: Some(change), events: vec![event] })
+                .write(Write {
+                    need_seqs: true,
+                    precondition: None,
+                    change: Some(change),
+                    events: vec![event],
+                })
                 .await
                 .unwrap();
         } else {
@@ -87,7 +92,10 @@ async fn a_customers_history_survives_a_drop_without_close() {
     let change =
         CustomerChange::Put { record: Box::new(crate::record(id, 1, vec![])), expected_version: None };
     let event = PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: Some(id) };
-    store.write(Write { need_seqs: true, precondition: None, change: Some(change), events: vec![event] }).await.unwrap();
+    store
+        .write(Write { need_seqs: true, precondition: None, change: Some(change), events: vec![event] })
+        .await
+        .unwrap();
     drop(store);
     let store = open();
     assert_eq!(store.audit_events(0, 10).await.unwrap().len(), 1);

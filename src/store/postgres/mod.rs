@@ -5,10 +5,13 @@
 //! node at a time, the one whose dedicated session holds the sequencer's advisory lock,
 //! integrates pending events in batches through the injected [`Integrator`] (`sequencer.rs`):
 //! seqs, leaves, Merkle nodes, history rows, and the head advanced by a compare-and-set on its
-//! size, so a stale sequencer that lost its lock cannot advance the log. A write then waits
-//! until its events are integrated (woken in process when this node sequences, else by polling
-//! `write_seqs`) and returns their seqs, so [`Written::seqs`] means what it means on sled and
-//! the readers never show an event that is not in the tree.
+//! size, so a stale sequencer that lost its lock cannot advance the log. A write answers at
+//! `COMMIT` unless its caller needs the seqs ([`Write::need_seqs`]: the erasure receipt); then
+//! it waits until its events are integrated (woken in process when this node sequences, else by
+//! an integration notice, `notify.rs`, or by polling `write_seqs`). The log readers (`head`,
+//! `audit_events`, `audit_events_for_customer`) first wait until every event committed before
+//! the call is integrated, so a caller reads its own writes (an export or an auditor's customer
+//! filter never misses a recent access), and never show an event that is not in the tree.
 //!
 //! Erasure deletes the record row (which holds the wrapped data key) and every index row in the
 //! transaction of the erasure event. Deleted rows linger in table pages and the WAL until
@@ -18,6 +21,7 @@
 //! connects, migrates the schema (`schema.rs`) and starts the sequencer on the caller's runtime.
 
 mod connect;
+mod notify;
 mod schema;
 mod sequencer;
 
@@ -91,8 +95,11 @@ struct Shared {
     waiters: Mutex<HashMap<i64, oneshot::Sender<u64>>>,
     /// Wakes this node's sequencer when a write committed pending events.
     pending: Notify,
-    /// Woken by this node's sequencer after each batch: readers waiting for integration.
+    /// Woken after each integrated batch (by this node's sequencer, or by a notice from
+    /// another node's: `notify.rs`): writers waiting for seqs, readers waiting for integration.
     integrated: Notify,
+    /// The listening session for integration notices is up (waiters then poll less often).
+    listening: AtomicBool,
     /// `true` once the handle is closed or dropped: the sequencer stops.
     stop: watch::Sender<bool>,
     closed: AtomicBool,
@@ -208,6 +215,7 @@ impl PostgresStore {
             waiters: Mutex::new(HashMap::new()),
             pending: Notify::new(),
             integrated: Notify::new(),
+            listening: AtomicBool::new(false),
             stop,
             closed: AtomicBool::new(false),
         };
@@ -225,6 +233,8 @@ impl PostgresStore {
                 let mut client = self.shared.pool.get().await.map_err(pool_error)?;
                 schema::migrate(&mut client).await?;
                 let task = tokio::spawn(sequencer::run(Arc::clone(&self.shared)));
+                // Ends by itself when the store is closed or dropped.
+                tokio::spawn(notify::run(Arc::clone(&self.shared)));
                 *self.sequencer.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
                 Ok::<(), StoreError>(())
             })
@@ -405,12 +415,18 @@ impl Shared {
         Ok(Written { seqs: (first..first + write.events.len() as u64).collect() })
     }
 
+    /// How long a waiter sleeps between looks when no notice wakes it.
+    fn poll_interval(&self) -> Duration {
+        if self.listening.load(Ordering::Acquire) { notify::SEQ_POLL_LISTENING } else { SEQ_POLL }
+    }
+
     /// Waits until every event committed before this call is integrated (the log readers read
     /// their own writes, which answered at COMMIT): the newest pending write id now, then until
     /// no pending write at or below it remains. Woken by this node's sequencer, or polling.
     async fn integrated_barrier(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let newest = client.prepare_cached("SELECT max(write_id) FROM pending_events").await.map_err(db_error)?;
+        let newest =
+            client.prepare_cached("SELECT max(write_id) FROM pending_events").await.map_err(db_error)?;
         let Some(newest): Option<i64> = client.query_one(&newest, &[]).await.map_err(db_error)?.get(0) else {
             return Ok(());
         };
@@ -428,7 +444,7 @@ impl Shared {
                     "the audit log's sequencer has not integrated the committed events yet".into(),
                 ));
             }
-            let _ = tokio::time::timeout(SEQ_POLL, integrated).await;
+            let _ = tokio::time::timeout(self.poll_interval(), integrated).await;
         }
     }
 
@@ -451,11 +467,17 @@ impl Shared {
     /// `write_seqs` when another node integrates it.
     async fn first_seq(&self, write_id: i64, mut rx: oneshot::Receiver<u64>) -> Result<u64, StoreError> {
         let deadline = tokio::time::Instant::now() + SEQ_WAIT;
+        let mut sequenced_here = true;
         loop {
-            match tokio::time::timeout(SEQ_POLL, &mut rx).await {
-                Ok(Ok(seq)) => return Ok(seq),
-                Ok(Err(_)) => tokio::time::sleep(SEQ_POLL).await,
-                Err(_) => {}
+            let integrated = self.integrated.notified();
+            tokio::select! {
+                seq = &mut rx, if sequenced_here => match seq {
+                    Ok(seq) => return Ok(seq),
+                    // Another node integrates it: look on each notice (or poll).
+                    Err(_) => sequenced_here = false,
+                },
+                () = integrated => {}
+                () = tokio::time::sleep(self.poll_interval()) => {}
             }
             let client = self.client().await?;
             let sql = "SELECT first_seq FROM write_seqs WHERE write_id = $1";
@@ -475,7 +497,7 @@ impl Shared {
     }
 
     /// Commits `writes` in one transaction, each under its own savepoint (its own outcome),
-    /// then waits for the seqs of their events.
+    /// then waits for the seqs of the events of those that need them ([`Write::need_seqs`]).
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let mut client = self.client().await?;
         // Statements are prepared per connection: this connection's cache.
