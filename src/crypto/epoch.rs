@@ -605,9 +605,10 @@ impl DataKeyring {
     /// (the `key_epochs` value read *before* this call) as the value this view answers to; a
     /// `None` keeps the recorded one. Blocks (store round trip): call it off the async workers.
     pub fn refresh(&self, listed: Option<Vec<u8>>) -> Result<Refreshed, EpochError> {
+        // Held to the end: an epoch this process creates meanwhile is not forgotten as "no
+        // longer stored" by a load from before it.
         let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let stored = store.load()?;
-        drop(store);
         let mut out = Refreshed::default();
         let known: Vec<KeyId> = self.epochs().into_iter().map(|e| e.id).collect();
         let in_store: std::collections::HashSet<KeyId> = stored.iter().map(|(_, s)| s.epoch_id()).collect();

@@ -149,10 +149,11 @@ async fn two_writers_on_one_expected_version_exactly_one_wins() {
 async fn two_creates_racing_for_one_unique_value_one_wins() {
     let Some(fixture) = fixture() else { return };
     let store = fixture.open();
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
+    // Each has a unique email of its own and the same unique phone: the clash names `phone`.
+    let tasks: Vec<_> = (0..16u8)
+        .map(|n| {
             let store = Arc::clone(&store);
-            let r = record(CustomerId::random(), 1, vec![entry("email", 7, true)]);
+            let r = record(CustomerId::random(), 1, vec![entry("email", 100 + n, true), entry("phone", 7, true)]);
             tokio::spawn(async move { write(&store, put(r, None)).await })
         })
         .collect();
@@ -160,12 +161,12 @@ async fn two_creates_racing_for_one_unique_value_one_wins() {
     for task in tasks {
         match task.await.unwrap() {
             Ok(_) => won += 1,
-            Err(StoreError::UniqueViolation { .. }) => {}
+            Err(StoreError::UniqueViolation { field }) => assert_eq!(field, "phone"),
             Err(e) => panic!("{e:?}"),
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(store.lookup("email", &BlindIndex([7; 32])).await.unwrap().len(), 1);
+    assert_eq!(store.lookup("phone", &BlindIndex([7; 32])).await.unwrap().len(), 1);
     assert_eq!(size(&store).await, 1);
 }
 

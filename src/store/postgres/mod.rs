@@ -109,7 +109,17 @@ struct Shared {
 enum Refused {
     Store(StoreError),
     Db(tokio_postgres::Error),
+    /// A unique entry lost a race to a concurrent commit (the transaction is aborted): named by
+    /// [`Shared::name_clash`] after the rollback.
+    UniqueRace,
 }
+
+/// The field of the first unique entry ($2 fields, $3 indexes, $4 unique flags) that another
+/// customer than $1 holds.
+const CLASH: &str = "SELECT e.field FROM index_entries e \
+                     JOIN unnest($2::text[], $3::bytea[], $4::bool[]) AS n(field, index, uniq) \
+                       ON e.field = n.field AND e.index = n.index \
+                     WHERE n.uniq AND e.customer <> $1 LIMIT 1";
 
 impl From<tokio_postgres::Error> for Refused {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -336,6 +346,21 @@ impl Shared {
         }
     }
 
+    /// Names the field of a unique race `record` lost, once its transaction or savepoint is
+    /// rolled back: the winner has committed, so a new statement sees its row. Empty if the
+    /// winner's row is gone again (erased meanwhile).
+    async fn name_clash(
+        client: &impl tokio_postgres::GenericClient,
+        record: &CustomerRecord,
+    ) -> Result<String, StoreError> {
+        let id = record.id.as_bytes().as_slice();
+        let fields: Vec<&str> = record.index_entries.iter().map(|e| e.field.as_str()).collect();
+        let indexes: Vec<&[u8]> = record.index_entries.iter().map(|e| e.index.as_slice()).collect();
+        let unique: Vec<bool> = record.index_entries.iter().map(|e| e.unique).collect();
+        let row = client.query_opt(CLASH, &[&id, &fields, &indexes, &unique]).await.map_err(db_error)?;
+        Ok(row.map(|r| r.get(0)).unwrap_or_default())
+    }
+
     /// Replaces the index rows of `record`'s customer with its entries, inside `tx`.
     async fn index_rows(
         &self,
@@ -355,11 +380,8 @@ impl Shared {
         // A unique entry another customer holds (as a unique or plain entry) is a clash,
         // named by its field; racing inserts are caught by the unique index instead.
         if unique.iter().any(|u| *u) {
-            let sql = "SELECT e.field FROM index_entries e \
-                       JOIN unnest($2::text[], $3::bytea[], $4::bool[]) AS n(field, index, uniq) \
-                         ON e.field = n.field AND e.index = n.index \
-                       WHERE n.uniq AND e.customer <> $1 LIMIT 1";
-            let clash = tx.query_opt(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await?;
+            let clash =
+                tx.query_opt(&st(cache, tx, CLASH).await?, &[&id, &fields, &indexes, &unique]).await?;
             if let Some(row) = clash {
                 return Err(StoreError::UniqueViolation { field: row.get(0) }.into());
             }
@@ -371,10 +393,10 @@ impl Shared {
         match tx.execute(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                // Lost a race for a unique value: which field is not in the error without
-                // its DETAIL (which holds the index), so name the first unique field.
-                let field = record.index_entries.iter().find(|e| e.unique).map(|e| e.field.clone());
-                Err(StoreError::UniqueViolation { field: field.unwrap_or_default() }.into())
+                // Lost a race for a unique value. Which field is not in the error without its
+                // DETAIL (which holds the index): the caller names it once this transaction
+                // (or savepoint) is rolled back, from the winner's committed row.
+                Err(Refused::UniqueRace)
             }
             Err(e) => Err(e.into()),
         }
@@ -529,6 +551,21 @@ impl Shared {
                         return Ok(vec![Err(e)]);
                     }
                     outcomes.push(Err(e));
+                }
+                Err(Refused::UniqueRace) => {
+                    // invariant: only a put writes index rows.
+                    let Some(CustomerChange::Put { record, .. }) = &write.change else {
+                        return Err(StoreError::Corrupt("a unique race without a put".into()));
+                    };
+                    if single {
+                        drop(tx);
+                        let field = Self::name_clash(&**client, record).await?;
+                        return Ok(vec![Err(StoreError::UniqueViolation { field })]);
+                    }
+                    // Its savepoint is rolled back: the transaction goes on.
+                    outcomes.push(Err(StoreError::UniqueViolation {
+                        field: Self::name_clash(&*tx, record).await?,
+                    }));
                 }
                 Err(Refused::Store(e)) => return Err(e),
                 Err(Refused::Db(e)) => return Err(db_error(e)),
@@ -771,6 +808,11 @@ impl Store for PostgresStore {
         }
         match shared.index_rows(&cache, &tx, &record).await {
             Ok(()) => {}
+            Err(Refused::UniqueRace) => {
+                drop(tx);
+                let field = Shared::name_clash(&**client, &record).await?;
+                return Err(StoreError::UniqueViolation { field });
+            }
             Err(Refused::Store(e)) => return Err(e),
             Err(Refused::Db(e)) => return Err(db_error(e)),
         }
