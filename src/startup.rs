@@ -221,10 +221,18 @@ async fn open_keyring(
         let keys = settings.postgres(url);
         check_key_database(settings, &keys).await?;
         let runtime = tokio::runtime::Handle::current();
-        let keyring = crate::crypto::off_async_workers(move || {
-            DataKeyring::open_key_database(master, &keys, runtime, missing, now)
+        let file = path.clone();
+        let (keyring, imported) = crate::crypto::off_async_workers(move || {
+            DataKeyring::open_key_database(master, &keys, runtime, missing, Some(&file), now)
         })
         .await?;
+        if imported > 0 {
+            tracing::warn!(
+                epochs = imported,
+                file = %path.display(),
+                "moved the epoch-key file's epochs into the empty key database; the file is no longer used: destroy it now (shred it, with its backups), or it keeps epochs the key database destroys"
+            );
+        }
         tracing::info!(epochs = keyring.epochs().len(), "epoch keys are in the key database");
         return Ok(keyring);
     }

@@ -542,18 +542,22 @@ impl DataKeyring {
     }
 
     /// Opens the key database (`CUSTODIA_KEY_DATABASE_URL`) as the epoch-key store, shared by
-    /// every node: creates its table, refuses an empty one with [`MissingFile::Refuse`] (the data
-    /// lists epochs), unwraps every epoch key and creates a first epoch when there is none. Runs
-    /// database round trips on `runtime`: call it off the async workers.
+    /// every node: creates its table; when it is empty and an epoch-key file exists at
+    /// `import_from`, moves that file's epochs into it (returned: how many); refuses a table
+    /// still empty with [`MissingFile::Refuse`] (the data lists epochs); unwraps every epoch key
+    /// and creates a first epoch when there is none. Runs database round trips on `runtime`:
+    /// call it off the async workers.
     pub fn open_key_database(
         master: MasterKeyring,
         settings: &crate::store::PostgresSettings,
         runtime: tokio::runtime::Handle,
         missing: MissingFile,
+        import_from: Option<&Path>,
         now_ms: i64,
-    ) -> Result<DataKeyring, EpochError> {
-        let db = keydb::KeyDatabase::open(settings.clone(), runtime, missing)?;
-        Self::open_store(master, Box::new(db), true, OpenReport::default(), now_ms).map(|(ring, _)| ring)
+    ) -> Result<(DataKeyring, usize), EpochError> {
+        let (db, imported) = keydb::KeyDatabase::open(settings.clone(), runtime, missing, import_from)?;
+        let (ring, _) = Self::open_store(master, Box::new(db), true, OpenReport::default(), now_ms)?;
+        Ok((ring, imported))
     }
 
     fn open_store(

@@ -620,3 +620,51 @@ async fn a_node_with_a_stale_epoch_view_never_commits_a_key_under_an_epoch_anoth
     let view = a.read_customer(&ctx, &id.to_string(), Some("order_fulfillment"), None).await.unwrap();
     assert_eq!(view.fields["email"], "fenced@epochs.test");
 }
+
+#[tokio::test]
+async fn a_node_moving_from_the_epoch_key_file_to_the_key_database_imports_its_epochs() {
+    let Some(db) = Database::create() else { return };
+    let Some(keys) = Database::create() else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    let (data, file) = (dirs.path().join("a"), dirs.path().join("a.epoch-keys"));
+    let file_env = [("CUSTODIA_KEY_EPOCH_FILE", file.to_str().unwrap())];
+    let client = reqwest::Client::new();
+    let token = TestApp::token_for_tests();
+    // One node on PostgreSQL with the epoch-key file, as before the key database.
+    let mut one = ServerProcess::start(
+        &data,
+        &[("CUSTODIA_STORE", "postgres"), ("CUSTODIA_DATABASE_URL", &db.url), file_env[0]],
+    );
+    let res = client
+        .post(format!("{}/v1/customers", one.base))
+        .bearer_auth(&token)
+        .json(&json!({"fields": {"email": "moved@epochs.test", "name": "Moved"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert!(one.terminate());
+    let tables = format!(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = 'epoch_keys'",
+        keys.name
+    );
+    assert_eq!(keys.number(&tables), Some(0), "no key database yet");
+
+    // Restarted with the key database (the file still in place): its epochs move there, and
+    // a second node without any file reads the customer.
+    let moved = node_with(&data, &db, &keys, &file_env);
+    assert!(!stored_epochs(&keys).is_empty(), "the file's epochs are in the key database");
+    let other = node(&dirs.path().join("b"), &db, &keys);
+    for base in [&moved.base, &other.base] {
+        let res = client
+            .get(format!("{base}/v1/customers/{id}"))
+            .bearer_auth(&token)
+            .header("X-Purpose", "order_fulfillment")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{base}");
+        assert_eq!(res.json::<Value>().await.unwrap()["fields"]["email"], "moved@epochs.test");
+    }
+}

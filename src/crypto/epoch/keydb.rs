@@ -54,13 +54,16 @@ fn db(op: &str, e: impl std::fmt::Display) -> EpochError {
 }
 
 impl KeyDatabase {
-    /// Connects, creates the table if needed, and with [`MissingFile::Refuse`] refuses an empty
-    /// one (the data lists epochs: starting over would make every customer unreadable).
+    /// Connects, creates the table if needed, moves the epochs of the epoch-key file at
+    /// `import_from` into an empty table (a deployment moving from the file), and with
+    /// [`MissingFile::Refuse`] refuses a table still empty (the data lists epochs: starting over
+    /// would make every customer unreadable). Returns how many epochs were imported.
     pub(super) fn open(
         settings: PostgresSettings,
         runtime: Handle,
         missing: MissingFile,
-    ) -> Result<Self, EpochError> {
+        import_from: Option<&std::path::Path>,
+    ) -> Result<(Self, usize), EpochError> {
         let mut this = KeyDatabase { settings, runtime, client: None };
         let count: i64 = this.run("creating the epoch_keys table in", |client| {
             Box::pin(async move {
@@ -75,10 +78,28 @@ impl KeyDatabase {
                 Ok(client.query_one("SELECT count(*) FROM epoch_keys", &[]).await?.get(0))
             })
         })?;
-        if count == 0 && missing == MissingFile::Refuse {
+        let mut imported = 0;
+        if let Some(path) = import_from.filter(|p| count == 0 && p.exists()) {
+            // The same sealed bytes as the file's slots (their associated data names no place):
+            // the newest copy of each epoch. The keyring unwraps them next, so a file that does
+            // not open under the configured master keys stops the start.
+            let (mut file, _) = super::EpochFile::open(path, MissingFile::Refuse)?;
+            let mut newest: std::collections::BTreeMap<[u8; 8], StoredEpoch> = Default::default();
+            for (_, copy) in file.load()? {
+                if newest.get(&copy.id).is_none_or(|kept| kept.generation < copy.generation) {
+                    newest.insert(copy.id, copy);
+                }
+            }
+            for (_, mut copy) in newest {
+                copy.generation = 0;
+                this.add(copy, false)?;
+                imported += 1;
+            }
+        }
+        if count == 0 && imported == 0 && missing == MissingFile::Refuse {
             return Err(EpochError::KeyDatabaseEmpty);
         }
-        Ok(this)
+        Ok((this, imported))
     }
 
     /// Runs `work` on a live connection (opening one if needed) on the server's runtime.
