@@ -143,7 +143,7 @@ impl Vault {
     ) -> Result<Option<CustomerId>, VaultError> {
         let mut consents = BTreeMap::new();
         for input in &body.consents {
-            let record = match self.consent_record(&key, &id, input, input.purpose.as_deref(), None, now) {
+            let record = match self.consent_record(key, &id, input, input.purpose.as_deref(), None, now) {
                 Ok(r) => r,
                 Err(e) => return self.refuse(draft.clone().failed(["invalid_consent"]), e).await,
             };
@@ -159,7 +159,7 @@ impl Vault {
         let mut record = CustomerRecord {
             id,
             version: 1,
-            data_key: self.keyring.wrap_data_key(&id, &key)?,
+            data_key: self.keyring.wrap_data_key(&id, key)?,
             fields: BTreeMap::new(),
             index_entries: Vec::new(),
             consents,
@@ -169,7 +169,7 @@ impl Vault {
             created_at: now,
             updated_at: now,
         };
-        self.apply_fields(&mut record, &key, &valid, &[], now)?;
+        self.apply_fields(&mut record, key, valid, &[], now)?;
         let change = CustomerChange::Put { record: Box::new(record), expected_version: None };
         // A fresh random id cannot already exist: `None` is the epochs changing under it.
         Ok(match self.commit_change(draft.clone().customer(id), change, fence).await? {
