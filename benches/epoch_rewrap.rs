@@ -79,7 +79,12 @@ async fn run(customers: usize) {
                 updated_at: now,
             };
             let change = CustomerChange::Put { record: Box::new(record), expected_version: None };
-            writes.push(Write { change: Some(change), events: Vec::new() });
+            writes.push(Write {
+                need_seqs: false,
+                precondition: None,
+                change: Some(change),
+                events: Vec::new(),
+            });
         }
         for outcome in store.write_many(writes).await.unwrap() {
             outcome.unwrap();

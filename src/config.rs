@@ -138,6 +138,10 @@ pub struct Settings {
     pub database_url: Option<SecretString>,
     /// Most database connections per node (`CUSTODIA_DATABASE_POOL_SIZE`, at least 1).
     pub database_pool_size: usize,
+    /// The key database (`CUSTODIA_KEY_DATABASE_URL`): a PostgreSQL database of its own, kept out
+    /// of backups and WAL archives, holding the epoch keys every node shares (instead of the
+    /// epoch-key file). A secret, as `database_url`.
+    pub key_database_url: Option<SecretString>,
     /// Longest wait to connect to the database or for a free connection, in milliseconds
     /// (`CUSTODIA_DATABASE_CONNECT_TIMEOUT_MS`, at least 1).
     pub database_connect_timeout_ms: u64,
@@ -217,6 +221,7 @@ impl Default for Settings {
             store: StoreKind::Sled,
             database_url: None,
             database_pool_size: 16,
+            key_database_url: None,
             database_connect_timeout_ms: 5_000,
             database_ca_file: None,
             dev: false,
@@ -319,6 +324,7 @@ struct FileSettings {
     store: Option<StoreKind>,
     database_url: Option<String>,
     database_pool_size: Option<usize>,
+    key_database_url: Option<String>,
     database_connect_timeout_ms: Option<u64>,
     database_ca_file: Option<PathBuf>,
 }
@@ -466,6 +472,9 @@ impl Settings {
         );
         if let Some(url) = f.database_url {
             self.database_url = Some(SecretString::from(url));
+        }
+        if let Some(url) = f.key_database_url {
+            self.key_database_url = Some(SecretString::from(url));
         }
         if let Some(k) = f.master_key {
             self.master_key = Some(SecretString::from(k));
@@ -679,6 +688,9 @@ impl Settings {
         }
         if let Some(v) = get("CUSTODIA_DATABASE_URL") {
             self.database_url = Some(SecretString::from(v));
+        }
+        if let Some(v) = get("CUSTODIA_KEY_DATABASE_URL") {
+            self.key_database_url = Some(SecretString::from(v));
         }
         if let Some(v) = get("CUSTODIA_DATABASE_POOL_SIZE") {
             self.database_pool_size = number("CUSTODIA_DATABASE_POOL_SIZE", v)?;
@@ -959,6 +971,7 @@ mod tests {
             "audit_stream_syslog",
             "store",
             "database_url",
+            "key_database_url",
             "database_pool_size",
             "database_connect_timeout_ms",
             "database_ca_file",

@@ -182,7 +182,7 @@ pub(crate) async fn append_leaves(
         events.push(pending_of(*seq, bytes)?);
     }
     let count = events.len() as u64;
-    let written = to.write(Write { change: None, events }).await?;
+    let written = to.write(Write { need_seqs: true, precondition: None, change: None, events }).await?;
     if written.seqs.first() != Some(&next) {
         return Err(CopyError::Refused(format!("the destination's log did not continue at seq {next}")));
     }

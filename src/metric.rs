@@ -206,10 +206,13 @@ pub fn disclosure(denied: Option<Reason>) {
 }
 
 /// Records an appended audit event and the tree size after it.
-pub fn audit_appended(action: Action, outcome: Outcome, tree_size: u64) {
+pub fn audit_appended(action: Action, outcome: Outcome, tree_size: Option<u64>) {
     metrics::counter!(AUDIT_EVENTS, "action" => action_label(action), "outcome" => outcome_label(outcome))
         .increment(1);
-    audit_tree_size(tree_size);
+    // Unknown when the write answered at its commit (PostgreSQL): the sequencer sets it.
+    if let Some(size) = tree_size {
+        audit_tree_size(size);
+    }
 }
 
 /// Sets the audit tree size (at startup, before any append).

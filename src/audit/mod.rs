@@ -27,7 +27,7 @@ use tokio::sync::Mutex;
 
 use crate::crypto::PseudonymKey;
 use crate::domain::{Clock, CustomerId, Principal, Timestamp};
-use crate::store::{CustomerChange, PendingEvent, Store, StoreError, Write};
+use crate::store::{CustomerChange, MetaEquals, PendingEvent, Store, StoreError, Write};
 use checkpoint::{CheckpointSigner, SignedCheckpoint, VerifierKey};
 use merkle::Hash;
 use proof::{Plan, ProofError};
@@ -395,8 +395,13 @@ impl AuditLog {
     /// Returns the event's seq.
     ///
     /// On `Rejected` nothing was written; the caller records what happened with a new draft.
+    /// Waits for the event's seq on a backend that integrates after the commit (PostgreSQL):
+    /// use [`AuditLog::record_batch`] when the seq is not needed.
     pub async fn record(&self, draft: EventDraft, change: Option<CustomerChange>) -> Result<u64, AuditError> {
-        let seqs = self.record_batch(vec![draft], change).await?;
+        let mut outcomes = self.record_writes(vec![(vec![draft], change, None)], true).await?;
+        let seqs = outcomes
+            .pop()
+            .unwrap_or_else(|| Err(AuditError::Corrupt("the store gave a write no outcome".into())))?;
         seqs.first().copied().ok_or_else(|| AuditError::Corrupt("the store gave an event no seq".into()))
     }
 
@@ -405,14 +410,15 @@ impl AuditLog {
     /// concerns several customers (one event each, DESIGN §6) or where a write's answer is also
     /// a read (an update event, then a read event).
     ///
-    /// On `Rejected` nothing was written, not even the events.
+    /// On `Rejected` nothing was written, not even the events. Answers at the commit: the seqs
+    /// are empty on a backend that integrates after it (PostgreSQL; see
+    /// [`crate::store::Write::need_seqs`]).
     pub async fn record_batch(
         &self,
         drafts: Vec<EventDraft>,
         change: Option<CustomerChange>,
     ) -> Result<Vec<u64>, AuditError> {
-        let mut outcomes = self.record_many(vec![(drafts, change)]).await?;
-        outcomes.pop().unwrap_or_else(|| Err(AuditError::Corrupt("the store gave a write no outcome".into())))
+        self.record_fenced(drafts, change, None, false).await
     }
 
     /// Independent writes, each a change with the events that record it, made durable
@@ -423,13 +429,37 @@ impl AuditLog {
         &self,
         writes: Vec<(Vec<EventDraft>, Option<CustomerChange>)>,
     ) -> Result<Vec<Result<Vec<u64>, AuditError>>, AuditError> {
+        self.record_writes(writes.into_iter().map(|(drafts, change)| (drafts, change, None)).collect(), false)
+            .await
+    }
+
+    /// As [`AuditLog::record_batch`], committed only if `precondition` holds (see
+    /// [`crate::store::Write::precondition`]; `Rejected(PreconditionFailed)` otherwise), and
+    /// waiting for the seqs if `need_seqs`.
+    pub async fn record_fenced(
+        &self,
+        drafts: Vec<EventDraft>,
+        change: Option<CustomerChange>,
+        precondition: Option<MetaEquals>,
+        need_seqs: bool,
+    ) -> Result<Vec<u64>, AuditError> {
+        let mut outcomes = self.record_writes(vec![(drafts, change, precondition)], need_seqs).await?;
+        outcomes.pop().unwrap_or_else(|| Err(AuditError::Corrupt("the store gave a write no outcome".into())))
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn record_writes(
+        &self,
+        writes: Vec<(Vec<EventDraft>, Option<CustomerChange>, Option<MetaEquals>)>,
+        need_seqs: bool,
+    ) -> Result<Vec<Result<Vec<u64>, AuditError>>, AuditError> {
         let now = self.clock.now();
         let mut kinds = Vec::with_capacity(writes.len());
         let mut batch = Vec::with_capacity(writes.len());
-        for (drafts, change) in writes {
+        for (drafts, change, precondition) in writes {
             kinds.push(drafts.iter().map(|d| (d.action, d.outcome)).collect::<Vec<_>>());
             let events = drafts.into_iter().map(|d| d.pending(now, &self.pseudonyms)).collect();
-            batch.push(Write { change, events });
+            batch.push(Write { need_seqs, precondition, change, events });
         }
         let outcomes = self.store.write_many(batch).await.map_err(AuditError::Unavailable)?;
         Ok(outcomes
@@ -437,14 +467,20 @@ impl AuditLog {
             .zip(kinds)
             .map(|(outcome, kinds)| match outcome {
                 Ok(written) => {
-                    for ((action, outcome), seq) in kinds.into_iter().zip(&written.seqs) {
-                        crate::metric::audit_appended(action, outcome, seq + 1);
+                    for (i, (action, outcome)) in kinds.into_iter().enumerate() {
+                        crate::metric::audit_appended(
+                            action,
+                            outcome,
+                            written.seqs.get(i).map(|seq| seq + 1),
+                        );
                     }
                     Ok(written.seqs)
                 }
-                Err(e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. })) => {
-                    Err(AuditError::Rejected(e))
-                }
+                Err(
+                    e @ (StoreError::VersionConflict
+                    | StoreError::UniqueViolation { .. }
+                    | StoreError::PreconditionFailed { .. }),
+                ) => Err(AuditError::Rejected(e)),
                 Err(e) => Err(AuditError::Unavailable(e)),
             })
             .collect())

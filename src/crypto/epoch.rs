@@ -43,6 +43,8 @@ use super::keys::{DataKey, EPOCH_PREFIX, KeyId, MASTER_PREFIX, MasterKeyring};
 use super::{CryptoError, fill_random};
 use crate::domain::CustomerId;
 
+mod keydb;
+
 const MAGIC: &[u8; 16] = b"custodia-epochs\0";
 const FORMAT: u32 = 1;
 /// Length of the header and of every slot, in bytes. Slots are aligned to it, so a slot never
@@ -50,7 +52,7 @@ const FORMAT: u32 = 1;
 pub const SLOT_LEN: usize = 128;
 const HEADER_LEN: usize = SLOT_LEN;
 /// `version (1) ‖ nonce (12) ‖ 32 key bytes ‖ tag (16)`.
-const SEALED_LEN: usize = 61;
+pub(crate) const SEALED_LEN: usize = 61;
 const CRC_AT: usize = SLOT_LEN - 4;
 const USED: u8 = 1;
 /// How long `open` waits for a lock that a handle dropped a moment ago may still hold.
@@ -69,6 +71,12 @@ pub enum EpochError {
         /// The configured path.
         path: PathBuf,
     },
+    /// The key database holds no epoch key, but the store says data keys are wrapped under
+    /// epoch keys.
+    #[error(
+        "the key database (CUSTODIA_KEY_DATABASE_URL) holds no epoch key, but this store has data keys wrapped under epoch keys: point the setting at the key database these nodes used; starting with new keys would make every customer unreadable"
+    )]
+    KeyDatabaseEmpty,
     /// Another process holds the file's lock.
     #[error("the epoch-key file {} is in use by another process", path.display())]
     Locked {
@@ -211,14 +219,17 @@ impl std::fmt::Debug for EpochKey {
     }
 }
 
-/// One used slot: an epoch key wrapped under a master key.
+/// One stored copy of an epoch key: the key wrapped under a master key (a file slot, or a row
+/// of the key database). Never plain key bytes.
 #[derive(Clone)]
-struct StoredEpoch {
-    id: [u8; 8],
-    created_ms: i64,
-    generation: u64,
-    master: [u8; 8],
-    sealed: [u8; SEALED_LEN],
+pub(crate) struct StoredEpoch {
+    pub(crate) id: [u8; 8],
+    pub(crate) created_ms: i64,
+    /// Orders copies of one epoch in the file (a master re-wrap writes a newer one); 0 in the
+    /// key database, which holds one copy per epoch.
+    pub(crate) generation: u64,
+    pub(crate) master: [u8; 8],
+    pub(crate) sealed: [u8; SEALED_LEN],
 }
 
 impl StoredEpoch {
@@ -412,20 +423,107 @@ impl std::fmt::Debug for EpochFile {
     }
 }
 
+/// Where the wrapped epoch keys are kept: the epoch-key file ([`EpochFile`], the default) or
+/// the key database (`keydb`, shared by every node of a PostgreSQL deployment). Each operation
+/// is durable when it returns. Implementations may block (file syncs, database round trips):
+/// callers run them off the async workers (`crypto::off_async_workers`).
+pub(crate) trait EpochStore: Send {
+    /// Where the keys are, for messages (a path, or the key database's setting name).
+    fn place(&self) -> PathBuf;
+    /// Every stored copy, with a handle to [`EpochStore::supersede`] older copies by.
+    fn load(&mut self) -> Result<Vec<(usize, StoredEpoch)>, EpochError>;
+    /// Stores a new epoch durably before returning. With `only_if_empty`, stores nothing and
+    /// returns `false` when any epoch is stored already (two nodes opening a new key database
+    /// at once agree on one first epoch).
+    fn add(&mut self, entry: StoredEpoch, only_if_empty: bool) -> Result<bool, EpochError>;
+    /// Removes older copies (handles from `load`), durably; returns what it removed.
+    fn supersede(&mut self, handles: &[usize]) -> Result<Vec<usize>, EpochError>;
+    /// Destroys every copy of the epoch durably before returning; `false` if none was stored.
+    fn destroy(&mut self, id: &KeyId) -> Result<bool, EpochError>;
+    /// Stores `entry` (an epoch already stored, re-wrapped under another master key) in place of
+    /// its copies under other master keys, never leaving a moment without a valid copy.
+    fn replace(&mut self, entry: StoredEpoch) -> Result<(), EpochError>;
+}
+
+impl EpochStore for EpochFile {
+    fn place(&self) -> PathBuf {
+        self.path.clone()
+    }
+
+    fn load(&mut self) -> Result<Vec<(usize, StoredEpoch)>, EpochError> {
+        // One process holds the file (locked): what is in memory is what is on disk.
+        Ok(self.used().map(|(i, s)| (i, s.clone())).collect())
+    }
+
+    fn add(&mut self, entry: StoredEpoch, only_if_empty: bool) -> Result<bool, EpochError> {
+        if only_if_empty && self.used().next().is_some() {
+            return Ok(false);
+        }
+        self.write_new(entry)?;
+        Ok(true)
+    }
+
+    fn supersede(&mut self, handles: &[usize]) -> Result<Vec<usize>, EpochError> {
+        for i in handles {
+            self.zero_slot(*i)?;
+        }
+        Ok(handles.to_vec())
+    }
+
+    fn destroy(&mut self, id: &KeyId) -> Result<bool, EpochError> {
+        let slots: Vec<usize> = self.used().filter(|(_, s)| &s.epoch_id() == id).map(|(i, _)| i).collect();
+        for i in &slots {
+            self.zero_slot(*i)?;
+        }
+        Ok(!slots.is_empty())
+    }
+
+    fn replace(&mut self, entry: StoredEpoch) -> Result<(), EpochError> {
+        let old: Vec<usize> = self
+            .used()
+            .filter(|(_, s)| s.id == entry.id && s.master != entry.master)
+            .map(|(i, _)| i)
+            .collect();
+        // The new slot is synced before an old one is zeroed: a crash between leaves two
+        // valid copies, and `open` keeps the newer.
+        self.write_new(entry)?;
+        for i in old {
+            self.zero_slot(i)?;
+        }
+        Ok(())
+    }
+}
+
 /// Wraps and unwraps customers' data keys: new wraps under the current epoch key; data keys
 /// wrapped directly under a master key (stored before epochs existed) still unwrap. Owns the
 /// master keyring (epoch keys and vault-wide keys are wrapped under it) and the epoch-key file.
 pub struct DataKeyring {
     master: MasterKeyring,
-    file: Mutex<EpochFile>,
+    store: Mutex<Box<dyn EpochStore>>,
+    /// Where the keys are kept, for messages.
+    place: PathBuf,
+    /// The keys are in the key database, which other nodes change too.
+    shared: bool,
     /// Epoch keys, newest first; never empty after `open`.
     epochs: RwLock<Vec<Arc<EpochKey>>>,
+    /// The store's `key_epochs` metadata value this view was last brought up to (see
+    /// [`DataKeyring::listed`]); `None` before the first.
+    listed: RwLock<Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for DataKeyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "DataKeyring({} epochs, [redacted])", self.epochs().len())
     }
+}
+
+/// What [`DataKeyring::refresh`] changed in this process's view.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Epochs another node created, now known here.
+    pub learned: Vec<KeyId>,
+    /// Epochs another node destroyed, now dropped (and zeroized) here.
+    pub forgotten: Vec<KeyId>,
 }
 
 impl DataKeyring {
@@ -439,47 +537,130 @@ impl DataKeyring {
         missing: MissingFile,
         now_ms: i64,
     ) -> Result<(DataKeyring, OpenReport), EpochError> {
-        let (mut file, mut report) = EpochFile::open(path, missing)?;
-        let mut by_id: std::collections::BTreeMap<[u8; 8], Vec<(usize, StoredEpoch)>> = Default::default();
-        for (i, s) in file.used() {
-            by_id.entry(s.id).or_default().push((i, s.clone()));
-        }
-        let mut epochs = Vec::new();
-        let mut superseded = Vec::new();
-        for (_, mut copies) in by_id {
-            copies.sort_by_key(|(_, s)| std::cmp::Reverse(s.generation));
-            let mut chosen = None;
-            let mut first_error = None;
-            for (i, s) in &copies {
-                match unwrap_epoch(&master, s, path) {
-                    Ok(key) => {
-                        chosen = Some((*i, s.generation, key));
-                        break;
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            let Some((_, generation, key)) = chosen else {
-                // invariant: a group has at least one copy, so an error was recorded.
-                return Err(first_error.expect("a failed copy recorded its error"));
-            };
-            superseded.extend(copies.iter().filter(|(_, s)| s.generation < generation).map(|(i, _)| *i));
-            epochs.push(Arc::new(key));
-        }
-        for i in superseded {
-            file.zero_slot(i)?;
-            report.superseded.push(i);
-        }
-        epochs.sort_by(|a, b| {
-            (b.info.created_ms, b.info.id.as_str()).cmp(&(a.info.created_ms, a.info.id.as_str()))
-        });
-        let ring = DataKeyring { master, file: Mutex::new(file), epochs: RwLock::new(epochs) };
+        let (file, report) = EpochFile::open(path, missing)?;
+        Self::open_store(master, Box::new(file), false, report, now_ms)
+    }
+
+    /// Opens the key database (`CUSTODIA_KEY_DATABASE_URL`) as the epoch-key store, shared by
+    /// every node: creates its table; when it is empty and an epoch-key file exists at
+    /// `import_from`, moves that file's epochs into it (returned: how many); refuses a table
+    /// still empty with [`MissingFile::Refuse`] (the data lists epochs); unwraps every epoch key
+    /// and creates a first epoch when there is none. Runs database round trips on `runtime`:
+    /// call it off the async workers.
+    pub fn open_key_database(
+        master: MasterKeyring,
+        settings: &crate::store::PostgresSettings,
+        runtime: tokio::runtime::Handle,
+        missing: MissingFile,
+        import_from: Option<&Path>,
+        now_ms: i64,
+    ) -> Result<(DataKeyring, usize), EpochError> {
+        let (db, imported) = keydb::KeyDatabase::open(settings.clone(), runtime, missing, import_from)?;
+        let (ring, _) = Self::open_store(master, Box::new(db), true, OpenReport::default(), now_ms)?;
+        Ok((ring, imported))
+    }
+
+    fn open_store(
+        master: MasterKeyring,
+        mut store: Box<dyn EpochStore>,
+        shared: bool,
+        mut report: OpenReport,
+        now_ms: i64,
+    ) -> Result<(DataKeyring, OpenReport), EpochError> {
+        let place = store.place();
+        let (epochs, superseded) = unwrap_all(&master, store.load()?, &place)?;
+        report.superseded.extend(store.supersede(&superseded)?);
+        let ring = DataKeyring {
+            master,
+            store: Mutex::new(store),
+            place,
+            shared,
+            epochs: RwLock::new(epochs),
+            listed: RwLock::new(None),
+        };
         if ring.epochs().is_empty() {
-            ring.create_epoch(now_ms)?;
+            ring.create_first_epoch(now_ms)?;
         }
         Ok((ring, report))
+    }
+
+    /// A first epoch for an empty store; if another node stored one meanwhile, that one.
+    fn create_first_epoch(&self, now_ms: i64) -> Result<(), EpochError> {
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let key = self.new_key(now_ms)?;
+        if store.add(self.stored(&key)?, true)? {
+            self.epochs.write().unwrap_or_else(|e| e.into_inner()).insert(0, Arc::new(key));
+            return Ok(());
+        }
+        let (epochs, _) = unwrap_all(&self.master, store.load()?, &self.place)?;
+        *self.epochs.write().unwrap_or_else(|e| e.into_inner()) = epochs;
+        Ok(())
+    }
+
+    fn new_key(&self, created_ms: i64) -> Result<EpochKey, EpochError> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        fill_random(bytes.as_mut())?;
+        Ok(EpochKey::from_bytes(bytes, created_ms, self.master.current_id().clone())?)
+    }
+
+    /// Brings this process's view up to the store's: epochs another node created are unwrapped
+    /// and known (the newest becomes current), epochs no longer stored (destroyed by another
+    /// node) are dropped, their keys zeroized once no request holds them. Then records `listed`
+    /// (the `key_epochs` value read *before* this call) as the value this view answers to; a
+    /// `None` keeps the recorded one. Blocks (store round trip): call it off the async workers.
+    pub fn refresh(&self, listed: Option<Vec<u8>>) -> Result<Refreshed, EpochError> {
+        // Held to the end: an epoch this process creates meanwhile is not forgotten as "no
+        // longer stored" by a load from before it.
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        let stored = store.load()?;
+        let mut out = Refreshed::default();
+        let known: Vec<KeyId> = self.epochs().into_iter().map(|e| e.id).collect();
+        let in_store: std::collections::HashSet<KeyId> = stored.iter().map(|(_, s)| s.epoch_id()).collect();
+        let fresh: Vec<(usize, StoredEpoch)> =
+            stored.into_iter().filter(|(_, s)| !known.contains(&s.epoch_id())).collect();
+        let (learned, _) = unwrap_all(&self.master, fresh, &self.place)?;
+        {
+            let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
+            if !in_store.is_empty() {
+                // An empty store is an outage or an operator's mistake, not a destruction of
+                // every epoch: keep the view rather than lose the current key.
+                epochs.retain(|k| {
+                    let keep = in_store.contains(&k.info.id);
+                    if !keep {
+                        out.forgotten.push(k.info.id.clone());
+                    }
+                    keep
+                });
+            }
+            for key in learned {
+                out.learned.push(key.info.id.clone());
+                epochs.push(key);
+            }
+            sort_newest_first(&mut epochs);
+        }
+        if let Some(listed) = listed {
+            *self.listed.write().unwrap_or_else(|e| e.into_inner()) = Some(listed);
+        }
+        Ok(out)
+    }
+
+    /// The store's `key_epochs` metadata value this view was brought up to: every epoch it
+    /// lists is known here, and the current epoch here is at least as new as its newest. A
+    /// write that wraps or indexes under epochs reads this *before* it reads the current epoch
+    /// and commits only if `key_epochs` still equals it (the fence of `vault::epochs`).
+    pub fn listed(&self) -> Option<Vec<u8>> {
+        self.listed.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// True when the epoch keys are in the key database, which other nodes change: this
+    /// process then refreshes its view (see [`DataKeyring::refresh`]).
+    pub fn shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Records that `key_epochs` now holds `value`, written by this process from its own view.
+    pub fn set_listed(&self, value: Vec<u8>) {
+        *self.listed.write().unwrap_or_else(|e| e.into_inner()) = Some(value);
     }
 
     /// The master keyring (for vault-wide keys and master rotation).
@@ -487,9 +668,10 @@ impl DataKeyring {
         &self.master
     }
 
-    /// The epoch-key file's path.
+    /// Where the epoch keys are kept: the epoch-key file's path, or the key database's setting
+    /// name (never its URL).
     pub fn path(&self) -> PathBuf {
-        self.file.lock().unwrap_or_else(|e| e.into_inner()).path().to_owned()
+        self.place.clone()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<EpochKey>>> {
@@ -576,14 +758,14 @@ impl DataKeyring {
     /// a fresh key, wrapped under the current master key, written to a free slot and synced
     /// before it becomes current.
     pub fn create_epoch(&self, now_ms: i64) -> Result<EpochInfo, EpochError> {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let created_ms = self.read().first().map_or(now_ms, |k| now_ms.max(k.info.created_ms + 1));
-        let mut bytes = Zeroizing::new([0u8; 32]);
-        fill_random(bytes.as_mut())?;
-        let key = EpochKey::from_bytes(bytes, created_ms, self.master.current_id().clone())?;
-        file.write_new(self.stored(&key)?)?;
+        let key = self.new_key(created_ms)?;
+        store.add(self.stored(&key)?, false)?;
         let info = key.info.clone();
-        self.epochs.write().unwrap_or_else(|e| e.into_inner()).insert(0, Arc::new(key));
+        let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
+        epochs.push(Arc::new(key));
+        sort_newest_first(&mut epochs);
         Ok(info)
     }
 
@@ -591,42 +773,35 @@ impl DataKeyring {
     /// this returns; data keys wrapped under it no longer open anywhere. The current epoch is
     /// refused. `Ok(false)` if there was no such epoch.
     pub fn destroy_epoch(&self, id: &KeyId) -> Result<bool, EpochError> {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         if &self.current_key().info.id == id {
             return Err(EpochError::Current(id.clone()));
         }
-        let slots: Vec<usize> = file.used().filter(|(_, s)| &s.epoch_id() == id).map(|(i, _)| i).collect();
-        for i in &slots {
-            file.zero_slot(*i)?;
-        }
+        let stored = store.destroy(id)?;
         let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
         let before = epochs.len();
         epochs.retain(|k| &k.info.id != id);
-        Ok(before != epochs.len() || !slots.is_empty())
+        Ok(before != epochs.len() || stored)
     }
 
-    /// Re-wraps, in the file, every epoch key not yet under the current master key: a new slot
-    /// is written and synced, then the old one zeroed. Returns how many were re-wrapped.
+    /// Re-wraps, in the store, every epoch key not yet under the current master key (in the
+    /// file: a new slot written and synced, then the old one zeroed; in the key database: the
+    /// row updated in one transaction). Returns how many were re-wrapped.
     pub fn rewrap_epochs_under_master(&self) -> Result<usize, EpochError> {
-        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
         let current_master = self.master.current_id().clone();
         let mut done = 0;
         let keys: Vec<Arc<EpochKey>> = self.read().clone();
+        let stored = store.load()?;
         for key in keys {
-            let old: Vec<usize> = file
-                .used()
-                .filter(|(_, s)| s.epoch_id() == key.info.id && s.master_id() != current_master)
-                .map(|(i, _)| i)
-                .collect();
-            if old.is_empty() {
+            let old =
+                stored.iter().any(|(_, s)| s.epoch_id() == key.info.id && s.master_id() != current_master);
+            if !old {
                 continue;
             }
             let rewrapped =
                 EpochKey::from_bytes(key.bytes.clone(), key.info.created_ms, current_master.clone())?;
-            file.write_new(self.stored(&rewrapped)?)?;
-            for i in old {
-                file.zero_slot(i)?;
-            }
+            store.replace(self.stored(&rewrapped)?)?;
             let mut epochs = self.epochs.write().unwrap_or_else(|e| e.into_inner());
             if let Some(slot) = epochs.iter_mut().find(|k| k.info.id == key.info.id) {
                 *slot = Arc::new(rewrapped);
@@ -660,6 +835,52 @@ fn wrap_under(epoch: &EpochKey, customer: &CustomerId, key: &DataKey) -> Result<
     let aad = envelope::epoch_data_key_aad(customer, &epoch.info.id);
     let sealed = envelope::seal_with(&epoch.cipher, key.bytes(), &aad)?;
     Ok(WrappedKey { master_key: epoch.info.id.clone(), sealed })
+}
+
+fn sort_newest_first(epochs: &mut [Arc<EpochKey>]) {
+    epochs.sort_by(|a, b| {
+        (b.info.created_ms, b.info.id.as_str()).cmp(&(a.info.created_ms, a.info.id.as_str()))
+    });
+}
+
+/// Unwraps stored copies, one key per epoch (the newest copy that opens), newest epoch first;
+/// also returns the handles of older copies a newer one replaces.
+#[allow(clippy::type_complexity)]
+fn unwrap_all(
+    master: &MasterKeyring,
+    stored: Vec<(usize, StoredEpoch)>,
+    place: &Path,
+) -> Result<(Vec<Arc<EpochKey>>, Vec<usize>), EpochError> {
+    let mut by_id: std::collections::BTreeMap<[u8; 8], Vec<(usize, StoredEpoch)>> = Default::default();
+    for (i, s) in stored {
+        by_id.entry(s.id).or_default().push((i, s));
+    }
+    let mut epochs = Vec::new();
+    let mut superseded = Vec::new();
+    for (_, mut copies) in by_id {
+        copies.sort_by_key(|(_, s)| std::cmp::Reverse(s.generation));
+        let mut chosen = None;
+        let mut first_error = None;
+        for (_, s) in &copies {
+            match unwrap_epoch(master, s, place) {
+                Ok(key) => {
+                    chosen = Some((s.generation, key));
+                    break;
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let Some((generation, key)) = chosen else {
+            // invariant: a group has at least one copy, so an error was recorded.
+            return Err(first_error.expect("a failed copy recorded its error"));
+        };
+        superseded.extend(copies.iter().filter(|(_, s)| s.generation < generation).map(|(i, _)| *i));
+        epochs.push(Arc::new(key));
+    }
+    sort_newest_first(&mut epochs);
+    Ok((epochs, superseded))
 }
 
 /// Opens one slot's epoch key; checks that the key derives the id the slot names.

@@ -20,7 +20,9 @@ mod signing;
 
 pub use blind_index::{BlindIndex, BlindIndexKey};
 pub use envelope::{Sealed, WrappedKey};
-pub use epoch::{DataKeyring, EpochError, EpochFile, EpochInfo, EpochKey, MissingFile, OpenReport, SLOT_LEN};
+pub use epoch::{
+    DataKeyring, EpochError, EpochFile, EpochInfo, EpochKey, MissingFile, OpenReport, Refreshed, SLOT_LEN,
+};
 pub use keys::{DataKey, KeyId, MasterKey, MasterKeyring, Plaintext, SystemKeys, WrappedSystemKeys};
 pub use pkcs11::{
     KEY_SETTING as PKCS11_KEY_SETTING, MODULE_SETTING as PKCS11_MODULE_SETTING,

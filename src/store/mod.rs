@@ -25,7 +25,10 @@ use async_trait::async_trait;
 pub use self::memory::MemoryData;
 use self::memory::MemoryStore;
 use self::postgres::PostgresStore;
-pub use self::postgres::{PostgresSettings, migrate as migrate_postgres};
+pub use self::postgres::{
+    PostgresSettings, connect_once as connect_postgres, describe_error as describe_postgres_error,
+    identity as postgres_identity, migrate as migrate_postgres,
+};
 use self::sled::SledStore;
 pub use record::{
     CardFingerprint, ConsentRecord, ConsentSource, CustomerRecord, IndexEntry, StoredField,
@@ -55,6 +58,13 @@ pub enum StoreError {
         /// The sequence number offered.
         got: u64,
     },
+    /// A [`Write::precondition`] did not hold: nothing was written. Retry with a fresh view
+    /// of the named metadata value.
+    #[error("metadata {name} changed concurrently")]
+    PreconditionFailed {
+        /// The metadata name.
+        name: String,
+    },
     /// The backend failed (I/O, connection, flush).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
@@ -75,12 +85,33 @@ pub struct Write {
     pub change: Option<CustomerChange>,
     /// The events that record the request, in order.
     pub events: Vec<PendingEvent>,
+    /// The caller needs its events' seqs (an erasure receipt names its event's). A backend
+    /// that integrates events after the commit (PostgreSQL's sequencer) then waits for them;
+    /// otherwise it answers at the commit, with [`Written::seqs`] empty. Backends that
+    /// integrate inside the commit (sled, memory) always give them.
+    pub need_seqs: bool,
+    /// Commit only if a metadata value still is what the caller computed the change from;
+    /// otherwise nothing is written and the outcome is [`StoreError::PreconditionFailed`].
+    /// Checked atomically with the commit: in the write's transaction under a share lock on the
+    /// value's row (PostgreSQL), inside the group commit (sled, memory). The vault fences
+    /// writes that wrap or index under epoch keys with `key_epochs` (see `vault::epochs`).
+    pub precondition: Option<MetaEquals>,
+}
+
+/// A precondition of a [`Write`]: metadata `name` holds exactly `value` (`None`: absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaEquals {
+    /// The metadata name.
+    pub name: String,
+    /// The value it must hold.
+    pub value: Option<Vec<u8>>,
 }
 
 /// What a write became: the seqs its events were given, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
-    /// One leaf index per event of the write.
+    /// One leaf index per event of the write; empty when the backend answered at the commit,
+    /// before its sequencer integrated them (PostgreSQL without [`Write::need_seqs`]).
     pub seqs: Vec<u64>,
 }
 
@@ -216,7 +247,9 @@ pub fn open(
 /// group commit), but each caller sees its own write fully done or not at all. A backend
 /// integrates the events of a write into the log (seqs, leaves, nodes, head) through the
 /// injected [`Integrator`]; `head`, `nodes` and the event readers never show an event before
-/// it is durable.
+/// it is durable. `head` and the event readers read their own writes: every event whose write
+/// returned before the call began is in what they show (PostgreSQL waits for its sequencer to
+/// integrate what was committed before the read).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The stored record of a customer, if any.
@@ -233,8 +266,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<CustomerId>, StoreError>;
 
     /// Applies the change (version check, unique entries) and appends its events, atomically;
-    /// durable on return. `VersionConflict` / `UniqueViolation`: nothing was written, not even
-    /// the events.
+    /// durable on return. `VersionConflict` / `UniqueViolation` / `PreconditionFailed`: nothing
+    /// was written, not even the events.
     async fn write(&self, write: Write) -> Result<Written, StoreError>;
 
     /// Independent writes made durable together (key rotation, retention sweeps): one outcome

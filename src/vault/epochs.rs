@@ -11,6 +11,19 @@
 //!    started at least the request timeout after the switch;
 //! 3. then epochs beyond the newest `kept + 1` are destroyed (slots zeroed and synced).
 //!
+//! Several nodes (PostgreSQL with the key database, `CUSTODIA_KEY_DATABASE_URL`) share the epoch
+//! keys; only the node holding the `epochs` turn runs the schedule. The others learn a new
+//! epoch, and forget a destroyed one, within [`EPOCH_REFRESH`] (and at once when a load meets a
+//! data key under an epoch they do not know). What keeps a stale node from wrapping under a
+//! dying epoch is not timing but a **fence**: every write that wraps or indexes under epochs
+//! carries the precondition "`key_epochs` still equals the value my view was brought up to"
+//! ([`DataKeyring::listed`], read before the current epoch), checked atomically with its commit.
+//! The destroyer removes an epoch from `key_epochs` first (committed), then runs a complete
+//! re-wrap pass, then destroys it. A write that committed before the removal is seen by that
+//! pass; one that commits after it read a `key_epochs` value without the dying epoch and with a
+//! newer one, so its view's current epoch is newer. A mismatch is refused
+//! (`PreconditionFailed`): the vault refreshes its view and computes the change again.
+//!
 //! Resumable from the file's and the store's state: the store remembers which epoch the last
 //! complete re-wrap reached (`epoch_rewrapped_to`) and which epoch ids may wrap data keys
 //! (`key_epochs`, ids only, never keys: it tells a missing epoch-key file from a new store).
@@ -22,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use super::{Vault, VaultError};
 use crate::audit::{Action, EventDraft};
-use crate::crypto::{EpochInfo, KeyId};
+use crate::crypto::{EpochInfo, KeyId, Refreshed};
 use crate::domain::{Principal, Timestamp};
-use crate::store::Store;
+use crate::store::{MetaEquals, Store};
 
 /// Metadata name: the ids of the epochs that may wrap data keys (postcard `Vec<String>`).
 pub(crate) const KEY_EPOCHS: &str = "key_epochs";
@@ -32,6 +45,10 @@ pub(crate) const KEY_EPOCHS: &str = "key_epochs";
 pub(crate) const REWRAPPED_TO: &str = "epoch_rewrapped_to";
 /// How long the task waits at most between looks at the clock.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// How often a node whose epoch keys are in the key database refreshes its view: the bound on
+/// how long it takes to learn another node's new epoch (lookups until then miss entries only
+/// under it) and to forget (zeroize) an epoch another node destroyed.
+pub const EPOCH_REFRESH: Duration = Duration::from_secs(1);
 
 /// When epochs rotate and how many are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,9 +157,57 @@ impl Vault {
         })
     }
 
+    /// The precondition of a write that wraps or indexes under epochs: `key_epochs` still holds
+    /// the value this process's view was brought up to. Read it *before* reading the current
+    /// epoch; `None` before the view has one (at start-up).
+    pub(super) fn fence(&self) -> Option<MetaEquals> {
+        self.keyring.listed().map(|value| MetaEquals { name: KEY_EPOCHS.to_owned(), value: Some(value) })
+    }
+
+    /// Brings this process's epoch view up to the store's (see [`DataKeyring::refresh`]): reads
+    /// `key_epochs`, then the epoch keys. Logs what changed.
+    ///
+    /// [`DataKeyring::refresh`]: crate::crypto::DataKeyring::refresh
+    pub async fn refresh_epochs(&self) -> Result<Refreshed, VaultError> {
+        let listed = self.store.meta(KEY_EPOCHS).await?;
+        let keyring = Arc::clone(&self.keyring);
+        let done = crate::crypto::off_async_workers(move || keyring.refresh(listed))
+            .await
+            .map_err(|e| VaultError::Internal(format!("epoch keys: {e}")))?;
+        for id in &done.learned {
+            tracing::info!(epoch = %id, "learned a key epoch another node created");
+        }
+        for id in &done.forgotten {
+            tracing::info!(epoch = %id, "forgot a key epoch another node destroyed");
+        }
+        Ok(done)
+    }
+
+    /// Makes sure the epoch a loaded record's data key is wrapped under is known here, when
+    /// another node may have created it (shared epoch keys). A destroyed one stays unknown.
+    pub(super) async fn know_epoch_of(
+        &self,
+        record: &crate::store::CustomerRecord,
+    ) -> Result<(), VaultError> {
+        let id = &record.data_key.master_key;
+        if self.keyring.shared() && id.is_epoch() && self.keyring.epoch(id).is_none() {
+            self.refresh_epochs().await?;
+        }
+        Ok(())
+    }
+
     /// On open: lists the file's epochs in the store (warning about listed ones the file does
     /// not hold), and on a fresh store records that every data key is under the current epoch.
+    /// With shared epoch keys (the key database) a listed store is not re-listed from this
+    /// node's view (another node may be destroying an epoch); the view is refreshed from it.
     pub async fn init_epochs(&self, fresh: bool) -> Result<(), VaultError> {
+        if self.keyring.shared() && stored_epoch_ids(self.store.as_ref()).await?.is_some() {
+            self.refresh_epochs().await?;
+            if fresh {
+                self.mark_rewrapped(&self.keyring.current()).await?;
+            }
+            return Ok(());
+        }
         let in_file: Vec<String> = self.keyring.epochs().iter().map(|e| e.id.to_string()).collect();
         if let Some(listed) = stored_epoch_ids(self.store.as_ref()).await? {
             let missing: Vec<&String> = listed.iter().filter(|id| !in_file.contains(id)).collect();
@@ -164,7 +229,8 @@ impl Vault {
     async fn list_epochs(&self) -> Result<(), VaultError> {
         let ids: Vec<String> = self.keyring.epochs().iter().map(|e| e.id.to_string()).collect();
         let bytes = postcard::to_stdvec(&ids).map_err(|e| VaultError::Internal(e.to_string()))?;
-        self.store.put_meta(KEY_EPOCHS, bytes).await?;
+        self.store.put_meta(KEY_EPOCHS, bytes.clone()).await?;
+        self.keyring.set_listed(bytes);
         Ok(())
     }
 
@@ -177,6 +243,10 @@ impl Vault {
     /// next. Each step does one thing: destroy the epochs beyond the kept ones, start a new
     /// epoch, or run one re-wrap pass.
     pub async fn epoch_step(&self, state: &mut EpochState) -> Result<Duration, VaultError> {
+        if self.keyring.shared() {
+            // The turn may have just moved here from a node that created epochs.
+            self.refresh_epochs().await?;
+        }
         let schedule = self.epochs.clone();
         let current = self.keyring.current();
         let rewrapped_to = self.store.meta(REWRAPPED_TO).await?;
@@ -222,7 +292,15 @@ impl Vault {
                 .map(|e| e.id.to_string())
                 .collect();
             let bytes = postcard::to_stdvec(&keep).map_err(|e| VaultError::Internal(e.to_string()))?;
-            self.store.put_meta(KEY_EPOCHS, bytes).await?;
+            self.store.put_meta(KEY_EPOCHS, bytes.clone()).await?;
+            self.keyring.set_listed(bytes);
+            // The fence (module docs): every write committed before the removal above is seen
+            // by this pass; none committed after it is under a removed epoch.
+            let pass = self.rewrap_pass(schedule.pause).await?;
+            state.rewrapped += pass.rewrapped;
+            if pass.unsettled > 0 {
+                return Ok(Duration::ZERO);
+            }
             for epoch in beyond {
                 // Off the async workers: it waits for the file lock, which a master-key re-wrap
                 // holds across token calls, and syncs the file.

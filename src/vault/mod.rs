@@ -28,12 +28,12 @@ use crate::audit::{AuditError, AuditLog, EventDraft};
 use crate::crypto::{CryptoError, DataKey, DataKeyring, SystemKeys};
 use crate::domain::{CustomerId, Principal, Timestamp};
 use crate::policy::{PolicySet, Purpose, Reason};
-use crate::store::{CustomerChange, CustomerRecord, Store, StoreError};
+use crate::store::{CustomerChange, CustomerRecord, MetaEquals, Store, StoreError};
 
 pub use audit_read::{EventPage, EventQuery};
 pub use consent::ConsentView;
 pub use disclosure::{Disclosure, DisclosureRequest};
-pub use epochs::{EpochSchedule, EpochState, stored_epoch_ids};
+pub use epochs::{EPOCH_REFRESH, EpochSchedule, EpochState, stored_epoch_ids};
 pub use payment::{NewPaymentMethod, PaymentMethodView};
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
 pub use receipt::{MAX_OWN_EVENTS_PAGE, OwnEvents, Receipt};
@@ -230,12 +230,21 @@ impl Vault {
     /// `root:…`, `replayed:N`, `erasures:N`…); never a value.
     pub async fn record_restore(&self, codes: Vec<String>) -> Result<u64, VaultError> {
         let actor = Principal::system("restore");
-        self.record(EventDraft::new(crate::audit::Action::StoreRestore, &actor, "restore").withheld(codes))
-            .await
+        self.record_seq(
+            EventDraft::new(crate::audit::Action::StoreRestore, &actor, "restore").withheld(codes),
+        )
+        .await
     }
 
-    /// Appends an event with no data change.
-    async fn record(&self, draft: EventDraft) -> Result<u64, VaultError> {
+    /// Appends an event with no data change, answering at its commit: its seq if the backend
+    /// gave it (sled; not PostgreSQL, whose sequencer integrates it after the commit).
+    async fn record(&self, draft: EventDraft) -> Result<Option<u64>, VaultError> {
+        let seqs = self.audit.record_batch(vec![draft], None).await.map_err(audit_failure)?;
+        Ok(seqs.first().copied())
+    }
+
+    /// Appends an event with no data change and waits for its seq.
+    async fn record_seq(&self, draft: EventDraft) -> Result<u64, VaultError> {
         self.audit.record(draft, None).await.map_err(audit_failure)
     }
 
@@ -280,7 +289,10 @@ impl Vault {
             None => None,
         };
         match record {
-            Some(r) => Ok(r),
+            Some(r) => {
+                self.know_epoch_of(&r).await?;
+                Ok(r)
+            }
             None => self.refuse(draft.clone().failed(["not_found"]), VaultError::NotFound).await,
         }
     }
@@ -298,21 +310,53 @@ impl Vault {
     ///
     /// `step` is synchronous and has no effects outside its own state: every event is recorded
     /// here, so a step that returns `Err` records nothing (as `?` on a crypto failure did).
-    /// Returns the step's answer and the seq of the event this operation recorded.
+    /// Returns the step's answer and, if the backend gave it at the commit, the seq of the
+    /// event this operation recorded (see [`Vault::write_customer_seq`]).
     async fn write_customer<T>(
         &self,
         operation: &'static str,
         draft: &EventDraft,
         id: Option<CustomerId>,
-        mut step: impl FnMut(CustomerRecord) -> Result<Step<T>, VaultError>,
+        step: impl FnMut(CustomerRecord) -> Result<Step<T>, VaultError>,
+    ) -> Result<(T, Option<u64>), VaultError> {
+        self.write_customer_with(operation, draft, id, false, step).await
+    }
+
+    /// As [`Vault::write_customer`], waiting for the event's seq (an erasure receipt names it).
+    async fn write_customer_seq<T>(
+        &self,
+        operation: &'static str,
+        draft: &EventDraft,
+        id: Option<CustomerId>,
+        step: impl FnMut(CustomerRecord) -> Result<Step<T>, VaultError>,
     ) -> Result<(T, u64), VaultError> {
+        let (answer, seq) = self.write_customer_with(operation, draft, id, true, step).await?;
+        let seq = seq.ok_or_else(|| VaultError::Internal(format!("{operation}: the store gave no seq")))?;
+        Ok((answer, seq))
+    }
+
+    async fn write_customer_with<T>(
+        &self,
+        operation: &'static str,
+        draft: &EventDraft,
+        id: Option<CustomerId>,
+        need_seq: bool,
+        mut step: impl FnMut(CustomerRecord) -> Result<Step<T>, VaultError>,
+    ) -> Result<(T, Option<u64>), VaultError> {
         for _ in 0..MAX_WRITE_ATTEMPTS {
             let record = self.load(draft, id).await?;
+            // Read before the step reads the current epoch (see `Vault::fence`).
+            let fence = self.fence();
             match step(record)? {
                 Step::Commit { draft, change, then, answer } => {
-                    if let Some(seq) = self.commit_change_then(draft, change, then).await? {
+                    if let Committed::Done(seq) =
+                        self.commit_change_then(draft, change, then, fence, need_seq).await?
+                    {
                         return Ok((answer, seq));
                     }
+                }
+                Step::Answer { event, answer } if need_seq => {
+                    return Ok((answer, Some(self.record_seq(event).await?)));
                 }
                 Step::Answer { event, answer } => return Ok((answer, self.record(event).await?)),
                 Step::Refuse { event, error } => return self.refuse(event, error).await,
@@ -327,26 +371,39 @@ impl Vault {
         &self,
         draft: EventDraft,
         change: CustomerChange,
-    ) -> Result<Option<u64>, VaultError> {
-        self.commit_change_then(draft, change, Vec::new()).await
+        fence: Option<MetaEquals>,
+    ) -> Result<Committed, VaultError> {
+        self.commit_change_then(draft, change, Vec::new(), fence, false).await
     }
 
     /// As [`Vault::commit_change`], then appends `then` (e.g. the read event of a write whose
     /// answer shows stored values), all made durable by one flush. Returns the change's seq.
+    /// A put carries `fence` (read before its data key was wrapped and its index entries
+    /// computed); when another node changed the epochs meanwhile, the view is refreshed and
+    /// `Committed::Retry` asks the caller to compute the change again. Answers at the commit
+    /// unless `need_seq`.
     async fn commit_change_then(
         &self,
         draft: EventDraft,
         change: CustomerChange,
         then: Vec<EventDraft>,
-    ) -> Result<Option<u64>, VaultError> {
+        fence: Option<MetaEquals>,
+        need_seq: bool,
+    ) -> Result<Committed, VaultError> {
         let mut change = change;
+        let mut precondition = None;
         if let CustomerChange::Put { record, .. } = &mut change {
             self.seal_legacy_consents(record)?;
+            precondition = fence;
         }
         let drafts = std::iter::once(draft.clone()).chain(then).collect();
-        match self.audit.record_batch(drafts, Some(change)).await {
-            Ok(seqs) => Ok(seqs.first().copied()),
-            Err(AuditError::Rejected(StoreError::VersionConflict)) => Ok(None),
+        match self.audit.record_fenced(drafts, Some(change), precondition, need_seq).await {
+            Ok(seqs) => Ok(Committed::Done(seqs.first().copied())),
+            Err(AuditError::Rejected(StoreError::VersionConflict)) => Ok(Committed::Retry),
+            Err(AuditError::Rejected(StoreError::PreconditionFailed { .. })) => {
+                self.refresh_epochs().await?;
+                Ok(Committed::Retry)
+            }
             Err(AuditError::Rejected(StoreError::UniqueViolation { field })) => {
                 let draft = draft.fields([field.clone()]).failed(["unique_conflict"]);
                 self.refuse(draft, VaultError::Conflict { field }).await
@@ -354,6 +411,15 @@ impl Vault {
             Err(e) => Err(audit_failure(e)),
         }
     }
+}
+
+/// How a commit of a change ended.
+enum Committed {
+    /// Committed; the change's seq if the backend gave it.
+    Done(Option<u64>),
+    /// A concurrent writer won the version race, or the epochs changed under the change:
+    /// compute it again on a fresh load.
+    Retry,
 }
 
 /// What one attempt of [`Vault::write_customer`] decided about the record it was handed.

@@ -115,9 +115,35 @@ impl Vault {
         }
         let now = Timestamp::now();
         let key = DataKey::generate()?;
+        // A create computes its wrap and index entries once more if the epochs changed under it.
+        for attempt in 0..2 {
+            // Read before the current epoch is (see `Vault::fence`).
+            let fence = self.fence();
+            if let Some(id) = self.try_create(&draft, id, &key, &body, &valid, now, fence).await? {
+                return Ok(id);
+            }
+            if attempt == 1 {
+                break;
+            }
+        }
+        Err(VaultError::Internal("creating a customer kept meeting epoch changes".into()))
+    }
+
+    /// One attempt of a create: `Ok(None)` when the epochs changed under it.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_create(
+        &self,
+        draft: &EventDraft,
+        id: CustomerId,
+        key: &DataKey,
+        body: &NewCustomer,
+        valid: &[fields::ValidField],
+        now: Timestamp,
+        fence: Option<crate::store::MetaEquals>,
+    ) -> Result<Option<CustomerId>, VaultError> {
         let mut consents = BTreeMap::new();
         for input in &body.consents {
-            let record = match self.consent_record(&key, &id, input, input.purpose.as_deref(), None, now) {
+            let record = match self.consent_record(key, &id, input, input.purpose.as_deref(), None, now) {
                 Ok(r) => r,
                 Err(e) => return self.refuse(draft.clone().failed(["invalid_consent"]), e).await,
             };
@@ -133,7 +159,7 @@ impl Vault {
         let mut record = CustomerRecord {
             id,
             version: 1,
-            data_key: self.keyring.wrap_data_key(&id, &key)?,
+            data_key: self.keyring.wrap_data_key(&id, key)?,
             fields: BTreeMap::new(),
             index_entries: Vec::new(),
             consents,
@@ -143,13 +169,13 @@ impl Vault {
             created_at: now,
             updated_at: now,
         };
-        self.apply_fields(&mut record, &key, &valid, &[], now)?;
+        self.apply_fields(&mut record, key, valid, &[], now)?;
         let change = CustomerChange::Put { record: Box::new(record), expected_version: None };
-        match self.commit_change(draft.customer(id), change).await? {
-            Some(_) => Ok(id),
-            // invariant: a fresh random id cannot already exist; treat a clash as internal.
-            None => Err(VaultError::Internal("customer id collision".into())),
-        }
+        // A fresh random id cannot already exist: `None` is the epochs changing under it.
+        Ok(match self.commit_change(draft.clone().customer(id), change, fence).await? {
+            super::Committed::Done(_) => Some(id),
+            super::Committed::Retry => None,
+        })
     }
 
     /// Reads a customer's fields for a purpose (rules 2–5 of the disclosure rule).
@@ -258,7 +284,7 @@ impl Vault {
             let wrapped_under = self.newest_epoch_of(&record);
             Ok(Step::Commit { draft, change, then: Vec::new(), answer: (record.id, wrapped_under) })
         };
-        let ((id, wrapped_under), audit_seq) = self.write_customer("erasure", &draft, id, step).await?;
+        let ((id, wrapped_under), audit_seq) = self.write_customer_seq("erasure", &draft, id, step).await?;
         // The store's write returned: the key is gone from the data directory.
         let destroyed = Timestamp::now();
         let copies = self.copies_unreadable_by(&wrapped_under, destroyed);

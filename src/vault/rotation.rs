@@ -134,6 +134,8 @@ impl Vault {
                 }
                 let mut writes = Vec::with_capacity(todo.len());
                 let mut targets = Vec::with_capacity(todo.len());
+                // Read before the current epoch is (see `Vault::fence`).
+                let fence = self.fence();
                 for id in &todo {
                     let Some(mut record) = self.store.customer(id).await? else { continue };
                     let changed = match self.bring_current(&mut record)? {
@@ -155,13 +157,19 @@ impl Vault {
                     // not one event per customer: they touch no field.
                     let change =
                         CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-                    writes.push(Write { change: Some(change), events: Vec::new() });
+                    writes.push(Write {
+                        need_seqs: false,
+                        precondition: fence.clone(),
+                        change: Some(change),
+                        events: Vec::new(),
+                    });
                     targets.push((*id, changed));
                 }
                 todo.clear();
                 if writes.is_empty() {
                     break;
                 }
+                let mut refresh = false;
                 for ((id, (rewrapped, reindexed)), result) in
                     targets.into_iter().zip(self.store.write_many(writes).await?)
                 {
@@ -171,6 +179,10 @@ impl Vault {
                             outcome.reindexed += usize::from(reindexed);
                         }
                         Err(StoreError::VersionConflict) => todo.push(id),
+                        Err(StoreError::PreconditionFailed { .. }) => {
+                            refresh = true;
+                            todo.push(id);
+                        }
                         Err(StoreError::UniqueViolation { field }) => {
                             // Cannot happen by the invariants of `vault::index`; if it does,
                             // the record stays as it is and the pass is not clean.
@@ -179,6 +191,11 @@ impl Vault {
                         }
                         Err(e) => return Err(e.into()),
                     }
+                }
+                if refresh {
+                    // Another node changed the epochs: the records are computed again under
+                    // the fresh view.
+                    self.refresh_epochs().await?;
                 }
             }
             outcome.unsettled += todo.len();

@@ -438,7 +438,12 @@ pub async fn rewrap_as_legacy(data_dir: &Path, ids: &[&str]) {
             let expected = record.version;
             record.version += 1;
             let change = CustomerChange::Put { record: Box::new(record), expected_version: Some(expected) };
-            writes.push(Write { change: Some(change), events: Vec::new() });
+            writes.push(Write {
+                need_seqs: true,
+                precondition: None,
+                change: Some(change),
+                events: Vec::new(),
+            });
         }
         for outcome in store.write_many(writes).await.unwrap() {
             outcome.unwrap();

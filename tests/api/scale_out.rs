@@ -15,19 +15,21 @@ use crate::auditor::own;
 use crate::helpers::{ServerProcess, TestApp};
 use crate::pg::Database;
 
-/// Starts a node over `data_dir` on `db` with the epoch-key file `data_dir.epoch-keys`.
-fn node(data_dir: &Path, db: &Database) -> ServerProcess {
-    let epochs = data_dir.with_extension("epoch-keys");
-    let epochs = epochs.to_str().unwrap();
-    ServerProcess::start(
-        data_dir,
-        &[
-            ("CUSTODIA_STORE", "postgres"),
-            ("CUSTODIA_DATABASE_URL", &db.url),
-            ("CUSTODIA_DATABASE_POOL_SIZE", "8"),
-            ("CUSTODIA_KEY_EPOCH_FILE", epochs),
-        ],
-    )
+/// Starts a node over `data_dir` on `db`, its epoch keys in the key database `keys` (another
+/// schema here; a database of its own in production), with `extra` settings.
+fn node_with(data_dir: &Path, db: &Database, keys: &Database, extra: &[(&str, &str)]) -> ServerProcess {
+    let mut env = vec![
+        ("CUSTODIA_STORE", "postgres"),
+        ("CUSTODIA_DATABASE_URL", db.url.as_str()),
+        ("CUSTODIA_DATABASE_POOL_SIZE", "8"),
+        ("CUSTODIA_KEY_DATABASE_URL", keys.url.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    ServerProcess::start(data_dir, &env)
+}
+
+fn node(data_dir: &Path, db: &Database, keys: &Database) -> ServerProcess {
+    node_with(data_dir, db, keys, &[])
 }
 
 /// Whether `node` sequences the audit log now (its metrics say so).
@@ -94,14 +96,13 @@ async fn writers(base: String, tag: &'static str, stop: Arc<Mutex<bool>>) -> Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_one_log_and_survive_the_sequencer_being_killed_mid_load() {
     let Some(db) = Database::create() else { return };
+    let Some(keys) = Database::create() else { return };
     let dirs = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (dirs.path().join("a"), dirs.path().join("b"));
     let dirs = [dir_a, dir_b];
-    let mut nodes = vec![node(&dirs[0], &db)];
-    // Each node locks its own epoch-key file; the second starts with a copy of the first's
-    // (README "Scaling out": epochs are not rotated across nodes yet).
-    std::fs::copy(dirs[0].with_extension("epoch-keys"), dirs[1].with_extension("epoch-keys")).unwrap();
-    nodes.push(node(&dirs[1], &db));
+    // Both nodes keep their epoch keys in one key database: nothing is copied between them.
+    let mut nodes = vec![node(&dirs[0], &db, &keys)];
+    nodes.push(node(&dirs[1], &db, &keys));
 
     // One of them sequences; both serve.
     let mut leader = None;
@@ -149,7 +150,7 @@ async fn two_nodes_share_one_log_and_survive_the_sequencer_being_killed_mid_load
     acked.extend(after_kill);
 
     // Every acknowledged create reads back from the surviving node and from the restarted one.
-    let restarted = node(&dirs[leader], &db);
+    let restarted = node(&dirs[leader], &db, &keys);
     let follower = &nodes[follower];
     let acked = Arc::new(acked);
     for base in [&follower.base, &restarted.base] {
@@ -223,7 +224,12 @@ async fn two_nodes_share_one_log_and_survive_the_sequencer_being_killed_mid_load
         .map(|p| STANDARD.decode(p.as_str().unwrap()).unwrap().try_into().unwrap())
         .collect();
     assert!(own::consistency_holds(size_a, size_b, &proof, &root_a, &root_b));
-    assert_eq!(db.number("SELECT count(*) FROM pending_events"), Some(0), "nothing left unintegrated");
+    // Writes answer at COMMIT: the last one's event is integrated shortly after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while db.number("SELECT count(*) FROM pending_events") != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "nothing is left unintegrated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A PostgreSQL server of the test's own (it is stopped and started), removed when dropped.
@@ -412,4 +418,254 @@ async fn store_copy_moves_a_sled_store_to_postgres_and_proves_it_against_the_sig
     assert!(ok, "{err}");
     let (ok, stdout, err) = crate::auditor::verify_export(out.path()).await;
     assert!(ok, "{stdout}{err}");
+}
+
+/// The epoch ids (hex of the 8 id bytes, as `ek-` ids print) now in the key database.
+fn stored_epochs(keys: &Database) -> std::collections::BTreeSet<String> {
+    keys.strings("SELECT 'ek-' || encode(id, 'hex') FROM epoch_keys").into_iter().collect()
+}
+
+/// Every `epoch_destroyed` epoch id in `base`'s audit log.
+async fn destroyed_epochs(base: &str) -> Vec<String> {
+    let (status, body) =
+        get(base, "/v1/audit/events?action=key.rotate&limit=1000", &TestApp::auditor_token()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"][0] == "epoch_destroyed")
+        .filter_map(|e| {
+            e["reason"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find_map(|r| r.as_str()?.strip_prefix("epoch:").map(str::to_owned))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_epoch_keys_through_the_key_database_across_switches_and_destructions() {
+    let Some(db) = Database::create() else { return };
+    let Some(keys) = Database::create() else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    // A new epoch every 2 s, none kept: a switch and a destruction every few seconds.
+    let short = [
+        ("CUSTODIA_KEY_EPOCH_SECONDS", "2"),
+        ("CUSTODIA_KEY_EPOCHS_KEPT", "0"),
+        ("CUSTODIA_REQUEST_TIMEOUT_MS", "1000"),
+    ];
+    let nodes = [
+        node_with(&dirs.path().join("a"), &db, &keys, &short),
+        node_with(&dirs.path().join("b"), &db, &keys, &short),
+    ];
+    let client = reqwest::Client::new();
+    let token = TestApp::token_for_tests();
+    // (id, email) of every customer, created on one node and updated on the other.
+    let mut customers: Vec<(String, String)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let started = std::time::Instant::now();
+    let mut round = 0;
+    while started.elapsed() < Duration::from_secs(14) {
+        for (n, tag) in [(0, "a"), (1, "b")] {
+            let email = format!("{tag}{round}@epochs.test");
+            let res = client
+                .post(format!("{}/v1/customers", nodes[n].base))
+                .bearer_auth(&token)
+                .json(&json!({"fields": {"email": email, "name": format!("Epoch {tag} {round}")}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::CREATED, "create on node {n}");
+            let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+            // The other node changes the unique, indexed field: a wrap and index entries
+            // computed there, under its view of the epochs.
+            let email = format!("{tag}{round}.moved@epochs.test");
+            let res = client
+                .patch(format!("{}/v1/customers/{id}", nodes[1 - n].base))
+                .bearer_auth(&token)
+                .json(&json!({"fields": {"email": email}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "update on node {}", 1 - n);
+            customers.push((id, email));
+        }
+        seen.extend(stored_epochs(&keys));
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let destroyed = destroyed_epochs(&nodes[0].base).await;
+    println!(
+        "{} customers over {round} rounds; {} epochs seen, {} destroyed",
+        customers.len(),
+        seen.len(),
+        destroyed.len()
+    );
+    assert!(destroyed.len() >= 2, "several epochs were destroyed meanwhile: {destroyed:?} of {seen:?}");
+    // A destroyed epoch is gone from the key database (its row deleted, the table vacuumed).
+    let now = stored_epochs(&keys);
+    for id in &destroyed {
+        assert!(seen.contains(id), "{id} was seen in the key database before");
+        assert!(!now.contains(id), "{id} is destroyed but still in the key database");
+    }
+
+    // A node started now, with a data directory of its own and nothing copied, reads every
+    // customer, as both running nodes do.
+    let late = node_with(&dirs.path().join("c"), &db, &keys, &short);
+    for base in [&nodes[0].base, &nodes[1].base, &late.base] {
+        for (id, email) in &customers {
+            let res = client
+                .get(format!("{base}/v1/customers/{id}"))
+                .bearer_auth(&token)
+                .header("X-Purpose", "order_fulfillment")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK, "{id} on {base}");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["fields"]["email"], email.as_str(), "{id} on {base}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_key_database_that_is_the_data_database_and_schema_is_refused() {
+    let Some(db) = Database::create() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .arg("serve")
+        .env("CUSTODIA_LISTEN", "127.0.0.1:0")
+        .env("CUSTODIA_DATA_DIR", dir.path())
+        .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .env("CUSTODIA_MASTER_KEY", crate::helpers::MASTER_KEY)
+        .env("CUSTODIA_JWT_HS256_SECRET", crate::helpers::SECRET)
+        .env("CUSTODIA_STORE", "postgres")
+        .env("CUSTODIA_DATABASE_URL", &db.url)
+        .env("CUSTODIA_KEY_DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CUSTODIA_KEY_DATABASE_URL names the data database"), "{err}");
+    assert!(!err.contains(&db.url), "the URL is never printed");
+    assert_eq!(db.number(&format!("SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = 'epoch_keys'", db.name)), Some(0), "nothing was created");
+}
+
+/// Settings of an in-process node on `db` whose epoch keys are in `keys`: a new epoch every
+/// second, none kept, a 200 ms settle time.
+fn in_process(dir: &Path, db: &Database, keys: &Database) -> custodia::config::Settings {
+    use secrecy::SecretString;
+    custodia::config::Settings {
+        listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_owned(),
+        policies: Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        master_key: Some(SecretString::from(crate::helpers::MASTER_KEY)),
+        jwt_hs256_secret: Some(SecretString::from(crate::helpers::SECRET)),
+        store: custodia::config::StoreKind::Postgres,
+        database_url: Some(SecretString::from(db.url.clone())),
+        key_database_url: Some(SecretString::from(keys.url.clone())),
+        database_pool_size: 4,
+        key_epoch_seconds: 1,
+        key_epochs_kept: 0,
+        request_timeout_ms: 200,
+        ..custodia::config::Settings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_stale_epoch_view_never_commits_a_key_under_an_epoch_another_node_destroyed() {
+    use custodia::domain::{Principal, Role};
+    use custodia::vault::{EpochState, NewCustomer, RequestContext};
+    let Some(db) = Database::create() else { return };
+    let Some(keys) = Database::create() else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    // Two vaults in this process, without their background tasks: B's view of the epochs only
+    // changes when one of its own loads or writes makes it.
+    let (a, store, _) =
+        custodia::startup::open_vault(&in_process(&dirs.path().join("a"), &db, &keys)).await.unwrap();
+    let (b, _, _) =
+        custodia::startup::open_vault(&in_process(&dirs.path().join("b"), &db, &keys)).await.unwrap();
+    let stale = b.keyring().current().id;
+    assert_eq!(a.keyring().current().id, stale, "one shared first epoch");
+
+    // A rotates: a new epoch, every key re-wrapped to it, then the old one destroyed.
+    let mut state = EpochState::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while a.keyring().epoch(&stale).is_some() {
+        assert!(std::time::Instant::now() < deadline, "A destroyed the first epoch");
+        let wait = a.epoch_step(&mut state).await.unwrap();
+        tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+    }
+    assert_eq!(
+        b.keyring().current().id,
+        stale,
+        "B's view is stale: it still wraps under the destroyed epoch"
+    );
+
+    // B creates a customer: its first attempt wraps under the destroyed epoch and is fenced off
+    // at commit; B refreshes its view and wraps under A's current epoch.
+    let ctx = RequestContext {
+        principal: Principal { role: Role::Merchant, sub: Some("shop-backend".into()) },
+        request_id: "fence-test".into(),
+    };
+    let body: NewCustomer =
+        serde_json::from_value(json!({"fields": {"email": "fenced@epochs.test", "name": "Fenced"}})).unwrap();
+    let id = b.create_customer(&ctx, body, None).await.unwrap();
+    let record = store.customer(&id).await.unwrap().unwrap();
+    let current = a.keyring().current().id;
+    assert_eq!(record.data_key.master_key, current, "committed under the live epoch, not {stale}");
+    assert!(record.index_entries.iter().all(|e| e.epoch.as_ref() == Some(&current)), "indexed under it too");
+    assert!(b.keyring().epoch(&stale).is_none(), "B forgot the destroyed epoch");
+    let view = a.read_customer(&ctx, &id.to_string(), Some("order_fulfillment"), None).await.unwrap();
+    assert_eq!(view.fields["email"], "fenced@epochs.test");
+}
+
+#[tokio::test]
+async fn a_node_moving_from_the_epoch_key_file_to_the_key_database_imports_its_epochs() {
+    let Some(db) = Database::create() else { return };
+    let Some(keys) = Database::create() else { return };
+    let dirs = tempfile::tempdir().unwrap();
+    let (data, file) = (dirs.path().join("a"), dirs.path().join("a.epoch-keys"));
+    let file_env = [("CUSTODIA_KEY_EPOCH_FILE", file.to_str().unwrap())];
+    let client = reqwest::Client::new();
+    let token = TestApp::token_for_tests();
+    // One node on PostgreSQL with the epoch-key file, as before the key database.
+    let mut one = ServerProcess::start(
+        &data,
+        &[("CUSTODIA_STORE", "postgres"), ("CUSTODIA_DATABASE_URL", &db.url), file_env[0]],
+    );
+    let res = client
+        .post(format!("{}/v1/customers", one.base))
+        .bearer_auth(&token)
+        .json(&json!({"fields": {"email": "moved@epochs.test", "name": "Moved"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let id = res.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert!(one.terminate());
+    let tables = format!(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}' AND table_name = 'epoch_keys'",
+        keys.name
+    );
+    assert_eq!(keys.number(&tables), Some(0), "no key database yet");
+
+    // Restarted with the key database (the file still in place): its epochs move there, and
+    // a second node without any file reads the customer.
+    let moved = node_with(&data, &db, &keys, &file_env);
+    assert!(!stored_epochs(&keys).is_empty(), "the file's epochs are in the key database");
+    let other = node(&dirs.path().join("b"), &db, &keys);
+    for base in [&moved.base, &other.base] {
+        let res = client
+            .get(format!("{base}/v1/customers/{id}"))
+            .bearer_auth(&token)
+            .header("X-Purpose", "order_fulfillment")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{base}");
+        assert_eq!(res.json::<Value>().await.unwrap()["fields"]["email"], "moved@epochs.test");
+    }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use custodia::audit::merkle::{leaf_hash, node_hash};
 use custodia::crypto::BlindIndex;
 use custodia::domain::CustomerId;
-use custodia::store::{CustomerChange, IndexEntry, PendingEvent, StoreError, Write};
+use custodia::store::{CustomerChange, IndexEntry, MetaEquals, PendingEvent, StoreError, Write};
 
 fn entry(field: &str, byte: u8, unique: bool) -> IndexEntry {
     IndexEntry { field: field.into(), index: [byte; 32], unique, epoch: None }
@@ -31,7 +31,7 @@ fn put(r: CustomerRecord, expected: Option<u64>) -> Option<CustomerChange> {
 /// Writes `change` with one event; the event's seq.
 async fn write(store: &Arc<dyn Store>, change: Option<CustomerChange>) -> Result<u64, StoreError> {
     let size = store.head().await?.size;
-    let written = store.write(Write { change, events: vec![event(size, None)] }).await?;
+    let written = store.write(Write { need_seqs: true, precondition: None, change, events: vec![event(size, None)] }).await?;
     Ok(written.seqs[0])
 }
 
@@ -149,10 +149,11 @@ async fn two_writers_on_one_expected_version_exactly_one_wins() {
 async fn two_creates_racing_for_one_unique_value_one_wins() {
     let Some(fixture) = fixture() else { return };
     let store = fixture.open();
-    let tasks: Vec<_> = (0..16)
-        .map(|_| {
+    // Each has a unique email of its own and the same unique phone: the clash names `phone`.
+    let tasks: Vec<_> = (0..16u8)
+        .map(|n| {
             let store = Arc::clone(&store);
-            let r = record(CustomerId::random(), 1, vec![entry("email", 7, true)]);
+            let r = record(CustomerId::random(), 1, vec![entry("email", 100 + n, true), entry("phone", 7, true)]);
             tokio::spawn(async move { write(&store, put(r, None)).await })
         })
         .collect();
@@ -160,12 +161,12 @@ async fn two_creates_racing_for_one_unique_value_one_wins() {
     for task in tasks {
         match task.await.unwrap() {
             Ok(_) => won += 1,
-            Err(StoreError::UniqueViolation { .. }) => {}
+            Err(StoreError::UniqueViolation { field }) => assert_eq!(field, "phone"),
             Err(e) => panic!("{e:?}"),
         }
     }
     assert_eq!(won, 1);
-    assert_eq!(store.lookup("email", &BlindIndex([7; 32])).await.unwrap().len(), 1);
+    assert_eq!(store.lookup("phone", &BlindIndex([7; 32])).await.unwrap().len(), 1);
     assert_eq!(size(&store).await, 1);
 }
 
@@ -178,7 +179,7 @@ async fn concurrent_writes_get_dense_distinct_seqs_and_read_back_in_order() {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 let events = vec![event(n, None), event(n, None)];
-                store.write(Write { change: None, events }).await.unwrap().seqs
+                store.write(Write { need_seqs: true, precondition: None, change: None, events }).await.unwrap().seqs
             })
         })
         .collect();
@@ -202,7 +203,7 @@ async fn concurrent_writes_get_dense_distinct_seqs_and_read_back_in_order() {
 async fn leaves_and_interior_merkle_nodes_are_stored_and_the_head_matches_them() {
     let Some(fixture) = fixture() else { return };
     let store = fixture.open();
-    store.write(Write { change: None, events: (0..5).map(|n| event(n, None)).collect() }).await.unwrap();
+    store.write(Write { need_seqs: true, precondition: None, change: None, events: (0..5).map(|n| event(n, None)).collect() }).await.unwrap();
     let leaves: Vec<_> = (0..5).map(|n| leaf_hash(&leaf(n, n))).collect();
     let ids = [(0, 0), (0, 4), (0, 5), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (3, 0)];
     let nodes = store.nodes(&ids).await.unwrap();
@@ -234,10 +235,10 @@ async fn independent_writes_in_one_batch_have_their_own_outcomes() {
     let id = CustomerId::random();
     let outcomes = store
         .write_many(vec![
-            Write { change: put(record(id, 1, vec![]), None), events: vec![event(0, Some(id))] },
-            Write { change: put(record(id, 1, vec![]), None), events: vec![event(1, Some(id))] },
-            Write { change: put(record(id, 2, vec![]), Some(1)), events: vec![event(2, Some(id))] },
-            Write { change: None, events: vec![] },
+            Write { need_seqs: true, precondition: None, change: put(record(id, 1, vec![]), None), events: vec![event(0, Some(id))] },
+            Write { need_seqs: true, precondition: None, change: put(record(id, 1, vec![]), None), events: vec![event(1, Some(id))] },
+            Write { need_seqs: true, precondition: None, change: put(record(id, 2, vec![]), Some(1)), events: vec![event(2, Some(id))] },
+            Write { need_seqs: true, precondition: None, change: None, events: vec![] },
         ])
         .await
         .unwrap();
@@ -247,6 +248,38 @@ async fn independent_writes_in_one_batch_have_their_own_outcomes() {
     assert!(outcomes[3].as_ref().unwrap().seqs.is_empty());
     assert_eq!(store.customer(&id).await.unwrap().unwrap().version, 2);
     assert_eq!(store.audit_events(0, 10).await.unwrap(), vec![(0, leaf(0, 0)), (1, leaf(2, 1))]);
+}
+
+#[tokio::test]
+async fn a_meta_precondition_commits_only_while_the_value_holds_and_a_mismatch_writes_nothing() {
+    let Some(fixture) = fixture() else { return };
+    let store = fixture.open();
+    let guard = |value: Option<&[u8]>| Some(MetaEquals { name: "fence".into(), value: value.map(<[u8]>::to_vec) });
+    let (a, b) = (CustomerId::random(), CustomerId::random());
+    // Absent, and asked to be absent: commits.
+    let w = Write { need_seqs: true, precondition: guard(None), change: put(record(a, 1, vec![]), None), events: vec![event(0, None)] };
+    assert_eq!(store.write(w).await.unwrap().seqs, vec![0]);
+    store.put_meta("fence", b"one".to_vec()).await.unwrap();
+    // A stale value (absent, or another one): refused, naming the value; nothing written, not
+    // even the event, in a single write or inside a batch beside one that holds.
+    for stale in [None, Some(&b"two"[..])] {
+        let w = Write { need_seqs: true, precondition: guard(stale), change: put(record(b, 1, vec![]), None), events: vec![event(1, None)] };
+        let err = store.write(w).await.unwrap_err();
+        assert!(matches!(&err, StoreError::PreconditionFailed { name } if name == "fence"), "{err:?}");
+    }
+    let batch = vec![
+        Write { need_seqs: true, precondition: guard(Some(b"two")), change: put(record(b, 1, vec![]), None), events: vec![] },
+        Write { need_seqs: true, precondition: guard(Some(b"one")), change: put(record(a, 2, vec![]), Some(1)), events: vec![] },
+    ];
+    let outcomes = store.write_many(batch).await.unwrap();
+    assert!(matches!(outcomes[0], Err(StoreError::PreconditionFailed { .. })), "{:?}", outcomes[0]);
+    assert!(outcomes[1].is_ok(), "{:?}", outcomes[1]);
+    assert!(store.customer(&b).await.unwrap().is_none());
+    assert_eq!(store.customer(&a).await.unwrap().unwrap().version, 2);
+    assert_eq!(size(&store).await, 1);
+    // The current value: commits.
+    let w = Write { need_seqs: true, precondition: guard(Some(b"one")), change: put(record(b, 1, vec![]), None), events: vec![event(1, None)] };
+    assert_eq!(store.write(w).await.unwrap().seqs, vec![1]);
 }
 
 #[tokio::test]
@@ -299,7 +332,7 @@ async fn a_rewrap_write_without_events_keeps_the_log_as_it_is() {
     write(&store, put(record(id, 1, vec![entry("email", 3, true)]), None)).await.unwrap();
     let head = store.head().await.unwrap();
     let written = store
-        .write(Write { change: put(record(id, 2, vec![entry("email", 3, true)]), Some(1)), events: vec![] })
+        .write(Write { need_seqs: true, precondition: None, change: put(record(id, 2, vec![entry("email", 3, true)]), Some(1)), events: vec![] })
         .await
         .unwrap();
     assert!(written.seqs.is_empty());
@@ -315,7 +348,7 @@ async fn customer_history_is_served_by_an_index_and_outlives_erasure() {
     let (a, b) = (CustomerId::random(), CustomerId::random());
     for (i, who) in [a, b, a, a, b].iter().enumerate() {
         let change = put(record(*who, 1, vec![]), None).filter(|_| i < 2);
-        store.write(Write { change, events: vec![event(i as u64, Some(*who))] }).await.unwrap();
+        store.write(Write { need_seqs: true, precondition: None, change, events: vec![event(i as u64, Some(*who))] }).await.unwrap();
     }
     let seqs = |events: Vec<(u64, Vec<u8>)>| events.into_iter().map(|(s, _)| s).collect::<Vec<_>>();
     assert_eq!(seqs(store.audit_events_for_customer(&a, None, 10).await.unwrap()), vec![0, 2, 3]);
@@ -323,7 +356,7 @@ async fn customer_history_is_served_by_an_index_and_outlives_erasure() {
     assert_eq!(store.audit_events_for_customer(&b, None, 10).await.unwrap()[1], (4, leaf(4, 4)));
     // Erasure removes the record, never the log: the history names the erasure too.
     let erase = Some(CustomerChange::Delete { id: a, expected_version: 1 });
-    store.write(Write { change: erase, events: vec![event(5, Some(a))] }).await.unwrap();
+    store.write(Write { need_seqs: true, precondition: None, change: erase, events: vec![event(5, Some(a))] }).await.unwrap();
     assert!(store.customer(&a).await.unwrap().is_none());
     assert_eq!(seqs(store.audit_events_for_customer(&a, None, 10).await.unwrap()), vec![0, 2, 3, 5]);
     // And across a reopen (history rows may be in the backend or rebuilt from the log).
@@ -399,7 +432,7 @@ async fn a_read_racing_key_rewraps_and_erasures_sees_the_old_or_new_record_never
     for version in 1..400u64 {
         let writes = ids
             .iter()
-            .map(|id| Write { change: put(record(*id, version + 1, vec![]), Some(version)), events: vec![] })
+            .map(|id| Write { need_seqs: true, precondition: None, change: put(record(*id, version + 1, vec![]), Some(version)), events: vec![] })
             .collect();
         for outcome in store.write_many(writes).await.unwrap() {
             outcome.unwrap();

@@ -43,7 +43,15 @@ async fn a_customers_history_survives_two_kill_9s_before_the_first_flush() {
                 expected_version: None,
             };
             let event = PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: Some(id) };
-            store.write(Write { change: Some(change), events: vec![event] }).await.unwrap();
+            store
+                .write(Write {
+                    need_seqs: true,
+                    precondition: None,
+                    change: Some(change),
+                    events: vec![event],
+                })
+                .await
+                .unwrap();
         } else {
             // Run 2: the replay puts the group (and `wal_lsn`) into sled and flushes sled at
             // open, but writes no `history_len`; the history is right, from the rebuilt tail.
@@ -84,7 +92,10 @@ async fn a_customers_history_survives_a_drop_without_close() {
     let change =
         CustomerChange::Put { record: Box::new(crate::record(id, 1, vec![])), expected_version: None };
     let event = PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: Some(id) };
-    store.write(Write { change: Some(change), events: vec![event] }).await.unwrap();
+    store
+        .write(Write { need_seqs: true, precondition: None, change: Some(change), events: vec![event] })
+        .await
+        .unwrap();
     drop(store);
     let store = open();
     assert_eq!(store.audit_events(0, 10).await.unwrap().len(), 1);

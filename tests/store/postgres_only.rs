@@ -79,7 +79,12 @@ async fn two_nodes_on_one_database_share_one_log_and_one_sequencer_and_the_other
                     expected_version: None,
                 });
                 let written = node
-                    .write(Write { change, events: vec![event(Some(id)), event(Some(id))] })
+                    .write(Write {
+                        need_seqs: true,
+                        precondition: None,
+                        change,
+                        events: vec![event(Some(id)), event(Some(id))],
+                    })
                     .await
                     .unwrap();
                 (id, written.seqs)
@@ -107,7 +112,7 @@ async fn two_nodes_on_one_database_share_one_log_and_one_sequencer_and_the_other
     drop(a);
     let written = tokio::time::timeout(
         Duration::from_secs(10),
-        b.write(Write { change: None, events: vec![event(None)] }),
+        b.write(Write { need_seqs: true, precondition: None, change: None, events: vec![event(None)] }),
     )
     .await
     .expect("the surviving node integrates within seconds")
@@ -150,14 +155,20 @@ async fn erasure_deletes_the_record_row_with_its_data_key_and_every_index_row() 
     ];
     let change =
         Some(CustomerChange::Put { record: Box::new(record(id, 1, entries)), expected_version: None });
-    store.write(Write { change, events: vec![event(Some(id))] }).await.unwrap();
+    store
+        .write(Write { need_seqs: true, precondition: None, change, events: vec![event(Some(id))] })
+        .await
+        .unwrap();
     let hex = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>();
     let rows = |table: &str, column: &str| {
         db.number(&format!("SELECT count(*) FROM {table} WHERE {column} = '\\x{hex}'::bytea"))
     };
     assert_eq!((rows("customers", "id"), rows("index_entries", "customer")), (Some(1), Some(2)));
     let erase = Some(CustomerChange::Delete { id, expected_version: 1 });
-    store.write(Write { change: erase, events: vec![event(Some(id))] }).await.unwrap();
+    store
+        .write(Write { need_seqs: true, precondition: None, change: erase, events: vec![event(Some(id))] })
+        .await
+        .unwrap();
     assert_eq!((rows("customers", "id"), rows("index_entries", "customer")), (Some(0), Some(0)));
     assert_eq!(rows("customer_history", "customer"), Some(2), "the log keeps the history");
 }
@@ -200,4 +211,56 @@ async fn one_node_at_a_time_holds_a_sweeps_turn() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(taken, "a released turn is taken by the other node");
+}
+
+/// The sessions of this test's schema whose last statement was a `LISTEN` on the integration
+/// channel: each node's listening session.
+fn listening_sessions(db: &Database) -> Option<i64> {
+    db.number(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = current_setting('application_name') \
+         AND query LIKE 'LISTEN custodia_seq_%'",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_answer_at_commit_unless_they_need_seqs_and_waiters_work_with_or_without_notices() {
+    let Some(db) = Database::create() else { return };
+    let (a, b) = (open(&db.settings()), open(&db.settings()));
+    a.put_meta("m", b"v".to_vec()).await.unwrap();
+    b.put_meta("m", b"v".to_vec()).await.unwrap();
+    // Each node keeps one listening session.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listening_sessions(&db) != Some(2) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "two listening sessions: {:?}",
+            listening_sessions(&db)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let write = |need_seqs| Write { need_seqs, precondition: None, change: None, events: vec![event(None)] };
+    // Without need_seqs: no seqs, yet every log reader on either node then shows the event.
+    for (n, store) in [&a, &b].into_iter().enumerate() {
+        assert_eq!(store.write(write(false)).await.unwrap().seqs, Vec::<u64>::new());
+        assert_eq!(a.head().await.unwrap().size, n as u64 + 1);
+        assert_eq!(b.audit_events(0, 10).await.unwrap().len(), n + 1);
+    }
+    // With need_seqs, from both nodes (one of them does not sequence: it waits on the notice).
+    assert_eq!(a.write(write(true)).await.unwrap().seqs, vec![2]);
+    assert_eq!(b.write(write(true)).await.unwrap().seqs, vec![3]);
+    // Without their listening sessions (terminated), waiters fall back to polling.
+    db.number(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE application_name = current_setting('application_name') AND query LIKE 'LISTEN custodia_seq_%'",
+    );
+    assert_eq!(a.write(write(true)).await.unwrap().seqs, vec![4]);
+    assert_eq!(b.write(write(true)).await.unwrap().seqs, vec![5]);
+    // And the sessions come back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listening_sessions(&db) != Some(2) {
+        assert!(std::time::Instant::now() < deadline, "the listening sessions are back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }

@@ -169,7 +169,10 @@ async fn sessions_commit_synchronously_behind_a_pooler_that_drops_options_under_
             let id = CustomerId::random();
             let change =
                 Some(CustomerChange::Put { record: Box::new(record(id, 1, vec![])), expected_version: None });
-            store.write(Write { change, events: vec![event(Some(id))] }).await.unwrap();
+            store
+                .write(Write { change, events: vec![event(Some(id))], need_seqs: true, precondition: None })
+                .await
+                .unwrap();
         }));
     }
     for task in tasks {
@@ -226,7 +229,15 @@ async fn functions_planted_where_the_search_path_finds_them_are_never_called() {
     ];
     let change =
         Some(CustomerChange::Put { record: Box::new(record(id, 1, entries)), expected_version: None });
-    let written = store.write(Write { change, events: vec![event(Some(id)), event(None)] }).await.unwrap();
+    let written = store
+        .write(Write {
+            change,
+            events: vec![event(Some(id)), event(None)],
+            need_seqs: true,
+            precondition: None,
+        })
+        .await
+        .unwrap();
     assert_eq!(written.seqs.len(), 2);
     assert_eq!(store.head().await.unwrap().size, 2);
     assert_eq!(store.nodes(&[(0, 0), (0, 1), (1, 0)]).await.unwrap().iter().flatten().count(), 3);

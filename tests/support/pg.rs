@@ -85,6 +85,28 @@ impl Database {
         query(&self.url, sql.to_owned())
     }
 
+    /// The first column of every row of `sql` run in this database, as text.
+    pub fn strings(&self, sql: &str) -> Vec<String> {
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let (client, conn) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+                tokio::spawn(conn);
+                let rows = client.simple_query(&sql).await.expect("query");
+                rows.into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                        _ => None,
+                    })
+                    .collect()
+            })
+        })
+        .join()
+        .expect("query thread")
+    }
+
     /// Every text and byte value stored in this schema's tables, concatenated, as the
     /// database returns them (raw bytes, not hex): for scans that no plaintext reached it.
     pub fn stored_bytes(&self) -> Vec<u8> {

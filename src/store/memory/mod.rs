@@ -64,6 +64,11 @@ impl MemoryStore {
 
     /// Checks and applies one write under the lock: all of it, or nothing.
     fn apply(&self, state: &mut State, write: Write) -> Result<Written, StoreError> {
+        if let Some(p) = &write.precondition
+            && state.meta.get(&p.name) != p.value.as_ref()
+        {
+            return Err(StoreError::PreconditionFailed { name: p.name.clone() });
+        }
         if let Some(change) = &write.change {
             state.check(change)?;
         }

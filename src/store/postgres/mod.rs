@@ -5,10 +5,13 @@
 //! node at a time, the one whose dedicated session holds the sequencer's advisory lock,
 //! integrates pending events in batches through the injected [`Integrator`] (`sequencer.rs`):
 //! seqs, leaves, Merkle nodes, history rows, and the head advanced by a compare-and-set on its
-//! size, so a stale sequencer that lost its lock cannot advance the log. A write then waits
-//! until its events are integrated (woken in process when this node sequences, else by polling
-//! `write_seqs`) and returns their seqs, so [`Written::seqs`] means what it means on sled and
-//! the readers never show an event that is not in the tree.
+//! size, so a stale sequencer that lost its lock cannot advance the log. A write answers at
+//! `COMMIT` unless its caller needs the seqs ([`Write::need_seqs`]: the erasure receipt); then
+//! it waits until its events are integrated (woken in process when this node sequences, else by
+//! an integration notice, `notify.rs`, or by polling `write_seqs`). The log readers (`head`,
+//! `audit_events`, `audit_events_for_customer`) first wait until every event committed before
+//! the call is integrated, so a caller reads its own writes (an export or an auditor's customer
+//! filter never misses a recent access), and never show an event that is not in the tree.
 //!
 //! Erasure deletes the record row (which holds the wrapped data key) and every index row in the
 //! transaction of the erasure event. Deleted rows linger in table pages and the WAL until
@@ -18,6 +21,7 @@
 //! connects, migrates the schema (`schema.rs`) and starts the sequencer on the caller's runtime.
 
 mod connect;
+mod notify;
 mod schema;
 mod sequencer;
 
@@ -94,6 +98,11 @@ struct Shared {
     waiters: Mutex<HashMap<i64, oneshot::Sender<u64>>>,
     /// Wakes this node's sequencer when a write committed pending events.
     pending: Notify,
+    /// Woken after each integrated batch (by this node's sequencer, or by a notice from
+    /// another node's: `notify.rs`): writers waiting for seqs, readers waiting for integration.
+    integrated: Notify,
+    /// The listening session for integration notices is up (waiters then poll less often).
+    listening: AtomicBool,
     /// `true` once the handle is closed or dropped: the sequencer stops.
     stop: watch::Sender<bool>,
     closed: AtomicBool,
@@ -103,7 +112,17 @@ struct Shared {
 enum Refused {
     Store(StoreError),
     Db(tokio_postgres::Error),
+    /// A unique entry lost a race to a concurrent commit (the transaction is aborted): named by
+    /// [`Shared::name_clash`] after the rollback.
+    UniqueRace,
 }
+
+/// The field of the first unique entry ($2 fields, $3 indexes, $4 unique flags) that another
+/// customer than $1 holds.
+const CLASH: &str = "SELECT e.field FROM index_entries e \
+                     JOIN ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bytea[]), pg_catalog.unnest($4::bool[])) AS n(field, index, uniq) \
+                       ON e.field = n.field AND e.index = n.index \
+                     WHERE n.uniq AND e.customer <> $1 LIMIT 1";
 
 impl From<tokio_postgres::Error> for Refused {
     fn from(e: tokio_postgres::Error) -> Self {
@@ -208,6 +227,8 @@ impl PostgresStore {
             integrator,
             waiters: Mutex::new(HashMap::new()),
             pending: Notify::new(),
+            integrated: Notify::new(),
+            listening: AtomicBool::new(false),
             stop,
             closed: AtomicBool::new(false),
         };
@@ -225,6 +246,8 @@ impl PostgresStore {
                 let mut client = self.shared.pool.get().await.map_err(pool_error)?;
                 schema::migrate(&mut client).await?;
                 let task = tokio::spawn(sequencer::run(Arc::clone(&self.shared)));
+                // Ends by itself when the store is closed or dropped.
+                tokio::spawn(notify::run(Arc::clone(&self.shared)));
                 *self.sequencer.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
                 Ok::<(), StoreError>(())
             })
@@ -240,6 +263,32 @@ pub async fn migrate(settings: &PostgresSettings) -> Result<(i32, i32), StoreErr
     let mut client = connector.connect().await?;
     let found = schema::migrate(&mut client).await?;
     Ok((found, schema::SCHEMA_VERSION))
+}
+
+/// One connection to the database `settings` names, outside any pool, its driver spawned on the
+/// current runtime (the key database's: see `crypto::epoch`). Every session commits
+/// synchronously, as the store's.
+pub async fn connect_once(settings: &PostgresSettings) -> Result<tokio_postgres::Client, StoreError> {
+    Connector::new(settings)?.connect().await
+}
+
+/// A database error as text: the server's message and SQLSTATE, never a row's values.
+pub fn describe_error(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Which server, database and schema a connection to `settings` lands in, as one string
+/// (the server's start time and port, the database, the schema): two settings with the same
+/// identity name the same tables. Lets start-up refuse a key database that is the data database.
+pub async fn identity(settings: &PostgresSettings) -> Result<(String, String), StoreError> {
+    let client = connect_once(settings).await?;
+    let sql = "SELECT pg_postmaster_start_time()::text || '/' || current_setting('port') || '/' || \
+               current_database(), coalesce(current_schema()::text, '')";
+    let row = client.query_one(sql, &[]).await.map_err(db_error)?;
+    Ok((row.get(0), row.get(1)))
 }
 
 impl Drop for PostgresStore {
@@ -300,6 +349,21 @@ impl Shared {
         }
     }
 
+    /// Names the field of a unique race `record` lost, once its transaction or savepoint is
+    /// rolled back: the winner has committed, so a new statement sees its row. Empty if the
+    /// winner's row is gone again (erased meanwhile).
+    async fn name_clash(
+        client: &impl tokio_postgres::GenericClient,
+        record: &CustomerRecord,
+    ) -> Result<String, StoreError> {
+        let id = record.id.as_bytes().as_slice();
+        let fields: Vec<&str> = record.index_entries.iter().map(|e| e.field.as_str()).collect();
+        let indexes: Vec<&[u8]> = record.index_entries.iter().map(|e| e.index.as_slice()).collect();
+        let unique: Vec<bool> = record.index_entries.iter().map(|e| e.unique).collect();
+        let row = client.query_opt(CLASH, &[&id, &fields, &indexes, &unique]).await.map_err(db_error)?;
+        Ok(row.map(|r| r.get(0)).unwrap_or_default())
+    }
+
     /// Replaces the index rows of `record`'s customer with its entries, inside `tx`.
     async fn index_rows(
         &self,
@@ -319,11 +383,8 @@ impl Shared {
         // A unique entry another customer holds (as a unique or plain entry) is a clash,
         // named by its field; racing inserts are caught by the unique index instead.
         if unique.iter().any(|u| *u) {
-            let sql = "SELECT e.field FROM index_entries e \
-                       JOIN ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bytea[]), pg_catalog.unnest($4::bool[])) AS n(field, index, uniq) \
-                         ON e.field = n.field AND e.index = n.index \
-                       WHERE n.uniq AND e.customer <> $1 LIMIT 1";
-            let clash = tx.query_opt(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await?;
+            let clash =
+                tx.query_opt(&st(cache, tx, CLASH).await?, &[&id, &fields, &indexes, &unique]).await?;
             if let Some(row) = clash {
                 return Err(StoreError::UniqueViolation { field: row.get(0) }.into());
             }
@@ -335,10 +396,10 @@ impl Shared {
         match tx.execute(&st(cache, tx, sql).await?, &[&id, &fields, &indexes, &unique]).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                // Lost a race for a unique value: which field is not in the error without
-                // its DETAIL (which holds the index), so name the first unique field.
-                let field = record.index_entries.iter().find(|e| e.unique).map(|e| e.field.clone());
-                Err(StoreError::UniqueViolation { field: field.unwrap_or_default() }.into())
+                // Lost a race for a unique value. Which field is not in the error without its
+                // DETAIL (which holds the index): the caller names it once this transaction
+                // (or savepoint) is rolled back, from the winner's committed row.
+                Err(Refused::UniqueRace)
             }
             Err(e) => Err(e.into()),
         }
@@ -363,7 +424,7 @@ impl Shared {
         let client = self.client().await?;
         let next = client.prepare_cached(NEXT_WRITE_ID).await.map_err(db_error)?;
         let write_id: i64 = client.query_one(&next, &[]).await.map_err(db_error)?.get(0);
-        let rx = self.wait_for(write_id);
+        let rx = write.need_seqs.then(|| self.wait_for(write_id));
         let insert = client.prepare_cached(INSERT_PENDING).await.map_err(db_error)?;
         let rows = PendingRows::of(&write);
         if let Err(e) = client.execute(&insert, &rows.params(&write_id)).await {
@@ -373,9 +434,43 @@ impl Shared {
         drop(client);
         let committed = std::time::Instant::now();
         self.pending.notify_one();
+        let Some(rx) = rx else { return Ok(Written { seqs: Vec::new() }) };
         let first = self.first_seq(write_id, rx).await?;
         crate::metric::audit_integration_delay(committed.elapsed());
         Ok(Written { seqs: (first..first + write.events.len() as u64).collect() })
+    }
+
+    /// How long a waiter sleeps between looks when no notice wakes it.
+    fn poll_interval(&self) -> Duration {
+        if self.listening.load(Ordering::Acquire) { notify::SEQ_POLL_LISTENING } else { SEQ_POLL }
+    }
+
+    /// Waits until every event committed before this call is integrated (the log readers read
+    /// their own writes, which answered at COMMIT): the newest pending write id now, then until
+    /// no pending write at or below it remains. Woken by this node's sequencer, or polling.
+    async fn integrated_barrier(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let newest =
+            client.prepare_cached("SELECT max(write_id) FROM pending_events").await.map_err(db_error)?;
+        let Some(newest): Option<i64> = client.query_one(&newest, &[]).await.map_err(db_error)?.get(0) else {
+            return Ok(());
+        };
+        let sql = "SELECT EXISTS (SELECT 1 FROM pending_events WHERE write_id <= $1)";
+        let left = client.prepare_cached(sql).await.map_err(db_error)?;
+        let deadline = tokio::time::Instant::now() + SEQ_WAIT;
+        loop {
+            // Registered before the look, so an integration in between still wakes it.
+            let integrated = self.integrated.notified();
+            if !client.query_one(&left, &[&newest]).await.map_err(db_error)?.get::<_, bool>(0) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(StoreError::Unavailable(
+                    "the audit log's sequencer has not integrated the committed events yet".into(),
+                ));
+            }
+            let _ = tokio::time::timeout(self.poll_interval(), integrated).await;
+        }
     }
 
     /// Registers a waiter for `write_id`'s seqs before its commit, so the sequencer cannot
@@ -397,11 +492,17 @@ impl Shared {
     /// `write_seqs` when another node integrates it.
     async fn first_seq(&self, write_id: i64, mut rx: oneshot::Receiver<u64>) -> Result<u64, StoreError> {
         let deadline = tokio::time::Instant::now() + SEQ_WAIT;
+        let mut sequenced_here = true;
         loop {
-            match tokio::time::timeout(SEQ_POLL, &mut rx).await {
-                Ok(Ok(seq)) => return Ok(seq),
-                Ok(Err(_)) => tokio::time::sleep(SEQ_POLL).await,
-                Err(_) => {}
+            let integrated = self.integrated.notified();
+            tokio::select! {
+                seq = &mut rx, if sequenced_here => match seq {
+                    Ok(seq) => return Ok(seq),
+                    // Another node integrates it: look on each notice (or poll).
+                    Err(_) => sequenced_here = false,
+                },
+                () = integrated => {}
+                () = tokio::time::sleep(self.poll_interval()) => {}
             }
             let client = self.client().await?;
             let sql = "SELECT first_seq FROM write_seqs WHERE write_id = $1";
@@ -421,7 +522,7 @@ impl Shared {
     }
 
     /// Commits `writes` in one transaction, each under its own savepoint (its own outcome),
-    /// then waits for the seqs of their events.
+    /// then waits for the seqs of the events of those that need them ([`Write::need_seqs`]).
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
         let mut client = self.client().await?;
         // Statements are prepared per connection: this connection's cache.
@@ -445,19 +546,43 @@ impl Shared {
             match outcome {
                 Ok(written) => outcomes.push(Ok(written)),
                 Err(Refused::Store(
-                    e @ (StoreError::VersionConflict | StoreError::UniqueViolation { .. }),
+                    e @ (StoreError::VersionConflict
+                    | StoreError::UniqueViolation { .. }
+                    | StoreError::PreconditionFailed { .. }),
                 )) => {
                     if single {
                         return Ok(vec![Err(e)]);
                     }
                     outcomes.push(Err(e));
                 }
+                Err(Refused::UniqueRace) => {
+                    // invariant: only a put writes index rows.
+                    let Some(CustomerChange::Put { record, .. }) = &write.change else {
+                        return Err(StoreError::Corrupt("a unique race without a put".into()));
+                    };
+                    if single {
+                        drop(tx);
+                        let field = Self::name_clash(&**client, record).await?;
+                        return Ok(vec![Err(StoreError::UniqueViolation { field })]);
+                    }
+                    // Its savepoint is rolled back: the transaction goes on.
+                    outcomes.push(Err(StoreError::UniqueViolation {
+                        field: Self::name_clash(&*tx, record).await?,
+                    }));
+                }
                 Err(Refused::Store(e)) => return Err(e),
                 Err(Refused::Db(e)) => return Err(db_error(e)),
             }
         }
-        let ids: Vec<i64> =
-            outcomes.iter().filter_map(|o| o.as_ref().ok().copied().flatten()).map(|(id, _)| id).collect();
+        // Waiters only for the writes whose callers need their seqs; the others answer at COMMIT.
+        let ids: Vec<i64> = outcomes
+            .iter()
+            .zip(&writes)
+            .filter(|(_, w)| w.need_seqs)
+            .filter_map(|(o, _)| o.as_ref().ok().copied().flatten())
+            .map(|(id, _)| id)
+            .collect();
+        let any_events = outcomes.iter().any(|o| matches!(o, Ok(Some(_))));
         let receivers: Vec<_> = ids.iter().map(|id| self.wait_for(*id)).collect();
         if let Err(e) = tx.commit().await {
             self.forget(&ids);
@@ -466,14 +591,15 @@ impl Shared {
         // The connection goes back to the pool before the wait: waiting writers hold none.
         drop(client);
         let committed = std::time::Instant::now();
-        if !ids.is_empty() {
+        if any_events {
             self.pending.notify_one();
         }
         let mut receivers = receivers.into_iter();
         let mut results = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
+        for (outcome, write) in outcomes.into_iter().zip(&writes) {
             results.push(match outcome {
                 Ok(None) => Ok(Written { seqs: Vec::new() }),
+                Ok(Some(_)) if !write.need_seqs => Ok(Written { seqs: Vec::new() }),
                 Ok(Some((id, count))) => {
                     let rx = receivers.next().expect("one receiver per write with events");
                     let first = self.first_seq(id, rx).await?;
@@ -492,6 +618,15 @@ impl Shared {
         tx: &Transaction<'_>,
         write: &Write,
     ) -> Result<Option<(i64, usize)>, Refused> {
+        if let Some(p) = &write.precondition {
+            // FOR SHARE: a concurrent change of the value waits for this commit (and this one
+            // for it), so the value holds until COMMIT.
+            let sql = "SELECT value FROM meta WHERE name = $1 FOR SHARE";
+            let row = tx.query_opt(&st(cache, tx, sql).await?, &[&p.name]).await?;
+            if row.map(|r| r.get::<_, Vec<u8>>(0)) != p.value {
+                return Err(StoreError::PreconditionFailed { name: p.name.clone() }.into());
+            }
+        }
         if let Some(change) = &write.change {
             self.apply_change(cache, tx, change).await?;
         }
@@ -540,7 +675,7 @@ impl Store for PostgresStore {
             return Ok(Written { seqs: Vec::new() });
         }
         let shared = self.ready().await?;
-        if write.change.is_none() {
+        if write.change.is_none() && write.precondition.is_none() {
             return shared.commit_events(write).await;
         }
         shared.commit(vec![write]).await?.pop().expect("one outcome per write")
@@ -579,7 +714,9 @@ impl Store for PostgresStore {
     }
 
     async fn head(&self) -> Result<TreeHead, StoreError> {
-        let client = self.ready().await?.client().await?;
+        let shared = self.ready().await?;
+        shared.integrated_barrier().await?;
+        let client = shared.client().await?;
         sequencer::read_head(&**client).await
     }
 
@@ -604,7 +741,9 @@ impl Store for PostgresStore {
     }
 
     async fn audit_events(&self, from: u64, limit_to: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let client = self.ready().await?.client().await?;
+        let shared = self.ready().await?;
+        shared.integrated_barrier().await?;
+        let client = shared.client().await?;
         let sql = "SELECT seq, event FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2";
         let st = client.prepare_cached(sql).await.map_err(db_error)?;
         let rows = client.query(&st, &[&to_i64(from), &limit(limit_to)]).await.map_err(db_error)?;
@@ -617,7 +756,9 @@ impl Store for PostgresStore {
         after: Option<u64>,
         limit_to: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let client = self.ready().await?.client().await?;
+        let shared = self.ready().await?;
+        shared.integrated_barrier().await?;
+        let client = shared.client().await?;
         let sql = "SELECT h.seq, e.event FROM customer_history h JOIN audit_events e ON e.seq = h.seq \
                    WHERE h.customer = $1 AND h.seq > $2 ORDER BY h.seq LIMIT $3";
         let st = client.prepare_cached(sql).await.map_err(db_error)?;
@@ -670,6 +811,11 @@ impl Store for PostgresStore {
         }
         match shared.index_rows(&cache, &tx, &record).await {
             Ok(()) => {}
+            Err(Refused::UniqueRace) => {
+                drop(tx);
+                let field = Shared::name_clash(&**client, &record).await?;
+                return Err(StoreError::UniqueViolation { field });
+            }
             Err(Refused::Store(e)) => return Err(e),
             Err(Refused::Db(e)) => return Err(db_error(e)),
         }

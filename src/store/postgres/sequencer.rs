@@ -91,6 +91,7 @@ struct Statements {
     integrated: Statement,
     seqs: Statement,
     advance: Statement,
+    notify: Statement,
 }
 
 impl Statements {
@@ -121,6 +122,11 @@ impl Statements {
             )
             .await?,
             advance: prepare("UPDATE log_head SET size = $1, roots = $2 WHERE size = $3").await?,
+            // Delivered at the batch's commit, to every node listening (`notify.rs`).
+            notify: client
+                .prepare(&format!("SELECT pg_notify({}, $1::bigint::text)", super::notify::CHANNEL))
+                .await
+                .map_err(db_error)?,
         })
     }
 }
@@ -230,7 +236,7 @@ async fn integrate_batch(
     // transaction makes them one step, the head's compare-and-set decides whether it commits.
     let no_history = history_seqs.is_empty();
     let (size, old_size) = (to_i64(next.size), to_i64(head.size));
-    let (_, _, _, _, _, advanced) = tokio::try_join!(
+    let (_, _, _, _, _, advanced, _) = tokio::try_join!(
         async { tx.execute(&st.events, &[&seqs, &events]).await },
         async { tx.execute(&st.nodes, &[&levels, &indexes, &hashes]).await },
         async {
@@ -244,6 +250,8 @@ async fn integrate_batch(
         async { tx.execute(&st.seqs, &[&write_ids, &first_seqs]).await },
         // The fence: only the sequencer that read this size may advance it.
         async { tx.execute(&st.advance, &[&size, &roots, &old_size]).await },
+        // Sent only if the batch commits.
+        async { tx.query_one(&st.notify, &[&size]).await },
     )
     .map_err(db_error)?;
     if advanced != 1 {
@@ -251,6 +259,9 @@ async fn integrate_batch(
     }
     tx.commit().await.map_err(db_error)?;
     crate::metric::audit_integrated(count, started.elapsed());
+    // Writes that answered at COMMIT never learn their seqs: the gauge follows the head here.
+    crate::metric::audit_tree_size(next.size);
+    shared.integrated.notify_waiters();
 
     let mut waiters = shared.waiters.lock().unwrap_or_else(|p| p.into_inner());
     for (id, first) in writes {

@@ -582,6 +582,8 @@ mod tests {
     fn write(n: u64) -> Write {
         let prefix = format!("{{\"n\":{n}").into_bytes();
         Write {
+            need_seqs: true,
+            precondition: None,
             change: None,
             events: vec![PendingEvent { prefix, time: "2026-11-30T12:00:00.000Z".into(), customer: None }],
         }

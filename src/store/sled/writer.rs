@@ -139,6 +139,13 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 let outcomes = writes
                     .into_iter()
                     .map(|write| {
+                        // Checked against what this group staged so far: the group applies
+                        // its jobs in order, as if one by one.
+                        if let Some(p) = &write.precondition
+                            && stage.get(&meta_key(&p.name))? != p.value
+                        {
+                            return Err(StoreError::PreconditionFailed { name: p.name.clone() });
+                        }
                         if let Some(change) = write.change {
                             stage.change(change)?;
                         }
