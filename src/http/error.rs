@@ -161,6 +161,12 @@ impl From<VaultError> for ApiError {
                 "audit_unavailable",
                 "the request could not be audited durably, so it was not carried out",
             ),
+            V::CommittedUnsequenced => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_pending",
+                "the change is carried out and its audit event recorded, but the event's place in the \
+                 audit log is not known yet: do not repeat the request",
+            ),
             V::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")

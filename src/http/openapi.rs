@@ -77,7 +77,9 @@ const SHARED: [(&str, &str, &str, bool); 10] = [
     (
         "503",
         "AuditUnavailable",
-        "`audit_unavailable`: the audit event could not be made durable, so nothing was done",
+        "`audit_unavailable`: the audit event could not be made durable, so nothing was done; \
+         `audit_pending` (PostgreSQL): the change and its event are committed but the event's seq \
+         is not known yet; do not repeat the request",
         true,
     ),
 ];

@@ -68,6 +68,12 @@ pub enum StoreError {
     /// The backend failed (I/O, connection, flush).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The write **is committed** (its change and its pending events are durable), but its
+    /// events' seqs, which the caller asked for ([`Write::need_seqs`]), were not assigned within
+    /// the backend's wait (a sequencer that is stalled or changing hands): the caller must not
+    /// report the write as failed or repeat it.
+    #[error("committed; its audit events are not integrated yet")]
+    CommittedUnsequenced,
     /// Stored bytes could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),

@@ -118,6 +118,11 @@ pub enum VaultError {
     /// The audit event could not be made durable.
     #[error("the audit log is unavailable")]
     AuditUnavailable,
+    /// The change and its audit event are committed, but the event's place in the log (its
+    /// seq, which the answer names) is not known yet ([`StoreError::CommittedUnsequenced`]): the
+    /// request must not be repeated as if it had failed.
+    #[error("committed; its audit event is not in the log yet")]
+    CommittedUnsequenced,
     /// Something inside failed (detail logged, not returned).
     #[error("internal error")]
     Internal(String),
@@ -138,6 +143,7 @@ impl From<StoreError> for VaultError {
                 tracing::warn!(%detail, "storage unavailable");
                 VaultError::AuditUnavailable
             }
+            StoreError::CommittedUnsequenced => VaultError::CommittedUnsequenced,
             e => VaultError::Internal(format!("store: {e}")),
         }
     }
@@ -457,6 +463,10 @@ pub fn shown_name(name: &str) -> String {
 }
 
 fn audit_failure(e: AuditError) -> VaultError {
+    if let AuditError::Unavailable(StoreError::CommittedUnsequenced) = e {
+        tracing::warn!("a write is committed but its audit events are not integrated yet");
+        return VaultError::CommittedUnsequenced;
+    }
     tracing::error!(error = %e, "audit append failed; refusing the request");
     VaultError::AuditUnavailable
 }

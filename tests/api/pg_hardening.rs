@@ -271,3 +271,36 @@ async fn a_row_lock_held_for_ever_fails_that_customers_writes_and_leaves_every_o
         .await;
     assert_eq!(res.status, StatusCode::OK, "{}", res.body);
 }
+
+/// Review 14, finding 4: an erasure whose seq the sequencer cannot give in time (its head row
+/// is locked) used to run into the request timeout and answer 408, which clients retry, though
+/// the erasure was committed. Now the store gives up first and says so: 503 `audit_pending`;
+/// the customer is erased, and its event gets a seq once the sequencer runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_whose_seq_is_late_answers_audit_pending_and_is_carried_out() {
+    let Some(db) = Database::create() else { return };
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.store = custodia::config::StoreKind::Postgres;
+        s.database_url = Some(secrecy::SecretString::from(db.url.clone()));
+        s.request_timeout_ms = 4000;
+    })
+    .await;
+    let x = app.create_customer(json!({"name": "Late", "email": "late@seq.test"})).await;
+    // The sequencer cannot advance the head while a side session holds its row.
+    let (side, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    side.batch_execute("BEGIN; SELECT * FROM log_head FOR UPDATE").await.unwrap();
+    let res = app
+        .call(reqwest::Method::DELETE, &format!("/v1/customers/{x}"), Some(&app.merchant()), None, None)
+        .await;
+    assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "{}", res.body);
+    assert_eq!(res.body["error"], "audit_pending", "{}", res.body);
+    side.batch_execute("ROLLBACK").await.unwrap();
+    // Carried out: the customer is gone, and its erasure event reaches the log.
+    let read = app.read_customer(&x, "order_fulfillment").await;
+    assert_eq!(read.status, StatusCode::NOT_FOUND, "{}", read.body);
+    let erased = app.audit_events().await.into_iter().any(|e| {
+        e["action"] == "customer.erase" && e["customer_id"] == x.as_str() && e["outcome"] == "allowed"
+    });
+    assert!(erased, "the erasure's event is in the log");
+}

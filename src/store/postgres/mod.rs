@@ -58,8 +58,10 @@ const SWEEP_LOCK: i32 = 0x6375_7701; // "cuw" + 1
 const LOCK_SCHEMA: &str = "pg_catalog.hashtext(pg_catalog.current_schema()::text)";
 /// How often a writer whose events another node integrates looks for their seqs.
 const SEQ_POLL: Duration = Duration::from_millis(20);
-/// Longest a write waits for its events' seqs after its commit before answering unavailable.
-const SEQ_WAIT: Duration = Duration::from_secs(30);
+/// Longest a write waits for its events' seqs after its commit, and a log reader for the
+/// integration of what was committed before it: at most this, and at most half the request
+/// timeout, so the store answers before the HTTP layer gives up with 408 (which clients retry).
+const SEQ_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// How to reach the database (`CUSTODIA_DATABASE_*`).
 #[derive(Debug, Clone)]
@@ -106,6 +108,8 @@ struct Shared {
     /// `true` once the handle is closed or dropped: the sequencer stops.
     stop: watch::Sender<bool>,
     closed: AtomicBool,
+    /// How long seq waiters and log readers wait (see [`SEQ_WAIT_MAX`]).
+    seq_wait: Duration,
 }
 
 /// Changes the database refused: the write is not made, and nothing of it is kept.
@@ -231,6 +235,7 @@ impl PostgresStore {
             listening: AtomicBool::new(false),
             stop,
             closed: AtomicBool::new(false),
+            seq_wait: SEQ_WAIT_MAX.min(settings.request_timeout / 2),
         };
         Ok(PostgresStore { shared: Arc::new(shared), ready: OnceCell::new(), sequencer: Mutex::new(None) })
     }
@@ -449,19 +454,29 @@ impl Shared {
     /// their own writes, which answered at COMMIT): the newest pending write id now, then until
     /// no pending write at or below it remains. Woken by this node's sequencer, or polling.
     async fn integrated_barrier(&self) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let newest =
-            client.prepare_cached("SELECT max(write_id) FROM pending_events").await.map_err(db_error)?;
-        let Some(newest): Option<i64> = client.query_one(&newest, &[]).await.map_err(db_error)?.get(0) else {
-            return Ok(());
+        let newest = {
+            let client = self.client().await?;
+            let sql = "SELECT pg_catalog.max(write_id) FROM pending_events";
+            let newest = client.prepare_cached(sql).await.map_err(db_error)?;
+            let newest: Option<i64> = client.query_one(&newest, &[]).await.map_err(db_error)?.get(0);
+            match newest {
+                Some(newest) => newest,
+                None => return Ok(()),
+            }
         };
-        let sql = "SELECT EXISTS (SELECT 1 FROM pending_events WHERE write_id <= $1)";
-        let left = client.prepare_cached(sql).await.map_err(db_error)?;
-        let deadline = tokio::time::Instant::now() + SEQ_WAIT;
+        let deadline = tokio::time::Instant::now() + self.seq_wait;
         loop {
             // Registered before the look, so an integration in between still wakes it.
             let integrated = self.integrated.notified();
-            if !client.query_one(&left, &[&newest]).await.map_err(db_error)?.get::<_, bool>(0) {
+            // A pooled connection per look, returned while waiting: readers waiting on a stalled
+            // sequencer must not hold the pool that every other request needs.
+            let left = {
+                let client = self.client().await?;
+                let sql = "SELECT EXISTS (SELECT 1 FROM pending_events WHERE write_id <= $1)";
+                let left = client.prepare_cached(sql).await.map_err(db_error)?;
+                client.query_one(&left, &[&newest]).await.map_err(db_error)?.get::<_, bool>(0)
+            };
+            if !left {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -491,7 +506,7 @@ impl Shared {
     /// The first seq of a committed write: from this node's sequencer, or read from
     /// `write_seqs` when another node integrates it.
     async fn first_seq(&self, write_id: i64, mut rx: oneshot::Receiver<u64>) -> Result<u64, StoreError> {
-        let deadline = tokio::time::Instant::now() + SEQ_WAIT;
+        let deadline = tokio::time::Instant::now() + self.seq_wait;
         let mut sequenced_here = true;
         loop {
             let integrated = self.integrated.notified();
@@ -513,10 +528,7 @@ impl Shared {
             }
             if tokio::time::Instant::now() > deadline {
                 self.forget(&[write_id]);
-                return Err(StoreError::Unavailable(
-                    "the write is committed but the audit log's sequencer has not integrated its events yet"
-                        .into(),
-                ));
+                return Err(StoreError::CommittedUnsequenced);
             }
         }
     }
