@@ -49,7 +49,7 @@ pub const AUDIT_SEQUENCER: &str = "custodia_audit_sequencer";
 pub const AUDIT_INTEGRATION_BATCH: &str = "custodia_audit_integration_batch_size";
 /// Duration of one sequencer batch in seconds (PostgreSQL backend).
 pub const AUDIT_INTEGRATION_SECONDS: &str = "custodia_audit_integration_seconds";
-/// From a write's commit to its events' seqs, in seconds (PostgreSQL backend).
+/// From an event's decision (its `time`) to its seq, in seconds, per event (PostgreSQL backend).
 pub const AUDIT_INTEGRATION_DELAY: &str = "custodia_audit_integration_delay_seconds";
 
 /// The route label of a request no route matched.
@@ -258,7 +258,7 @@ pub fn audit_integrated(events: usize, elapsed: Duration) {
     metrics::histogram!(AUDIT_INTEGRATION_SECONDS).record(elapsed.as_secs_f64());
 }
 
-/// Records how long a committed write waited for its events' seqs.
+/// Records one event's delay from its decision to its seq (the sequencer, after its batch commits).
 pub fn audit_integration_delay(elapsed: Duration) {
     metrics::histogram!(AUDIT_INTEGRATION_DELAY).record(elapsed.as_secs_f64());
 }

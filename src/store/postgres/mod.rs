@@ -437,11 +437,9 @@ impl Shared {
             return Err(db_error(e));
         }
         drop(client);
-        let committed = std::time::Instant::now();
         self.pending.notify_one();
         let Some(rx) = rx else { return Ok(Written { seqs: Vec::new() }) };
         let first = self.first_seq(write_id, rx).await?;
-        crate::metric::audit_integration_delay(committed.elapsed());
         Ok(Written { seqs: (first..first + write.events.len() as u64).collect() })
     }
 
@@ -602,7 +600,6 @@ impl Shared {
         }
         // The connection goes back to the pool before the wait: waiting writers hold none.
         drop(client);
-        let committed = std::time::Instant::now();
         if any_events {
             self.pending.notify_one();
         }
@@ -615,7 +612,6 @@ impl Shared {
                 Ok(Some((id, count))) => {
                     let rx = receivers.next().expect("one receiver per write with events");
                     let first = self.first_seq(id, rx).await?;
-                    crate::metric::audit_integration_delay(committed.elapsed());
                     Ok(Written { seqs: (first..first + count as u64).collect() })
                 }
                 Err(e) => Err(e),

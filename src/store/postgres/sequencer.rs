@@ -209,6 +209,12 @@ async fn integrate_batch(
         });
     }
     let count = pending.len();
+    // Decision times (RFC 3339, ms), for the decision → seq delay measured after the commit.
+    let decided: Vec<i64> = pending
+        .iter()
+        .filter_map(|p| crate::domain::Timestamp::parse_rfc3339(&p.time))
+        .map(|t| t.millis())
+        .collect();
     let (leaves, next) = shared.integrator.integrate(&head, pending);
 
     let mut seqs = Vec::with_capacity(count);
@@ -259,6 +265,14 @@ async fn integrate_batch(
     }
     tx.commit().await.map_err(db_error)?;
     crate::metric::audit_integrated(count, started.elapsed());
+    // Every event's delay from its decision (its `time`, taken on the node that decided) to its
+    // seq: what an auditor waits to see an access, whether or not its writer waited.
+    let now = crate::domain::Timestamp::now().millis();
+    for ms in decided {
+        crate::metric::audit_integration_delay(std::time::Duration::from_millis(
+            now.saturating_sub(ms).max(0) as u64,
+        ));
+    }
     // Writes that answered at COMMIT never learn their seqs: the gauge follows the head here.
     crate::metric::audit_tree_size(next.size);
     shared.integrated.notify_waiters();
