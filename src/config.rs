@@ -640,6 +640,10 @@ impl Settings {
         if self.key_epoch_seconds == 0 {
             return Err(invalid("CUSTODIA_KEY_EPOCH_SECONDS", "must be at least 1".into()));
         }
+        if let Some(dir) = &self.backup_dir {
+            crate::backup::refuse_inside_data_dir(&self.data_dir, dir)
+                .map_err(|e| invalid("CUSTODIA_BACKUP_DIR", e.to_string()))?;
+        }
         // Listener limits: a zero would turn a bound off or refuse everything; refuse it by name.
         for (name, zero) in [
             ("CUSTODIA_HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms == 0),

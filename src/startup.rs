@@ -211,6 +211,36 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
     Ok((vault, store, auth))
 }
 
+/// The verifier key of the vault whose wrapped system keys are `wrapped` (a backup's
+/// `system_keys`), unwrapped with the configured master key: the vault's own checkpoint key
+/// under `CUSTODIA_AUDIT_ORIGIN`, whatever key a file names. Fails with the same errors as
+/// starting the vault (wrong master key, unreadable keys). Nothing is written.
+pub async fn verifier_key_of(
+    settings: &Settings,
+    wrapped: Vec<u8>,
+) -> Result<crate::audit::checkpoint::VerifierKey, Error> {
+    let resolving = settings.clone();
+    let (master, _) = crate::crypto::off_async_workers(move || resolve_keys(&resolving)).await?;
+    let parsed: WrappedSystemKeys =
+        postcard::from_bytes(&wrapped).map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+    let (master, unwrapped, parsed) = crate::crypto::off_async_workers(move || {
+        let unwrapped = SystemKeys::unwrap(&master, &parsed);
+        (master, unwrapped, parsed)
+    })
+    .await;
+    let keys = unwrapped.map_err(|e| match e {
+        crate::crypto::CryptoError::UnknownMasterKey(_) => Error::WrongMasterKey {
+            configured: master.current_id().to_string(),
+            stored: parsed.master_keys().iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+        },
+        other => other.into(),
+    })?;
+    let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
+    let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
+        .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
+    Ok(signer.verifier_key().clone())
+}
+
 /// Opens the epoch-key file. A missing file is created only if the store has never listed an
 /// epoch (a new store, or one from before key epochs); otherwise starting would lose every key.
 async fn open_keyring(

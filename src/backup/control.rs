@@ -15,7 +15,7 @@ use std::sync::Weak;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::{BackupError, Summary, commit_file, partial_path};
+use super::{BackupError, Summary, commit_file, create_partial};
 use crate::vault::Vault;
 
 /// The socket's file name in the data directory.
@@ -77,7 +77,7 @@ async fn serve(vault: &Vault, stream: UnixStream) {
             let started = std::time::Instant::now();
             match super::take(vault.store().as_ref(), vault.audit_log(), &mut write).await {
                 Ok(taken) => {
-                    crate::metric::backup_succeeded(now_seconds());
+                    crate::metric::backup_succeeded("requested", now_seconds());
                     tracing::info!(
                         size = taken.size,
                         records = taken.records,
@@ -87,7 +87,7 @@ async fn serve(vault: &Vault, stream: UnixStream) {
                     );
                 }
                 Err(e) => {
-                    crate::metric::backup_failed();
+                    crate::metric::backup_failed("requested");
                     tracing::error!(error = %e, "backup over the control socket failed");
                 }
             }
@@ -117,15 +117,13 @@ pub async fn backup_from_server(data_dir: &Path, out: &Path) -> Result<Option<(S
         }
         Err(e) => return Err(BackupError::Io(format!("connecting to {}: {e}", path.display()))),
     };
-    let partial = partial_path(out);
+    let (partial, file) = create_partial(out)?;
     let result = async {
         stream
             .write_all(b"backup\n")
             .await
             .map_err(|e| BackupError::Io(format!("asking the server for a backup: {e}")))?;
-        let mut file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|e| BackupError::Io(format!("creating {}: {e}", partial.display())))?;
+        let mut file = tokio::fs::File::from_std(file);
         let bytes = tokio::io::copy(&mut stream, &mut file)
             .await
             .map_err(|e| BackupError::Io(format!("receiving the backup: {e}")))?;

@@ -43,6 +43,8 @@ const STAGING: &str = ".restoring";
 pub struct Restored {
     /// The backup point of the backup.
     pub backup_point: u64,
+    /// When the backup was taken (RFC 3339 UTC, from its signed header).
+    pub created: String,
     /// The events the backup held, and their root.
     pub backup_size: u64,
     /// The backup's root at `backup_size`.
@@ -81,7 +83,9 @@ struct After {
 }
 
 impl After {
-    fn note(&mut self, bytes: &[u8], beyond_backup: bool) -> Result<(), BackupError> {
+    /// Notes one allowed event; `after_point`: recorded at or after the backup point (counted
+    /// in the report); `beyond_backup`: past the backup's log (its change is not in a record).
+    fn note(&mut self, bytes: &[u8], beyond_backup: bool, after_point: bool) -> Result<(), BackupError> {
         let event: Event = serde_json::from_slice(bytes)
             .map_err(|e| BackupError::Refused(format!("an event does not parse: {e}")))?;
         if event.outcome != Outcome::Allowed {
@@ -92,14 +96,14 @@ impl After {
             Action::CustomerErase => {
                 if let Some(id) = customer {
                     self.erased.insert(id);
-                    self.erasures += 1;
+                    self.erasures += u64::from(after_point);
                 }
             }
             Action::RetentionPurge => {
                 if let Some(id) = customer {
                     let at = Timestamp::parse_rfc3339(&event.time).map(|t| t.millis()).unwrap_or(i64::MAX);
                     self.purges.entry(id).or_default().push((at, event.fields.unwrap_or_default()));
-                    self.purge_count += 1;
+                    self.purge_count += u64::from(after_point);
                 }
             }
             Action::CustomerCreate
@@ -178,9 +182,22 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         }
     }
 
-    // 2. The backup, in full.
+    // 2. The backup, in full, and signed by this vault's own key: the key its system keys
+    //    unwrap to under the configured master key, not the key the file names (anyone can
+    //    name their own key). Still nothing written.
     let path = from.to_owned();
     let summary = super::blocking(move || super::verify(&path, None)).await?;
+    let own = crate::startup::verifier_key_of(settings, summary.system_keys.clone()).await?;
+    if own != summary.key {
+        return Err(Error::Backup(BackupError::Invalid(super::Invalid {
+            line: 2,
+            reason: format!(
+                "the file is signed by {}, but its system keys open to this vault's key {own}: \
+                 not a backup this vault signed",
+                summary.key
+            ),
+        })));
+    }
 
     // 3. The export: verified as `audit verify` does, under the backup's key, agreeing with the
     //    backup where both reach.
@@ -211,18 +228,19 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         }
     }
 
-    // 4. What happened after the backup point: the backup's window, then the export's tail.
+    // 4. Every erasure and purge in the whole log (the backup's, then the export's tail), not
+    //    only those after the backup point: ids are never reused, and a purge spares what was
+    //    written after it, so applying an old one again changes nothing a record may hold,
+    //    while a record that should not be there (whatever put it there) stays out.
     let mut after = After::default();
-    let (path, point) = (from.to_owned(), summary.backup_point);
+    let (path, point, key) = (from.to_owned(), summary.backup_point, summary.key.clone());
     let mut scanned = super::blocking(move || {
         let mut after = After::default();
         let file = std::fs::File::open(&path).map_err(|e| BackupError::Io(e.to_string()))?;
-        let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file), None);
+        let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file), Some(key));
         while let Some(item) = reader.next_item()? {
-            if let Item::Event(seq, bytes) = item
-                && seq >= point
-            {
-                after.note(&bytes, false)?;
+            if let Item::Event(seq, bytes) = item {
+                after.note(&bytes, false, seq >= point)?;
             }
         }
         Ok(after)
@@ -231,7 +249,7 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
     std::mem::swap(&mut after, &mut scanned);
     if let Some(export) = &export {
         for (_, bytes) in &export.newer {
-            after.note(bytes, true).map_err(Error::Backup)?;
+            after.note(bytes, true, true).map_err(Error::Backup)?;
         }
     }
 
@@ -264,6 +282,7 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
     let replayed = export.as_ref().map_or(0, |e| e.newer.len() as u64);
     let mut restored = Restored {
         backup_point: summary.backup_point,
+        created: summary.created.clone(),
         backup_size: summary.size,
         backup_root: summary.root,
         replayed,

@@ -9,6 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use custodia::audit::checkpoint::{CheckpointSigner, VerifierKey};
+use custodia::backup::format::{Line, Lines};
+use custodia::crypto::SigningKey;
 use custodia::store::CustomerRecord;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -400,17 +403,17 @@ async fn a_flipped_byte_fails_verify_and_restore_and_a_used_target_is_refused() 
     app.shutdown().await;
     let target = root.path().join("target");
     let bad = flipped(&file, lines[1] + 60, root.path());
-    let out = custodia_async(&["restore", "--from", bad.to_str().unwrap()], &target, &epochs).await;
+    let out = custodia_async(&["restore", "--from", bad.to_str().unwrap(), "--without-log"], &target, &epochs).await;
     assert!(!out.status.success(), "a tampered backup was restored");
     assert!(text(&out).contains("does not verify"), "{}", text(&out));
     if !on_postgres() {
         assert!(!target.join("store").exists(), "the refused restore left a store");
     }
 
-    let out = custodia_async(&["restore", "--from", file.to_str().unwrap()], &target, &epochs).await;
+    let out = custodia_async(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs).await;
     assert!(out.status.success(), "the intact backup restores into the untouched target: {}", text(&out));
     let before = (!on_postgres()).then(|| files_under(&target));
-    let out = custodia_async(&["restore", "--from", file.to_str().unwrap()], &target, &epochs).await;
+    let out = custodia_async(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs).await;
     assert!(!out.status.success());
     assert!(text(&out).contains("empty"), "{}", text(&out));
     if let Some(before) = before {
@@ -459,7 +462,213 @@ async fn scheduled_backups_are_written_pruned_and_measured() {
     let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
     let value = metrics
         .lines()
-        .find_map(|l| l.strip_prefix("custodia_backup_last_success_timestamp_seconds "))
+        .find_map(|l| l.strip_prefix("custodia_backup_last_success_timestamp_seconds{kind=\"scheduled\"} "))
         .expect("the last-success metric");
     assert!(value.trim().parse::<f64>().unwrap() >= started, "{value}");
+}
+
+/// The lines of a backup file after its magic line, and its trailer's signature.
+fn backup_lines(path: &Path) -> (Vec<Line>, String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<Line> = text.lines().skip(1).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let Some(Line::Trailer { signature, .. }) = lines.pop() else { panic!("no trailer") };
+    (lines, signature)
+}
+
+/// Writes `lines` as a backup file at `out` with everything an unkeyed checksum covers
+/// recomputed (checksum, root, counts), as an attacker with write access to backup storage
+/// can; the trailer's signature is `sign` of the new statement.
+fn rewritten(lines: &[Line], out: &Path, sign: impl FnOnce(&str) -> String) -> PathBuf {
+    let mut render = Lines::default();
+    let mut bytes = render.magic();
+    let mut header = None;
+    for line in lines {
+        if let Line::Header { backup_point, created, verifier_key } = line {
+            header = Some((*backup_point, created.clone(), verifier_key.clone()));
+        }
+        bytes.extend(render.line(line));
+    }
+    let (point, created, key) = header.unwrap();
+    bytes.extend(render.trailer(point, &key, &created, sign));
+    std::fs::write(out, bytes).unwrap();
+    out.to_owned()
+}
+
+/// Finding 1 of the backup review: a backup is bound to the vault's key, not only to an
+/// unkeyed checksum. A record spliced in from an older backup (a customer erased since), an
+/// appended event, an edited backup point (each with checksum, root and counts recomputed),
+/// and a file re-signed throughout with another key all fail `backup verify --key` and
+/// `restore`, which changes nothing; the honest file still restores. A restore that names
+/// neither `--log` nor `--without-log` is refused before anything (finding 5).
+#[tokio::test]
+async fn a_forged_backup_fails_verify_with_the_key_and_restore() {
+    let app = spawn_app().await;
+    let victim = app.create_customer(json!({"email": "victim@forge.test", "name": "Victim"})).await;
+    app.create_customer(json!({"email": "kept@forge.test", "name": "Kept"})).await;
+    let root = tempfile::tempdir().unwrap();
+    let epochs = app.settings.key_epoch_file();
+    let (b0, b1) = (root.path().join("b0.cbk"), root.path().join("b1.cbk"));
+    let out = custodia_async(&["backup", "--out", b0.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let client = Client { base: app.base.clone(), http: reqwest::Client::new(), merchant: TestApp::token_for_tests() };
+    client.erase(&victim).await;
+    let out = custodia_async(&["backup", "--out", b1.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mut app = app;
+    app.shutdown().await;
+
+    let (lines, signature) = backup_lines(&b1);
+    let key = lines
+        .iter()
+        .find_map(|l| match l {
+            Line::Header { verifier_key, .. } => Some(verifier_key.clone()),
+            _ => None,
+        })
+        .unwrap();
+    let verify = |file: &Path| {
+        let out = custodia(&["backup", "verify", file.to_str().unwrap(), "--key", &key], &root.path().join("x"), &epochs);
+        (out.status.success(), text(&out))
+    };
+    let (ok, said) = verify(&b1);
+    assert!(ok, "the honest backup verifies under the vault's key: {said}");
+    assert!(said.contains("signature verifies"), "{said}");
+
+    // a. The victim's record from the older backup, spliced into the newer one.
+    let (old_lines, _) = backup_lines(&b0);
+    let record = old_lines
+        .into_iter()
+        .find(|l| matches!(l, Line::Record { id, .. } if *id == victim))
+        .expect("the victim is in the older backup");
+    let mut spliced: Vec<Line> = lines.iter().filter(|l| matches!(l, Line::Header { .. })).map(clone_line).collect();
+    let mut records: Vec<Line> = lines.iter().filter(|l| matches!(l, Line::Record { .. })).map(clone_line).collect();
+    records.push(record);
+    records.sort_by_key(|l| match l {
+        Line::Record { id, .. } => id.parse::<custodia::domain::CustomerId>().unwrap(),
+        _ => unreachable!(),
+    });
+    spliced.extend(records);
+    spliced.extend(lines.iter().filter(|l| !matches!(l, Line::Header { .. } | Line::Record { .. })).map(clone_line));
+    let sig = signature.clone();
+    let spliced = rewritten(&spliced, &root.path().join("spliced.cbk"), move |_| sig);
+
+    // b. An invented event appended after the checkpoint.
+    let mut appended: Vec<Line> = lines.iter().map(clone_line).collect();
+    let (seq, event) = lines
+        .iter()
+        .rev()
+        .find_map(|l| match l {
+            Line::Event { seq, event } => Some((*seq, event.clone())),
+            _ => None,
+        })
+        .unwrap();
+    let mut invented: Value = serde_json::from_str(&event).unwrap();
+    invented["seq"] = json!(seq + 1);
+    appended.push(Line::Event { seq: seq + 1, event: serde_json::to_string(&invented).unwrap() });
+    let sig = signature.clone();
+    let appended = rewritten(&appended, &root.path().join("appended.cbk"), move |_| sig);
+
+    // c. The backup point moved up to the size.
+    let moved: Vec<Line> = lines
+        .iter()
+        .map(|l| match l {
+            Line::Header { backup_point, created, verifier_key } => Line::Header {
+                backup_point: if *backup_point == seq + 1 { backup_point - 1 } else { seq + 1 },
+                created: created.clone(),
+                verifier_key: verifier_key.clone(),
+            },
+            other => clone_line(other),
+        })
+        .collect();
+    let sig = signature.clone();
+    let moved = rewritten(&moved, &root.path().join("moved.cbk"), move |_| sig);
+
+    // d. Everything re-signed with another key of the same name: the file checks out on its
+    //    own, but it is not this vault's.
+    let vault_key = VerifierKey::parse(&key).unwrap();
+    let other = CheckpointSigner::new(vault_key.name(), SigningKey::from_seed(&[7u8; 32]).unwrap()).unwrap();
+    let resigned: Vec<Line> = lines
+        .iter()
+        .map(|l| match l {
+            Line::Header { backup_point, created, .. } => Line::Header {
+                backup_point: *backup_point,
+                created: created.clone(),
+                verifier_key: other.verifier_key().to_string(),
+            },
+            Line::Checkpoint { size, note } => {
+                let checkpoint = vault_key.open_checkpoint(note).unwrap();
+                Line::Checkpoint { size: *size, note: other.sign(checkpoint.size, checkpoint.root).note }
+            }
+            l => clone_line(l),
+        })
+        .collect();
+    let resigned = rewritten(&resigned, &root.path().join("resigned.cbk"), |text| other.sign_note(text));
+    let out = custodia(&["backup", "verify", resigned.to_str().unwrap()], &root.path().join("x"), &epochs);
+    assert!(out.status.success(), "the re-signed file is self-consistent: {}", text(&out));
+
+    let target = root.path().join("target");
+    for (name, forged) in [("spliced", &spliced), ("appended", &appended), ("moved", &moved), ("resigned", &resigned)] {
+        let (ok, said) = verify(forged);
+        assert!(!ok, "the {name} backup verified under the vault's key: {said}");
+        assert!(said.contains("signature") || said.contains("pinned key"), "{name}: {said}");
+        let out = custodia(&["restore", "--from", forged.to_str().unwrap(), "--without-log"], &target, &epochs);
+        assert!(!out.status.success(), "the {name} backup was restored: {}", text(&out));
+        assert!(text(&out).contains("does not verify"), "{name}: {}", text(&out));
+        if !on_postgres() {
+            assert!(!target.join("store").exists(), "the refused {name} restore left a store");
+        }
+    }
+    // Finding 5: neither --log nor --without-log.
+    let out = custodia(&["restore", "--from", b1.to_str().unwrap()], &target, &epochs);
+    assert!(!out.status.success(), "a restore without --log or --without-log ran");
+    assert!(text(&out).contains("--without-log"), "{}", text(&out));
+    if !on_postgres() {
+        assert!(!target.join("store").exists(), "the refused restore left a store");
+    }
+
+    // The target is untouched: the honest backup restores into it (a non-empty one is refused),
+    // and says what restoring without a newer log undoes.
+    let out = custodia(&["restore", "--from", b1.to_str().unwrap(), "--without-log"], &target, &epochs);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("erasures made after") && text(&out).contains("forks"), "{}", text(&out));
+    if !on_postgres() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the restored data directory");
+    }
+}
+
+fn clone_line(line: &Line) -> Line {
+    serde_json::from_value(serde_json::to_value(line).unwrap()).unwrap()
+}
+
+/// Findings 4 and 9: `backup --out` writes a file of mode 0600 (its temporary file too: it is
+/// created 0600 with `O_EXCL` under a random name, so nothing pre-placed is written into), and
+/// a path inside the data directory is refused.
+#[tokio::test]
+async fn backup_files_are_private_and_never_inside_the_data_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    app.create_customer(json!({"email": "mode@backup.test", "name": "Mode"})).await;
+    let root = tempfile::tempdir().unwrap();
+    let epochs = app.settings.key_epoch_file();
+    // Files another user could have placed at the names of the old scheme (predictable).
+    let trap = root.path().join(".b.cbk.partial-1");
+    std::fs::write(&trap, b"theirs").unwrap();
+    let file = root.path().join("b.cbk");
+    let out = custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&trap).unwrap(), b"theirs");
+    let left: Vec<String> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".partial-") && n != ".b.cbk.partial-1")
+        .collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+
+    let inside = app.data_dir.path().join("backups").join("b.cbk");
+    let out = custodia_async(&["backup", "--out", inside.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(!out.status.success(), "a backup inside the data directory was written");
+    assert!(text(&out).contains("inside the data directory"), "{}", text(&out));
+    assert!(!inside.exists());
 }
