@@ -924,6 +924,30 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_directory_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let load = |backups: PathBuf| {
+            let data = data.to_str().unwrap().to_owned();
+            Settings::load_from(None, move |name| match name {
+                "CUSTODIA_DATA_DIR" => Some(data.clone()),
+                "CUSTODIA_BACKUP_DIR" => Some(backups.to_str().unwrap().to_owned()),
+                _ => None,
+            })
+        };
+        for inside in [data.join("backups"), data.clone(), dir.path().join("x/../data/b")] {
+            let err = load(inside.clone()).unwrap_err().to_string();
+            assert!(err.contains("CUSTODIA_BACKUP_DIR") && err.contains("inside the data directory"), "{err}");
+        }
+        // Through a symlink to the data directory, too.
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("link")).unwrap();
+        assert!(load(dir.path().join("link/backups")).is_err());
+        assert!(load(dir.path().join("backups")).is_ok());
+        assert!(load(dir.path().join("data-backups")).is_ok());
+    }
+
+    #[test]
     fn the_epoch_file_defaults_to_a_sibling_of_the_data_directory() {
         let s = Settings::load_from(None, |name| {
             (name == "CUSTODIA_DATA_DIR").then(|| "/srv/custodia/data/".to_owned())

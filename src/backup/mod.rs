@@ -131,9 +131,20 @@ pub async fn write_file(vault: &crate::vault::Vault, path: &Path) -> Result<(Tak
 /// Paths are compared after resolving what exists of them (symlinks, `..`).
 pub fn refuse_inside_data_dir(data_dir: &Path, path: &Path) -> Result<(), BackupError> {
     let resolve = |p: &Path| -> PathBuf {
-        // The longest existing ancestor, canonicalised, plus the rest as given.
+        // Lexically without `.` and `..`, then the longest existing ancestor canonicalised
+        // (symlinks resolved) plus the rest as given.
         let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-        let mut existing = absolute.as_path();
+        let mut plain = PathBuf::new();
+        for part in absolute.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    plain.pop();
+                }
+                other => plain.push(other),
+            }
+        }
+        let mut existing = plain.as_path();
         let mut rest = Vec::new();
         loop {
             if let Ok(real) = existing.canonicalize() {
@@ -144,7 +155,7 @@ pub fn refuse_inside_data_dir(data_dir: &Path, path: &Path) -> Result<(), Backup
                     rest.push(name.to_owned());
                     existing = parent;
                 }
-                _ => return absolute,
+                _ => return plain,
             }
         }
     };

@@ -336,7 +336,13 @@ async fn build(
     summary: &super::Summary,
 ) -> Result<(u64, u64, Option<u64>), Error> {
     if let StorageSettings::Sled { .. } = work.storage() {
-        std::fs::create_dir_all(&work.data_dir)
+        // 0700 from creation (the data directory and the staging directory in it): the
+        // store's files are reachable by no one else while the restore runs.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&work.data_dir)
             .map_err(Error::io(format!("creating {}", work.data_dir.display())))?;
     }
     let store = crate::store::open(&work.storage(), std::sync::Arc::new(crate::audit::tree::Tree))?;

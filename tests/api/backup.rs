@@ -421,43 +421,66 @@ async fn a_flipped_byte_fails_verify_and_restore_and_a_used_target_is_refused() 
     }
 }
 
-/// Scheduled backups: a short interval writes verified files named by time, keeps only the
-/// newest `CUSTODIA_BACKUP_KEEP`, and sets the last-success metric.
+/// Scheduled backups: a short interval writes verified files named by time, mode 0600 in a
+/// directory of mode 0700, keeps only the newest `CUSTODIA_BACKUP_KEEP`, and sets the
+/// last-success metric (`kind="scheduled"`). Pruning counts only regular files named exactly
+/// by the time format (finding 3 of the review): junk names that sort after every time, and a
+/// symlink with a backup's name, are never counted nor touched, so the new backups survive; a
+/// stale temporary file of a scheduled backup is removed.
 #[tokio::test]
 async fn scheduled_backups_are_written_pruned_and_measured() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let backups = dir.path().join("backups");
     let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let app = spawn_app_with(|s| {
+    let mut app = spawn_app_with(|s| {
         s.backup_dir = Some(backups.clone());
         s.backup_interval_secs = 1;
         s.backup_keep = 2;
     })
     .await;
     app.create_customer(json!({"email": "scheduled@backup.test", "name": "Sched"})).await;
-    let listing = || -> Vec<String> {
+    let real = || -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&backups)
             .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
             .unwrap_or_default();
-        names.retain(|n| n.starts_with("custodia-backup-") && n.ends_with(".cbk"));
+        names.retain(|n| {
+            n.starts_with("custodia-backup-2")
+                && n.ends_with(".cbk")
+                && std::fs::symlink_metadata(backups.join(n)).is_ok_and(|m| m.is_file())
+        });
         names.sort();
         names
     };
-    let mut seen = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while seen.len() < 4 {
-        assert!(std::time::Instant::now() < deadline, "scheduled backups: only {seen:?}");
-        let names = listing();
-        assert!(names.len() <= 2, "more than KEEP files: {names:?}");
-        seen.extend(names);
+    while real().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no scheduled backup");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let names = listing();
-    assert_eq!(names.len(), 2);
-    for name in &names {
-        let summary =
-            custodia::backup::verify(&backups.join(name), None).expect("a scheduled backup verifies");
-        assert_eq!(summary.records, 1);
+    assert_eq!(std::fs::metadata(&backups).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // What an operator (or anyone) put there: two names that sort after every time (with
+    // KEEP=2 the old text sort deleted each new backup at once), a symlink named like an old
+    // backup, and a temporary file of a scheduled backup that never finished.
+    let junk = ["custodia-backup-zzz-operator-copy.cbk", "custodia-backup-zzz2.cbk"];
+    for name in junk {
+        std::fs::write(backups.join(name), b"kept by the operator").unwrap();
+    }
+    let outside = dir.path().join("outside.cbk");
+    std::fs::write(&outside, b"not a backup of this directory").unwrap();
+    let link = backups.join("custodia-backup-20000101T000000.000Z.cbk");
+    std::os::unix::fs::symlink(&outside, &link).unwrap();
+    let stale = backups.join(".custodia-backup-20000101T000000.000Z.cbk.partial-1-00");
+    std::fs::write(&stale, b"half").unwrap();
+
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "scheduled backups: only {seen:?}");
+        let names = real();
+        // The new file exists a moment before the oldest is removed.
+        assert!(names.len() <= 3, "more than KEEP files: {names:?}");
+        seen.extend(names);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
     let value = metrics
@@ -465,6 +488,24 @@ async fn scheduled_backups_are_written_pruned_and_measured() {
         .find_map(|l| l.strip_prefix("custodia_backup_last_success_timestamp_seconds{kind=\"scheduled\"} "))
         .expect("the last-success metric");
     assert!(value.trim().parse::<f64>().unwrap() >= started, "{value}");
+    app.shutdown().await;
+
+    let names = real();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(Some(&names[1]), seen.iter().next_back(), "the newest backup is kept");
+    for name in &names {
+        let summary =
+            custodia::backup::verify(&backups.join(name), None).expect("a scheduled backup verifies");
+        assert_eq!(summary.records, 1);
+        let mode = std::fs::metadata(backups.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    for name in junk {
+        assert_eq!(std::fs::read(backups.join(name)).unwrap(), b"kept by the operator", "{name}");
+    }
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the symlink was touched");
+    assert!(outside.exists());
+    assert!(!stale.exists(), "the stale temporary file is still there");
 }
 
 /// The lines of a backup file after its magic line, and its trailer's signature.
