@@ -627,6 +627,18 @@ async fn restore(from: PathBuf, log: Option<PathBuf>, config: Option<PathBuf>) -
     );
     println!("{} events describe changes this restore could not bring back", done.not_restored);
     println!(
+        "payment-method deletions, objections and restrictions after the backup point re-applied: {}",
+        done.reapplied
+    );
+    if !done.restricted.is_empty() {
+        println!(
+            "put under restriction of processing (a consent withdrawal after the backup point could not \
+             be restored; review and lift through the API): {} customers: {}",
+            done.restricted.len(),
+            done.restricted.join(" ")
+        );
+    }
+    println!(
         "the log holds {} events with the store.restore event; {}",
         done.size,
         match done.checkpoint {

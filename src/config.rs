@@ -937,7 +937,10 @@ mod tests {
         };
         for inside in [data.join("backups"), data.clone(), dir.path().join("x/../data/b")] {
             let err = load(inside.clone()).unwrap_err().to_string();
-            assert!(err.contains("CUSTODIA_BACKUP_DIR") && err.contains("inside the data directory"), "{err}");
+            assert!(
+                err.contains("CUSTODIA_BACKUP_DIR") && err.contains("inside the data directory"),
+                "{err}"
+            );
         }
         // Through a symlink to the data directory, too.
         std::fs::create_dir_all(&data).unwrap();

@@ -163,11 +163,19 @@ impl Lines {
         created: &str,
         sign: impl FnOnce(&str) -> String,
     ) -> Vec<u8> {
-        let (size, root, sha256) = (self.frontier.size(), STANDARD.encode(self.frontier.root()), self.hash.hex());
+        let (size, root, sha256) =
+            (self.frontier.size(), STANDARD.encode(self.frontier.root()), self.hash.hex());
         let signature =
             sign(&statement(key, created, backup_point, size, &root, self.records, self.meta, &sha256));
-        let trailer =
-            Line::Trailer { backup_point, size, root, records: self.records, meta: self.meta, sha256, signature };
+        let trailer = Line::Trailer {
+            backup_point,
+            size,
+            root,
+            records: self.records,
+            meta: self.meta,
+            sha256,
+            signature,
+        };
         // invariant: as in `line`.
         let mut text = serde_json::to_vec(&trailer).expect("backup line serialises");
         text.push(b'\n');

@@ -26,6 +26,7 @@ use serde_json::Value;
 
 use super::BackupError;
 use super::format::{Item, Reader};
+use crate::audit::counters::change;
 use crate::audit::merkle::{Frontier, Hash};
 use crate::audit::verify::event_leaf;
 use crate::audit::{Action, Event, Outcome, jcs};
@@ -64,6 +65,13 @@ pub struct Restored {
     /// Events after the backup's log that describe changes of customers not erased since,
     /// which no record here holds: lost with the disk.
     pub not_restored: u64,
+    /// Customers put under restriction of processing (Art. 18) because a consent withdrawal
+    /// after the backup point could not be written again (ids only; their records were
+    /// imported with `restricted` set). Lift it through the API once the consent is reviewed.
+    pub restricted: Vec<String>,
+    /// `payment_method.delete`, `objection.update` and `restriction.update` events after the
+    /// backup point applied again to the records.
+    pub reapplied: u64,
     /// The size of the newest signed checkpoint stored (the export's, else the backup's).
     pub checkpoint: Option<u64>,
     /// The log's size after the `store.restore` event.
@@ -80,6 +88,24 @@ struct After {
     purge_count: u64,
     /// Changes recorded after the backup's log, by customer.
     later_changes: HashMap<Option<CustomerId>, u64>,
+    /// A customer's choices and deletions after the backup point, in log order, re-applied to
+    /// the record (each sets a state, so applying one the record already holds is harmless).
+    reapply: HashMap<CustomerId, Vec<Reapply>>,
+}
+
+/// A change after the backup point that the restore makes again from its event alone.
+#[derive(Debug, Clone)]
+enum Reapply {
+    /// `payment_method.delete` of this token (its event names `payment_methods/<token>`).
+    DropMethod(String),
+    /// `objection.update` of a purpose: set (`true`) or lifted.
+    Objection(String, bool),
+    /// `restriction.update`: set or lifted.
+    Restriction(bool),
+    /// A consent withdrawal: its event does not hold the consent record (source, notice), so
+    /// it cannot be written again; the customer is put under restriction of processing
+    /// (GDPR Art. 18) instead, so the withdrawal is never silently undone.
+    LostWithdrawal,
 }
 
 impl After {
@@ -106,13 +132,46 @@ impl After {
                     self.purge_count += u64::from(after_point);
                 }
             }
-            Action::CustomerCreate
-            | Action::CustomerUpdate
-            | Action::PaymentMethodCreate
-            | Action::PaymentMethodDelete
-            | Action::ConsentUpdate
+            Action::PaymentMethodDelete
             | Action::ObjectionUpdate
             | Action::RestrictionUpdate
+            | Action::ConsentUpdate
+                if after_point =>
+            {
+                let reasons = event.reason.unwrap_or_default();
+                let has = |code: &str| reasons.iter().any(|r| r == code);
+                let change = match event.action {
+                    Action::PaymentMethodDelete => event
+                        .fields
+                        .unwrap_or_default()
+                        .iter()
+                        .find_map(|f| f.strip_prefix("payment_methods/"))
+                        .map(|token| Reapply::DropMethod(token.to_owned())),
+                    Action::ObjectionUpdate => {
+                        let purpose = event.purpose.clone().unwrap_or_default();
+                        if has(change::OBJECTED) {
+                            Some(Reapply::Objection(purpose, true))
+                        } else if has(change::LIFTED) {
+                            Some(Reapply::Objection(purpose, false))
+                        } else {
+                            None
+                        }
+                    }
+                    Action::RestrictionUpdate if has(change::RESTRICTED) => Some(Reapply::Restriction(true)),
+                    Action::RestrictionUpdate if has(change::LIFTED) => Some(Reapply::Restriction(false)),
+                    Action::ConsentUpdate if has(change::WITHDRAWN) => Some(Reapply::LostWithdrawal),
+                    _ => None,
+                };
+                if let (Some(id), Some(change)) = (customer, change) {
+                    self.reapply.entry(id).or_default().push(change);
+                }
+                // A consent change past the backup's log is lost (the record does not hold it);
+                // the others are made again above.
+                if beyond_backup && event.action == Action::ConsentUpdate {
+                    *self.later_changes.entry(customer).or_default() += 1;
+                }
+            }
+            Action::CustomerCreate | Action::CustomerUpdate | Action::PaymentMethodCreate
                 if beyond_backup =>
             {
                 *self.later_changes.entry(customer).or_default() += 1;
@@ -138,7 +197,31 @@ impl After {
             }
             record.index_entries.retain(|e| !purged.contains(&&e.field));
         }
+        for change in self.reapply.get(&record.id).into_iter().flatten() {
+            match change {
+                Reapply::DropMethod(token) => record.payment_methods.retain(|m| &m.token != token),
+                Reapply::Objection(purpose, true) => {
+                    record.objections.insert(purpose.clone());
+                }
+                Reapply::Objection(purpose, false) => {
+                    record.objections.remove(purpose);
+                }
+                Reapply::Restriction(restricted) => record.restricted = *restricted,
+                Reapply::LostWithdrawal => {}
+            }
+        }
+        // After the rest: a later `restriction.update` lifting must not lift this one, since
+        // the withdrawal itself is still not in the record.
+        if self.restricts(&record.id) {
+            record.restricted = true;
+        }
         Some(record)
+    }
+
+    /// Whether the restore puts `id` under restriction (a consent withdrawal it cannot write
+    /// again).
+    fn restricts(&self, id: &CustomerId) -> bool {
+        self.reapply.get(id).is_some_and(|c| c.iter().any(|c| matches!(c, Reapply::LostWithdrawal)))
     }
 
     fn not_restored(&self) -> u64 {
@@ -270,7 +353,7 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         _ => (settings.clone(), None),
     };
     let built = build(&work, from, export.as_ref(), &after, &summary).await;
-    let (records, erased_records, checkpoint) = match built {
+    let Built { records, erased: erased_records, checkpoint, restricted, reapplied } = match built {
         Ok(done) => done,
         Err(e) => {
             if let Some(staging) = &staging {
@@ -289,6 +372,8 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         records,
         erasures: after.erasures,
         erased_records,
+        restricted,
+        reapplied,
         purges: after.purge_count,
         not_restored: after.not_restored(),
         checkpoint,
@@ -326,15 +411,29 @@ fn refused(message: String) -> Error {
     Error::Backup(BackupError::Refused(message))
 }
 
+/// What [`build`] wrote.
+struct Built {
+    /// Records imported.
+    records: u64,
+    /// Records left out as erased.
+    erased: u64,
+    /// The newest checkpoint's size.
+    checkpoint: Option<u64>,
+    /// Imported customers put under restriction ([`Restored::restricted`]).
+    restricted: Vec<String>,
+    /// Changes re-applied to imported records ([`Restored::reapplied`]).
+    reapplied: u64,
+}
+
 /// Writes the log, the records, the metadata and the checkpoints into the (empty) store of
-/// `work`; returns (records imported, records left out as erased, newest checkpoint size).
+/// `work`.
 async fn build(
     work: &Settings,
     from: &Path,
     export: Option<&Export>,
     after: &After,
     summary: &super::Summary,
-) -> Result<(u64, u64, Option<u64>), Error> {
+) -> Result<Built, Error> {
     if let StorageSettings::Sled { .. } = work.storage() {
         // 0700 from creation (the data directory and the staging directory in it): the
         // store's files are reachable by no one else while the restore runs.
@@ -357,13 +456,14 @@ async fn fill(
     export: Option<&Export>,
     after: &After,
     summary: &super::Summary,
-) -> Result<(u64, u64, Option<u64>), Error> {
+) -> Result<Built, Error> {
     refuse_unless_empty(store).await.map_err(|_| refused("the target store is not empty".into()))?;
     // The file is read again (it was verified; the reader checks it again as it goes, and a
     // file changed in between fails at its trailer, leaving only the staging store behind).
     let file = std::fs::File::open(from).map_err(Error::io(format!("opening {}", from.display())))?;
     let mut reader = Reader::new(BufReader::with_capacity(1 << 20, file), Some(summary.key.clone()));
     let (mut records, mut erased, mut next) = (0u64, 0u64, 0u64);
+    let (mut restricted, mut reapplied) = (Vec::new(), 0u64);
     let mut checkpoint = None;
     let mut batch = Vec::with_capacity(EVENTS_PER_WRITE);
     // Reading is synchronous but bounded by one line at a time; writes dominate.
@@ -371,6 +471,12 @@ async fn fill(
         match item {
             Item::Record(record) => match after.apply(*record) {
                 Some(record) => {
+                    if after.restricts(&record.id) {
+                        restricted.push(record.id.to_string());
+                    }
+                    reapplied += after.reapply.get(&record.id).map_or(0, |c| {
+                        c.iter().filter(|c| !matches!(c, Reapply::LostWithdrawal)).count() as u64
+                    });
                     store.import(record).await?;
                     records += 1;
                 }
@@ -409,7 +515,7 @@ async fn fill(
         put_verified_checkpoint(store, export.size, export.note.clone()).await.map_err(BackupError::from)?;
         newest = Some(export.size);
     }
-    Ok((records, erased, newest))
+    Ok(Built { records, erased, checkpoint: newest, restricted, reapplied })
 }
 
 /// Records the `store.restore` event through the vault over `work` and signs a checkpoint of
@@ -424,6 +530,8 @@ async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
         format!("erasures:{}", restored.erasures),
         format!("purges:{}", restored.purges),
         format!("not_restored:{}", restored.not_restored),
+        format!("reapplied:{}", restored.reapplied),
+        format!("restricted:{}", restored.restricted.len()),
     ];
     let result = async {
         vault

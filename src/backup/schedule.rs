@@ -99,7 +99,8 @@ fn stamp_of(name: &str) -> Option<chrono::NaiveDateTime> {
 /// Called with the backup turn held.
 fn prune(dir: &Path, keep: usize, written: &Path) -> Result<(), BackupError> {
     let mut backups = Vec::new();
-    let entries = std::fs::read_dir(dir).map_err(|e| BackupError::Io(format!("listing {}: {e}", dir.display())))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| BackupError::Io(format!("listing {}: {e}", dir.display())))?;
     for entry in entries.flatten() {
         let Ok(name) = entry.file_name().into_string() else { continue };
         let path = dir.join(&name);
@@ -109,9 +110,10 @@ fn prune(dir: &Path, keep: usize, written: &Path) -> Result<(), BackupError> {
         }
         if let Some(at) = stamp_of(&name) {
             backups.push((at, name));
-        } else if name.strip_prefix('.').is_some_and(|n| {
-            n.split_once(super::PARTIAL).is_some_and(|(base, _)| stamp_of(base).is_some())
-        }) {
+        } else if name
+            .strip_prefix('.')
+            .is_some_and(|n| n.split_once(super::PARTIAL).is_some_and(|(base, _)| stamp_of(base).is_some()))
+        {
             // A scheduled backup that did not finish (a crash mid-write): the caller holds the
             // backup turn and its own file is renamed already, so no one is writing this.
             let _ = std::fs::remove_file(&path);

@@ -96,13 +96,14 @@ pub async fn take<W: AsyncWrite + Unpin>(
         }
     }
     let mut signing = None;
-    let trailer = lines.trailer(backup_point, &key, &created, |text| match audit.sign_backup_statement(text) {
-        Ok(note) => note,
-        Err(e) => {
-            signing = Some(e);
-            String::new()
-        }
-    });
+    let trailer =
+        lines.trailer(backup_point, &key, &created, |text| match audit.sign_backup_statement(text) {
+            Ok(note) => note,
+            Err(e) => {
+                signing = Some(e);
+                String::new()
+            }
+        });
     if let Some(e) = signing {
         return Err(e.into());
     }

@@ -403,17 +403,23 @@ async fn a_flipped_byte_fails_verify_and_restore_and_a_used_target_is_refused() 
     app.shutdown().await;
     let target = root.path().join("target");
     let bad = flipped(&file, lines[1] + 60, root.path());
-    let out = custodia_async(&["restore", "--from", bad.to_str().unwrap(), "--without-log"], &target, &epochs).await;
+    let out =
+        custodia_async(&["restore", "--from", bad.to_str().unwrap(), "--without-log"], &target, &epochs)
+            .await;
     assert!(!out.status.success(), "a tampered backup was restored");
     assert!(text(&out).contains("does not verify"), "{}", text(&out));
     if !on_postgres() {
         assert!(!target.join("store").exists(), "the refused restore left a store");
     }
 
-    let out = custodia_async(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs).await;
+    let out =
+        custodia_async(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs)
+            .await;
     assert!(out.status.success(), "the intact backup restores into the untouched target: {}", text(&out));
     let before = (!on_postgres()).then(|| files_under(&target));
-    let out = custodia_async(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs).await;
+    let out =
+        custodia_async(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs)
+            .await;
     assert!(!out.status.success());
     assert!(text(&out).contains("empty"), "{}", text(&out));
     if let Some(before) = before {
@@ -551,7 +557,8 @@ async fn a_forged_backup_fails_verify_with_the_key_and_restore() {
     let (b0, b1) = (root.path().join("b0.cbk"), root.path().join("b1.cbk"));
     let out = custodia_async(&["backup", "--out", b0.to_str().unwrap()], app.data_dir.path(), &epochs).await;
     assert!(out.status.success(), "{}", text(&out));
-    let client = Client { base: app.base.clone(), http: reqwest::Client::new(), merchant: TestApp::token_for_tests() };
+    let client =
+        Client { base: app.base.clone(), http: reqwest::Client::new(), merchant: TestApp::token_for_tests() };
     client.erase(&victim).await;
     let out = custodia_async(&["backup", "--out", b1.to_str().unwrap()], app.data_dir.path(), &epochs).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -567,7 +574,11 @@ async fn a_forged_backup_fails_verify_with_the_key_and_restore() {
         })
         .unwrap();
     let verify = |file: &Path| {
-        let out = custodia(&["backup", "verify", file.to_str().unwrap(), "--key", &key], &root.path().join("x"), &epochs);
+        let out = custodia(
+            &["backup", "verify", file.to_str().unwrap(), "--key", &key],
+            &root.path().join("x"),
+            &epochs,
+        );
         (out.status.success(), text(&out))
     };
     let (ok, said) = verify(&b1);
@@ -580,15 +591,19 @@ async fn a_forged_backup_fails_verify_with_the_key_and_restore() {
         .into_iter()
         .find(|l| matches!(l, Line::Record { id, .. } if *id == victim))
         .expect("the victim is in the older backup");
-    let mut spliced: Vec<Line> = lines.iter().filter(|l| matches!(l, Line::Header { .. })).map(clone_line).collect();
-    let mut records: Vec<Line> = lines.iter().filter(|l| matches!(l, Line::Record { .. })).map(clone_line).collect();
+    let mut spliced: Vec<Line> =
+        lines.iter().filter(|l| matches!(l, Line::Header { .. })).map(clone_line).collect();
+    let mut records: Vec<Line> =
+        lines.iter().filter(|l| matches!(l, Line::Record { .. })).map(clone_line).collect();
     records.push(record);
     records.sort_by_key(|l| match l {
         Line::Record { id, .. } => id.parse::<custodia::domain::CustomerId>().unwrap(),
         _ => unreachable!(),
     });
     spliced.extend(records);
-    spliced.extend(lines.iter().filter(|l| !matches!(l, Line::Header { .. } | Line::Record { .. })).map(clone_line));
+    spliced.extend(
+        lines.iter().filter(|l| !matches!(l, Line::Header { .. } | Line::Record { .. })).map(clone_line),
+    );
     let sig = signature.clone();
     let spliced = rewritten(&spliced, &root.path().join("spliced.cbk"), move |_| sig);
 
@@ -647,11 +662,14 @@ async fn a_forged_backup_fails_verify_with_the_key_and_restore() {
     assert!(out.status.success(), "the re-signed file is self-consistent: {}", text(&out));
 
     let target = root.path().join("target");
-    for (name, forged) in [("spliced", &spliced), ("appended", &appended), ("moved", &moved), ("resigned", &resigned)] {
+    for (name, forged) in
+        [("spliced", &spliced), ("appended", &appended), ("moved", &moved), ("resigned", &resigned)]
+    {
         let (ok, said) = verify(forged);
         assert!(!ok, "the {name} backup verified under the vault's key: {said}");
         assert!(said.contains("signature") || said.contains("pinned key"), "{name}: {said}");
-        let out = custodia(&["restore", "--from", forged.to_str().unwrap(), "--without-log"], &target, &epochs);
+        let out =
+            custodia(&["restore", "--from", forged.to_str().unwrap(), "--without-log"], &target, &epochs);
         assert!(!out.status.success(), "the {name} backup was restored: {}", text(&out));
         assert!(text(&out).contains("does not verify"), "{name}: {}", text(&out));
         if !on_postgres() {
@@ -696,7 +714,8 @@ async fn backup_files_are_private_and_never_inside_the_data_directory() {
     let trap = root.path().join(".b.cbk.partial-1");
     std::fs::write(&trap, b"theirs").unwrap();
     let file = root.path().join("b.cbk");
-    let out = custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    let out =
+        custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(std::fs::read(&trap).unwrap(), b"theirs");
@@ -708,8 +727,164 @@ async fn backup_files_are_private_and_never_inside_the_data_directory() {
     assert!(left.is_empty(), "temporary files left: {left:?}");
 
     let inside = app.data_dir.path().join("backups").join("b.cbk");
-    let out = custodia_async(&["backup", "--out", inside.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    let out =
+        custodia_async(&["backup", "--out", inside.to_str().unwrap()], app.data_dir.path(), &epochs).await;
     assert!(!out.status.success(), "a backup inside the data directory was written");
     assert!(text(&out).contains("inside the data directory"), "{}", text(&out));
     assert!(!inside.exists());
+}
+
+/// One HTTP call to a server process: (status, JSON body or null).
+async fn call(
+    base: &str,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    purpose: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = reqwest::Client::new().request(method, format!("{base}{path}")).bearer_auth(token);
+    if let Some(p) = purpose {
+        req = req.header("X-Purpose", p);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let res = req.send().await.unwrap();
+    (res.status(), res.json().await.unwrap_or_default())
+}
+
+/// Finding 2 of the review: changes a customer made against processing after the backup are
+/// not undone by a restore. A card deleted after the backup stays deleted, an objection made
+/// after it is made again, a restriction too; a consent withdrawal (whose event cannot
+/// rebuild the consent record) puts the customer under restriction and names them in the
+/// restore's output, so marketing disclosures stay refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_keeps_later_deletions_withdrawals_objections_and_restrictions() {
+    use reqwest::Method;
+    let root = tempfile::tempdir().unwrap();
+    let (data, epochs) = (root.path().join("data"), root.path().join("epoch-keys"));
+    let epoch_env = epochs.to_str().unwrap().to_owned();
+    let mut server = ServerProcess::start(&data, &[("CUSTODIA_KEY_EPOCH_FILE", &epoch_env)]);
+    let client = Client::of(&server);
+    let base = server.base.clone();
+    let merchant = TestApp::token_for_tests();
+    let (card_holder, withdrawer, restricted) = (
+        client.create("card@later.test").await,
+        client.create("withdraw@later.test").await,
+        client.create("restrict@later.test").await,
+    );
+    let card = json!({"card": {"number": "4111111111111111", "exp_month": 12, "exp_year": 2031}});
+    let (status, body) = call(
+        &base,
+        Method::POST,
+        &format!("/v1/customers/{card_holder}/payment-methods"),
+        &merchant,
+        None,
+        Some(card),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let token = body["token"].as_str().unwrap().to_owned();
+    let consent = json!({"granted": true, "source": "account-page", "notice": "marketing-v2"});
+    let withdrawer_token = TestApp::customer_token(&withdrawer);
+    let (status, body) =
+        call(&base, Method::PUT, "/v1/me/consents/marketing", &withdrawer_token, None, Some(consent)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let disclose = json!({"customer_id": withdrawer, "recipient": "letterbox-newsletter", "purpose": "marketing", "fields": ["email"]});
+    let (status, body) =
+        call(&base, Method::POST, "/v1/disclosures", &merchant, None, Some(disclose.clone())).await;
+    assert_eq!(status, StatusCode::OK, "marketing is disclosed while consented: {body}");
+
+    let file = root.path().join("before.cbk");
+    let out = custodia_async(&["backup", "--out", file.to_str().unwrap()], &data, &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+
+    // After the backup: the card deleted, the consent withdrawn, an objection, a restriction.
+    let (status, _) = call(
+        &base,
+        Method::DELETE,
+        &format!("/v1/customers/{card_holder}/payment-methods/{token}"),
+        &merchant,
+        None,
+        None,
+    )
+    .await;
+    assert!(status.is_success(), "{status}");
+    let withdraw = json!({"granted": false, "source": "account-page"});
+    let (status, body) =
+        call(&base, Method::PUT, "/v1/me/consents/marketing", &withdrawer_token, None, Some(withdraw)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let holder_token = TestApp::customer_token(&card_holder);
+    let (status, body) = call(
+        &base,
+        Method::PUT,
+        "/v1/me/objections/fraud_prevention",
+        &holder_token,
+        None,
+        Some(json!({"objected": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let restricted_token = TestApp::customer_token(&restricted);
+    let (status, body) = call(
+        &base,
+        Method::PUT,
+        "/v1/me/restriction",
+        &restricted_token,
+        None,
+        Some(json!({"restricted": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let export = root.path().join("export");
+    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .args(["audit", "export", "--url", &base, "--out", export.to_str().unwrap()])
+        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(server.terminate());
+
+    std::fs::remove_dir_all(&data).unwrap();
+    let restored_dir = root.path().join("restored");
+    let out = custodia(
+        &["restore", "--from", file.to_str().unwrap(), "--log", export.to_str().unwrap()],
+        &restored_dir,
+        &epochs,
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "restore failed: {said}");
+    assert_eq!(number_after(&said, "re-applied:"), 0, "no erasure: {said}");
+    let listed =
+        said.lines().find(|l| l.contains("restriction of processing")).unwrap_or_else(|| panic!("{said}"));
+    assert!(
+        listed.contains(&withdrawer) && !listed.contains(&card_holder) && !listed.contains(&restricted),
+        "{listed}"
+    );
+    assert_eq!(number_after(&said, "restrictions after the backup point re-applied:"), 3, "{said}");
+
+    let mut server = ServerProcess::start(&restored_dir, &[("CUSTODIA_KEY_EPOCH_FILE", &epoch_env)]);
+    let base = server.base.clone();
+    let (status, body) = call(
+        &base,
+        Method::GET,
+        &format!("/v1/customers/{card_holder}/payment-methods"),
+        &merchant,
+        Some("payment_processing"),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["payment_methods"], json!([]), "the deleted card is back");
+    let (_, me) = call(&base, Method::GET, "/v1/me", &holder_token, None, None).await;
+    assert_eq!(me["objections"], json!(["fraud_prevention"]), "{me}");
+    let (_, me) = call(&base, Method::GET, "/v1/me", &restricted_token, None, None).await;
+    assert_eq!(me["restricted"], true, "{me}");
+    let (_, me) = call(&base, Method::GET, "/v1/me", &withdrawer_token, None, None).await;
+    assert_eq!(me["restricted"], true, "the withdrawal could not be restored: restricted instead: {me}");
+    let (status, body) = call(&base, Method::POST, "/v1/disclosures", &merchant, None, Some(disclose)).await;
+    assert_ne!(status, StatusCode::OK, "marketing is disclosed against a withdrawal: {body}");
+    assert!(server.terminate());
 }
