@@ -179,6 +179,21 @@ impl App {
 /// Opens the vault over the configured data directory without serving (also used by
 /// `custodia keys rotate`).
 pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Store>, Authenticator), Error> {
+    open_vault_with(settings, false).await
+}
+
+/// [`open_vault`]; `restoring`: the caller is the restore itself, which opens the store it is
+/// filling (marked as a restore in progress) to record its `store.restore` event. Any other
+/// caller is refused on a store a restore did not finish
+/// ([`crate::backup::restore::refuse_unfinished`]): serving it would start a log that forks
+/// from what auditors hold, over a partial set of records.
+pub async fn open_vault_with(
+    settings: &Settings,
+    restoring: bool,
+) -> Result<(Arc<Vault>, Arc<dyn Store>, Authenticator), Error> {
+    if !restoring {
+        crate::backup::restore::refuse_unfinished_dir(settings)?;
+    }
     let policies = Arc::new(PolicySet::load(&settings.policies)?);
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(Error::io(format!("creating {}", settings.data_dir.display())))?;
@@ -188,6 +203,10 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
     let (master, auth) = crate::crypto::off_async_workers(move || resolve_keys(&resolving)).await?;
     let store = crate::store::open(&settings.storage(), Arc::new(crate::audit::tree::Tree))?;
     let dyn_store = Arc::clone(&store);
+    if !restoring && let Err(e) = crate::backup::restore::refuse_unfinished(dyn_store.as_ref()).await {
+        let _ = dyn_store.close().await;
+        return Err(e);
+    }
     let (master, keys, fresh) = system_keys(&dyn_store, master).await?;
     let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
     let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)

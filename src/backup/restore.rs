@@ -36,8 +36,47 @@ use crate::domain::{CustomerId, Timestamp};
 use crate::error::Error;
 use crate::store::{CustomerRecord, StorageSettings, Store};
 
-/// Where the restore builds a sled store before renaming it into `<data dir>/store`.
-const STAGING: &str = ".restoring";
+/// Where the restore builds a sled store before renaming it into `<data dir>/store`. While it
+/// exists without `<data dir>/store` beside it, a restore stopped half-way: `serve` refuses to
+/// start, and the next `restore` removes it and starts over.
+pub const STAGING: &str = ".restoring";
+
+/// The store's record of a restore in progress: `started` from before the first record is
+/// written until the `store.restore` event is recorded, then `finished`. Not in
+/// [`crate::vault::META_NAMES`] (never in a backup).
+pub const RESTORE_STATE: &str = "restore.state";
+
+/// Refuses a store whose restore did not finish (`RESTORE_STATE` is `started`): on PostgreSQL
+/// a restore killed or failed half-way leaves its rows behind.
+pub async fn refuse_unfinished(store: &dyn Store) -> Result<(), Error> {
+    if store.meta(RESTORE_STATE).await?.as_deref() == Some(b"started") {
+        return Err(refused(
+            "a restore into this store did not finish: it holds a partial copy of a backup, and \
+             serving it would fork the audit log. Drop and recreate the database (or schema), then run \
+             `custodia restore` again"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a sled data directory holding a restore's staging directory and no store: a
+/// restore stopped half-way (run `custodia restore` again: it starts over).
+pub fn refuse_unfinished_dir(settings: &Settings) -> Result<(), Error> {
+    if let StorageSettings::Sled { dir, .. } = settings.storage() {
+        let staging = settings.data_dir.join(STAGING);
+        if staging.exists() && !dir.exists() {
+            return Err(refused(format!(
+                "a restore into {} did not finish ({} is left): run `custodia restore` again (it \
+                 starts over), or remove {} to start an empty vault",
+                settings.data_dir.display(),
+                staging.display(),
+                staging.display()
+            )));
+        }
+    }
+    Ok(())
+}
 
 /// What a restore did.
 #[derive(Debug, Clone)]
@@ -259,6 +298,10 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         }
         _ => {
             let store = crate::store::open(&target, std::sync::Arc::new(crate::audit::tree::Tree))?;
+            if let Err(e) = refuse_unfinished(store.as_ref()).await {
+                store.close().await?;
+                return Err(e);
+            }
             let empty = refuse_unless_empty(store.as_ref()).await;
             store.close().await?;
             empty.map_err(|_| refused("the database is not empty: restore only into an empty one".into()))?;
@@ -458,6 +501,7 @@ async fn fill(
     summary: &super::Summary,
 ) -> Result<Built, Error> {
     refuse_unless_empty(store).await.map_err(|_| refused("the target store is not empty".into()))?;
+    store.put_meta(RESTORE_STATE, b"started".to_vec()).await?;
     // The file is read again (it was verified; the reader checks it again as it goes, and a
     // file changed in between fails at its trailer, leaving only the staging store behind).
     let file = std::fs::File::open(from).map_err(Error::io(format!("opening {}", from.display())))?;
@@ -521,7 +565,7 @@ async fn fill(
 /// Records the `store.restore` event through the vault over `work` and signs a checkpoint of
 /// the restored log; returns the log's size.
 async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
-    let (vault, store, _) = crate::startup::open_vault(work).await?;
+    let (vault, store, _) = crate::startup::open_vault_with(work, true).await?;
     let codes = vec![
         format!("size:{}", restored.backup_size),
         format!("root:{}", STANDARD.encode(restored.backup_root)),
@@ -539,6 +583,7 @@ async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
             .await
             .map_err(|e| refused(format!("recording the restore failed: {e}")))?;
         vault.audit_log().checkpoint().await?;
+        vault.store().put_meta(RESTORE_STATE, b"finished".to_vec()).await?;
         Ok::<u64, Error>(vault.audit_log().head().await?.0)
     }
     .await;

@@ -888,3 +888,74 @@ async fn a_restore_keeps_later_deletions_withdrawals_objections_and_restrictions
     assert_ne!(status, StatusCode::OK, "marketing is disclosed against a withdrawal: {body}");
     assert!(server.terminate());
 }
+
+/// `custodia serve` over `data_dir` that is expected to refuse to start: its output.
+fn serve_refused(data_dir: &Path, epochs: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .arg("serve")
+        .env("CUSTODIA_LISTEN", "127.0.0.1:0")
+        .env("CUSTODIA_DATA_DIR", data_dir)
+        .env("CUSTODIA_POLICIES", concat!(env!("CARGO_MANIFEST_DIR"), "/policies"))
+        .env("CUSTODIA_MASTER_KEY", MASTER_KEY)
+        .env("CUSTODIA_JWT_HS256_SECRET", SECRET)
+        .env("CUSTODIA_KEY_EPOCH_FILE", epochs)
+        .envs(store_env(data_dir))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve started over a half-done restore: {}", text(&out));
+    text(&out)
+}
+
+/// Finding 6 of the review: a restore that stopped half-way is never served. A restore that
+/// fails after writing (the epoch-key file does not fit, found when the vault is opened to
+/// record the restore) leaves, on PostgreSQL, a database marked as a restore in progress:
+/// `serve` refuses it and so does a new restore, both saying why. On sled it leaves nothing;
+/// the state a restore killed half-way leaves (its staging directory and no store) makes
+/// `serve` refuse, and a new restore starts over and succeeds.
+#[tokio::test]
+async fn a_half_done_restore_is_never_served() {
+    let app = spawn_app().await;
+    let id = app.create_customer(json!({"email": "half@restore.test", "name": "Half"})).await;
+    let root = tempfile::tempdir().unwrap();
+    let epochs = app.settings.key_epoch_file();
+    let file = root.path().join("b.cbk");
+    let out =
+        custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let mut app = app;
+    app.shutdown().await;
+
+    let target = root.path().join("target");
+    let wrong_epochs = root.path().join("not-the-epoch-keys");
+    let out =
+        custodia(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &wrong_epochs);
+    assert!(!out.status.success(), "restored with another epoch-key file: {}", text(&out));
+    if on_postgres() {
+        let said = serve_refused(&target, &epochs);
+        assert!(said.contains("did not finish"), "{said}");
+        let out = custodia(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs);
+        assert!(!out.status.success());
+        assert!(text(&out).contains("did not finish"), "{}", text(&out));
+        return;
+    }
+    assert!(
+        !target.join("store").exists() && !target.join(".restoring").exists(),
+        "the failed restore left files"
+    );
+
+    // What `kill -9` half-way leaves: the staging directory with a partial store, no store.
+    std::fs::create_dir_all(target.join(".restoring").join("store")).unwrap();
+    std::fs::write(target.join(".restoring").join("store").join("conf"), b"partial").unwrap();
+    let said = serve_refused(&target, &epochs);
+    assert!(said.contains("did not finish"), "{said}");
+    assert!(!target.join("store").exists(), "serve created a store over a half-done restore");
+
+    let out = custodia(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs);
+    assert!(out.status.success(), "a new restore starts over: {}", text(&out));
+    let epoch_env = epochs.to_str().unwrap().to_owned();
+    let mut server = ServerProcess::start(&target, &[("CUSTODIA_KEY_EPOCH_FILE", &epoch_env)]);
+    let (status, body) = Client::of(&server).read(&id).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(server.terminate());
+}
