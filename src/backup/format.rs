@@ -37,6 +37,11 @@ use crate::crypto::Sha256Stream;
 use crate::domain::CustomerId;
 use crate::store::CustomerRecord;
 
+/// The longest line a reader accepts, newline included (64 MiB): far above any record the
+/// vault writes (a base64 record with its consent history and payment methods is kilobytes),
+/// and the bound on what reading one line may allocate.
+pub const MAX_LINE: u64 = 64 << 20;
+
 /// The first line of every backup file (format version 1).
 pub const MAGIC: &str = "custodia-backup 1";
 
@@ -379,14 +384,20 @@ impl<R: BufRead> Reader<R> {
     }
 
     fn read_line(&mut self, into: &mut Vec<u8>) -> Result<bool, Invalid> {
-        let n = self
-            .input
+        use std::io::Read;
+        // At most MAX_LINE bytes and its newline are read: memory stays bounded whatever the
+        // file holds.
+        let n = (&mut self.input)
+            .take(MAX_LINE + 1)
             .read_until(b'\n', into)
             .map_err(|e| Invalid { line: self.line_no + 1, reason: format!("cannot read: {e}") })?;
         if n == 0 {
             return Ok(false);
         }
         self.line_no += 1;
+        if n as u64 > MAX_LINE {
+            return Err(self.invalid(format!("the line is longer than {MAX_LINE} bytes")));
+        }
         if into.last() != Some(&b'\n') && self.summary.is_none() {
             return Err(self.invalid("the line has no newline (truncated)"));
         }

@@ -959,3 +959,50 @@ async fn a_half_done_restore_is_never_served() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(server.terminate());
 }
+
+/// Findings 7 and 10: a client that connects to the control socket and sends nothing does not
+/// hold up `custodia backup` (each connection has its own task, the turn is taken only for a
+/// command), and the success metric says the backup was `requested`.
+#[tokio::test]
+async fn an_idle_control_socket_client_blocks_no_backup() {
+    let app = spawn_app().await;
+    app.create_customer(json!({"email": "idle@backup.test", "name": "Idle"})).await;
+    let socket = app.data_dir.path().join("control.sock");
+    let _idle = std::os::unix::net::UnixStream::connect(&socket).expect("the control socket answers");
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("b.cbk");
+    let epochs = app.settings.key_epoch_file();
+    let args = ["backup", "--out", file.to_str().unwrap()];
+    let backup = custodia_async(&args, app.data_dir.path(), &epochs);
+    // A guard against a hang (the old server served one connection at a time), not a speed check.
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), backup)
+        .await
+        .expect("custodia backup hung behind an idle client");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("from the running server"), "{}", text(&out));
+    let metrics = reqwest::get(format!("{}/metrics", app.base)).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("custodia_backup_last_success_timestamp_seconds{kind=\"requested\"} ")),
+        "{metrics}"
+    );
+}
+
+/// Finding 8: a line longer than the cap is refused as such, without reading it whole.
+#[test]
+fn an_overlong_backup_line_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let file = root.path().join("long.cbk");
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+        out.write_all(b"custodia-backup 1\n").unwrap();
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..(custodia::backup::format::MAX_LINE >> 20) + 2 {
+            out.write_all(&chunk).unwrap();
+        }
+    }
+    let err = custodia::backup::verify(&file, None).unwrap_err().to_string();
+    assert!(err.contains("line 2") && err.contains("longer than"), "{err}");
+}
