@@ -626,6 +626,13 @@ async fn restore(from: PathBuf, log: Option<PathBuf>, config: Option<PathBuf>) -
         done.erasures, done.erased_records, done.purges
     );
     println!("{} events describe changes this restore could not bring back", done.not_restored);
+    if done.unopenable > 0 {
+        println!(
+            "warning: {} customer records are under key epochs the epoch-key file no longer holds \
+             (destroyed since the backup): they cannot be opened (README: the backup trade-off)",
+            done.unopenable
+        );
+    }
     println!(
         "payment-method deletions, objections and restrictions after the backup point re-applied: {}",
         done.reapplied

@@ -32,6 +32,7 @@ use crate::audit::verify::event_leaf;
 use crate::audit::{Action, Event, Outcome, jcs};
 use crate::config::Settings;
 use crate::copy::{EVENTS_PER_WRITE, append_leaves, put_verified_checkpoint, refuse_unless_empty};
+use crate::crypto::KeyId;
 use crate::domain::{CustomerId, Timestamp};
 use crate::error::Error;
 use crate::store::{CustomerRecord, StorageSettings, Store};
@@ -115,6 +116,10 @@ pub struct Restored {
     pub checkpoint: Option<u64>,
     /// The log's size after the `store.restore` event.
     pub size: u64,
+    /// Records whose data key is wrapped under an epoch the epoch-key file no longer holds
+    /// (destroyed since the backup): they are restored but cannot be opened (README, the backup
+    /// trade-off).
+    pub unopenable: u64,
 }
 
 /// What happened after the backup point, from the events.
@@ -396,7 +401,7 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         _ => (settings.clone(), None),
     };
     let built = build(&work, from, export.as_ref(), &after, &summary).await;
-    let Built { records, erased: erased_records, checkpoint, restricted, reapplied } = match built {
+    let Built { records, erased: erased_records, checkpoint, restricted, reapplied, epochs } = match built {
         Ok(done) => done,
         Err(e) => {
             if let Some(staging) = &staging {
@@ -421,11 +426,12 @@ pub async fn restore(settings: &Settings, from: &Path, log: Option<&Path>) -> Re
         not_restored: after.not_restored(),
         checkpoint,
         size: 0,
+        unopenable: 0,
     };
 
     // 6. The `store.restore` event, through the vault: opening it proves the master key and
     //    the epoch-key file fit the restored store, and its checkpoint covers the event.
-    let recorded = record(&work, &restored).await;
+    let recorded = record(&work, &mut restored, &epochs).await;
     match recorded {
         Ok(size) => restored.size = size,
         Err(e) => {
@@ -466,6 +472,8 @@ struct Built {
     restricted: Vec<String>,
     /// Changes re-applied to imported records ([`Restored::reapplied`]).
     reapplied: u64,
+    /// Imported records per key epoch their data key is wrapped under.
+    epochs: HashMap<KeyId, u64>,
 }
 
 /// Writes the log, the records, the metadata and the checkpoints into the (empty) store of
@@ -509,6 +517,7 @@ async fn fill(
     let (mut records, mut erased, mut next) = (0u64, 0u64, 0u64);
     let (mut restricted, mut reapplied) = (Vec::new(), 0u64);
     let mut checkpoint = None;
+    let mut epochs: HashMap<KeyId, u64> = HashMap::new();
     let mut batch = Vec::with_capacity(EVENTS_PER_WRITE);
     // Reading is synchronous but bounded by one line at a time; writes dominate.
     while let Some(item) = reader.next_item().map_err(BackupError::from)? {
@@ -521,6 +530,9 @@ async fn fill(
                     reapplied += after.reapply.get(&record.id).map_or(0, |c| {
                         c.iter().filter(|c| !matches!(c, Reapply::LostWithdrawal)).count() as u64
                     });
+                    if record.data_key.master_key.is_epoch() {
+                        *epochs.entry(record.data_key.master_key.clone()).or_default() += 1;
+                    }
                     store.import(record).await?;
                     records += 1;
                 }
@@ -559,13 +571,20 @@ async fn fill(
         put_verified_checkpoint(store, export.size, export.note.clone()).await.map_err(BackupError::from)?;
         newest = Some(export.size);
     }
-    Ok(Built { records, erased, checkpoint: newest, restricted, reapplied })
+    Ok(Built { records, erased, checkpoint: newest, restricted, reapplied, epochs })
 }
 
 /// Records the `store.restore` event through the vault over `work` and signs a checkpoint of
-/// the restored log; returns the log's size.
-async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
+/// the restored log; returns the log's size. Counts the records under epochs the epoch-key
+/// file no longer holds into `restored`.
+async fn record(
+    work: &Settings,
+    restored: &mut Restored,
+    epochs: &HashMap<KeyId, u64>,
+) -> Result<u64, Error> {
     let (vault, store, _) = crate::startup::open_vault_with(work, true).await?;
+    restored.unopenable =
+        epochs.iter().filter(|(id, _)| vault.keyring().epoch(id).is_none()).map(|(_, n)| n).sum();
     let codes = vec![
         format!("size:{}", restored.backup_size),
         format!("root:{}", STANDARD.encode(restored.backup_root)),
@@ -576,6 +595,7 @@ async fn record(work: &Settings, restored: &Restored) -> Result<u64, Error> {
         format!("not_restored:{}", restored.not_restored),
         format!("reapplied:{}", restored.reapplied),
         format!("restricted:{}", restored.restricted.len()),
+        format!("unopenable:{}", restored.unopenable),
     ];
     let result = async {
         vault
@@ -648,4 +668,104 @@ fn read_export(dir: &Path, key: &str, backup_size: u64) -> Result<Export, Backup
 fn note_root(note: &[u8]) -> Option<Hash> {
     let text = std::str::from_utf8(note).ok()?;
     STANDARD.decode(text.lines().nth(2)?).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::*;
+    use crate::crypto::{DataKey, MasterKey, MasterKeyring, Sealed};
+    use crate::store::{IndexEntry, StoredField};
+
+    fn record(fields: &[(&str, i64)]) -> CustomerRecord {
+        let id = CustomerId::random();
+        let ring = MasterKeyring::new(MasterKey::from_bytes(&[1; 32]).unwrap(), vec![]);
+        CustomerRecord {
+            id,
+            version: 3,
+            data_key: ring.wrap_data_key(&id, &DataKey::generate().unwrap()).unwrap(),
+            fields: fields
+                .iter()
+                .map(|(name, at)| {
+                    let field = StoredField {
+                        sealed: Sealed::from_bytes(vec![1, 2, 3]),
+                        written_at: Timestamp::from_millis(*at),
+                    };
+                    ((*name).to_owned(), field)
+                })
+                .collect(),
+            index_entries: fields
+                .iter()
+                .map(|(name, _)| IndexEntry {
+                    field: (*name).to_owned(),
+                    index: [7; 32],
+                    unique: false,
+                    epoch: None,
+                })
+                .collect(),
+            consents: BTreeMap::new(),
+            objections: BTreeSet::new(),
+            restricted: false,
+            payment_methods: vec![],
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    fn event(action: &str, outcome: &str, customer: &CustomerId, time_ms: i64, fields: &[&str]) -> Vec<u8> {
+        let time = Timestamp::from_millis(time_ms).to_rfc3339();
+        serde_json::to_vec(&serde_json::json!({
+            "seq": 0, "time": time, "action": action, "outcome": outcome,
+            "actor": {"role": "system", "sub": "retention"}, "customer_id": customer.to_string(),
+            "fields": fields, "request_id": "r"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_purge_after_the_backup_point_removes_the_fields_it_names_unless_written_again() {
+        let kept = record(&[("email", 1_000), ("phone", 5_000), ("name", 1_000)]);
+        let mut after = After::default();
+        after
+            .note(&event("retention.purge", "allowed", &kept.id, 2_000, &["email", "phone"]), false, true)
+            .unwrap();
+        let back = after.apply(kept).expect("not erased");
+        assert_eq!(
+            back.fields.keys().collect::<Vec<_>>(),
+            ["name", "phone"],
+            "phone was written after the purge"
+        );
+        assert_eq!(
+            back.index_entries.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(),
+            ["phone", "name"]
+        );
+        assert_eq!(back.version, 3);
+        assert_eq!(after.purge_count, 1);
+    }
+
+    #[test]
+    fn an_erasure_anywhere_in_the_log_keeps_the_record_out() {
+        // A record spliced into a backup whose log erased it before the backup point (review
+        // finding 1), whatever the file's signature says.
+        let spliced = record(&[("email", 1)]);
+        let mut after = After::default();
+        after.note(&event("customer.erase", "allowed", &spliced.id, 10, &[]), false, false).unwrap();
+        assert!(after.apply(spliced).is_none());
+        assert_eq!(after.erasures, 0, "reported are only the erasures after the backup point");
+    }
+
+    #[test]
+    fn an_allowed_erasure_drops_the_record_and_a_denied_one_does_not() {
+        let (gone, stays) = (record(&[("email", 1)]), record(&[("email", 1)]));
+        let mut after = After::default();
+        after.note(&event("customer.erase", "allowed", &gone.id, 10, &[]), false, true).unwrap();
+        after.note(&event("customer.erase", "denied", &stays.id, 10, &[]), false, true).unwrap();
+        after.note(&event("customer.update", "allowed", &stays.id, 20, &["email"]), true, true).unwrap();
+        after.note(&event("customer.update", "allowed", &gone.id, 20, &["email"]), true, true).unwrap();
+        assert!(after.apply(gone).is_none());
+        assert!(after.apply(stays).is_some());
+        assert_eq!(after.erasures, 1);
+        assert_eq!(after.not_restored(), 1, "a later change of an erased customer is not counted");
+    }
 }

@@ -75,8 +75,10 @@ pub async fn once(
     let stamp = chrono::Utc::now().format(STAMP);
     let path = dir.join(format!("{PREFIX}{stamp}{SUFFIX}"));
     super::write_file(vault, &path).await?;
-    store.put_meta(LAST_BACKUP, now.to_string().into_bytes()).await?;
+    // No await between the new file's rename (inside `write_file`) and the pruning: a stop in
+    // between never leaves more than `keep` complete files.
     prune(dir, keep, &path)?;
+    store.put_meta(LAST_BACKUP, now.to_string().into_bytes()).await?;
     Ok(Some(path))
 }
 

@@ -49,6 +49,17 @@ async fn custodia_async(args: &[&str], data_dir: &Path, epochs: &Path) -> Output
     .unwrap()
 }
 
+/// `custodia audit export` of the server at `base` into `out`, as an auditor.
+fn audit_export(base: &str, out: &Path) {
+    let done = Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .args(["audit", "export", "--url", base, "--out"])
+        .arg(out)
+        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
+        .output()
+        .unwrap();
+    assert!(done.status.success(), "audit export: {}", text(&done));
+}
+
 fn text(out: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
@@ -212,12 +223,7 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
 
     // Just before the loss: the auditor's export and the checkpoint they keep.
     let export = root.path().join("export");
-    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(["audit", "export", "--url", &server.base, "--out", export.to_str().unwrap()])
-        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    audit_export(&server.base, &export);
     let kept = root.path().join("checkpoint-before-loss.txt");
     std::fs::copy(export.join("checkpoint.txt"), &kept).unwrap();
     assert!(server.terminate());
@@ -291,12 +297,7 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
 
     // The log verifies, and is consistent with the checkpoint taken before the loss.
     let fresh = root.path().join("export-after");
-    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(["audit", "export", "--url", &server.base, "--out", fresh.to_str().unwrap()])
-        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    audit_export(&server.base, &fresh);
     let path = |name: &str| fresh.join(name).to_str().unwrap().to_owned();
     let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
         .args([
@@ -337,6 +338,7 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
         format!("replayed:{}", events.len() as u64 - backup_size),
         format!("erasures:{}", erased.len()),
         format!("not_restored:{lost}"),
+        "unopenable:0".to_owned(),
     ] {
         assert!(reasons.contains(&code.as_str()), "{code} not in {reasons:?}");
     }
@@ -1005,4 +1007,42 @@ fn an_overlong_backup_line_is_refused() {
     }
     let err = custodia::backup::verify(&file, None).unwrap_err().to_string();
     assert!(err.contains("line 2") && err.contains("longer than"), "{err}");
+}
+
+/// A backup whose key epochs were destroyed since (README, the backup trade-off) restores, and
+/// the restore says how many of its customers cannot be opened, in its output and its event.
+#[tokio::test]
+async fn a_restore_names_the_customers_whose_epochs_were_destroyed_since_the_backup() {
+    let mut app = spawn_app_with(|s| {
+        s.key_epoch_seconds = 2;
+        s.key_epochs_kept = 0;
+        s.request_timeout_ms = 1000;
+    })
+    .await;
+    for n in 0..2 {
+        app.create_customer(json!({"email": format!("old-{n}@epochs.test"), "name": "Old"})).await;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let epochs = app.settings.key_epoch_file();
+    let file = root.path().join("old.cbk");
+    let out =
+        custodia_async(&["backup", "--out", file.to_str().unwrap()], app.data_dir.path(), &epochs).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let (records, _) = backup_contents(&file);
+    let epoch = records[0].data_key.master_key.to_string();
+    assert!(epoch.starts_with("ek-") && records.iter().all(|r| r.data_key.master_key.to_string() == epoch));
+    crate::helpers::wait_for_epochs_destroyed(&app, &[epoch], std::time::Duration::from_secs(30)).await;
+    app.shutdown().await;
+
+    let target = root.path().join("target");
+    let out =
+        custodia_async(&["restore", "--from", file.to_str().unwrap(), "--without-log"], &target, &epochs)
+            .await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("warning: 2 customer records are under key epochs the epoch-key file no longer holds"),
+        "{}",
+        text(&out)
+    );
 }

@@ -599,7 +599,7 @@ pub async fn write_until_stopped(
     acked.lock().unwrap().clone()
 }
 
-/// Every file under `dir`, recursively: (path, bytes).
+/// Every regular file under `dir`, recursively: (path, bytes).
 pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_owned()];
@@ -608,7 +608,8 @@ pub fn files_under(dir: &Path) -> Vec<(String, Vec<u8>)> {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if path.is_file() {
+                // Not the server's control socket, which cannot be read as a file.
                 out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
             }
         }

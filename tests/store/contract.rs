@@ -262,6 +262,35 @@ async fn meta_values_are_kept_first_or_replaced_as_asked() {
     assert_eq!(store.meta("m").await.unwrap(), Some(b"two".to_vec()));
 }
 
+/// `import` (store copy, restore): the record as it is, version and index entries kept, no
+/// event; refused for a customer already held or a unique value another customer holds; the
+/// imported record then takes ordinary writes and survives a reopen.
+#[tokio::test]
+async fn an_imported_record_keeps_its_version_and_index_without_an_event() {
+    let Some(fixture) = fixture() else { return };
+    let store = fixture.open();
+    let (id, other) = (CustomerId::random(), CustomerId::random());
+    store.import(record(id, 7, vec![entry("email", 9, true)])).await.unwrap();
+    assert_eq!(size(&store).await, 0, "an import appends no event");
+    assert_eq!(store.customer(&id).await.unwrap().map(|r| r.version), Some(7));
+    assert_eq!(store.lookup("email", &BlindIndex([9; 32])).await.unwrap(), vec![id]);
+    assert!(matches!(
+        store.import(record(id, 1, vec![])).await,
+        Err(StoreError::VersionConflict)
+    ));
+    assert!(matches!(
+        store.import(record(other, 1, vec![entry("email", 9, true)])).await,
+        Err(StoreError::UniqueViolation { .. })
+    ));
+    assert!(store.customer(&other).await.unwrap().is_none());
+    write(&store, put(record(id, 8, vec![entry("email", 10, true)]), Some(7))).await.unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let store = fixture.open();
+    assert_eq!(store.customer(&id).await.unwrap().map(|r| r.version), Some(8));
+    assert_eq!(store.lookup("email", &BlindIndex([10; 32])).await.unwrap(), vec![id]);
+}
+
 #[tokio::test]
 async fn a_rewrap_write_without_events_keeps_the_log_as_it_is() {
     let Some(fixture) = fixture() else { return };
