@@ -146,10 +146,11 @@ enum Reapply {
     Objection(String, bool),
     /// `restriction.update`: set or lifted.
     Restriction(bool),
-    /// A consent withdrawal: its event does not hold the consent record (source, notice), so
-    /// it cannot be written again; the customer is put under restriction of processing
-    /// (GDPR Art. 18) instead, so the withdrawal is never silently undone.
-    LostWithdrawal,
+    /// A consent withdrawal for this purpose: its event does not hold the consent record
+    /// (source, notice), so it cannot be written again. If the record still shows the purpose
+    /// granted, the customer is put under restriction of processing (GDPR Art. 18) instead, so
+    /// the withdrawal is never silently undone.
+    LostWithdrawal(String),
 }
 
 impl After {
@@ -203,7 +204,9 @@ impl After {
                     }
                     Action::RestrictionUpdate if has(change::RESTRICTED) => Some(Reapply::Restriction(true)),
                     Action::RestrictionUpdate if has(change::LIFTED) => Some(Reapply::Restriction(false)),
-                    Action::ConsentUpdate if has(change::WITHDRAWN) => Some(Reapply::LostWithdrawal),
+                    Action::ConsentUpdate if has(change::WITHDRAWN) => {
+                        Some(Reapply::LostWithdrawal(event.purpose.clone().unwrap_or_default()))
+                    }
                     _ => None,
                 };
                 if let (Some(id), Some(change)) = (customer, change) {
@@ -251,21 +254,29 @@ impl After {
                     record.objections.remove(purpose);
                 }
                 Reapply::Restriction(restricted) => record.restricted = *restricted,
-                Reapply::LostWithdrawal => {}
+                Reapply::LostWithdrawal(_) => {}
             }
         }
         // After the rest: a later `restriction.update` lifting must not lift this one, since
         // the withdrawal itself is still not in the record.
-        if self.restricts(&record.id) {
+        if self.restricts(&record) {
             record.restricted = true;
         }
         Some(record)
     }
 
-    /// Whether the restore puts `id` under restriction (a consent withdrawal it cannot write
-    /// again).
-    fn restricts(&self, id: &CustomerId) -> bool {
-        self.reapply.get(id).is_some_and(|c| c.iter().any(|c| matches!(c, Reapply::LostWithdrawal)))
+    /// Whether the restore puts `record` under restriction: a consent withdrawal after the
+    /// backup point that it cannot write again, for a purpose the record still shows granted
+    /// (a record that already holds the withdrawal, taken in the backup's window, needs none).
+    fn restricts(&self, record: &CustomerRecord) -> bool {
+        self.reapply.get(&record.id).is_some_and(|changes| {
+            changes.iter().any(|c| match c {
+                Reapply::LostWithdrawal(purpose) => {
+                    record.consents.get(purpose).and_then(|h| h.last()).is_some_and(|c| c.granted)
+                }
+                _ => false,
+            })
+        })
     }
 
     fn not_restored(&self) -> u64 {
@@ -524,11 +535,11 @@ async fn fill(
         match item {
             Item::Record(record) => match after.apply(*record) {
                 Some(record) => {
-                    if after.restricts(&record.id) {
+                    if after.restricts(&record) {
                         restricted.push(record.id.to_string());
                     }
                     reapplied += after.reapply.get(&record.id).map_or(0, |c| {
-                        c.iter().filter(|c| !matches!(c, Reapply::LostWithdrawal)).count() as u64
+                        c.iter().filter(|c| !matches!(c, Reapply::LostWithdrawal(_))).count() as u64
                     });
                     if record.data_key.master_key.is_epoch() {
                         *epochs.entry(record.data_key.master_key.clone()).or_default() += 1;
@@ -742,6 +753,60 @@ mod tests {
         );
         assert_eq!(back.version, 3);
         assert_eq!(after.purge_count, 1);
+    }
+
+    fn choice(action: &str, customer: &CustomerId, purpose: &str, reason: &str, fields: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "seq": 0, "time": Timestamp::from_millis(10).to_rfc3339(), "action": action,
+            "outcome": "allowed", "actor": {"role": "customer", "sub": "x"},
+            "customer_id": customer.to_string(), "purpose": purpose, "reason": [reason],
+            "fields": fields, "request_id": "r"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn later_choices_are_made_again_and_a_lost_withdrawal_restricts_only_a_granted_purpose() {
+        use crate::store::{ConsentRecord, ConsentSource, StoredPaymentMethod};
+        let consent = |granted| ConsentRecord {
+            version: 1,
+            granted,
+            notice: None,
+            source: ConsentSource::Legacy("account-page".into()),
+            time: Timestamp::from_millis(1),
+        };
+        let mut granted = record(&[("email", 1)]);
+        granted.consents.insert("marketing".into(), vec![consent(true)]);
+        granted.payment_methods.push(StoredPaymentMethod {
+            token: "pm_gone".into(),
+            sealed: Sealed::from_bytes(vec![1]),
+            fingerprint: None,
+            created_at: Timestamp::from_millis(1),
+        });
+        let mut withdrawn = record(&[("email", 1)]);
+        withdrawn.consents.insert("marketing".into(), vec![consent(true), consent(false)]);
+        let mut after = After::default();
+        for bytes in [
+            choice("consent.update", &granted.id, "marketing", "withdrawn", &[]),
+            choice("payment_method.delete", &granted.id, "", "", &["payment_methods/pm_gone"]),
+            choice("objection.update", &granted.id, "fraud_prevention", "objected", &[]),
+            choice("consent.update", &withdrawn.id, "marketing", "withdrawn", &[]),
+            choice("restriction.update", &withdrawn.id, "", "restricted", &[]),
+            choice("restriction.update", &withdrawn.id, "", "lifted", &[]),
+        ] {
+            after.note(&bytes, false, true).unwrap();
+        }
+        let back = after.apply(granted).unwrap();
+        assert!(back.restricted, "the withdrawal is not in the record: restricted");
+        assert!(back.payment_methods.is_empty());
+        assert_eq!(back.objections.iter().collect::<Vec<_>>(), ["fraud_prevention"]);
+        let back = after.apply(withdrawn).unwrap();
+        assert!(!back.restricted, "the record holds the withdrawal, and the restriction was lifted after");
+        // Changes before the backup point are in the records already: not noted.
+        let mut before = After::default();
+        let other = record(&[("email", 1)]);
+        before.note(&choice("restriction.update", &other.id, "", "restricted", &[]), false, false).unwrap();
+        assert!(!before.apply(other).unwrap().restricted);
     }
 
     #[test]
