@@ -209,6 +209,12 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
     let verified = custodia(&["backup", "verify", file.to_str().unwrap()], &data, &epochs);
     assert!(verified.status.success(), "{}", text(&verified));
     let (backed_up, backup_size) = backup_contents(&file);
+    // Taken while writers ran, yet every event in the file is under the signed checkpoint.
+    let signed_size = backup_lines(&file).0.iter().find_map(|l| match l {
+        Line::Checkpoint { size, .. } => Some(*size),
+        _ => None,
+    });
+    assert_eq!(signed_size, Some(backup_size), "the checkpoint is signed at exactly the file's size");
 
     // After the backup: erase five of the old customers and two of the writers', create more.
     let erased: Vec<(String, String)> = before[..5].iter().chain(&written[..2]).cloned().collect();
