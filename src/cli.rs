@@ -76,9 +76,15 @@ enum Command {
         #[arg(long)]
         from: PathBuf,
         /// The newest `audit export` directory available (events.ndjson, checkpoint.txt,
-        /// leaves.txt), verified under the backup's key before it is used.
-        #[arg(long)]
+        /// leaves.txt), verified under the backup's key before it is used. Required unless
+        /// --without-log.
+        #[arg(long, conflicts_with = "without_log")]
         log: Option<PathBuf>,
+        /// Restore with no newer log, knowingly: erasures made after the backup cannot be
+        /// re-applied (those customers come back) and the log forks from every checkpoint
+        /// signed after the backup.
+        #[arg(long)]
+        without_log: bool,
         /// A TOML config file (environment variables override it).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -360,7 +366,15 @@ impl Cli {
                 eprintln!("error: name the file to write with --out FILE (or check one: backup verify FILE)");
                 ExitCode::FAILURE
             }
-            Command::Restore { from, log, config } => report(restore(from, log, config).await),
+            Command::Restore { log: None, without_log: false, .. } => {
+                eprintln!(
+                    "error: name the newest audit log with --log DIR (an `audit export` directory), or \
+                     restore without one with --without-log: erasures made after the backup are then \
+                     undone and the log forks from checkpoints signed after it. Nothing was changed."
+                );
+                ExitCode::FAILURE
+            }
+            Command::Restore { from, log, config, .. } => report(restore(from, log, config).await),
             Command::Keys { command: KeysCommand::HsmGenerate { label, config } } => {
                 report(crate::crypto::off_async_workers(move || hsm_generate(label, config)).await)
             }
@@ -575,6 +589,7 @@ fn backup_verify(file: &std::path::Path, key: Option<&str>) -> Result<crate::bac
 
 async fn backup(out: PathBuf, config: Option<PathBuf>) -> Result<(), Error> {
     let settings = Settings::load(config.as_deref())?;
+    crate::backup::refuse_inside_data_dir(&settings.data_dir, &out)?;
     let started = std::time::Instant::now();
     let (summary, bytes, how) =
         match crate::backup::control::backup_from_server(&settings.data_dir, &out).await? {
@@ -612,8 +627,14 @@ async fn restore(from: PathBuf, log: Option<PathBuf>, config: Option<PathBuf>) -
         done.backup_point,
         from.display()
     );
-    if let Some(dir) = &log {
-        println!("replayed {} newer events from the export in {}", done.replayed, dir.display());
+    match &log {
+        Some(dir) => println!("replayed {} newer events from the export in {}", done.replayed, dir.display()),
+        None => println!(
+            "WARNING: restored without a newer log (--without-log): erasures made after {} are \
+             undone (those customers are back), and the log forks at {} events from every checkpoint \
+             signed after the backup",
+            done.created, done.backup_size
+        ),
     }
     println!(
         "erasures re-applied: {} (customer.erase events after the backup point; {} records of the \
@@ -626,6 +647,18 @@ async fn restore(from: PathBuf, log: Option<PathBuf>, config: Option<PathBuf>) -
             "warning: {} customer records are under key epochs the epoch-key file no longer holds \
              (destroyed since the backup): they cannot be opened (README: the backup trade-off)",
             done.unopenable
+        );
+    }
+    println!(
+        "payment-method deletions, objections and restrictions after the backup point re-applied: {}",
+        done.reapplied
+    );
+    if !done.restricted.is_empty() {
+        println!(
+            "put under restriction of processing (a consent withdrawal after the backup point could not \
+             be restored; review and lift through the API): {} customers: {}",
+            done.restricted.len(),
+            done.restricted.join(" ")
         );
     }
     println!(

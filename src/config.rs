@@ -710,6 +710,10 @@ impl Settings {
         if self.key_epoch_seconds == 0 {
             return Err(invalid("CUSTODIA_KEY_EPOCH_SECONDS", "must be at least 1".into()));
         }
+        if let Some(dir) = &self.backup_dir {
+            crate::backup::refuse_inside_data_dir(&self.data_dir, dir)
+                .map_err(|e| invalid("CUSTODIA_BACKUP_DIR", e.to_string()))?;
+        }
         // Listener limits: a zero would turn a bound off or refuse everything; refuse it by name.
         for (name, zero) in [
             ("CUSTODIA_HEADER_READ_TIMEOUT_MS", self.header_read_timeout_ms == 0),
@@ -1026,6 +1030,33 @@ mod tests {
         let err =
             Settings::load_from(None, env(&[("CUSTODIA_DATABASE_POOL_SIZE", "0")])).unwrap_err().to_string();
         assert!(err.contains("CUSTODIA_DATABASE_POOL_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn a_backup_directory_inside_the_data_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let load = |backups: PathBuf| {
+            let data = data.to_str().unwrap().to_owned();
+            Settings::load_from(None, move |name| match name {
+                "CUSTODIA_DATA_DIR" => Some(data.clone()),
+                "CUSTODIA_BACKUP_DIR" => Some(backups.to_str().unwrap().to_owned()),
+                _ => None,
+            })
+        };
+        for inside in [data.join("backups"), data.clone(), dir.path().join("x/../data/b")] {
+            let err = load(inside.clone()).unwrap_err().to_string();
+            assert!(
+                err.contains("CUSTODIA_BACKUP_DIR") && err.contains("inside the data directory"),
+                "{err}"
+            );
+        }
+        // Through a symlink to the data directory, too.
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&data, dir.path().join("link")).unwrap();
+        assert!(load(dir.path().join("link/backups")).is_err());
+        assert!(load(dir.path().join("backups")).is_ok());
+        assert!(load(dir.path().join("data-backups")).is_ok());
     }
 
     #[test]

@@ -39,7 +39,8 @@ pub const AUDIT_STREAM_DELIVERED: &str = "custodia_audit_stream_delivered_total"
 pub const AUDIT_STREAM_FAILURES: &str = "custodia_audit_stream_failures_total";
 /// Unix time in seconds when a stream sink last confirmed events, by `sink`.
 pub const AUDIT_STREAM_LAST_SUCCESS: &str = "custodia_audit_stream_last_success_timestamp_seconds";
-/// Unix time in seconds when the server last completed a backup (scheduled or `custodia backup`).
+/// Unix time in seconds when the server last completed a backup, by `kind` (`scheduled` or
+/// `requested` over the control socket); alert on `kind="scheduled"`.
 pub const BACKUP_LAST_SUCCESS: &str = "custodia_backup_last_success_timestamp_seconds";
 /// Backups the server started and did not complete.
 pub const BACKUP_FAILURES: &str = "custodia_backup_failures_total";
@@ -232,14 +233,16 @@ pub fn audit_stream_delivered(sink: &'static str, count: u64, now: f64) {
     metrics::gauge!(AUDIT_STREAM_LAST_SUCCESS, "sink" => sink).set(now);
 }
 
-/// Records a backup completed at Unix time `now` (seconds).
-pub fn backup_succeeded(now: f64) {
-    metrics::gauge!(BACKUP_LAST_SUCCESS).set(now);
+/// Records a backup of `kind` (`scheduled`: written, verified and kept in the backup
+/// directory; `requested`: streamed to a `custodia backup` client, which verifies and stores
+/// it itself) completed at Unix time `now` (seconds).
+pub fn backup_succeeded(kind: &'static str, now: f64) {
+    metrics::gauge!(BACKUP_LAST_SUCCESS, "kind" => kind).set(now);
 }
 
-/// Records a backup that did not complete.
-pub fn backup_failed() {
-    metrics::counter!(BACKUP_FAILURES).increment(1);
+/// Records a backup of `kind` (as in [`backup_succeeded`]) that did not complete.
+pub fn backup_failed(kind: &'static str) {
+    metrics::counter!(BACKUP_FAILURES, "kind" => kind).increment(1);
 }
 
 /// Records a failed delivery to `sink`.

@@ -182,6 +182,21 @@ impl App {
 /// Opens the vault over the configured data directory without serving (also used by
 /// `custodia keys rotate`).
 pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Store>, Authenticator), Error> {
+    open_vault_with(settings, false).await
+}
+
+/// [`open_vault`]; `restoring`: the caller is the restore itself, which opens the store it is
+/// filling (marked as a restore in progress) to record its `store.restore` event. Any other
+/// caller is refused on a store a restore did not finish
+/// ([`crate::backup::restore::refuse_unfinished`]): serving it would start a log that forks
+/// from what auditors hold, over a partial set of records.
+pub async fn open_vault_with(
+    settings: &Settings,
+    restoring: bool,
+) -> Result<(Arc<Vault>, Arc<dyn Store>, Authenticator), Error> {
+    if !restoring {
+        crate::backup::restore::refuse_unfinished_dir(settings)?;
+    }
     let policies = Arc::new(PolicySet::load(&settings.policies)?);
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(Error::io(format!("creating {}", settings.data_dir.display())))?;
@@ -191,6 +206,10 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
     let (master, auth) = crate::crypto::off_async_workers(move || resolve_keys(&resolving)).await?;
     let store = crate::store::open(&settings.storage(), Arc::new(crate::audit::tree::Tree))?;
     let dyn_store = Arc::clone(&store);
+    if !restoring && let Err(e) = crate::backup::restore::refuse_unfinished(dyn_store.as_ref()).await {
+        let _ = dyn_store.close().await;
+        return Err(e);
+    }
     let (master, keys, fresh) = system_keys(&dyn_store, master).await?;
     let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
     let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
@@ -212,6 +231,36 @@ pub async fn open_vault(settings: &Settings) -> Result<(Arc<Vault>, Arc<dyn Stor
     vault.init_epochs(fresh).await.map_err(vault_error)?;
     vault.init_index(fresh).await.map_err(vault_error)?;
     Ok((vault, store, auth))
+}
+
+/// The verifier key of the vault whose wrapped system keys are `wrapped` (a backup's
+/// `system_keys`), unwrapped with the configured master key: the vault's own checkpoint key
+/// under `CUSTODIA_AUDIT_ORIGIN`, whatever key a file names. Fails with the same errors as
+/// starting the vault (wrong master key, unreadable keys). Nothing is written.
+pub async fn verifier_key_of(
+    settings: &Settings,
+    wrapped: Vec<u8>,
+) -> Result<crate::audit::checkpoint::VerifierKey, Error> {
+    let resolving = settings.clone();
+    let master = crate::crypto::off_async_workers(move || master_keyring(&resolving)).await?;
+    let parsed: WrappedSystemKeys =
+        postcard::from_bytes(&wrapped).map_err(|e| crate::store::StoreError::Corrupt(e.to_string()))?;
+    let (master, unwrapped, parsed) = crate::crypto::off_async_workers(move || {
+        let unwrapped = SystemKeys::unwrap(&master, &parsed);
+        (master, unwrapped, parsed)
+    })
+    .await;
+    let keys = unwrapped.map_err(|e| match e {
+        crate::crypto::CryptoError::UnknownMasterKey(_) => Error::WrongMasterKey {
+            configured: master.current_id().to_string(),
+            stored: parsed.master_keys().iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", "),
+        },
+        other => other.into(),
+    })?;
+    let signing_key = SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?;
+    let signer = CheckpointSigner::new(&settings.audit_origin, signing_key)
+        .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
+    Ok(signer.verifier_key().clone())
 }
 
 /// Opens the epoch-key file, or the key database when `CUSTODIA_KEY_DATABASE_URL` is set. A
@@ -342,6 +391,12 @@ fn spawn_epochs(vault: Arc<Vault>) -> tokio::task::JoinHandle<()> {
                     tokio::time::sleep(EPOCH_TURN_RETRY).await;
                     continue;
                 }
+            }
+            if turn.as_ref().is_some_and(|turn| !turn.held()) {
+                // Its session ended: another node may hold the turn now.
+                tracing::warn!("lost the key epoch turn (its database session ended); asking for it again");
+                turn = None;
+                continue;
             }
             let wait = match vault.epoch_step(&mut state).await {
                 Ok(wait) => wait,
@@ -579,32 +634,29 @@ pub async fn log_verifier(
     settings: &Settings,
     store: &Arc<dyn Store>,
 ) -> Result<Option<crate::audit::checkpoint::VerifierKey>, Error> {
-    if store.meta(SYSTEM_KEYS).await?.is_none() {
-        return Ok(None);
+    match store.meta(SYSTEM_KEYS).await? {
+        None => Ok(None),
+        Some(wrapped) => verifier_key_of(settings, wrapped).await.map(Some),
     }
-    let resolving = settings.clone();
-    let master = crate::crypto::off_async_workers(move || {
-        let mut token = TokenSlot { settings: &resolving, token: None };
-        let current = master_key(&resolving, &mut token)?.ok_or_else(|| {
-            Error::MissingKeys(
-                "no master key (set CUSTODIA_MASTER_KEY, CUSTODIA_MASTER_KEY_FILE or CUSTODIA_MASTER_KEY_PKCS11_KEY): \
-                 the source's checkpoint key is wrapped under it"
-                    .into(),
-            )
-        })?;
-        let previous = resolving
-            .previous_master_keys
-            .iter()
-            .map(|k| previous_master_key(k.expose_secret(), &mut token))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, Error>(MasterKeyring::new(current, previous))
-    })
-    .await?;
-    let (_, keys, _) = system_keys(store, master).await?;
-    let signer =
-        CheckpointSigner::new(&settings.audit_origin, SigningKey::from_pkcs8(&keys.audit_signing_pkcs8)?)
-            .map_err(|e| ConfigError::Env { name: "CUSTODIA_AUDIT_ORIGIN", message: e.to_string() })?;
-    Ok(Some(signer.verifier_key().clone()))
+}
+
+/// The configured master key and the previous ones, and nothing else (no JWT key): what
+/// unwrapping a store's system keys needs.
+fn master_keyring(settings: &Settings) -> Result<MasterKeyring, Error> {
+    let mut token = TokenSlot { settings, token: None };
+    let current = master_key(settings, &mut token)?.ok_or_else(|| {
+        Error::MissingKeys(
+            "no master key (set CUSTODIA_MASTER_KEY, CUSTODIA_MASTER_KEY_FILE or CUSTODIA_MASTER_KEY_PKCS11_KEY): \
+             the log's checkpoint key is wrapped under it"
+                .into(),
+        )
+    })?;
+    let previous = settings
+        .previous_master_keys
+        .iter()
+        .map(|k| previous_master_key(k.expose_secret(), &mut token))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(MasterKeyring::new(current, previous))
 }
 
 /// The configured PKCS#11 token, opened (and logged into) on first use only.

@@ -529,6 +529,40 @@ impl AuditLog {
         Ok(Some(signed))
     }
 
+    /// A signed checkpoint of exactly the first `size` events (`0 < size` ≤ the current size),
+    /// stored insert-if-absent like [`AuditLog::checkpoint`] (Ed25519 is deterministic, so a
+    /// checkpoint already stored for `size` is the same note). A backup signs the size it copies,
+    /// so no event in the file is outside a signature.
+    pub async fn checkpoint_at(&self, size: u64) -> Result<SignedCheckpoint, AuditError> {
+        let mut latest = self.latest.lock().await;
+        let root = self.root_at(size).await?;
+        let signed = self.signer.sign(size, root);
+        let stored = self
+            .store
+            .put_checkpoint(size, signed.note.clone().into_bytes())
+            .await
+            .map_err(AuditError::Unavailable)?;
+        if stored != signed.note.as_bytes() {
+            return Err(AuditError::Corrupt(format!(
+                "a different checkpoint is stored for tree size {size}: the log has forked"
+            )));
+        }
+        if latest.as_ref().is_none_or(|c| c.checkpoint.size < size) {
+            *latest = Some(signed.clone());
+        }
+        Ok(signed)
+    }
+
+    /// Signs a backup statement ([`crate::backup::format::statement`]) with the log's key as a
+    /// C2SP signed note. Only text starting with the backup context line is signed, so this
+    /// key never signs anything that reads as a checkpoint.
+    pub fn sign_backup_statement(&self, text: &str) -> Result<String, AuditError> {
+        if !text.starts_with(crate::backup::format::STATEMENT_CONTEXT) || !text.ends_with('\n') {
+            return Err(AuditError::Corrupt("refusing to sign a note that is not a backup statement".into()));
+        }
+        Ok(self.signer.sign_note(text))
+    }
+
     /// The newest checkpoint already signed, without signing one (`None` before the first).
     pub async fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
         self.latest.lock().await.clone()

@@ -8,12 +8,19 @@
 //! {"kind":"meta","name":"system_keys","value":"<base64>"}            (1..n, names of META_NAMES)
 //! {"kind":"checkpoint","size":N,"note":"<signed note>"}              (0 or 1)
 //! {"kind":"event","seq":0,"event":"<canonical JSON of event 0>"}     (seq 0..H2-1, in order)
-//! {"kind":"trailer","backup_point":H1,"size":H2,"root":"<base64>","records":n,"meta":n,"sha256":"<hex>"}
+//! {"kind":"trailer","backup_point":H1,"size":H2,"root":"<base64>","records":n,"meta":n,"sha256":"<hex>","signature":"<signed note>"}
 //! ```
 //!
 //! A record is the store's own encoding ([`CustomerRecord::encode`]): sealed values, the wrapped
 //! data key, blind-index entries; never decrypted. An event is the exact stored bytes its leaf
 //! hashes. `sha256` covers every byte before the trailer line (the magic line included).
+//!
+//! The trailer's `signature` is a C2SP signed note by the vault's audit signing key (the key
+//! that signs checkpoints) over [`statement`]: a fixed context line (so it can never be read as
+//! a checkpoint, whose first line is an origin without spaces), the verifier key, the creation
+//! time and every trailer value, the checksum included. So nothing in the file (a record, a
+//! metadata value, the backup point, an event past the checkpoint) can change without the
+//! vault's key; an unkeyed checksum alone could be recomputed by anyone.
 
 use std::io::BufRead;
 
@@ -29,6 +36,11 @@ use crate::audit::verify::event_leaf;
 use crate::crypto::Sha256Stream;
 use crate::domain::CustomerId;
 use crate::store::CustomerRecord;
+
+/// The longest line a reader accepts, newline included (64 MiB): far above any record the
+/// vault writes (a base64 record with its consent history and payment methods is kilobytes),
+/// and the bound on what reading one line may allocate.
+pub const MAX_LINE: u64 = 64 << 20;
 
 /// The first line of every backup file (format version 1).
 pub const MAGIC: &str = "custodia-backup 1";
@@ -88,7 +100,32 @@ pub enum Line {
         meta: u64,
         /// SHA-256 of every byte before this line, hex.
         sha256: String,
+        /// The signed note of [`statement`] by the vault's audit signing key.
+        signature: String,
     },
+}
+
+/// The context line every backup statement starts with (domain separation from checkpoints).
+pub const STATEMENT_CONTEXT: &str = "custodia backup statement v1";
+
+/// The text the trailer's signature signs (newline-terminated lines):
+/// `custodia backup statement v1`, `format <MAGIC>`, `key <verifier key>`, `created <time>`,
+/// `backup_point N`, `size N`, `root <base64>`, `records N`, `meta N`, `sha256 <hex>`.
+#[allow(clippy::too_many_arguments)]
+pub fn statement(
+    key: &str,
+    created: &str,
+    backup_point: u64,
+    size: u64,
+    root: &str,
+    records: u64,
+    meta: u64,
+    sha256: &str,
+) -> String {
+    format!(
+        "{STATEMENT_CONTEXT}\nformat {MAGIC}\nkey {key}\ncreated {created}\nbackup_point {backup_point}\n\
+         size {size}\nroot {root}\nrecords {records}\nmeta {meta}\nsha256 {sha256}\n"
+    )
 }
 
 /// Renders lines and keeps the checksum over them.
@@ -122,15 +159,27 @@ impl Lines {
         self.hashed(text)
     }
 
-    /// The trailer line (not itself hashed).
-    pub fn trailer(&mut self, backup_point: u64) -> Vec<u8> {
+    /// The trailer line (not itself hashed), its [`statement`] signed by `sign` (which returns
+    /// the signed note); `key` and `created` are the header's.
+    pub fn trailer(
+        &mut self,
+        backup_point: u64,
+        key: &str,
+        created: &str,
+        sign: impl FnOnce(&str) -> String,
+    ) -> Vec<u8> {
+        let (size, root, sha256) =
+            (self.frontier.size(), STANDARD.encode(self.frontier.root()), self.hash.hex());
+        let signature =
+            sign(&statement(key, created, backup_point, size, &root, self.records, self.meta, &sha256));
         let trailer = Line::Trailer {
             backup_point,
-            size: self.frontier.size(),
-            root: STANDARD.encode(self.frontier.root()),
+            size,
+            root,
             records: self.records,
             meta: self.meta,
-            sha256: self.hash.hex(),
+            sha256,
+            signature,
         };
         // invariant: as in `line`.
         let mut text = serde_json::to_vec(&trailer).expect("backup line serialises");
@@ -170,6 +219,9 @@ pub struct Summary {
     pub created: String,
     /// The root at the size asked for with [`Reader::root_at`], if the file reaches it.
     pub root_at: Option<Hash>,
+    /// The wrapped system keys the file holds (postcard of `WrappedSystemKeys`; wrapped under
+    /// the master key, so no secret): a restore unwraps them to learn the vault's own key.
+    pub system_keys: Vec<u8>,
 }
 
 impl std::fmt::Display for Summary {
@@ -187,10 +239,11 @@ impl std::fmt::Display for Summary {
         )?;
         match self.checkpoint {
             Some(size) => {
-                write!(f, "; the root at size {size} matches the signed checkpoint, signed by {}", self.key)
+                write!(f, "; the root at size {size} matches the signed checkpoint, signed by {}", self.key)?
             }
-            None => f.write_str("; the log was empty (no checkpoint)"),
+            None => f.write_str("; the log was empty (no checkpoint)")?,
         }
+        write!(f, "; the trailer's signature verifies under {}", self.key)
     }
 }
 
@@ -244,6 +297,7 @@ pub struct Reader<R> {
     checkpoint_ok: bool,
     last_id: Option<CustomerId>,
     meta_seen: Vec<String>,
+    system_keys: Option<Vec<u8>>,
     records: u64,
     root_at: Option<(u64, Option<Hash>)>,
     summary: Option<Summary>,
@@ -264,6 +318,7 @@ impl<R: BufRead> Reader<R> {
             checkpoint_ok: false,
             last_id: None,
             meta_seen: Vec::new(),
+            system_keys: None,
             records: 0,
             root_at: None,
             summary: None,
@@ -329,14 +384,20 @@ impl<R: BufRead> Reader<R> {
     }
 
     fn read_line(&mut self, into: &mut Vec<u8>) -> Result<bool, Invalid> {
-        let n = self
-            .input
+        use std::io::Read;
+        // At most MAX_LINE bytes and its newline are read: memory stays bounded whatever the
+        // file holds.
+        let n = (&mut self.input)
+            .take(MAX_LINE + 1)
             .read_until(b'\n', into)
             .map_err(|e| Invalid { line: self.line_no + 1, reason: format!("cannot read: {e}") })?;
         if n == 0 {
             return Ok(false);
         }
         self.line_no += 1;
+        if n as u64 > MAX_LINE {
+            return Err(self.invalid(format!("the line is longer than {MAX_LINE} bytes")));
+        }
         if into.last() != Some(&b'\n') && self.summary.is_none() {
             return Err(self.invalid("the line has no newline (truncated)"));
         }
@@ -387,6 +448,9 @@ impl<R: BufRead> Reader<R> {
                 }
                 let value = STANDARD.decode(&value).map_err(|_| self.invalid("the value is not base64"))?;
                 self.meta_seen.push(name.clone());
+                if name == crate::vault::SYSTEM_KEYS {
+                    self.system_keys = Some(value.clone());
+                }
                 Ok(Some(Item::Meta(name, value)))
             }
             Line::Record { id, record } => {
@@ -458,7 +522,7 @@ impl<R: BufRead> Reader<R> {
                 }
                 Ok(Some(Item::Event(seq, event.into_bytes())))
             }
-            Line::Trailer { backup_point, size, root, records, meta, sha256 } => {
+            Line::Trailer { backup_point, size, root, records, meta, sha256, signature } => {
                 let Some((header_point, created, key)) = self.header.clone() else {
                     return Err(self.invalid("the trailer before the header"));
                 };
@@ -492,8 +556,20 @@ impl<R: BufRead> Reader<R> {
                     None if size > 0 => return Err(self.invalid("events but no signed checkpoint")),
                     None => None,
                 };
-                if !self.meta_seen.iter().any(|n| n == crate::vault::SYSTEM_KEYS) {
+                let Some(system_keys) = self.system_keys.clone() else {
                     return Err(self.invalid("the file holds no system keys: not a backup of a vault"));
+                };
+                // Last, over values all checked above: the statement must be signed by the
+                // file's key (which a pinned key, if any, already had to equal).
+                let signed = key.open_note(&signature).map_err(|e| {
+                    self.invalid(format!("the trailer's signature does not verify under {key}: {e}"))
+                })?;
+                let expected =
+                    statement(&key.to_string(), &created, backup_point, size, &root, records, meta, &sha256);
+                if signed != expected {
+                    return Err(self.invalid(
+                        "the trailer's signature is over other values than the trailer's (the file was altered)",
+                    ));
                 }
                 self.summary = Some(Summary {
                     backup_point,
@@ -505,6 +581,7 @@ impl<R: BufRead> Reader<R> {
                     key,
                     created,
                     root_at: self.root_at.and_then(|(_, r)| r),
+                    system_keys,
                 });
                 Ok(None)
             }

@@ -63,11 +63,36 @@ pub fn verify(path: &Path, pinned: Option<&VerifierKey>) -> Result<Summary, Back
     Ok(format::Reader::new(BufReader::with_capacity(1 << 20, file), pinned.cloned()).verify()?)
 }
 
-/// A temporary path next to `path` (same directory, so a rename is atomic).
-pub(crate) fn partial_path(path: &Path) -> PathBuf {
+/// Creates a new temporary file next to `path` (same directory, so a rename is atomic), named
+/// `.<name>.partial-<pid>-<random>`, mode 0600 from its creation. `create_new` (`O_CREAT |
+/// O_EXCL`) never opens a file or follows a symlink already at the name, so another local user
+/// cannot have the backup written into an inode they own; a taken name is retried with
+/// another random part.
+pub(crate) fn create_partial(path: &Path) -> Result<(PathBuf, std::fs::File), BackupError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial-{}", std::process::id()))
+    let mut last = None;
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        crate::crypto::fill_random(&mut random)
+            .map_err(|e| BackupError::Io(format!("naming a temporary file: {e}")))?;
+        let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let partial = path.with_file_name(format!(".{name}{PARTIAL}{}-{suffix}", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial) {
+            Ok(file) => return Ok((partial, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(BackupError::Io(format!("creating {}: {e}", partial.display()))),
+        }
+    }
+    Err(BackupError::Io(format!(
+        "creating a temporary file beside {}: {}",
+        path.display(),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
 }
+
+/// What a temporary backup file's name holds after `.<name>` (see [`create_partial`]).
+pub(crate) const PARTIAL: &str = ".partial-";
 
 /// Makes the finished temporary file durable and moves it to `path`: fsync the file, rename,
 /// fsync the directory.
@@ -84,11 +109,9 @@ pub(crate) fn commit_file(partial: &Path, path: &Path) -> Result<(), BackupError
 /// Writes a backup of `vault` to `path`: a temporary file, verified, then made durable and
 /// renamed, so `path` only ever holds a complete, verified backup.
 pub async fn write_file(vault: &crate::vault::Vault, path: &Path) -> Result<(Taken, Summary), BackupError> {
-    let partial = partial_path(path);
+    let (partial, file) = create_partial(path)?;
     let result = async {
-        let file = tokio::fs::File::create(&partial)
-            .await
-            .map_err(|e| BackupError::Io(format!("creating {}: {e}", partial.display())))?;
+        let file = tokio::fs::File::from_std(file);
         let taken = take(vault.store().as_ref(), vault.audit_log(), file).await?;
         let checking = partial.clone();
         let summary = blocking(move || verify(&checking, None)).await?;
@@ -100,6 +123,51 @@ pub async fn write_file(vault: &crate::vault::Vault, path: &Path) -> Result<(Tak
         let _ = std::fs::remove_file(&partial);
     }
     result
+}
+
+/// Refuses a backup path (`--out`, or the scheduled backup directory) inside the data
+/// directory: backups keep the wrapped keys of customers erased since, and README "Erasure"
+/// promises that after an erasure no file in the live data directory opens the customer.
+/// Paths are compared after resolving what exists of them (symlinks, `..`).
+pub fn refuse_inside_data_dir(data_dir: &Path, path: &Path) -> Result<(), BackupError> {
+    let resolve = |p: &Path| -> PathBuf {
+        // Lexically without `.` and `..`, then the longest existing ancestor canonicalised
+        // (symlinks resolved) plus the rest as given.
+        let absolute = std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+        let mut plain = PathBuf::new();
+        for part in absolute.components() {
+            match part {
+                std::path::Component::CurDir => {}
+                std::path::Component::ParentDir => {
+                    plain.pop();
+                }
+                other => plain.push(other),
+            }
+        }
+        let mut existing = plain.as_path();
+        let mut rest = Vec::new();
+        loop {
+            if let Ok(real) = existing.canonicalize() {
+                return rest.iter().rev().fold(real, |acc: PathBuf, part| acc.join(part));
+            }
+            match (existing.parent(), existing.file_name()) {
+                (Some(parent), Some(name)) => {
+                    rest.push(name.to_owned());
+                    existing = parent;
+                }
+                _ => return plain,
+            }
+        }
+    };
+    if resolve(path).starts_with(resolve(data_dir)) {
+        return Err(BackupError::Refused(format!(
+            "{} is inside the data directory {}: keep backups elsewhere (they hold the wrapped keys of \
+             customers erased since, which the data directory must not)",
+            path.display(),
+            data_dir.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Runs file reading off the async workers.

@@ -1,8 +1,9 @@
 //! Taking a backup: online, through the [`Store`] interface, while writers run.
 //!
 //! Consistency is defined by the log, as a PostgreSQL base backup is by its WAL: the log's size
-//! `H1` is read before the records and `H2` after them (and after the newest checkpoint is
-//! signed); the file holds every event up to `H2`. Every change recorded at a seq below `H1`
+//! `H1` is read before the records and `H2` after them; the file holds every event up to `H2`,
+//! a checkpoint signed at exactly `H2`, and a trailer signed by the same key over the whole
+//! file's checksum ([`super::format::statement`]). Every change recorded at a seq below `H1`
 //! is in the records; a change recorded in `[H1, H2)` may or may not be. The restore treats
 //! that window like the time after the backup: it re-applies every erasure and purge recorded
 //! from `H1` on, and counts the other changes as possibly lost.
@@ -44,11 +45,8 @@ pub async fn take<W: AsyncWrite + Unpin>(
 
     let backup_point = store.head().await?.size;
     out.put(lines.magic()).await?;
-    let header = Line::Header {
-        backup_point,
-        created: crate::domain::Timestamp::now().to_rfc3339(),
-        verifier_key: audit.verifier_key().to_string(),
-    };
+    let (created, key) = (crate::domain::Timestamp::now().to_rfc3339(), audit.verifier_key().to_string());
+    let header = Line::Header { backup_point, created: created.clone(), verifier_key: key.clone() };
     out.put(lines.line(&header)).await?;
 
     let mut records = 0u64;
@@ -73,10 +71,10 @@ pub async fn take<W: AsyncWrite + Unpin>(
         }
     }
 
-    // A checkpoint of the log as it is now: the file's events are covered by a signature up to
-    // at least the size read here, and `H2` is read after it.
-    let checkpoint = audit.checkpoint().await?;
+    // `H2`, and a checkpoint signed at exactly `H2`: every event in the file is under it (and
+    // the trailer's signature covers the whole file besides).
     let size = store.head().await?.size;
+    let checkpoint = if size > 0 { Some(audit.checkpoint_at(size).await?) } else { None };
     if let Some(signed) = &checkpoint {
         let line = Line::Checkpoint { size: signed.checkpoint.size, note: signed.note.clone() };
         out.put(lines.line(&line)).await?;
@@ -97,7 +95,19 @@ pub async fn take<W: AsyncWrite + Unpin>(
             next += 1;
         }
     }
-    out.put(lines.trailer(backup_point)).await?;
+    let mut signing = None;
+    let trailer =
+        lines.trailer(backup_point, &key, &created, |text| match audit.sign_backup_statement(text) {
+            Ok(note) => note,
+            Err(e) => {
+                signing = Some(e);
+                String::new()
+            }
+        });
+    if let Some(e) = signing {
+        return Err(e.into());
+    }
+    out.put(trailer).await?;
     out.writer.flush().await.map_err(|e| BackupError::Io(format!("writing the backup: {e}")))?;
     Ok(Taken { backup_point, size, records, bytes: out.bytes })
 }

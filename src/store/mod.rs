@@ -200,12 +200,27 @@ pub trait Integrator: Send + Sync + 'static {
 
 /// A turn at a background sweep ([`Store::exclusive`]): released when dropped.
 #[derive(Default)]
-pub struct Turn(Option<Box<dyn std::any::Any + Send + Sync>>);
+pub struct Turn(Option<Box<dyn TurnHold>>);
+
+/// What keeps a [`Turn`]: e.g. the database session whose advisory lock is the turn.
+pub(crate) trait TurnHold: Send + Sync {
+    /// Whether the turn is still this node's (the session holding the lock is alive).
+    fn held(&self) -> bool;
+}
 
 impl Turn {
-    /// A turn that lasts as long as `held` (e.g. the database session holding a lock).
-    pub(crate) fn holding(held: impl std::any::Any + Send + Sync) -> Self {
-        Turn(Some(Box::new(held)))
+    /// A turn that lasts as long as `hold` does.
+    pub(crate) fn holding(hold: impl TurnHold + 'static) -> Self {
+        Turn(Some(Box::new(hold)))
+    }
+
+    /// Whether this node still holds the turn. A session that ended (the database restarted,
+    /// an operator terminated it, the network gave up) releases its lock, and another node may
+    /// take the turn at once: a sweep asks before each step and stops when this is `false`.
+    /// (A step already under way finishes; each of its writes is version-checked or fenced,
+    /// see README "Scaling out".)
+    pub fn held(&self) -> bool {
+        self.0.as_ref().is_none_or(|hold| hold.held())
     }
 }
 

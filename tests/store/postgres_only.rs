@@ -213,6 +213,29 @@ async fn one_node_at_a_time_holds_a_sweeps_turn() {
     assert!(taken, "a released turn is taken by the other node");
 }
 
+/// Review 14, finding 5: a turn whose session ended (an operator's `pg_terminate_backend`, a
+/// database restart) is free for another node at once, so the node that held it must learn it
+/// has lost it before its next step ([`Turn::held`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_whose_session_ended_is_no_longer_held_and_goes_to_the_other_node() {
+    let Some(db) = Database::create() else { return };
+    let (a, b) = (open(&db.settings()), open(&db.settings()));
+    let turn = a.exclusive("epochs").await.unwrap().expect("a takes the turn");
+    assert!(turn.held());
+    assert!(b.exclusive("epochs").await.unwrap().is_none());
+    let ended = db.number(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = \
+         current_setting('application_name') AND pid <> pg_backend_pid() AND query LIKE '%pg_try_advisory_lock%'",
+    );
+    assert_eq!(ended, Some(1), "the turn's session is found and ended");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while turn.held() {
+        assert!(std::time::Instant::now() < deadline, "the ended session is noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.exclusive("epochs").await.unwrap().is_some(), "the other node takes the turn");
+}
+
 /// The sessions of this test's schema whose last statement was a `LISTEN` on the integration
 /// channel: each node's listening session.
 fn listening_sessions(db: &Database) -> Option<i64> {

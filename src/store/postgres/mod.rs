@@ -840,7 +840,7 @@ impl Store for PostgresStore {
         let client = shared.connector.connect().await?;
         let sql = "SELECT pg_catalog.pg_try_advisory_lock($1, pg_catalog.hashtext(pg_catalog.concat(pg_catalog.current_schema(), '/', $2::text)))";
         let got: bool = client.query_one(sql, &[&SWEEP_LOCK, &task]).await.map_err(db_error)?.get(0);
-        Ok(got.then(|| Turn::holding(client)))
+        Ok(got.then(|| Turn::holding(TurnSession(client))))
     }
 
     async fn close(&self) -> Result<(), StoreError> {
@@ -854,5 +854,14 @@ impl Store for PostgresStore {
         }
         self.shared.pool.close();
         Ok(())
+    }
+}
+
+/// The session whose advisory lock is a sweep's turn: the lock lasts exactly as long as it.
+struct TurnSession(tokio_postgres::Client);
+
+impl crate::store::TurnHold for TurnSession {
+    fn held(&self) -> bool {
+        !self.0.is_closed()
     }
 }
