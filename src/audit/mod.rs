@@ -514,6 +514,14 @@ impl AuditLog {
         if size == 0 || latest.as_ref().is_some_and(|c| c.checkpoint.size >= size) {
             return Ok(latest.clone());
         }
+        let signed = self.sign_and_store(size, root).await?;
+        *latest = Some(signed.clone());
+        Ok(Some(signed))
+    }
+
+    /// Signs the checkpoint of `size` leaves with `root` and stores it insert-if-absent; a
+    /// different note already stored for that size is a fork, and an error.
+    async fn sign_and_store(&self, size: u64, root: Hash) -> Result<SignedCheckpoint, AuditError> {
         let signed = self.signer.sign(size, root);
         let stored = self
             .store
@@ -525,8 +533,7 @@ impl AuditLog {
                 "a different checkpoint is stored for tree size {size}: the log has forked"
             )));
         }
-        *latest = Some(signed.clone());
-        Ok(Some(signed))
+        Ok(signed)
     }
 
     /// A signed checkpoint of exactly the first `size` events (`0 < size` ≤ the current size),
@@ -536,17 +543,7 @@ impl AuditLog {
     pub async fn checkpoint_at(&self, size: u64) -> Result<SignedCheckpoint, AuditError> {
         let mut latest = self.latest.lock().await;
         let root = self.root_at(size).await?;
-        let signed = self.signer.sign(size, root);
-        let stored = self
-            .store
-            .put_checkpoint(size, signed.note.clone().into_bytes())
-            .await
-            .map_err(AuditError::Unavailable)?;
-        if stored != signed.note.as_bytes() {
-            return Err(AuditError::Corrupt(format!(
-                "a different checkpoint is stored for tree size {size}: the log has forked"
-            )));
-        }
+        let signed = self.sign_and_store(size, root).await?;
         if latest.as_ref().is_none_or(|c| c.checkpoint.size < size) {
             *latest = Some(signed.clone());
         }

@@ -847,12 +847,7 @@ async fn a_restore_keeps_later_deletions_withdrawals_objections_and_restrictions
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let export = root.path().join("export");
-    let out = Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(["audit", "export", "--url", &base, "--out", export.to_str().unwrap()])
-        .env("CUSTODIA_AUDIT_TOKEN", TestApp::auditor_token())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    audit_export(&base, &export);
     assert!(server.terminate());
 
     std::fs::remove_dir_all(&data).unwrap();
