@@ -151,7 +151,10 @@ impl Connector {
         Pool::builder(manager)
             .max_size(settings.pool_size.max(1))
             .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(settings.connect_timeout))
+            // A request that waited a quarter of its timeout for a connection answers 503: with
+            // the lock wait (another quarter) and the audit of a refusal, the store still gives
+            // up well before the HTTP layer's 408.
+            .wait_timeout(Some(settings.connect_timeout.min(self.limits.lock)))
             .create_timeout(Some(settings.connect_timeout))
             .recycle_timeout(Some(RECYCLE_CHECK.min(settings.connect_timeout)))
             .post_create(hook)
