@@ -202,21 +202,32 @@ async fn write_until_stopped(
 }
 
 /// Audit events of a running server with `action` after `after`: (first reason, seq), oldest first.
+/// Every event of `action` after `after`, following `next_after` page by page: a filtered page
+/// scans a bounded number of events, so under load (a longer log) one page is not the log.
 async fn audit_events(base: &str, action: &str, after: Option<u64>) -> Vec<(String, u64)> {
-    let after = after.map(|a| format!("&after={a}")).unwrap_or_default();
-    let res = CLIENT
-        .get(format!("{base}/v1/audit/events?action={action}&limit=1000{after}"))
-        .bearer_auth(TestApp::auditor_token())
-        .send()
-        .await
-        .unwrap();
-    let body: Value = res.json().await.unwrap();
-    body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| (e["reason"][0].as_str().unwrap_or("").to_owned(), e["seq"].as_u64().unwrap()))
-        .collect()
+    let mut events = Vec::new();
+    let mut after = after;
+    loop {
+        let from = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let res = CLIENT
+            .get(format!("{base}/v1/audit/events?action={action}&limit=1000{from}"))
+            .bearer_auth(TestApp::auditor_token())
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        events.extend(
+            body["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["reason"][0].as_str().unwrap_or("").to_owned(), e["seq"].as_u64().unwrap())),
+        );
+        match body["next_after"].as_u64() {
+            Some(next) if Some(next) != after => after = Some(next),
+            _ => return events,
+        }
+    }
 }
 
 /// Waits until the running server has completed a master-key rotation to its current key;

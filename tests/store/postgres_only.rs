@@ -227,7 +227,8 @@ async fn a_turn_whose_session_ended_is_no_longer_held_and_goes_to_the_other_node
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = \
          current_setting('application_name') AND pid <> pg_backend_pid() AND query LIKE '%pg_try_advisory_lock%'",
     );
-    assert_eq!(ended, Some(1), "the turn's session is found and ended");
+    // The turn's session, and perhaps `b`'s refused attempt's session on its way out.
+    assert!(ended.is_some_and(|n| n >= 1), "the turn's session is found and ended: {ended:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while turn.held() {
         assert!(std::time::Instant::now() < deadline, "the ended session is noticed");

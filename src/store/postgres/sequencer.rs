@@ -31,6 +31,8 @@ const WRITE_SEQS_KEPT: &str = "10 minutes";
 
 /// Runs until the store is closed or dropped.
 pub(super) async fn run(shared: Arc<Shared>) {
+    // Present on every node from the start: 0 until this node takes the lock.
+    crate::metric::audit_sequencer(false);
     let mut stop = shared.stop.subscribe();
     loop {
         if *stop.borrow() {
