@@ -85,7 +85,7 @@ struct Outcome {
     mean_batch: Option<f64>,
     /// Bytes the server wrote to disk per request during the scenario.
     write_bytes_per_request: Option<f64>,
-    /// PostgreSQL: events the sequencer integrated per second, and the commit-to-seq delay's
+    /// PostgreSQL: events the sequencer integrated per second, and the decision-to-seq delay's
     /// p50 and p99 (histogram bucket bounds, seconds).
     integration: Option<(f64, Option<f64>, Option<f64>)>,
     requests: usize,
@@ -128,7 +128,8 @@ fn main() {
     }
     let (mut child, base) = start_server(dir.path(), true, &[]);
     let pid = child.id();
-    // More nodes on the same PostgreSQL database, each with a copy of the first's epoch keys.
+    // More nodes on the same PostgreSQL database, each with a copy of the first's epoch-key
+    // file (none with `CUSTODIA_KEY_DATABASE_URL` in the environment: the nodes share that).
     let nodes = if smoke { 1 } else { env("HTTP_BENCH_NODES", 1.0) as usize };
     assert!(
         nodes <= 1 || std::env::var_os("HTTP_BENCH_DATABASE_URL").is_some(),
@@ -137,7 +138,10 @@ fn main() {
     let mut extra = Vec::new();
     for _ in 1..nodes.max(1) {
         let node_dir = tempfile::tempdir().expect("temp dir");
-        std::fs::copy(dir.path().join("epoch-keys"), node_dir.path().join("epoch-keys")).expect("epoch keys");
+        let file = dir.path().join("epoch-keys");
+        if file.exists() {
+            std::fs::copy(&file, node_dir.path().join("epoch-keys")).expect("epoch keys");
+        }
         let (node, node_base) = start_server(node_dir.path(), false, &[]);
         extra.push((node_dir, node, node_base));
     }
@@ -425,7 +429,7 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok())
 }
 
-/// The PostgreSQL sequencer's commit-to-seq delay histogram: (upper bound in s, cumulative count).
+/// The PostgreSQL sequencer's decision-to-seq delay histogram: (upper bound in s, cumulative count).
 async fn delay_buckets(client: &Client) -> Vec<(f64, f64)> {
     let Some(text) = metrics_text(client).await else { return Vec::new() };
     let prefix = "custodia_audit_integration_delay_seconds_bucket{le=\"";
@@ -731,7 +735,7 @@ fn report(
         if let Some((rate, p50, p99)) = o.integration.filter(|i| i.0 > 0.0) {
             let ms = |s: Option<f64>| s.map_or("-".into(), |s| format!("≤ {:.1} ms", s * 1e3));
             println!(
-                "{:<15} sequencer: {rate:.0} events/s integrated, commit-to-seq p50 {}, p99 {}",
+                "{:<15} sequencer: {rate:.0} events/s integrated, decision-to-seq p50 {}, p99 {}",
                 "",
                 ms(p50),
                 ms(p99)
