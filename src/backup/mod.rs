@@ -3,8 +3,9 @@
 //! A backup is one file ([`format`]): the records as stored (sealed values, wrapped data keys,
 //! blind-index entries, never decrypted), the vault's metadata ([`crate::vault::META_NAMES`]),
 //! the newest signed checkpoint, every audit event as stored with its seq, the log's verifier
-//! key, and a trailer with the tree size, root and a SHA-256 checksum. No plaintext value, no
-//! unwrapped key; epoch keys are never in the store, so never in a backup.
+//! key, and a trailer with the tree size, root, a SHA-256 checksum and a signature by the
+//! vault's audit key over all of them. No plaintext value, no unwrapped key; epoch keys are
+//! never in the store, so never in a backup.
 //!
 //! It is taken online through the [`crate::store::Store`] interface ([`take`]), so it works on
 //! sled and PostgreSQL alike; consistency is defined by the log (see [`take`]). A running sled
@@ -12,10 +13,13 @@
 //! socket in the data directory ([`control`]) and opens the store itself only when no server
 //! answers there.
 //!
-//! A restore ([`restore`]) re-applies every erasure and retention purge recorded after the
-//! backup point, in the backup's own log and in a newer `audit export` if one is given, by not
-//! importing what they removed; it re-appends the export's newer events so the log stays
-//! consistent with every checkpoint signed before the loss, and records a `store.restore` event.
+//! A restore ([`restore`]) first checks the file's signature under the vault's own key (from
+//! the configured master key, never the key the file names). It re-applies every erasure and
+//! retention purge in the backup's log and in the newer `audit export` (`--log`, or an explicit
+//! `--without-log`), by not importing what they removed; re-applies later payment-method
+//! deletions, objections and restrictions, and restricts processing (Art. 18) for a consent
+//! withdrawal it cannot rebuild; re-appends the export's newer events so the log stays
+//! consistent with every checkpoint signed before the loss; and records a `store.restore` event.
 
 pub mod control;
 pub mod format;

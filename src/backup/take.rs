@@ -5,8 +5,8 @@
 //! a checkpoint signed at exactly `H2`, and a trailer signed by the same key over the whole
 //! file's checksum ([`super::format::statement`]). Every change recorded at a seq below `H1`
 //! is in the records; a change recorded in `[H1, H2)` may or may not be. The restore treats
-//! that window like the time after the backup: it re-applies every erasure and purge recorded
-//! from `H1` on, and counts the other changes as possibly lost.
+//! that window like the time after the backup: it counts the changes recorded from `H1` on as
+//! possibly lost (and re-applies every erasure and purge of the whole log).
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
