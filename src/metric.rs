@@ -172,7 +172,7 @@ fn describe() {
     metrics::describe_histogram!(
         AUDIT_INTEGRATION_DELAY,
         metrics::Unit::Seconds,
-        "From a write's commit to its events' seqs (PostgreSQL)."
+        "From an event's decision (its time) to its seq (PostgreSQL)."
     );
     metrics::describe_histogram!(
         GROUP_COMMIT_FLUSH,

@@ -65,6 +65,18 @@ fn text(out: &Output) -> String {
 }
 
 /// A number printed right before `label` in `text` ("… N label …") or after "label: ".
+/// `custodia restore --from file --log export` into `data_dir`, which must succeed; what it said.
+fn restore_with_log(file: &Path, export: &Path, data_dir: &Path, epochs: &Path) -> String {
+    let out = custodia(
+        &["restore", "--from", file.to_str().unwrap(), "--log", export.to_str().unwrap()],
+        data_dir,
+        epochs,
+    );
+    let said = text(&out);
+    assert!(out.status.success(), "restore failed: {said}");
+    said
+}
+
 fn number_after(text: &str, label: &str) -> u64 {
     let at = text.find(label).unwrap_or_else(|| panic!("{label:?} not in:\n{text}")) + label.len();
     text[at..].trim_start().chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
@@ -237,13 +249,7 @@ async fn the_restore_drill_keeps_erasures_and_the_log_whole() {
     // The loss. The master key and the epoch-key file live outside the data directory.
     std::fs::remove_dir_all(&data).unwrap();
     let restored_dir = root.path().join("restored");
-    let out = custodia(
-        &["restore", "--from", file.to_str().unwrap(), "--log", export.to_str().unwrap()],
-        &restored_dir,
-        &epochs,
-    );
-    let said = text(&out);
-    assert!(out.status.success(), "restore failed: {said}");
+    let said = restore_with_log(&file, &export, &restored_dir, &epochs);
     assert_eq!(number_after(&said, "erasures re-applied:"), erased.len() as u64, "{said}");
 
     // "Changes not brought back": the export's changes beyond the backup's log, of customers
@@ -852,13 +858,7 @@ async fn a_restore_keeps_later_deletions_withdrawals_objections_and_restrictions
 
     std::fs::remove_dir_all(&data).unwrap();
     let restored_dir = root.path().join("restored");
-    let out = custodia(
-        &["restore", "--from", file.to_str().unwrap(), "--log", export.to_str().unwrap()],
-        &restored_dir,
-        &epochs,
-    );
-    let said = text(&out);
-    assert!(out.status.success(), "restore failed: {said}");
+    let said = restore_with_log(&file, &export, &restored_dir, &epochs);
     assert_eq!(number_after(&said, "re-applied:"), 0, "no erasure: {said}");
     let listed =
         said.lines().find(|l| l.contains("restriction of processing")).unwrap_or_else(|| panic!("{said}"));

@@ -54,6 +54,20 @@ async fn checkpoint(base: &str) -> (u64, own::H) {
 
 /// Creates customers from 4 concurrent writers on `base` until `stop` is set or the node is
 /// gone; (id, email) of every acknowledged create. Emails carry `tag`, unique across nodes.
+/// Customer `id` reads back from the node at `base` with its `email`.
+async fn assert_reads_back(client: &reqwest::Client, base: &str, token: &str, id: &str, email: &str) {
+    let res = client
+        .get(format!("{base}/v1/customers/{id}"))
+        .bearer_auth(token)
+        .header("X-Purpose", "order_fulfillment")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{id} on {base}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["fields"]["email"], email, "{id} on {base}");
+}
+
 async fn writers(base: String, tag: &'static str, stop: Arc<Mutex<bool>>) -> Vec<(String, String)> {
     let client = reqwest::Client::new();
     let token = TestApp::token_for_tests();
@@ -161,16 +175,7 @@ async fn two_nodes_share_one_log_and_survive_the_sequencer_being_killed_mid_load
                     let client = reqwest::Client::new();
                     let token = TestApp::token_for_tests();
                     for (id, email) in acked.iter().skip(r).step_by(8) {
-                        let res = client
-                            .get(format!("{base}/v1/customers/{id}"))
-                            .bearer_auth(&token)
-                            .header("X-Purpose", "order_fulfillment")
-                            .send()
-                            .await
-                            .unwrap();
-                        assert_eq!(res.status(), StatusCode::OK, "{id} on {base}");
-                        let body: Value = res.json().await.unwrap();
-                        assert_eq!(body["fields"]["email"], email.as_str());
+                        assert_reads_back(&client, &base, &token, id, email).await;
                     }
                 })
             })
@@ -516,16 +521,7 @@ async fn two_nodes_share_epoch_keys_through_the_key_database_across_switches_and
     let late = node_with(&dirs.path().join("c"), &db, &keys, &short);
     for base in [&nodes[0].base, &nodes[1].base, &late.base] {
         for (id, email) in &customers {
-            let res = client
-                .get(format!("{base}/v1/customers/{id}"))
-                .bearer_auth(&token)
-                .header("X-Purpose", "order_fulfillment")
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), StatusCode::OK, "{id} on {base}");
-            let body: Value = res.json().await.unwrap();
-            assert_eq!(body["fields"]["email"], email.as_str(), "{id} on {base}");
+            assert_reads_back(&client, base, &token, id, email).await;
         }
     }
 }

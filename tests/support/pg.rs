@@ -42,8 +42,13 @@ fn admin(url: &str, sql: String) {
     query(url, sql);
 }
 
-/// Runs `sql` at `url`; the first column of the first row as an `i64`, if any.
-fn query(url: &str, sql: String) -> Option<i64> {
+/// Runs `work` on a connection to `url`, on a thread and runtime of its own (so it works from
+/// inside or outside any runtime the caller is in, drops included).
+fn on_connection<T, F>(url: &str, work: impl FnOnce(tokio_postgres::Client) -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
     let url = url.to_owned();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -52,15 +57,29 @@ fn query(url: &str, sql: String) -> Option<i64> {
                 .await
                 .expect("connect to the test server");
             tokio::spawn(conn);
-            let rows = client.simple_query(&sql).await.expect("admin statement");
-            rows.into_iter().find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|v| v.parse().ok()),
-                _ => None,
-            })
+            work(client).await
         })
     })
     .join()
-    .expect("admin thread")
+    .expect("database thread")
+}
+
+/// The first column of every row of `sql` run at `url`, as text.
+fn column(url: &str, sql: String) -> Vec<String> {
+    on_connection(url, move |client| async move {
+        let rows = client.simple_query(&sql).await.expect("statement");
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+/// Runs `sql` at `url`; the first column of the first row as an `i64`, if any.
+fn query(url: &str, sql: String) -> Option<i64> {
+    column(url, sql).first().and_then(|v| v.parse().ok())
 }
 
 impl Database {
@@ -87,66 +106,39 @@ impl Database {
 
     /// The first column of every row of `sql` run in this database, as text.
     pub fn strings(&self, sql: &str) -> Vec<String> {
-        let (url, sql) = (self.url.clone(), sql.to_owned());
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let (client, conn) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
-                tokio::spawn(conn);
-                let rows = client.simple_query(&sql).await.expect("query");
-                rows.into_iter()
-                    .filter_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
-                        _ => None,
-                    })
-                    .collect()
-            })
-        })
-        .join()
-        .expect("query thread")
+        column(&self.url, sql.to_owned())
     }
 
     /// Every text and byte value stored in this schema's tables, concatenated, as the
     /// database returns them (raw bytes, not hex): for scans that no plaintext reached it.
     pub fn stored_bytes(&self) -> Vec<u8> {
-        let url = self.url.clone();
         let schema = self.name.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async move {
-                let (client, conn) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
-                tokio::spawn(conn);
-                let tables = client
-                    .query(
-                        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
-                        &[&schema],
-                    )
-                    .await
-                    .expect("list tables");
-                let mut out = Vec::new();
-                for table in tables {
-                    let table: String = table.get(0);
-                    for row in
-                        client.query(&format!("SELECT * FROM {schema}.{table}"), &[]).await.expect("read")
-                    {
-                        for (i, column) in row.columns().iter().enumerate() {
-                            let ty = column.type_();
-                            if *ty == tokio_postgres::types::Type::BYTEA {
-                                out.extend(row.get::<_, Option<Vec<u8>>>(i).unwrap_or_default());
-                            } else if *ty == tokio_postgres::types::Type::TEXT {
-                                out.extend(row.get::<_, Option<String>>(i).unwrap_or_default().into_bytes());
-                            }
+        on_connection(&self.url, move |client| async move {
+            let tables = client
+                .query(
+                    "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+                    &[&schema],
+                )
+                .await
+                .expect("list tables");
+            let mut out = Vec::new();
+            for table in tables {
+                let table: String = table.get(0);
+                for row in client.query(&format!("SELECT * FROM {schema}.{table}"), &[]).await.expect("read")
+                {
+                    for (i, column) in row.columns().iter().enumerate() {
+                        let ty = column.type_();
+                        if *ty == tokio_postgres::types::Type::BYTEA {
+                            out.extend(row.get::<_, Option<Vec<u8>>>(i).unwrap_or_default());
+                        } else if *ty == tokio_postgres::types::Type::TEXT {
+                            out.extend(row.get::<_, Option<String>>(i).unwrap_or_default().into_bytes());
                         }
                     }
                 }
-                assert!(!out.is_empty(), "the scan reads the database");
-                out
-            })
+            }
+            assert!(!out.is_empty(), "the scan reads the database");
+            out
         })
-        .join()
-        .expect("dump thread")
     }
 
     /// Store settings for this database.
