@@ -245,18 +245,10 @@ impl EventDraft {
             reason: self.reason,
             request_id: self.request_id,
         };
-        let time = event.time.clone();
-        // invariant: an Event is plain strings, integers and enums; it always serialises.
-        let mut value = serde_json::to_value(&event).expect("event serialises");
-        if let Some(members) = value.as_object_mut() {
-            members.remove("seq");
-            members.remove("time");
-        }
         // `seq` and `time` sort last in RFC 8785, so the event without them, less its closing
         // brace, is the prefix of the leaf's bytes (see `tree::integrate`).
-        let mut prefix = jcs::canonical(&value);
-        prefix.pop();
-        PendingEvent { prefix, time, customer }
+        let prefix = jcs::event_prefix(&event);
+        PendingEvent { prefix, time: event.time, customer }
     }
 }
 

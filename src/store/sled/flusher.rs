@@ -1,6 +1,8 @@
 //! The background flush: makes sled and the audit files hold everything the write-ahead log
 //! holds, writes the per-customer history rows of the entries since the last flush, then
-//! deletes the log segments that became redundant. (A *flush* of storage; a *checkpoint* is
+//! deletes the log segments that became redundant. Between flushes, every tenth of a second,
+//! the audit entries are written ahead to their file, so a flush's syncs are small: a group
+//! commit's sync waits behind any sync in progress on the same disk. (A *flush* of storage; a *checkpoint* is
 //! only ever a signed tree head.)
 
 use std::sync::Arc;
@@ -33,12 +35,17 @@ impl Flusher {
                 while !stopping.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(100));
                     let bytes = shared.wal.segment_bytes();
-                    let poisoned = shared.poisoned.load(Ordering::Acquire);
-                    if !poisoned && (bytes >= FLUSH_BYTES || (last.elapsed() >= FLUSH_EVERY && bytes > 0)) {
+                    if shared.poisoned.load(Ordering::Acquire) {
+                        continue;
+                    }
+                    if bytes >= FLUSH_BYTES || (last.elapsed() >= FLUSH_EVERY && bytes > 0) {
                         if let Err(e) = flush(&shared) {
                             tracing::error!(error = %e, "flush failed; the log keeps growing until one succeeds");
                         }
                         last = Instant::now();
+                    } else if let Err(e) = shared.audit.write_ahead() {
+                        // The flush writes the same bytes again, and reports if it cannot.
+                        tracing::warn!(error = %e, "writing audit entries ahead of the flush failed");
                     }
                 }
             })
@@ -64,6 +71,8 @@ pub(super) fn flush(shared: &Shared) -> Result<(), StoreError> {
     if shared.poisoned.load(Ordering::Acquire) {
         return Err(super::poisoned_error());
     }
+    // The next log segment is made before the apply lock is taken, which every write waits for.
+    shared.wal.prepare_rotation()?;
     // invariant: rotate under the apply lock, so no group is between its log write and its
     // apply; every record in the returned segments is then in sled and in the audit tail, and
     // the sled flush and the persist below, which start later, cover it.

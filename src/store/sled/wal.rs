@@ -62,6 +62,8 @@ struct Segment {
 pub(super) struct Wal {
     dir: PathBuf,
     segment: Mutex<Segment>,
+    /// The next segment, created ahead of [`Wal::rotate`] (lock order: `spare`, then `segment`).
+    spare: Mutex<Option<Segment>>,
     failed: AtomicBool,
 }
 
@@ -101,7 +103,12 @@ impl Wal {
             std::fs::remove_file(segment_path(dir, id)).map_err(io)?;
         }
         sync_dir(dir)?;
-        Ok(Wal { dir: dir.to_owned(), segment: Mutex::new(segment), failed: AtomicBool::new(false) })
+        Ok(Wal {
+            dir: dir.to_owned(),
+            segment: Mutex::new(segment),
+            spare: Mutex::new(None),
+            failed: AtomicBool::new(false),
+        })
     }
 
     /// Writes a record to the current segment (not yet synced). Called under the store's writer
@@ -173,23 +180,39 @@ impl Wal {
         self.segment.lock().map_or(0, |s| s.bytes)
     }
 
-    /// Syncs the current segment, starts a new one and returns the ids of the older ones. The
-    /// caller holds the store's apply lock, so every record in them was also applied to sled
-    /// before this call; they may be deleted once a sled flush that starts after it finished.
+    /// Creates the segment [`Wal::rotate`] will switch to, if it is not there yet: creating a
+    /// file and syncing the directory take milliseconds, which must not be spent under the
+    /// store's apply lock (every write waits there). An empty segment is harmless on replay.
+    pub fn prepare_rotation(&self) -> Result<(), StoreError> {
+        let mut spare = self.spare.lock().map_err(|_| poisoned())?;
+        if spare.is_none() {
+            let next_id = self.segment.lock().map_err(|_| poisoned())?.id + 1;
+            *spare = Some(open_segment(&self.dir, next_id)?);
+        }
+        Ok(())
+    }
+
+    /// Starts a new segment (the one [`Wal::prepare_rotation`] made, else a new one) and
+    /// returns the ids of the older ones. The caller holds the store's apply lock, so every
+    /// record in them was also applied to sled before this call; they may be deleted once a
+    /// sled flush that starts after it finished.
+    ///
+    /// Nothing is synced here: every group syncs its record before the apply lock is released
+    /// (`writer.rs`), and a failed sync fails the log (refused below), so the old segment holds
+    /// nothing unsynced.
     pub fn rotate(&self) -> Result<Vec<u64>, StoreError> {
-        // After a failed write or sync, a second sync could report pages the first one lost.
         if self.failed.load(Ordering::Acquire) {
             return Err(failed());
         }
+        let mut spare = self.spare.lock().map_err(|_| poisoned())?;
         let mut segment = self.segment.lock().map_err(|_| poisoned())?;
-        // Records acknowledged by a later sync of the new segment must be durable here too.
-        segment.file.sync_data().map_err(|e| {
-            self.failed.store(true, Ordering::Release);
-            io(e)
-        })?;
-        let next = open_segment(&self.dir, segment.id + 1)?;
+        let next = match spare.take() {
+            Some(next) if next.id == segment.id + 1 => next,
+            _ => open_segment(&self.dir, segment.id + 1)?,
+        };
         let old = std::mem::replace(&mut *segment, next);
         drop(segment);
+        drop(spare);
         Ok(segment_ids(&self.dir)?.into_iter().filter(|id| *id <= old.id).collect())
     }
 
@@ -344,6 +367,27 @@ mod tests {
         let old = wal.rotate().unwrap();
         wal.append(2, &[Op::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
         wal.sync().unwrap();
+        wal.remove(&old).unwrap();
+        let records = Wal::read_all(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_prepared_segment_is_the_next_one_and_empty_it_replays_as_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path()).unwrap();
+        wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
+        wal.sync().unwrap();
+        wal.prepare_rotation().unwrap();
+        wal.prepare_rotation().unwrap();
+        assert_eq!(segment_ids(dir.path()).unwrap().len(), 2, "one spare, however often prepared");
+        // A crash here leaves an empty newest segment: the replay reads past it.
+        let records = Wal::read_all(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1]);
+        let old = wal.rotate().unwrap();
+        wal.append(2, &[Op::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
+        wal.sync().unwrap();
+        assert_eq!(segment_ids(dir.path()).unwrap().len(), 2, "the rotation used the spare");
         wal.remove(&old).unwrap();
         let records = Wal::read_all(dir.path()).unwrap();
         assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2]);
