@@ -121,7 +121,9 @@ pub struct TestApp {
     pub data_dir: TempDir,
     /// The settings the server runs with.
     pub settings: Settings,
-    stop: Option<oneshot::Sender<()>>,
+    /// Stops the server; carries the data directory, which the server task drops only once it
+    /// has shut down (its last flush writes there).
+    stop: Option<oneshot::Sender<Option<TempDir>>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// The server's vault, held weakly (a strong copy would keep the store open after shutdown).
     vault: Weak<custodia::vault::Vault>,
@@ -145,13 +147,18 @@ async fn start(data_dir: TempDir, settings: Settings) -> TestApp {
     let app = App::build(settings.clone()).await.expect("app builds");
     let base = format!("{}://{}", app.scheme(), app.local_addr());
     let vault = Arc::downgrade(&app.vault());
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<Option<TempDir>>();
+    let kept = Arc::new(Mutex::new(None));
+    let keeping = Arc::clone(&kept);
     let task = tokio::spawn(async move {
         app.run_with_shutdown(async move {
-            let _ = stopped.await;
+            if let Ok(dir) = stopped.await {
+                *keeping.lock().unwrap() = dir;
+            }
         })
         .await
         .expect("server runs");
+        drop(kept);
     });
     TestApp {
         base,
@@ -206,8 +213,9 @@ impl TestApp {
 
     /// Stops the server and waits until it has released the store.
     pub async fn shutdown(&mut self) {
+        // The directory stays: the task is awaited below, and a restart may reuse it.
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(None);
         }
         if let Some(task) = self.task.take() {
             task.await.expect("server task");
@@ -325,12 +333,16 @@ impl TestApp {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
         // After a restart this is the fresh, unused directory: the schema stays with the
         // running app.
         DATABASES.lock().unwrap_or_else(|p| p.into_inner()).remove(self.data_dir.path());
+        if let Some(stop) = self.stop.take() {
+            // The directory goes to the server task, which drops it after its shutdown (whose
+            // last flush writes there); a test's end does not wait for that.
+            let dir =
+                std::mem::replace(&mut self.data_dir, tempfile::tempdir().expect("a temporary directory"));
+            let _ = stop.send(Some(dir));
+        }
     }
 }
 
@@ -570,16 +582,25 @@ pub async fn write_until_stopped(
     let client = reqwest::Client::new();
     let token = TestApp::token_for_tests();
     let acked = Arc::new(Mutex::new(Vec::new()));
+    // E-mail is a unique field: a second call over the same store (a crash run's next cycle)
+    // must not stop at its first create on a clash with the first call's customers.
+    let call = uuid::Uuid::new_v4().simple().to_string();
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (client, base, token, acked, stop) =
-            (client.clone(), base.to_owned(), token.clone(), Arc::clone(&acked), Arc::clone(&stop));
+        let (client, base, token, acked, stop, call) = (
+            client.clone(),
+            base.to_owned(),
+            token.clone(),
+            Arc::clone(&acked),
+            Arc::clone(&stop),
+            call.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             for i in 0.. {
                 if *stop.lock().unwrap() {
                     return;
                 }
-                let email = format!("w{w}-{i}@ops.test");
+                let email = format!("w{w}-{i}-{call}@ops.test");
                 let res = client
                     .post(format!("{base}/v1/customers"))
                     .bearer_auth(&token)

@@ -219,7 +219,12 @@ impl Wal {
     /// Deletes segments returned by [`Wal::rotate`].
     pub fn remove(&self, ids: &[u64]) -> Result<(), StoreError> {
         for id in ids {
-            std::fs::remove_file(segment_path(&self.dir, *id)).map_err(io)?;
+            // Two flushes at once (the flusher's and the one at shutdown) may both name a
+            // segment; whichever comes second finds it gone, which is what it wanted.
+            match std::fs::remove_file(segment_path(&self.dir, *id)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+                _ => {}
+            }
         }
         sync_dir(&self.dir)
     }
