@@ -506,27 +506,33 @@ async fn drive(
         tasks.push(tokio::spawn(async move {
             let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (t as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
             let mut latencies = Vec::with_capacity(1 << 16);
-            let mut errors = 0usize;
+            let mut errors = std::collections::BTreeMap::<String, usize>::new();
             while Instant::now() < deadline {
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
                 let t0 = Instant::now();
-                let ok = one_request(&client, scenario, rng).await;
+                let outcome = one_request(&client, scenario, rng).await;
                 latencies.push(t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-                if !ok {
-                    errors += 1;
+                if let Err(why) = outcome {
+                    *errors.entry(why).or_default() += 1;
                 }
             }
             (latencies, errors)
         }));
     }
     let mut latencies_us = Vec::new();
-    let mut errors = 0;
+    let mut failures = std::collections::BTreeMap::<String, usize>::new();
     for t in tasks {
         let (l, e) = t.await.unwrap();
         latencies_us.extend(l);
-        errors += e;
+        for (why, n) in e {
+            *failures.entry(why).or_default() += n;
+        }
+    }
+    let errors = failures.values().sum();
+    for (why, n) in &failures {
+        eprintln!("{}: {n} failed: {why}", scenario.name());
     }
     let elapsed = started.elapsed();
     latencies_us.sort_unstable();
@@ -621,7 +627,9 @@ async fn backup_figures(client: &Arc<Client>, config: &Config, pid: u32, data_di
     vec![quiet, busy]
 }
 
-async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {
+/// One request of `scenario`; a failure says why (status and error code, or the transport
+/// error), so a bench run's errors can be told apart.
+async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> Result<(), String> {
     let kind = match scenario {
         Scenario::Mixed => match rng % 10 {
             0..=6 => Scenario::Read,
@@ -665,11 +673,19 @@ async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> bool {
     };
     match req.send().await {
         Ok(res) => {
-            let ok = res.status().is_success();
-            let _ = res.bytes().await;
-            ok
+            let status = res.status();
+            let body = res.bytes().await;
+            match (status.is_success(), body) {
+                (true, Ok(_)) => Ok(()),
+                (true, Err(e)) => Err(format!("reading the body: {e}")),
+                (false, Ok(body)) => {
+                    let code = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["error"].as_str().map(str::to_owned));
+                    Err(format!("{status} {}", code.unwrap_or_default()))
+                }
+                (false, Err(e)) => Err(format!("{status}, then reading the body: {e}")),
+            }
         }
-        Err(_) => false,
+        Err(e) => Err(format!("{e:?}").chars().take(200).collect()),
     }
 }
 
