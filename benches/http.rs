@@ -679,7 +679,9 @@ async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> Result<()
                 (true, Ok(_)) => Ok(()),
                 (true, Err(e)) => Err(format!("reading the body: {e}")),
                 (false, Ok(body)) => {
-                    let code = serde_json::from_slice::<Value>(&body).ok().and_then(|b| b["error"].as_str().map(str::to_owned));
+                    let code = serde_json::from_slice::<Value>(&body)
+                        .ok()
+                        .and_then(|b| b["error"].as_str().map(str::to_owned));
                     Err(format!("{status} {}", code.unwrap_or_default()))
                 }
                 (false, Err(e)) => Err(format!("{status}, then reading the body: {e}")),

@@ -19,7 +19,8 @@
 //! `1 ‖ klen (u32) ‖ key ‖ vlen (u32) ‖ value` (put), `2 ‖ klen (u32) ‖ key` (remove) or
 //! `3 ‖ seq (u64) ‖ vlen (u32) ‖ entry` (audit append) or `4 ‖ slot (u64) ‖ customer (16) ‖
 //! lsn (u64)` (destroy a data key; integers little-endian). A torn
-//! or corrupt frame ends the replay of the last segment; anywhere else it is an error.
+//! or corrupt frame ends the replay of the last segment holding any bytes (an empty newer one
+//! is a spare made ahead of a rotation); anywhere else it is an error.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -72,11 +73,19 @@ impl Wal {
     pub fn read_all(dir: &Path) -> Result<Vec<Record>, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let segments = segment_ids(dir)?;
+        // The segment writes may have been torn in: the newest one holding any bytes. Newer,
+        // empty ones are spares made by `prepare_rotation` while groups still wrote to it.
+        let mut in_use = 0;
+        for (i, id) in segments.iter().enumerate() {
+            if std::fs::metadata(segment_path(dir, *id)).map_err(io)?.len() > 0 {
+                in_use = i;
+            }
+        }
         let mut records = Vec::new();
         for (i, id) in segments.iter().enumerate() {
             let mut bytes = Vec::new();
             File::open(segment_path(dir, *id)).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
-            let last = i + 1 == segments.len();
+            let last = i >= in_use;
             let mut at = 0;
             while at < bytes.len() {
                 match parse_frame(&bytes[at..]) {
@@ -396,6 +405,27 @@ mod tests {
         wal.remove(&old).unwrap();
         let records = Wal::read_all(dir.path()).unwrap();
         assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn a_torn_tail_before_a_prepared_empty_segment_is_ignored() {
+        // The flusher prepares the next segment, then waits for the apply lock while a group
+        // writes its record to the current one; a crash (or SIGKILL mid-write) tears that
+        // record, never acknowledged. The empty spare must not make it "before the last".
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path()).unwrap();
+        wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
+        wal.sync().unwrap();
+        wal.prepare_rotation().unwrap();
+        wal.append(2, &[Op::Put(b"b".to_vec(), vec![0; 9000])]).unwrap();
+        drop(wal);
+        let ids = segment_ids(dir.path()).unwrap();
+        assert_eq!(ids.len(), 2, "the current segment and the spare");
+        let path = segment_path(dir.path(), ids[0]);
+        let len = std::fs::metadata(&path).unwrap().len();
+        OpenOptions::new().write(true).open(&path).unwrap().set_len(len - 4096).unwrap();
+        let records = Wal::read_all(dir.path()).unwrap();
+        assert_eq!(records.iter().map(|r| r.lsn).collect::<Vec<_>>(), vec![1]);
     }
 
     #[test]
