@@ -78,6 +78,11 @@ pub(super) fn flush(shared: &Shared) -> Result<(), StoreError> {
     // the sled flush and the persist below, which start later, cover it.
     let (old, upto, rows) = {
         let _between_groups = shared.apply.lock().map_err(|_| lock_error())?;
+        // Again under the lock: the group this flush waited for may have failed (the writer
+        // poisons before it lets go of the lock), and its record must stay for the replay.
+        if shared.poisoned.load(Ordering::Acquire) {
+            return Err(super::poisoned_error());
+        }
         let old = shared.wal.rotate()?;
         let upto = shared.audit.len()?;
         let tail = shared.history_tail.read().map_err(|_| lock_error())?;

@@ -633,6 +633,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_flush_that_started_before_a_group_failed_keeps_the_groups_log_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
+        let store = open();
+        assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
+        // A flush that found the store healthy and is on its way to the apply lock...
+        let spare = store.shared.wal.hold_spare();
+        let flushing = {
+            let shared = Arc::clone(&store.shared);
+            std::thread::spawn(move || flusher::flush(&shared))
+        };
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // ...while a group fails after its log append and poisons the store.
+        store.shared.fail_after_append.store(true, Ordering::SeqCst);
+        assert!(matches!(store.write(write(1)).await, Err(StoreError::Unavailable(_))));
+        store.shared.fail_after_append.store(false, Ordering::SeqCst);
+        drop(spare);
+        assert!(flushing.join().unwrap().is_err(), "a flush under the apply lock sees the poison");
+        drop(store);
+        let store = open();
+        let seqs: Vec<u64> = store.audit_events(0, 10).await.unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, vec![0, 1], "the log record of the failed group was kept for the replay");
+    }
+
+    #[tokio::test]
     async fn a_key_file_cut_before_its_header_is_recreated_but_a_deleted_one_stops_the_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");

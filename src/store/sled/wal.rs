@@ -225,6 +225,12 @@ impl Wal {
         Ok(segment_ids(&self.dir)?.into_iter().filter(|id| *id <= old.id).collect())
     }
 
+    /// Holds the spare's lock, so a flush stops in [`Wal::prepare_rotation`] (tests only).
+    #[cfg(test)]
+    pub fn hold_spare(&self) -> impl Sized + '_ {
+        self.spare.lock().expect("spare lock")
+    }
+
     /// Deletes segments returned by [`Wal::rotate`].
     pub fn remove(&self, ids: &[u64]) -> Result<(), StoreError> {
         for id in ids {

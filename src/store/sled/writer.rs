@@ -32,9 +32,11 @@ use super::keys::{
     meta_key,
 };
 use super::wal::Op;
-use super::{Shared, poisoned_error, unavailable};
+use super::{Applied, Shared, poisoned_error, unavailable};
 use crate::domain::CustomerId;
-use crate::store::{CustomerChange, CustomerRecord, IndexEntry, PendingEvent, StoreError, Write, Written};
+use crate::store::{
+    CustomerChange, CustomerRecord, IndexEntry, IntegratedLeaf, PendingEvent, StoreError, Write, Written,
+};
 
 /// The most jobs one group takes; the rest wait for the next group.
 const MAX_GROUP: usize = 1024;
@@ -231,65 +233,85 @@ fn make_durable(
     let head = shared.head.read().map_err(|_| lock_error())?.clone();
     let first_seq = head.size;
     let (wrote_slots, group_lsn) = (stage.wrote_slots, stage.lsn);
-    let mut ops = stage.into_ops();
+    let ops = stage.into_ops();
     if ops.is_empty() && events.is_empty() {
         return Ok(first_seq);
     }
-    let touches_sled = !ops.is_empty();
     let (leaves, new_head) = shared.integrator.integrate(&head, events);
-    {
-        let mut applied = shared.apply.lock().map_err(|_| lock_error())?;
-        let lsn = applied.lsn + 1;
-        if lsn != group_lsn {
-            return Err(StoreError::Unavailable("the log sequence moved during a group".into()));
-        }
-        // New key slots are durable before the log record that names them.
-        if wrote_slots {
-            shared.keys.sync()?;
-        }
-        if touches_sled {
-            ops.push(Op::Put(meta_key(WAL_LSN), encode_pair(lsn, new_head.size)));
-        }
-        ops.extend(leaves.iter().map(|leaf| Op::Audit(leaf.seq, encode_entry(leaf))));
-        shared.wal.append(lsn, &ops)?;
-        applied.lsn = lsn;
-        #[cfg(test)]
-        if shared.fail_after_append.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable("injected failure after the log append".into()));
-        }
-        // Synced before sled or the audit files see the group: a flush of either (the flusher
-        // runs between groups) then never captures a group the log could still lose, and no
-        // reader is shown a change that is not durable. The sync holds no segment lock.
-        shared.wal.sync().map_err(StoreError::Unavailable)?;
-        if touches_sled {
-            super::apply(&shared.tree, &ops)?;
-        }
-        // Erasure is real before it is answered: destroyed keys are zeros on disk, synced, and
-        // only then reusable (see `key_file.rs`).
-        let mut destroyed = Vec::new();
-        for op in &ops {
-            if let Op::DestroyKey { slot, owner } = op
-                && shared.keys.destroy(*slot, *owner)?
-            {
-                destroyed.push(*slot);
-            }
-        }
-        if !destroyed.is_empty() {
-            shared.keys.sync()?;
-            shared.keys.release(destroyed)?;
-        }
-        let mut tail = shared.history_tail.write().map_err(|_| lock_error())?;
-        for (leaf, op) in leaves.iter().zip(ops.iter().filter(|op| matches!(op, Op::Audit(..)))) {
-            if let Op::Audit(seq, entry) = op {
-                shared.audit.push(*seq, Arc::from(entry.as_slice()))?;
-            }
-            if let Some(customer) = leaf.customer {
-                tail.insert((customer, leaf.seq));
-            }
-        }
+    let mut applied = shared.apply.lock().map_err(|_| lock_error())?;
+    // invariant: a failure poisons the store before the apply lock is let go, so a flush
+    // waiting for the lock finds the store poisoned and keeps the log (`flusher.rs`).
+    let logged = log_and_apply(shared, &mut applied, group_lsn, wrote_slots, ops, &leaves, new_head.size);
+    if logged.is_err() {
+        shared.poisoned.store(true, Ordering::Release);
     }
+    drop(applied);
+    logged?;
     *shared.head.write().map_err(|_| lock_error())? = new_head;
     Ok(first_seq)
+}
+
+/// The part of a group under the apply lock: logs it, syncs the log, applies it to sled, the
+/// key file and the audit files.
+fn log_and_apply(
+    shared: &Shared,
+    applied: &mut Applied,
+    group_lsn: u64,
+    wrote_slots: bool,
+    mut ops: Vec<Op>,
+    leaves: &[IntegratedLeaf],
+    new_size: u64,
+) -> Result<(), StoreError> {
+    let touches_sled = !ops.is_empty();
+    let lsn = applied.lsn + 1;
+    if lsn != group_lsn {
+        return Err(StoreError::Unavailable("the log sequence moved during a group".into()));
+    }
+    // New key slots are durable before the log record that names them.
+    if wrote_slots {
+        shared.keys.sync()?;
+    }
+    if touches_sled {
+        ops.push(Op::Put(meta_key(WAL_LSN), encode_pair(lsn, new_size)));
+    }
+    ops.extend(leaves.iter().map(|leaf| Op::Audit(leaf.seq, encode_entry(leaf))));
+    shared.wal.append(lsn, &ops)?;
+    applied.lsn = lsn;
+    #[cfg(test)]
+    if shared.fail_after_append.load(Ordering::Acquire) {
+        return Err(StoreError::Unavailable("injected failure after the log append".into()));
+    }
+    // Synced before sled or the audit files see the group: a flush of either (the flusher
+    // runs between groups) then never captures a group the log could still lose, and no
+    // reader is shown a change that is not durable. The sync holds no segment lock.
+    shared.wal.sync().map_err(StoreError::Unavailable)?;
+    if touches_sled {
+        super::apply(&shared.tree, &ops)?;
+    }
+    // Erasure is real before it is answered: destroyed keys are zeros on disk, synced, and
+    // only then reusable (see `key_file.rs`).
+    let mut destroyed = Vec::new();
+    for op in &ops {
+        if let Op::DestroyKey { slot, owner } = op
+            && shared.keys.destroy(*slot, *owner)?
+        {
+            destroyed.push(*slot);
+        }
+    }
+    if !destroyed.is_empty() {
+        shared.keys.sync()?;
+        shared.keys.release(destroyed)?;
+    }
+    let mut tail = shared.history_tail.write().map_err(|_| lock_error())?;
+    for (leaf, op) in leaves.iter().zip(ops.iter().filter(|op| matches!(op, Op::Audit(..)))) {
+        if let Op::Audit(seq, entry) = op {
+            shared.audit.push(*seq, Arc::from(entry.as_slice()))?;
+        }
+        if let Some(customer) = leaf.customer {
+            tail.insert((customer, leaf.seq));
+        }
+    }
+    Ok(())
 }
 
 fn lock_error() -> StoreError {
