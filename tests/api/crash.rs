@@ -232,7 +232,7 @@ async fn master_rotation_epoch_rotation_and_erasures_cut_by_sigkill_leave_every_
     let mut settings = test_settings(&data);
     settings.master_key = Some(secrecy::SecretString::from(NEW_MASTER_KEY));
     settings.key_epoch_file = Some(epochs.clone());
-    let app = TestApp::adopt_path(settings).await;
+    let mut app = TestApp::adopt_path(settings).await;
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(
         ledger.live.len() > 100 && ledger.erased.len() > 30,
@@ -265,4 +265,6 @@ async fn master_rotation_epoch_rotation_and_erasures_cut_by_sigkill_leave_every_
             status => assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {}", res.body),
         }
     }
+    // The directory is this test's: the server's last flush must finish before it goes.
+    app.shutdown().await;
 }

@@ -139,10 +139,12 @@ async fn a_copy_taken_before_an_erasure_stops_opening_the_customer_after_the_nex
     // A server started on the copy with the same keys does not show A either.
     let mut settings = test_settings(copy.path());
     settings.key_epoch_file = Some(epoch_file.clone());
-    let on_copy = TestApp::adopt_path(settings).await;
+    let mut on_copy = TestApp::adopt_path(settings).await;
     let res = on_copy.read_customer(&a, "order_fulfillment").await;
     assert_ne!(res.status, StatusCode::OK);
     assert!(!res.body.to_string().contains("ada@copies.test"));
+    // The directory is this test's: the server's last flush must finish before it goes.
+    on_copy.shutdown().await;
 }
 
 #[tokio::test]

@@ -177,7 +177,9 @@ impl TestApp {
         start(data_dir, settings).await
     }
 
-    /// Starts a server over the data directory named in `settings` (owned by the caller).
+    /// Starts a server over the data directory named in `settings` (owned by the caller, who
+    /// must [`shutdown`](TestApp::shutdown) it before dropping that directory: dropping the
+    /// app does not wait for the server's last flush).
     pub async fn adopt_path(settings: Settings) -> TestApp {
         start(tempfile::tempdir().expect("temp dir"), settings).await
     }

@@ -252,7 +252,7 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
     // 4. The old key removed: every customer still reads back.
     let mut settings = test_settings(&data);
     settings.master_key = Some(secrecy::SecretString::from(NEW_MASTER_KEY));
-    let app = TestApp::adopt_path(settings).await;
+    let mut app = TestApp::adopt_path(settings).await;
     for (id, email) in &customers {
         let res = app.read_customer(id, "order_fulfillment").await;
         assert_eq!(res.status, StatusCode::OK, "{id} unreadable after rotation");
@@ -262,6 +262,8 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
     let rotate: Vec<&Value> = events.iter().filter(|e| e["action"] == "key.rotate").collect();
     assert!(rotate.len() >= 3, "two starts and a completion: {rotate:?}");
     assert!(rotate.iter().all(|e| e["actor"]["role"] == "system"));
+    // The directory is this test's: the server's last flush must finish before it goes.
+    app.shutdown().await;
 }
 
 #[tokio::test]
