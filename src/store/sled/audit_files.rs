@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::store::StoreError;
@@ -27,6 +28,13 @@ pub(super) struct AuditFiles {
     state: RwLock<State>,
     /// Serialises `persist` (the flusher and shutdown).
     persisting: Mutex<()>,
+    /// Set by any failed write or sync: a second `fdatasync` may report as synced pages the
+    /// first one lost, so nothing more is written (and no log segment is deleted) until a
+    /// restart replays the write-ahead log over the files.
+    failed: AtomicBool,
+    /// Test hook: the next sync fails as an I/O error would.
+    #[cfg(test)]
+    fail_next_sync: AtomicBool,
 }
 
 struct State {
@@ -81,7 +89,15 @@ impl AuditFiles {
             written_len: dat_len,
             tail: BTreeMap::new(),
         };
-        Ok(AuditFiles { dat, idx, state: RwLock::new(state), persisting: Mutex::new(()) })
+        Ok(AuditFiles {
+            dat,
+            idx,
+            state: RwLock::new(state),
+            persisting: Mutex::new(()),
+            failed: AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
+        })
     }
 
     /// The number of entries (persisted and in memory).
@@ -146,16 +162,41 @@ impl AuditFiles {
         if count == 0 {
             return Ok(());
         }
-        // Positioned writes at the known end: a failed or partial earlier attempt is simply
-        // overwritten, never followed by misplaced bytes.
-        self.dat.write_all_at(&data, start).map_err(io)?;
-        self.dat.sync_data().map_err(io)?;
+        self.refuse_after_failure()?;
+        // Positioned writes at the known end, never followed by misplaced bytes.
+        self.failing(self.dat.write_all_at(&data, start))?;
+        self.failing(self.sync(&self.dat))?;
         let mut state = self.state.write().map_err(|_| poisoned())?;
         // invariant: only this function (under `persisting`) moves `written`.
         debug_assert_eq!(state.written, first);
         state.written = first + count;
         state.written_len = start + data.len() as u64;
         Ok(())
+    }
+
+    fn refuse_after_failure(&self) -> Result<(), StoreError> {
+        if self.failed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "audit files: a write or sync failed earlier; restart to recover".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `result`, remembering a failure (see `failed`).
+    fn failing(&self, result: std::io::Result<()>) -> Result<(), StoreError> {
+        result.map_err(|e| {
+            self.failed.store(true, Ordering::Release);
+            io(e)
+        })
+    }
+
+    fn sync(&self, file: &File) -> std::io::Result<()> {
+        #[cfg(test)]
+        if self.fail_next_sync.swap(false, Ordering::AcqRel) {
+            return Err(std::io::Error::other("injected sync failure"));
+        }
+        file.sync_data()
     }
 
     /// Writes every in-memory entry to the files, indexes them and syncs both (a flush step).
@@ -175,8 +216,9 @@ impl AuditFiles {
         if last == first {
             return Ok(());
         }
-        self.idx.write_all_at(&index, first * 8).map_err(io)?;
-        self.idx.sync_data().map_err(io)?;
+        self.refuse_after_failure()?;
+        self.failing(self.idx.write_all_at(&index, first * 8))?;
+        self.failing(self.sync(&self.idx))?;
         let mut state = self.state.write().map_err(|_| poisoned())?;
         // invariant: the entries just indexed end where the written ones do.
         debug_assert_eq!(end, state.written_len);
@@ -260,6 +302,25 @@ mod tests {
         for (seq, entry) in [(0, &b"zero"[..]), (1, b"one"), (2, b"two"), (3, b"three")] {
             assert_eq!(&*again.get(seq).unwrap().unwrap(), entry);
         }
+    }
+
+    #[test]
+    fn after_a_failed_sync_nothing_more_is_written_until_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = AuditFiles::open(dir.path()).unwrap();
+        files.push(0, Arc::from(&b"zero"[..])).unwrap();
+        files.fail_next_sync.store(true, Ordering::Release);
+        assert!(files.write_ahead().is_err());
+        // A retry could be told "synced" for pages the failed sync lost: it is refused.
+        assert!(files.write_ahead().is_err());
+        assert!(files.persist().is_err());
+        assert_eq!(&*files.get(0).unwrap().unwrap(), b"zero", "still served from memory");
+        drop(files);
+        let reopened = AuditFiles::open(dir.path()).unwrap();
+        assert_eq!(reopened.len().unwrap(), 0, "nothing indexed: the log replays entry 0");
+        reopened.push(0, Arc::from(&b"zero"[..])).unwrap();
+        reopened.persist().unwrap();
+        assert_eq!(&*reopened.get(0).unwrap().unwrap(), b"zero");
     }
 
     #[test]
