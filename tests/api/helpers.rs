@@ -574,6 +574,23 @@ impl Drop for ServerProcess {
     }
 }
 
+/// Runs the `custodia` binary with `args` and `env` (without the caller's
+/// `CUSTODIA_DATABASE_URL`, unless `env` sets one); (success, stdout, stderr).
+pub async fn run_custodia(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
+        .args(args)
+        .env_remove("CUSTODIA_DATABASE_URL")
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Creates customers from `writers` concurrent tasks until a request fails or `stop` is set;
 /// returns (id, email) of every acknowledged create.
 pub async fn write_until_stopped(

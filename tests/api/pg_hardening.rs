@@ -12,24 +12,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{MASTER_KEY, ServerProcess, TestApp};
+use crate::helpers::{MASTER_KEY, ServerProcess, TestApp, run_custodia};
 use crate::pg::Database;
-
-/// Runs the `custodia` binary with `args` and `env`; (success, stdout, stderr).
-async fn custodia(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
-        .args(args)
-        .env_remove("CUSTODIA_DATABASE_URL")
-        .envs(env.iter().copied())
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// A stopped sled server's data directory holding one customer and a signed checkpoint.
 async fn sled_source() -> TestApp {
@@ -45,7 +29,7 @@ async fn sled_source() -> TestApp {
 
 async fn copy(data_dir: &Path, url: &str) -> (bool, String, String) {
     let dir = data_dir.to_str().unwrap();
-    custodia(
+    run_custodia(
         &["store", "copy", "--from-dir", dir],
         &[("CUSTODIA_DATABASE_URL", url), ("CUSTODIA_MASTER_KEY", MASTER_KEY)],
     )
@@ -82,7 +66,7 @@ async fn store_copy_refuses_a_source_whose_newest_checkpoint_signature_does_not_
 
     // Without the master key the signature cannot be checked: refused, nothing copied.
     let Some(other) = Database::create() else { return };
-    let (ok, _, stderr) = custodia(
+    let (ok, _, stderr) = run_custodia(
         &["store", "copy", "--from-dir", dir.to_str().unwrap()],
         &[("CUSTODIA_DATABASE_URL", &other.url)],
     )
@@ -94,9 +78,11 @@ async fn store_copy_refuses_a_source_whose_newest_checkpoint_signature_does_not_
 async fn store_copy_refuses_a_destination_holding_only_a_stray_row() {
     let Some(db) = Database::create() else { return };
     let sled = sled_source().await;
-    let (ok, _, stderr) =
-        custodia(&["db", "migrate"], &[("CUSTODIA_STORE", "postgres"), ("CUSTODIA_DATABASE_URL", &db.url)])
-            .await;
+    let (ok, _, stderr) = run_custodia(
+        &["db", "migrate"],
+        &[("CUSTODIA_STORE", "postgres"), ("CUSTODIA_DATABASE_URL", &db.url)],
+    )
+    .await;
     assert!(ok, "{stderr}");
     let stray = [
         "INSERT INTO meta (name, value) VALUES ('stray', '\\x00')",
@@ -126,7 +112,7 @@ async fn a_config_file_with_a_syntax_error_beside_a_secret_never_prints_the_secr
         std::fs::write(&file, &text).unwrap();
         let config = file.to_str().unwrap();
         for args in [&["db", "migrate", "--config", config][..], &["serve", "--config", config][..]] {
-            let (ok, stdout, stderr) = custodia(args, &[("CUSTODIA_STORE", "postgres")]).await;
+            let (ok, stdout, stderr) = run_custodia(args, &[("CUSTODIA_STORE", "postgres")]).await;
             assert!(!ok, "{args:?} accepted {text:?}");
             assert!(stderr.contains("line "), "{stderr}");
             assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"), "{text:?}: {stdout}{stderr}");

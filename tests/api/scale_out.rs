@@ -356,18 +356,11 @@ async fn store_copy_moves_a_sled_store_to_postgres_and_proves_it_against_the_sig
     let copy = |url: String| {
         let dir = sled.data_dir.path().to_owned();
         async move {
-            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_custodia"))
-                .args(["store", "copy", "--from-dir", dir.to_str().unwrap()])
-                .env("CUSTODIA_DATABASE_URL", url)
-                .env("CUSTODIA_MASTER_KEY", crate::helpers::MASTER_KEY)
-                .output()
-                .await
-                .unwrap();
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
+            let env = [
+                ("CUSTODIA_DATABASE_URL", url.as_str()),
+                ("CUSTODIA_MASTER_KEY", crate::helpers::MASTER_KEY),
+            ];
+            crate::helpers::run_custodia(&["store", "copy", "--from-dir", dir.to_str().unwrap()], &env).await
         }
     };
     let (ok, stdout, stderr) = copy(db.url.clone()).await;

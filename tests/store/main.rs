@@ -14,7 +14,7 @@ use std::sync::Arc;
 use custodia::audit::tree::Tree;
 use custodia::crypto::{DataKey, MasterKey, MasterKeyring};
 use custodia::domain::{CustomerId, Timestamp};
-use custodia::store::{CustomerRecord, IndexEntry, MemoryData, StorageSettings, Store};
+use custodia::store::{CustomerChange, CustomerRecord, IndexEntry, MemoryData, StorageSettings, Store};
 
 /// A backend under test. Every `open` gives a new handle over the same data, as a restart does.
 pub struct Fixture {
@@ -29,6 +29,15 @@ impl Fixture {
     pub fn open(&self) -> Arc<dyn Store> {
         custodia::store::open(&self.settings, Arc::new(Tree)).unwrap()
     }
+}
+
+/// The creation of customer `id` owning a unique `email` entry and a non-unique `phone` entry.
+pub fn create_with_two_entries(id: CustomerId) -> Option<CustomerChange> {
+    let entries = vec![
+        IndexEntry { field: "email".into(), index: [1; 32], unique: true, epoch: None },
+        IndexEntry { field: "phone".into(), index: [2; 32], unique: false, epoch: None },
+    ];
+    Some(CustomerChange::Put { record: Box::new(record(id, 1, entries)), expected_version: None })
 }
 
 /// A record of customer `id` at `version` owning `entries`, with a real wrapped data key.

@@ -8,12 +8,12 @@ use std::time::Duration;
 use custodia::audit::tree::Tree;
 use custodia::domain::CustomerId;
 use custodia::store::{
-    CustomerChange, IndexEntry, PendingEvent, PostgresSettings, StorageSettings, Store, StoreError, Write,
+    CustomerChange, PendingEvent, PostgresSettings, StorageSettings, Store, StoreError, Write,
 };
 use secrecy::SecretString;
 
 use super::pg::Database;
-use super::record;
+use super::{create_with_two_entries, record};
 
 fn open(settings: &PostgresSettings) -> Arc<dyn Store> {
     custodia::store::open(&StorageSettings::Postgres(settings.clone()), Arc::new(Tree)).unwrap()
@@ -149,12 +149,7 @@ async fn erasure_deletes_the_record_row_with_its_data_key_and_every_index_row() 
     let Some(db) = Database::create() else { return };
     let store = open(&db.settings());
     let id = CustomerId::random();
-    let entries = vec![
-        IndexEntry { field: "email".into(), index: [1; 32], unique: true, epoch: None },
-        IndexEntry { field: "phone".into(), index: [2; 32], unique: false, epoch: None },
-    ];
-    let change =
-        Some(CustomerChange::Put { record: Box::new(record(id, 1, entries)), expected_version: None });
+    let change = create_with_two_entries(id);
     store
         .write(Write { need_seqs: true, precondition: None, change, events: vec![event(Some(id))] })
         .await

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use custodia::domain::CustomerId;
 use custodia::store::{
-    CustomerChange, IndexEntry, PendingEvent, PostgresSettings, StorageSettings, Store, StoreError, Write,
+    CustomerChange, PendingEvent, PostgresSettings, StorageSettings, Store, StoreError, Write,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::pg::{self, Database};
-use super::record;
+use super::{create_with_two_entries, record};
 
 fn open(settings: &PostgresSettings) -> Arc<dyn Store> {
     custodia::store::open(&StorageSettings::Postgres(settings.clone()), Arc::new(Tree)).unwrap()
@@ -223,12 +223,7 @@ async fn functions_planted_where_the_search_path_finds_them_are_never_called() {
     let store = open(&settings);
     store.put_meta("m", b"v".to_vec()).await.unwrap();
     let id = CustomerId::random();
-    let entries = vec![
-        IndexEntry { field: "email".into(), index: [1; 32], unique: true, epoch: None },
-        IndexEntry { field: "phone".into(), index: [2; 32], unique: false, epoch: None },
-    ];
-    let change =
-        Some(CustomerChange::Put { record: Box::new(record(id, 1, entries)), expected_version: None });
+    let change = create_with_two_entries(id);
     let written = store
         .write(Write {
             change,
