@@ -233,10 +233,11 @@ impl Wal {
 
     /// Deletes segments returned by [`Wal::rotate`].
     ///
-    /// The directory is not synced here: the next segment's creation syncs it (a flush later),
-    /// and until then a crash may bring a deleted segment back, which is harmless: every record
-    /// in it is older than what sled and the audit files hold, so the replay skips it. Each
-    /// sync waits for everything written before it on the disk, and a group commit's sync
+    /// The directory is not synced here: the next segment's creation syncs it (at the next
+    /// flush), and until then a crash may bring a deleted segment back, which is harmless: its
+    /// records were flushed, so the replay's guards skip every one (sled changes by the LSN
+    /// sled holds, audit entries by the files' length, key destructions by the slot's owner).
+    /// Each sync waits for everything written before it on the disk, and a group commit's sync
     /// that ran into this one waited up to 25 ms (README "Performance").
     pub fn remove(&self, ids: &[u64]) -> Result<(), StoreError> {
         for id in ids {
