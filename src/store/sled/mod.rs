@@ -589,6 +589,11 @@ mod tests {
         }
     }
 
+    /// The seqs of the store's first ten events.
+    async fn seqs(store: &SledStore) -> Vec<u64> {
+        store.audit_events(0, 10).await.unwrap().iter().map(|(seq, _)| *seq).collect()
+    }
+
     /// `store` after seq 0 was acknowledged and the group of seq 1 failed after its log append.
     async fn poisoned(store: SledStore) -> SledStore {
         assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
@@ -628,8 +633,11 @@ mod tests {
         assert!(store.close().await.is_err(), "closing a poisoned store reports the poison");
         drop(store);
         let store = open();
-        let seqs: Vec<u64> = store.audit_events(0, 10).await.unwrap().iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, vec![0, 1], "the log record of the failed group was kept for the replay");
+        assert_eq!(
+            seqs(&store).await,
+            vec![0, 1],
+            "the log record of the failed group was kept for the replay"
+        );
     }
 
     #[tokio::test]
@@ -653,8 +661,11 @@ mod tests {
         assert!(flushing.join().unwrap().is_err(), "a flush under the apply lock sees the poison");
         drop(store);
         let store = open();
-        let seqs: Vec<u64> = store.audit_events(0, 10).await.unwrap().iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, vec![0, 1], "the log record of the failed group was kept for the replay");
+        assert_eq!(
+            seqs(&store).await,
+            vec![0, 1],
+            "the log record of the failed group was kept for the replay"
+        );
     }
 
     #[tokio::test]
@@ -693,8 +704,7 @@ mod tests {
         let store = open();
         assert_eq!(store.meta("m").await.unwrap(), Some(b"new".to_vec()), "no key went back");
         assert_eq!(store.meta("n").await.unwrap(), Some(b"unflushed".to_vec()), "the newer log replayed");
-        let seqs: Vec<u64> = store.audit_events(0, 10).await.unwrap().iter().map(|(s, _)| *s).collect();
-        assert_eq!(seqs, vec![0, 1, 2], "no event twice, none lost");
+        assert_eq!(seqs(&store).await, vec![0, 1, 2], "no event twice, none lost");
         assert_eq!(store.write(write(3)).await.unwrap().seqs, vec![3]);
     }
 

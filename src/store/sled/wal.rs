@@ -355,6 +355,15 @@ fn failed() -> StoreError {
 mod tests {
     use super::*;
 
+    /// A new log in a temporary directory holding record 1 (`a` = `1`), synced.
+    fn with_one_synced_record() -> (tempfile::TempDir, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = Wal::start(dir.path()).unwrap();
+        wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
+        wal.sync().unwrap();
+        (dir, wal)
+    }
+
     #[test]
     fn records_round_trip_and_a_torn_tail_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -387,10 +396,7 @@ mod tests {
 
     #[test]
     fn rotation_hands_back_the_old_segments() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path()).unwrap();
-        wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
-        wal.sync().unwrap();
+        let (dir, wal) = with_one_synced_record();
         let old = wal.rotate().unwrap();
         wal.append(2, &[Op::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
         wal.sync().unwrap();
@@ -401,10 +407,7 @@ mod tests {
 
     #[test]
     fn a_prepared_segment_is_the_next_one_and_empty_it_replays_as_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path()).unwrap();
-        wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
-        wal.sync().unwrap();
+        let (dir, wal) = with_one_synced_record();
         wal.prepare_rotation().unwrap();
         wal.prepare_rotation().unwrap();
         assert_eq!(segment_ids(dir.path()).unwrap().len(), 2, "one spare, however often prepared");
@@ -425,10 +428,7 @@ mod tests {
         // The flusher prepares the next segment, then waits for the apply lock while a group
         // writes its record to the current one; a crash (or SIGKILL mid-write) tears that
         // record, never acknowledged. The empty spare must not make it "before the last".
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path()).unwrap();
-        wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
-        wal.sync().unwrap();
+        let (dir, wal) = with_one_synced_record();
         wal.prepare_rotation().unwrap();
         wal.append(2, &[Op::Put(b"b".to_vec(), vec![0; 9000])]).unwrap();
         drop(wal);
@@ -443,10 +443,7 @@ mod tests {
 
     #[test]
     fn a_damaged_frame_before_the_last_segment_is_an_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal = Wal::start(dir.path()).unwrap();
-        wal.append(1, &[Op::Put(b"a".to_vec(), b"1".to_vec())]).unwrap();
-        wal.sync().unwrap();
+        let (dir, wal) = with_one_synced_record();
         let _ = wal.rotate().unwrap();
         wal.append(2, &[Op::Put(b"b".to_vec(), b"2".to_vec())]).unwrap();
         wal.sync().unwrap();
