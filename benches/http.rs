@@ -312,11 +312,7 @@ async fn run(
     pid: u32,
     data_dir: &Path,
 ) -> (Vec<Outcome>, Vec<String>, u64) {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(config.connections)
-        .pool_idle_timeout(POOL_IDLE)
-        .build()
-        .unwrap();
+    let http = client_builder(config).build().unwrap();
     let mut client = Client {
         http,
         base: base.to_owned(),
@@ -380,9 +376,7 @@ async fn run_tls(
     ids: Vec<String>,
     next_new: u64,
 ) -> Vec<Outcome> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(config.connections)
-        .pool_idle_timeout(POOL_IDLE)
+    let http = client_builder(config)
         .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
         .http1_only()
         .build()
@@ -706,6 +700,12 @@ async fn one_request(client: &Client, scenario: Scenario, rng: u64) -> Result<()
         }
         Err(e) => Err(error_chain(&e)),
     }
+}
+
+/// The load generator's HTTP client settings: one pooled keep-alive connection per bench
+/// connection, dropped once unused for [`POOL_IDLE`].
+fn client_builder(config: &Config) -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_max_idle_per_host(config.connections).pool_idle_timeout(POOL_IDLE)
 }
 
 /// `e` and each of its sources, outermost first, joined by ": " (a transport error's cause is

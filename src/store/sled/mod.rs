@@ -589,6 +589,21 @@ mod tests {
         }
     }
 
+    /// A store in `path` with an 8 MiB cache.
+    fn open_at(path: &Path) -> SledStore {
+        SledStore::open(path, 8 << 20, Arc::new(Tree)).unwrap()
+    }
+
+    /// Reopens the store in `path` (the old one dropped) and checks that the group that failed
+    /// after its log append (see [`poisoned`]) was replayed after seq 0.
+    async fn assert_failed_group_replayed(path: &Path) {
+        assert_eq!(
+            seqs(&open_at(path)).await,
+            vec![0, 1],
+            "the log record of the failed group was kept for the replay"
+        );
+    }
+
     /// The seqs of the store's first ten events.
     async fn seqs(store: &SledStore) -> Vec<u64> {
         store.audit_events(0, 10).await.unwrap().iter().map(|(seq, _)| *seq).collect()
@@ -606,7 +621,8 @@ mod tests {
     #[tokio::test]
     async fn a_failure_after_the_log_append_poisons_the_store_until_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
+        let path = dir.path().join("store");
+        let open = || open_at(&path);
         let store = poisoned(open()).await;
         // Poisoned: nothing more is acknowledged, so no later request can be given seq 1 while
         // the log holds the failed group's event under it.
@@ -627,24 +643,19 @@ mod tests {
     #[tokio::test]
     async fn a_graceful_stop_of_a_poisoned_store_keeps_the_failed_groups_log_record() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
-        let store = poisoned(open()).await;
+        let path = dir.path().join("store");
+        let store = poisoned(open_at(&path)).await;
         // A graceful stop (SIGTERM → close) must not flush over the failed group's record.
         assert!(store.close().await.is_err(), "closing a poisoned store reports the poison");
         drop(store);
-        let store = open();
-        assert_eq!(
-            seqs(&store).await,
-            vec![0, 1],
-            "the log record of the failed group was kept for the replay"
-        );
+        assert_failed_group_replayed(&path).await;
     }
 
     #[tokio::test]
     async fn a_flush_that_started_before_a_group_failed_keeps_the_groups_log_record() {
         let dir = tempfile::tempdir().unwrap();
-        let open = || SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
-        let store = open();
+        let path = dir.path().join("store");
+        let store = open_at(&path);
         assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
         // A flush that found the store healthy and is on its way to the apply lock...
         let spare = store.shared.wal.hold_spare();
@@ -660,12 +671,7 @@ mod tests {
         drop(spare);
         assert!(flushing.join().unwrap().is_err(), "a flush under the apply lock sees the poison");
         drop(store);
-        let store = open();
-        assert_eq!(
-            seqs(&store).await,
-            vec![0, 1],
-            "the log record of the failed group was kept for the replay"
-        );
+        assert_failed_group_replayed(&path).await;
     }
 
     #[tokio::test]
@@ -674,7 +680,7 @@ mod tests {
         // undo the deletion, and the old records must then change nothing.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
-        let open = || SledStore::open(&path, 8 << 20, Arc::new(Tree)).unwrap();
+        let open = || open_at(&path);
         let store = open();
         store.put_meta("m", b"old".to_vec()).await.unwrap();
         assert_eq!(store.write(write(0)).await.unwrap().seqs, vec![0]);
