@@ -266,7 +266,6 @@ impl Vault {
             if !pass.clean() {
                 return Ok(Duration::ZERO);
             }
-            self.mark_rewrapped(&current).await?;
             let mut codes = vec![
                 "epoch_rewrapped".to_owned(),
                 format!("epoch:{}", current.id),
@@ -275,7 +274,11 @@ impl Vault {
             if pass.unreadable > 0 {
                 codes.push(format!("unreadable:{}", pass.unreadable));
             }
+            // The event before the mark, as for a master rotation (`rotation.rs`): a crash
+            // between them runs the (now clean) pass again and records it again, rather than
+            // leave a finished re-wrap the log never records.
             self.record(event(codes)).await?;
+            self.mark_rewrapped(&current).await?;
             state.rewrapped = 0;
             return Ok(Duration::ZERO);
         }

@@ -101,7 +101,9 @@ impl Vault {
                 )));
             }
         }
-        self.mark_rotated().await?;
+        // The event before the mark: a crash between them leaves the rotation pending, so the
+        // next start runs it again (a clean pass) and records it again. The other order could
+        // leave a completed rotation whose completion the log never records.
         let done = EventDraft::new(Action::KeyRotate, &actor, "key-rotation").withheld([
             "completed".to_owned(),
             to,
@@ -109,6 +111,7 @@ impl Vault {
             format!("epochs:{epochs}"),
         ]);
         self.record(done).await?;
+        self.mark_rotated().await?;
         Ok(rewrapped)
     }
 
