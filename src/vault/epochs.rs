@@ -43,6 +43,10 @@ use crate::store::{MetaEquals, Store};
 pub(crate) const KEY_EPOCHS: &str = "key_epochs";
 /// Metadata name: the id of the epoch the last complete re-wrap brought every data key under.
 pub(crate) const REWRAPPED_TO: &str = "epoch_rewrapped_to";
+/// Metadata name: the id of the epoch whose key is being destroyed, set before the destruction
+/// and emptied after its `epoch_destroyed` event, so a crash between the two still gets the
+/// event at the next step (UTF-8 id; empty when none).
+pub const DESTROYING: &str = "epoch_destroying";
 /// How long the task waits at most between looks at the clock.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// How often a node whose epoch keys are in the key database refreshes its view: the bound on
@@ -254,6 +258,21 @@ impl Vault {
         let event =
             |codes: Vec<String>| EventDraft::new(Action::KeyRotate, &actor, "key-epochs").withheld(codes);
 
+        // A destruction cut short after the key went and before its event: record it now. (If
+        // the key is still there, the destruction below runs again and records it.)
+        if let Some(id) = self.store.meta(DESTROYING).await?.filter(|id| !id.is_empty()) {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            // Only a key id (`ek-` and hex) goes into the event; anything else was never ours.
+            let plausible = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !plausible {
+                tracing::warn!("the epoch destruction marker is not a key id; cleared");
+                self.store.put_meta(DESTROYING, Vec::new()).await?;
+            } else if !self.keyring.epochs().iter().any(|e| e.id.as_str() == id) {
+                self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{id}")])).await?;
+                self.store.put_meta(DESTROYING, Vec::new()).await?;
+            }
+        }
+
         if rewrapped_to.as_deref() != Some(current.id.as_str().as_bytes()) {
             let started = Instant::now();
             let pass = self.rewrap_pass(schedule.pause).await?;
@@ -305,6 +324,7 @@ impl Vault {
                 return Ok(Duration::ZERO);
             }
             for epoch in beyond {
+                self.store.put_meta(DESTROYING, epoch.id.as_str().as_bytes().to_vec()).await?;
                 // Off the async workers: it waits for the file lock, which a master-key re-wrap
                 // holds across token calls, and syncs the file.
                 let (keyring, id) = (Arc::clone(&self.keyring), epoch.id.clone());
@@ -313,6 +333,7 @@ impl Vault {
                     .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
                 tracing::info!(epoch = %epoch.id, "epoch key destroyed");
                 self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{}", epoch.id)])).await?;
+                self.store.put_meta(DESTROYING, Vec::new()).await?;
             }
             return Ok(Duration::ZERO);
         }

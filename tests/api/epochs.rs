@@ -213,3 +213,36 @@ async fn the_export_explains_erasure_and_the_bound_for_copies() {
     assert!(left <= expected && left > expected - chrono::Duration::minutes(5), "{left}");
     assert!(res.body["notice"].as_str().unwrap().contains("UTC"));
 }
+
+#[tokio::test]
+async fn an_epoch_destroyed_just_before_a_crash_still_gets_its_event_once() {
+    use custodia::vault::{DESTROYING, EpochState};
+    let dir = tempfile::tempdir().unwrap();
+    let (vault, store, _) = custodia::startup::open_vault(&test_settings(dir.path())).await.unwrap();
+    // The crash window: the key is gone from the epoch-key file (no epoch has this id), the
+    // marker set before the destruction is still there, and the event was never written.
+    let gone = "ek-00112233445566ff";
+    store.put_meta(DESTROYING, gone.as_bytes().to_vec()).await.unwrap();
+    let destroyed_events = || async {
+        let events = store.audit_events(0, 10_000).await.unwrap();
+        events
+            .iter()
+            .map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap())
+            .filter(|e| e["reason"][0] == "epoch_destroyed" && e["reason"][1] == format!("epoch:{gone}"))
+            .count()
+    };
+    assert_eq!(destroyed_events().await, 0);
+    let mut state = EpochState::default();
+    vault.epoch_step(&mut state).await.unwrap();
+    assert_eq!(destroyed_events().await, 1, "the destruction cut short is recorded at the next step");
+    assert_eq!(store.meta(DESTROYING).await.unwrap(), Some(Vec::new()), "and the marker emptied");
+    vault.epoch_step(&mut state).await.unwrap();
+    assert_eq!(destroyed_events().await, 1, "once");
+
+    // A marker naming an epoch the file still holds is left for the destruction to finish.
+    let current = vault.keyring().current().id.to_string();
+    store.put_meta(DESTROYING, current.as_bytes().to_vec()).await.unwrap();
+    vault.epoch_step(&mut state).await.unwrap();
+    assert_eq!(store.meta(DESTROYING).await.unwrap(), Some(current.into_bytes()));
+    store.close().await.unwrap();
+}
