@@ -28,7 +28,10 @@
 //! complete re-wrap reached (`epoch_rewrapped_to`) and which epoch ids may wrap data keys
 //! (`key_epochs`, ids only, never keys: it tells a missing epoch-key file from a new store).
 //! Ordering keeps `key_epochs` ⊆ the file's epochs across crashes: a new epoch is written to
-//! the file before it is listed, and unlisted before it is destroyed.
+//! the file before it is listed, and unlisted before it is destroyed. No finished step goes
+//! unaudited across a crash: `epoch_rewrapped` is recorded before `epoch_rewrapped_to` moves, and
+//! `epoch_destroying` names an epoch from before its key is destroyed until its event is
+//! recorded (a crash right after an event may repeat it; a repeated event is still true).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +48,9 @@ pub(crate) const KEY_EPOCHS: &str = "key_epochs";
 pub(crate) const REWRAPPED_TO: &str = "epoch_rewrapped_to";
 /// Metadata name: the id of the epoch whose key is being destroyed, set before the destruction
 /// and emptied after its `epoch_destroyed` event, so a crash between the two still gets the
-/// event at the next step (UTF-8 id; empty when none).
-pub const DESTROYING: &str = "epoch_destroying";
+/// event at the next step (UTF-8 id; empty when none). Not in `META_NAMES`: it describes this
+/// store's epoch-key file in the middle of a step, which a copy or a restore may not share.
+pub const EPOCH_DESTROYING: &str = "epoch_destroying";
 /// How long the task waits at most between looks at the clock.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 /// How often a node whose epoch keys are in the key database refreshes its view: the bound on
@@ -258,18 +262,22 @@ impl Vault {
         let event =
             |codes: Vec<String>| EventDraft::new(Action::KeyRotate, &actor, "key-epochs").withheld(codes);
 
-        // A destruction cut short after the key went and before its event: record it now. (If
-        // the key is still there, the destruction below runs again and records it.)
-        if let Some(id) = self.store.meta(DESTROYING).await?.filter(|id| !id.is_empty()) {
-            let id = String::from_utf8_lossy(&id).into_owned();
-            // Only a key id (`ek-` and hex) goes into the event; anything else was never ours.
-            let plausible = id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-            if !plausible {
-                tracing::warn!("the epoch destruction marker is not a key id; cleared");
-                self.store.put_meta(DESTROYING, Vec::new()).await?;
-            } else if !self.keyring.epochs().iter().any(|e| e.id.as_str() == id) {
-                self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{id}")])).await?;
-                self.store.put_meta(DESTROYING, Vec::new()).await?;
+        // A destruction cut short after the key went and before its event: record it now. A
+        // marker naming an epoch still in the file is left: its destruction, when due, runs
+        // again, records it and replaces the marker.
+        if let Some(id) = self.store.meta(EPOCH_DESTROYING).await?.filter(|id| !id.is_empty()) {
+            // Only an epoch id (`ek-` and 16 lowercase hex digits) goes into the event.
+            let id = std::str::from_utf8(&id).ok().filter(|id| is_epoch_id(id)).map(str::to_owned);
+            match id {
+                None => {
+                    tracing::warn!("the epoch destruction marker is not an epoch id; cleared");
+                    self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
+                }
+                Some(id) if !self.keyring.epochs().iter().any(|e| e.id.as_str() == id) => {
+                    self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{id}")])).await?;
+                    self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
+                }
+                Some(_) => {}
             }
         }
 
@@ -297,8 +305,8 @@ impl Vault {
             // between them runs the (now clean) pass again and records it again, rather than
             // leave a finished re-wrap the log never records.
             self.record(event(codes)).await?;
-            self.mark_rewrapped(&current).await?;
             state.rewrapped = 0;
+            self.mark_rewrapped(&current).await?;
             return Ok(Duration::ZERO);
         }
 
@@ -324,7 +332,7 @@ impl Vault {
                 return Ok(Duration::ZERO);
             }
             for epoch in beyond {
-                self.store.put_meta(DESTROYING, epoch.id.as_str().as_bytes().to_vec()).await?;
+                self.store.put_meta(EPOCH_DESTROYING, epoch.id.as_str().as_bytes().to_vec()).await?;
                 // Off the async workers: it waits for the file lock, which a master-key re-wrap
                 // holds across token calls, and syncs the file.
                 let (keyring, id) = (Arc::clone(&self.keyring), epoch.id.clone());
@@ -333,7 +341,7 @@ impl Vault {
                     .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
                 tracing::info!(epoch = %epoch.id, "epoch key destroyed");
                 self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{}", epoch.id)])).await?;
-                self.store.put_meta(DESTROYING, Vec::new()).await?;
+                self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
             }
             return Ok(Duration::ZERO);
         }
@@ -363,4 +371,11 @@ impl Vault {
         .await?;
         Ok(Duration::ZERO)
     }
+}
+
+/// Whether `id` has the shape of an epoch id: `ek-` and 16 lowercase hex digits.
+fn is_epoch_id(id: &str) -> bool {
+    id.strip_prefix("ek-").is_some_and(|hex| {
+        hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }

@@ -33,7 +33,7 @@ use crate::store::{CustomerChange, CustomerRecord, MetaEquals, Store, StoreError
 pub use audit_read::{EventPage, EventQuery};
 pub use consent::ConsentView;
 pub use disclosure::{Disclosure, DisclosureRequest};
-pub use epochs::{DESTROYING, EPOCH_REFRESH, EpochSchedule, EpochState, stored_epoch_ids};
+pub use epochs::{EPOCH_DESTROYING, EPOCH_REFRESH, EpochSchedule, EpochState, stored_epoch_ids};
 pub use payment::{NewPaymentMethod, PaymentMethodView};
 pub use profile::{ConsentInput, CustomerView, ErasureReceipt, NewCustomer};
 pub use receipt::{MAX_OWN_EVENTS_PAGE, OwnEvents, Receipt};
@@ -48,7 +48,6 @@ pub const META_NAMES: &[&str] = &[
     rotation::ROTATED_TO,
     epochs::KEY_EPOCHS,
     epochs::REWRAPPED_TO,
-    epochs::DESTROYING,
     index::LEGACY_MIGRATED,
     COUNTERS_META,
 ];

@@ -216,13 +216,13 @@ async fn the_export_explains_erasure_and_the_bound_for_copies() {
 
 #[tokio::test]
 async fn an_epoch_destroyed_just_before_a_crash_still_gets_its_event_once() {
-    use custodia::vault::{DESTROYING, EpochState};
+    use custodia::vault::{EPOCH_DESTROYING, EpochState};
     let dir = tempfile::tempdir().unwrap();
     let (vault, store, _) = custodia::startup::open_vault(&test_settings(dir.path())).await.unwrap();
     // The crash window: the key is gone from the epoch-key file (no epoch has this id), the
     // marker set before the destruction is still there, and the event was never written.
     let gone = "ek-00112233445566ff";
-    store.put_meta(DESTROYING, gone.as_bytes().to_vec()).await.unwrap();
+    store.put_meta(EPOCH_DESTROYING, gone.as_bytes().to_vec()).await.unwrap();
     let destroyed_events = || async {
         let events = store.audit_events(0, 10_000).await.unwrap();
         events
@@ -235,14 +235,50 @@ async fn an_epoch_destroyed_just_before_a_crash_still_gets_its_event_once() {
     let mut state = EpochState::default();
     vault.epoch_step(&mut state).await.unwrap();
     assert_eq!(destroyed_events().await, 1, "the destruction cut short is recorded at the next step");
-    assert_eq!(store.meta(DESTROYING).await.unwrap(), Some(Vec::new()), "and the marker emptied");
+    assert_eq!(store.meta(EPOCH_DESTROYING).await.unwrap(), Some(Vec::new()), "and the marker emptied");
     vault.epoch_step(&mut state).await.unwrap();
     assert_eq!(destroyed_events().await, 1, "once");
 
-    // A marker naming an epoch the file still holds is left for the destruction to finish.
-    let current = vault.keyring().current().id.to_string();
-    store.put_meta(DESTROYING, current.as_bytes().to_vec()).await.unwrap();
+    // A marker that is not an epoch id is cleared and records nothing.
+    store.put_meta(EPOCH_DESTROYING, b"epoch:forged \x00".to_vec()).await.unwrap();
     vault.epoch_step(&mut state).await.unwrap();
-    assert_eq!(store.meta(DESTROYING).await.unwrap(), Some(current.into_bytes()));
+    assert_eq!(store.meta(EPOCH_DESTROYING).await.unwrap(), Some(Vec::new()));
+    let events = store.audit_events(0, 10_000).await.unwrap();
+    assert!(!events.iter().any(|(_, bytes)| String::from_utf8_lossy(bytes).contains("forged")));
+
+    // A crash before the key went: the marker names an epoch the file still holds, and is left
+    // for the destruction to run again when it is due.
+    let current = vault.keyring().current().id.to_string();
+    store.put_meta(EPOCH_DESTROYING, current.as_bytes().to_vec()).await.unwrap();
+    vault.epoch_step(&mut state).await.unwrap();
+    assert_eq!(store.meta(EPOCH_DESTROYING).await.unwrap(), Some(current.into_bytes()));
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_destroyed_epoch_gets_one_event_and_leaves_no_destruction_marker() {
+    use custodia::vault::{EPOCH_DESTROYING, EpochState};
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = test_settings(dir.path());
+    settings.key_epoch_seconds = 1;
+    settings.key_epochs_kept = 0;
+    settings.request_timeout_ms = 200;
+    let (vault, store, _) = custodia::startup::open_vault(&settings).await.unwrap();
+    let first = vault.keyring().current().id.to_string();
+    let mut state = EpochState::default();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while vault.keyring().epochs().iter().any(|e| e.id.as_str() == first) {
+        assert!(std::time::Instant::now() < deadline, "the first epoch was not destroyed");
+        let wait = vault.epoch_step(&mut state).await.unwrap();
+        tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+    }
+    let events = store.audit_events(0, 10_000).await.unwrap();
+    let destroyed = events
+        .iter()
+        .map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap())
+        .filter(|e| e["reason"][0] == "epoch_destroyed" && e["reason"][1] == format!("epoch:{first}"))
+        .count();
+    assert_eq!(destroyed, 1, "one event for the destroyed epoch");
+    assert_eq!(store.meta(EPOCH_DESTROYING).await.unwrap(), Some(Vec::new()), "the marker is emptied");
     store.close().await.unwrap();
 }
