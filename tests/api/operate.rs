@@ -252,7 +252,7 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
     // 4. The old key removed: every customer still reads back.
     let mut settings = test_settings(&data);
     settings.master_key = Some(secrecy::SecretString::from(NEW_MASTER_KEY));
-    let mut app = TestApp::adopt_path(settings).await;
+    let mut app = TestApp::adopt_path(settings.clone()).await;
     for (id, email) in &customers {
         let res = app.read_customer(id, "order_fulfillment").await;
         assert_eq!(res.status, StatusCode::OK, "{id} unreadable after rotation");
@@ -262,6 +262,28 @@ async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
     let rotate: Vec<&Value> = events.iter().filter(|e| e["action"] == "key.rotate").collect();
     assert!(rotate.len() >= 3, "two starts and a completion: {rotate:?}");
     assert!(rotate.iter().all(|e| e["actor"]["role"] == "system"));
+    let completions = |events: &[Value]| {
+        events.iter().filter(|e| e["action"] == "key.rotate" && e["reason"][0] == "completed").count()
+    };
+    assert_eq!(completions(&events), 1);
+    app.shutdown().await;
+
+    // 5. A crash after the `completed` event and before the store recorded the rotation as done
+    //    (the event is written first): the next start, with only the new key, runs the rotation
+    //    again, finds nothing to move, and records a second completion.
+    {
+        let (_, store, _) = custodia::startup::open_vault(&settings).await.unwrap();
+        store.put_meta("rotated_to", b"mk-before-the-crash".to_vec()).await.unwrap();
+        store.close().await.unwrap();
+    }
+    let mut app = TestApp::adopt_path(settings).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while completions(&app.audit_events().await) < 2 {
+        assert!(std::time::Instant::now() < deadline, "the interrupted rotation did not run again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let res = app.read_customer(&customers[0].0, "order_fulfillment").await;
+    assert_eq!(res.status, StatusCode::OK, "{}", res.body);
     // The directory is this test's: the server's last flush must finish before it goes.
     app.shutdown().await;
 }
