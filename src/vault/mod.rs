@@ -41,8 +41,9 @@ pub use rotation::{RewrapPass, SYSTEM_KEYS};
 pub use self_service::{EXPORT_FORMAT_VERSION, Export, OwnProfile};
 pub use transparency::{COUNTERS_META, REPORT_FORMAT_VERSION, TransparencyCounters, TransparencyReport};
 
-/// Every store metadata name the vault writes (`custodia store copy` moves these). A new name
-/// belongs here too.
+/// Every store metadata name the vault writes (`custodia store copy` and backups move these). A
+/// new name belongs here too, unless it describes state that only holds with this store's own
+/// epoch-key file mid-step ([`EPOCH_DESTROYING`]).
 pub const META_NAMES: &[&str] = &[
     SYSTEM_KEYS,
     rotation::ROTATED_TO,
