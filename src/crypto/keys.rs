@@ -29,6 +29,13 @@ impl KeyId {
         self.0.starts_with(EPOCH_PREFIX)
     }
 
+    /// The epoch id written as `text` (`ek-` and 16 hex digits), in its canonical form; `None`
+    /// for anything else (e.g. a value read back from storage that was never an id).
+    pub fn parse_epoch(text: &str) -> Option<KeyId> {
+        let raw = KeyId(text.to_owned()).raw(EPOCH_PREFIX)?;
+        Some(KeyId::from_raw(EPOCH_PREFIX, &raw))
+    }
+
     /// An id from its prefix (`mk-` / `ek-`) and 8 raw bytes.
     pub(super) fn from_raw(prefix: &str, raw: &[u8; 8]) -> KeyId {
         KeyId(format!("{prefix}{}", hex(raw)))
@@ -454,6 +461,23 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_well_formed_epoch_id_parses() {
+        let id = KeyId::parse_epoch("ek-00112233445566ff").unwrap();
+        assert_eq!(id.as_str(), "ek-00112233445566ff");
+        assert!(id.is_epoch());
+        for bad in [
+            "mk-00112233445566ff",
+            "ek-0011223344556",
+            "ek-00112233445566ffaa",
+            "ek-zz112233445566ff",
+            "",
+            "ek-",
+        ] {
+            assert!(KeyId::parse_epoch(bad).is_none(), "{bad}");
+        }
+    }
 
     #[test]
     fn key_types_print_redacted() {

@@ -242,6 +242,13 @@ impl Vault {
         Ok(())
     }
 
+    /// Records an `epoch_destroyed` event, then empties the destruction marker it completes.
+    async fn record_destroyed(&self, event: EventDraft) -> Result<(), VaultError> {
+        self.record(event).await?;
+        self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
+        Ok(())
+    }
+
     async fn mark_rewrapped(&self, epoch: &EpochInfo) -> Result<(), VaultError> {
         self.store.put_meta(REWRAPPED_TO, epoch.id.as_str().as_bytes().to_vec()).await?;
         Ok(())
@@ -261,21 +268,19 @@ impl Vault {
         let actor = Principal::system("key-epochs");
         let event =
             |codes: Vec<String>| EventDraft::new(Action::KeyRotate, &actor, "key-epochs").withheld(codes);
+        let destroyed = |id: &KeyId| event(vec!["epoch_destroyed".to_owned(), format!("epoch:{id}")]);
 
         // A destruction cut short after the key went and before its event: record it now. A
         // marker naming an epoch still in the file is left: its destruction, when due, runs
-        // again, records it and replaces the marker.
-        if let Some(id) = self.store.meta(EPOCH_DESTROYING).await?.filter(|id| !id.is_empty()) {
-            // Only an epoch id (`ek-` and 16 lowercase hex digits) goes into the event.
-            let id = std::str::from_utf8(&id).ok().filter(|id| is_epoch_id(id)).map(str::to_owned);
-            match id {
+        // again, records it and replaces the marker. Only an epoch id goes into the event.
+        if let Some(marker) = self.store.meta(EPOCH_DESTROYING).await?.filter(|m| !m.is_empty()) {
+            match std::str::from_utf8(&marker).ok().and_then(KeyId::parse_epoch) {
                 None => {
                     tracing::warn!("the epoch destruction marker is not an epoch id; cleared");
                     self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
                 }
-                Some(id) if !self.keyring.epochs().iter().any(|e| e.id.as_str() == id) => {
-                    self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{id}")])).await?;
-                    self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
+                Some(id) if self.keyring.epoch(&id).is_none() => {
+                    self.record_destroyed(destroyed(&id)).await?
                 }
                 Some(_) => {}
             }
@@ -340,8 +345,7 @@ impl Vault {
                     .await
                     .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
                 tracing::info!(epoch = %epoch.id, "epoch key destroyed");
-                self.record(event(vec!["epoch_destroyed".to_owned(), format!("epoch:{}", epoch.id)])).await?;
-                self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
+                self.record_destroyed(destroyed(&epoch.id)).await?;
             }
             return Ok(Duration::ZERO);
         }
@@ -371,11 +375,4 @@ impl Vault {
         .await?;
         Ok(Duration::ZERO)
     }
-}
-
-/// Whether `id` has the shape of an epoch id: `ek-` and 16 lowercase hex digits.
-fn is_epoch_id(id: &str) -> bool {
-    id.strip_prefix("ek-").is_some_and(|hex| {
-        hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }

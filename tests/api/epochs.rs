@@ -214,6 +214,16 @@ async fn the_export_explains_erasure_and_the_bound_for_copies() {
     assert!(res.body["notice"].as_str().unwrap().contains("UTC"));
 }
 
+/// How many `epoch_destroyed` events for epoch `id` the store's audit log holds.
+async fn destroyed_events(store: &dyn custodia::store::Store, id: &str) -> usize {
+    let events = store.audit_events(0, 10_000).await.unwrap();
+    events
+        .iter()
+        .map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap())
+        .filter(|e| e["reason"][0] == "epoch_destroyed" && e["reason"][1] == format!("epoch:{id}"))
+        .count()
+}
+
 #[tokio::test]
 async fn an_epoch_destroyed_just_before_a_crash_still_gets_its_event_once() {
     use custodia::vault::{EPOCH_DESTROYING, EpochState};
@@ -223,14 +233,7 @@ async fn an_epoch_destroyed_just_before_a_crash_still_gets_its_event_once() {
     // marker set before the destruction is still there, and the event was never written.
     let gone = "ek-00112233445566ff";
     store.put_meta(EPOCH_DESTROYING, gone.as_bytes().to_vec()).await.unwrap();
-    let destroyed_events = || async {
-        let events = store.audit_events(0, 10_000).await.unwrap();
-        events
-            .iter()
-            .map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap())
-            .filter(|e| e["reason"][0] == "epoch_destroyed" && e["reason"][1] == format!("epoch:{gone}"))
-            .count()
-    };
+    let destroyed_events = || destroyed_events(store.as_ref(), gone);
     assert_eq!(destroyed_events().await, 0);
     let mut state = EpochState::default();
     vault.epoch_step(&mut state).await.unwrap();
@@ -272,13 +275,7 @@ async fn a_destroyed_epoch_gets_one_event_and_leaves_no_destruction_marker() {
         let wait = vault.epoch_step(&mut state).await.unwrap();
         tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
     }
-    let events = store.audit_events(0, 10_000).await.unwrap();
-    let destroyed = events
-        .iter()
-        .map(|(_, bytes)| serde_json::from_slice::<serde_json::Value>(bytes).unwrap())
-        .filter(|e| e["reason"][0] == "epoch_destroyed" && e["reason"][1] == format!("epoch:{first}"))
-        .count();
-    assert_eq!(destroyed, 1, "one event for the destroyed epoch");
+    assert_eq!(destroyed_events(store.as_ref(), &first).await, 1, "one event for the destroyed epoch");
     assert_eq!(store.meta(EPOCH_DESTROYING).await.unwrap(), Some(Vec::new()), "the marker is emptied");
     store.close().await.unwrap();
 }
