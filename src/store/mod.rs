@@ -305,6 +305,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores `value` under `name`, replacing any value. Durable on return.
     async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError>;
 
+    /// Compare-and-set: stores `value` under `current.name` only if that name still holds
+    /// exactly `current.value` (`None`: absent), checked atomically with the store; answers
+    /// whether it did. Durable on return when `true`; nothing changes when `false`. For a value
+    /// that two nodes may step on at once (the epoch destruction marker, `vault::epochs`).
+    async fn swap_meta(&self, current: MetaEquals, value: Vec<u8>) -> Result<bool, StoreError>;
+
     /// The durable head of the log.
     async fn head(&self) -> Result<TreeHead, StoreError>;
 

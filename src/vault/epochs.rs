@@ -242,11 +242,23 @@ impl Vault {
         Ok(())
     }
 
-    /// Records an `epoch_destroyed` event, then empties the destruction marker it completes.
-    async fn record_destroyed(&self, event: EventDraft) -> Result<(), VaultError> {
-        self.record(event).await?;
-        self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
-        Ok(())
+    /// Replaces the destruction marker with `value` if it still holds `marker`, the value this
+    /// step last read or wrote, and remembers `value` there; `false` if another node changed
+    /// it since (for a moment two nodes may both believe they hold the `epochs` turn). The
+    /// caller then ends its step and looks again: a marker is only ever replaced by the node
+    /// that wrote it or that recorded its event, so no destroyed epoch loses its event to a node
+    /// that did not see it.
+    async fn swap_destroying(
+        &self,
+        marker: &mut Option<Vec<u8>>,
+        value: Vec<u8>,
+    ) -> Result<bool, VaultError> {
+        let current = MetaEquals { name: EPOCH_DESTROYING.to_owned(), value: marker.clone() };
+        let swapped = self.store.swap_meta(current, value.clone()).await?;
+        if swapped {
+            *marker = Some(value);
+        }
+        Ok(swapped)
     }
 
     async fn mark_rewrapped(&self, epoch: &EpochInfo) -> Result<(), VaultError> {
@@ -271,19 +283,25 @@ impl Vault {
         let destroyed = |id: &KeyId| event(vec!["epoch_destroyed".to_owned(), format!("epoch:{id}")]);
 
         // A destruction cut short after the key went and before its event: record it now. A
-        // marker naming an epoch still in the file is left: its destruction, when due, runs
-        // again, records it and replaces the marker. Only an epoch id goes into the event.
-        if let Some(marker) = self.store.meta(EPOCH_DESTROYING).await?.filter(|m| !m.is_empty()) {
-            match std::str::from_utf8(&marker).ok().and_then(KeyId::parse_epoch) {
-                None => {
-                    tracing::warn!("the epoch destruction marker is not an epoch id; cleared");
-                    self.store.put_meta(EPOCH_DESTROYING, Vec::new()).await?;
-                }
-                Some(id) if self.keyring.epoch(&id).is_none() => {
-                    self.record_destroyed(destroyed(&id)).await?
-                }
-                Some(_) => {}
+        // marker naming an epoch still in the file is left: if that epoch is due, its
+        // destruction runs first and replaces the marker; if not, its destruction never began
+        // and the next one replaces the marker. Only an epoch id goes into the event.
+        let mut marker = self.store.meta(EPOCH_DESTROYING).await?;
+        let marked = marker.as_deref().and_then(|m| std::str::from_utf8(m).ok()).and_then(KeyId::parse_epoch);
+        let clear = match (&marked, marker.as_deref()) {
+            (_, None | Some([])) => false,
+            (None, Some(_)) => {
+                tracing::warn!("the epoch destruction marker is not an epoch id; cleared");
+                true
             }
+            (Some(id), _) if self.keyring.epoch(id).is_none() => {
+                self.record(destroyed(id)).await?;
+                true
+            }
+            (Some(_), _) => false,
+        };
+        if clear && !self.swap_destroying(&mut marker, Vec::new()).await? {
+            return Ok(EPOCH_REFRESH);
         }
 
         if rewrapped_to.as_deref() != Some(current.id.as_str().as_bytes()) {
@@ -315,7 +333,7 @@ impl Vault {
             return Ok(Duration::ZERO);
         }
 
-        let beyond: Vec<EpochInfo> =
+        let mut beyond: Vec<EpochInfo> =
             self.keyring.epochs().into_iter().skip(1 + schedule.kept as usize).collect();
         if !beyond.is_empty() {
             // Unlisted before destroyed: the list never names an epoch the file lacks.
@@ -336,8 +354,15 @@ impl Vault {
             if pass.unsettled > 0 {
                 return Ok(Duration::ZERO);
             }
+            // An epoch the marker names (a destruction cut short before its key went) goes
+            // first, so the marker is replaced only once its own destruction is recorded.
+            if let Some(at) = beyond.iter().position(|e| Some(&e.id) == marked.as_ref()) {
+                beyond[..=at].rotate_right(1);
+            }
             for epoch in beyond {
-                self.store.put_meta(EPOCH_DESTROYING, epoch.id.as_str().as_bytes().to_vec()).await?;
+                if !self.swap_destroying(&mut marker, epoch.id.as_str().as_bytes().to_vec()).await? {
+                    return Ok(EPOCH_REFRESH);
+                }
                 // Off the async workers: it waits for the file lock, which a master-key re-wrap
                 // holds across token calls, and syncs the file.
                 let (keyring, id) = (Arc::clone(&self.keyring), epoch.id.clone());
@@ -345,7 +370,10 @@ impl Vault {
                     .await
                     .map_err(|e| VaultError::Internal(format!("epoch-key file: {e}")))?;
                 tracing::info!(epoch = %epoch.id, "epoch key destroyed");
-                self.record_destroyed(destroyed(&epoch.id)).await?;
+                self.record(destroyed(&epoch.id)).await?;
+                if !self.swap_destroying(&mut marker, Vec::new()).await? {
+                    return Ok(EPOCH_REFRESH);
+                }
             }
             return Ok(Duration::ZERO);
         }

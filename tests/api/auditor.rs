@@ -624,100 +624,18 @@ mod fail_closed {
     //! no data, and no checkpoint may be signed over the events that are not durable.
 
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use async_trait::async_trait;
     use axum::body::Body;
     use axum::http::Request;
-    use custodia::audit::AuditLog;
-    use custodia::audit::checkpoint::CheckpointSigner;
     use custodia::auth::Authenticator;
-    use custodia::crypto::{BlindIndex, MasterKey, MasterKeyring, SigningKey, SystemKeys};
-    use custodia::domain::CustomerId;
     use custodia::http::{AppState, Limits, router};
-    use custodia::policy::PolicySet;
-    use custodia::store::{
-        CustomerRecord, NodeId, StorageSettings, Store, StoreError, TreeHead, Write, Written,
-    };
-    use custodia::vault::Vault;
     use secrecy::SecretString;
     use tower::ServiceExt;
 
     use super::*;
-    use crate::helpers::{MASTER_KEY, SECRET};
-
-    /// The reference store, except that writes fail while `fail_writes` is set.
-    struct FlakyStore {
-        inner: Arc<dyn Store>,
-        fail_writes: AtomicBool,
-    }
-
-    #[async_trait]
-    impl Store for FlakyStore {
-        async fn customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
-            self.inner.customer(id).await
-        }
-        async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError> {
-            self.inner.lookup(field, index).await
-        }
-        async fn customer_ids(
-            &self,
-            after: Option<CustomerId>,
-            limit: usize,
-        ) -> Result<Vec<CustomerId>, StoreError> {
-            self.inner.customer_ids(after, limit).await
-        }
-        async fn write(&self, write: Write) -> Result<Written, StoreError> {
-            if self.fail_writes.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("disk full (test)".into()));
-            }
-            self.inner.write(write).await
-        }
-        async fn write_many(
-            &self,
-            writes: Vec<Write>,
-        ) -> Result<Vec<Result<Written, StoreError>>, StoreError> {
-            if self.fail_writes.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("disk full (test)".into()));
-            }
-            self.inner.write_many(writes).await
-        }
-        async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.meta(name).await
-        }
-        async fn init_meta(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-            self.inner.init_meta(name, value).await
-        }
-        async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
-            self.inner.put_meta(name, value).await
-        }
-        async fn head(&self) -> Result<TreeHead, StoreError> {
-            self.inner.head().await
-        }
-        async fn nodes(&self, ids: &[NodeId]) -> Result<Vec<Option<[u8; 32]>>, StoreError> {
-            self.inner.nodes(ids).await
-        }
-        async fn audit_events(&self, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-            self.inner.audit_events(from, limit).await
-        }
-        async fn audit_events_for_customer(
-            &self,
-            customer: &CustomerId,
-            after: Option<u64>,
-            limit: usize,
-        ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-            self.inner.audit_events_for_customer(customer, after, limit).await
-        }
-        async fn put_checkpoint(&self, size: u64, note: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-            self.inner.put_checkpoint(size, note).await
-        }
-        async fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-            self.inner.latest_checkpoint().await
-        }
-        async fn close(&self) -> Result<(), StoreError> {
-            self.inner.close().await
-        }
-    }
+    use crate::helpers::SECRET;
+    use crate::interposed::{InterposedStore, vault_over};
 
     async fn call(app: &axum::Router, path: &str, token: &str) -> (StatusCode, Value) {
         let req = Request::get(path)
@@ -732,29 +650,9 @@ mod fail_closed {
 
     #[tokio::test]
     async fn when_events_cannot_be_made_durable_auditor_calls_answer_503_without_data() {
-        let inner = custodia::store::open(
-            &StorageSettings::Memory(Default::default()),
-            Arc::new(custodia::audit::tree::Tree),
-        );
-        let flaky = Arc::new(FlakyStore { inner: inner.unwrap(), fail_writes: AtomicBool::new(false) });
-        let store: Arc<dyn Store> = flaky.clone();
-        let master = MasterKeyring::new(MasterKey::from_base64(MASTER_KEY).unwrap(), vec![]);
-        let (keys, _) = SystemKeys::generate(&master).unwrap();
-        let signer =
-            CheckpointSigner::new("test/log", SigningKey::from_pkcs8(&keys.audit_signing_pkcs8).unwrap())
-                .unwrap();
-        let audit = AuditLog::open(Arc::clone(&store), signer, keys.actor_pseudonym_key()).await.unwrap();
-        let policies =
-            Arc::new(PolicySet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")).unwrap());
+        let flaky = InterposedStore::new();
         let epochs = tempfile::tempdir().unwrap();
-        let (keyring, _) = custodia::crypto::DataKeyring::open(
-            master,
-            &epochs.path().join("epoch-keys"),
-            custodia::crypto::MissingFile::Create,
-            custodia::domain::Timestamp::now().millis(),
-        )
-        .unwrap();
-        let vault = Arc::new(Vault::new(policies, store, audit, keyring, keys));
+        let vault = Arc::new(vault_over(flaky.clone(), epochs.path()).await);
         let auth = Arc::new(Authenticator::hs256(&SecretString::from(SECRET)).unwrap());
         let app = router(
             AppState::new(

@@ -279,3 +279,44 @@ async fn a_destroyed_epoch_gets_one_event_and_leaves_no_destruction_marker() {
     assert_eq!(store.meta(EPOCH_DESTROYING).await.unwrap(), Some(Vec::new()), "the marker is emptied");
     store.close().await.unwrap();
 }
+
+/// Two nodes may both believe for a moment that they hold the `epochs` turn (PostgreSQL's
+/// advisory lock moves when a session drops). If the other node marks an epoch it is destroying
+/// between this node's read of the destruction marker and its own marking, this node neither
+/// replaces the marker nor destroys anything in that step; its next step records the other
+/// node's destruction (cut short before its event) and only then destroys its own epoch.
+#[tokio::test]
+async fn a_destruction_marker_another_node_wrote_meanwhile_is_never_replaced_unrecorded() {
+    use custodia::vault::{EPOCH_DESTROYING, EpochSchedule, EpochState};
+
+    use crate::interposed::{InterposedStore, vault_over};
+    let store = InterposedStore::new();
+    let epoch_dir = tempfile::tempdir().unwrap();
+    let schedule =
+        EpochSchedule { period: Duration::ZERO, kept: 0, settle: Duration::ZERO, pause: Duration::ZERO };
+    let vault = vault_over(store.clone(), epoch_dir.path()).await.with_epoch_schedule(schedule);
+    vault.init_epochs(true).await.unwrap();
+    let first = vault.keyring().current().id.to_string();
+    let mut state = EpochState::default();
+    // A new epoch, then the re-wrap to it: the first epoch is now beyond the kept ones.
+    vault.epoch_step(&mut state).await.unwrap();
+    vault.epoch_step(&mut state).await.unwrap();
+    assert_ne!(vault.keyring().current().id.as_str(), first);
+
+    let other = "ek-00112233445566ff";
+    *store.plant_before_swap.lock().unwrap() = Some((EPOCH_DESTROYING.to_owned(), other.as_bytes().to_vec()));
+    vault.epoch_step(&mut state).await.unwrap();
+    assert_eq!(
+        store.inner.meta(EPOCH_DESTROYING).await.unwrap(),
+        Some(other.as_bytes().to_vec()),
+        "not replaced"
+    );
+    assert!(vault.keyring().epoch(&custodia::crypto::KeyId::parse_epoch(&first).unwrap()).is_some());
+    assert_eq!(destroyed_events(store.as_ref(), &first).await, 0, "nothing destroyed in that step");
+
+    vault.epoch_step(&mut state).await.unwrap();
+    assert_eq!(destroyed_events(store.as_ref(), other).await, 1, "the other node's destruction recorded");
+    assert_eq!(destroyed_events(store.as_ref(), &first).await, 1, "then this node's own");
+    assert!(vault.keyring().epochs().iter().all(|e| e.id.as_str() != first));
+    assert_eq!(store.inner.meta(EPOCH_DESTROYING).await.unwrap(), Some(Vec::new()));
+}

@@ -16,6 +16,7 @@ mod helpers;
 mod hsm;
 mod identity;
 mod input;
+mod interposed;
 mod listener;
 mod merchant;
 mod metrics;

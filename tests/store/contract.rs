@@ -295,6 +295,42 @@ async fn meta_values_are_kept_first_or_replaced_as_asked() {
     assert_eq!(store.meta("m").await.unwrap(), Some(b"two".to_vec()));
 }
 
+fn holds(name: &str, value: Option<&[u8]>) -> MetaEquals {
+    MetaEquals { name: name.into(), value: value.map(<[u8]>::to_vec) }
+}
+
+/// `swap_meta` changes a value only from the one the caller names (absent included), and of two
+/// callers racing from the same value exactly one wins; the winner's value survives a reopen.
+#[tokio::test]
+async fn a_meta_value_is_swapped_only_from_the_value_the_caller_saw() {
+    let Some(fixture) = fixture() else { return };
+    let store = fixture.open();
+    assert!(store.swap_meta(holds("s", None), b"a".to_vec()).await.unwrap(), "absent, as expected");
+    assert!(!store.swap_meta(holds("s", None), b"b".to_vec()).await.unwrap(), "no longer absent");
+    assert!(!store.swap_meta(holds("s", Some(b"x")), b"b".to_vec()).await.unwrap());
+    assert!(!store.swap_meta(holds("s", Some(b"")), b"b".to_vec()).await.unwrap(), "empty is not absent");
+    assert_eq!(store.meta("s").await.unwrap(), Some(b"a".to_vec()));
+    assert!(store.swap_meta(holds("s", Some(b"a")), Vec::new()).await.unwrap());
+    assert_eq!(store.meta("s").await.unwrap(), Some(Vec::new()));
+
+    let mut racers = Vec::new();
+    for n in 0..8u8 {
+        let store = Arc::clone(&store);
+        racers.push(tokio::spawn(async move { store.swap_meta(holds("s", Some(b"")), vec![n]).await.unwrap() }));
+    }
+    let mut winners = Vec::new();
+    for (n, racer) in racers.into_iter().enumerate() {
+        if racer.await.unwrap() {
+            winners.push(n as u8);
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one swap from the same value wins: {winners:?}");
+    assert_eq!(store.meta("s").await.unwrap(), Some(winners.clone()));
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(fixture.open().meta("s").await.unwrap(), Some(winners));
+}
+
 /// `import` (store copy, restore): the record as it is, version and index entries kept, no
 /// event; refused for a customer already held or a unique value another customer holds; the
 /// imported record then takes ordinary writes and survives a reopen.

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 
 use super::{
-    CustomerChange, CustomerRecord, Hash, IndexEntry, Integrator, NodeId, Store, StoreError, TreeHead, Write,
-    Written,
+    CustomerChange, CustomerRecord, Hash, IndexEntry, Integrator, MetaEquals, NodeId, Store, StoreError,
+    TreeHead, Write, Written,
 };
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
@@ -190,6 +190,15 @@ impl Store for MemoryStore {
     async fn put_meta(&self, name: &str, value: Vec<u8>) -> Result<(), StoreError> {
         self.state()?.meta.insert(name.to_owned(), value);
         Ok(())
+    }
+
+    async fn swap_meta(&self, current: MetaEquals, value: Vec<u8>) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        if state.meta.get(&current.name) != current.value.as_ref() {
+            return Ok(false);
+        }
+        state.meta.insert(current.name, value);
+        Ok(true)
     }
 
     async fn head(&self) -> Result<TreeHead, StoreError> {

@@ -40,8 +40,8 @@ use tokio_postgres::error::SqlState;
 
 use self::connect::Connector;
 use super::{
-    CustomerChange, CustomerRecord, Hash, Integrator, NodeId, Store, StoreError, TreeHead, Turn, Write,
-    Written,
+    CustomerChange, CustomerRecord, Hash, Integrator, MetaEquals, NodeId, Store, StoreError, TreeHead, Turn,
+    Write, Written,
 };
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
@@ -719,6 +719,25 @@ impl Store for PostgresStore {
         let st = client.prepare_cached(sql).await.map_err(db_error)?;
         client.execute(&st, &[&name, &value]).await.map_err(db_error)?;
         Ok(())
+    }
+
+    async fn swap_meta(&self, current: MetaEquals, value: Vec<u8>) -> Result<bool, StoreError> {
+        let client = self.ready().await?.client().await?;
+        // One statement either way, so the comparison and the change are one atomic step: an
+        // UPDATE re-checks its WHERE on the row it locks; an INSERT of a taken name does nothing.
+        let rows = match &current.value {
+            None => {
+                let sql = "INSERT INTO meta (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+                let st = client.prepare_cached(sql).await.map_err(db_error)?;
+                client.execute(&st, &[&current.name, &value]).await
+            }
+            Some(expected) => {
+                let sql = "UPDATE meta SET value = $2 WHERE name = $1 AND value = $3";
+                let st = client.prepare_cached(sql).await.map_err(db_error)?;
+                client.execute(&st, &[&current.name, &value, expected]).await
+            }
+        };
+        Ok(rows.map_err(db_error)? == 1)
     }
 
     async fn head(&self) -> Result<TreeHead, StoreError> {

@@ -43,7 +43,9 @@ use self::keys::{
 };
 use self::wal::{Op, Wal};
 use self::writer::Job;
-use super::{CustomerRecord, Hash, Integrator, NodeId, Store, StoreError, TreeHead, Write, Written};
+use super::{
+    CustomerRecord, Hash, Integrator, MetaEquals, NodeId, Store, StoreError, TreeHead, Write, Written,
+};
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
 
@@ -350,6 +352,13 @@ impl Store for SledStore {
         reserved(name)?;
         let (reply, outcome) = oneshot::channel();
         self.submit(Job::Put { key: meta_key(name), value, reply })?;
+        answer(outcome).await
+    }
+
+    async fn swap_meta(&self, current: MetaEquals, value: Vec<u8>) -> Result<bool, StoreError> {
+        reserved(&current.name)?;
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Job::Swap { key: meta_key(&current.name), expected: current.value, value, reply })?;
         answer(outcome).await
     }
 

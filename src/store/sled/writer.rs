@@ -52,6 +52,14 @@ pub(super) enum Job {
     InsertIfAbsent { key: Vec<u8>, value: Vec<u8>, reply: oneshot::Sender<Result<Vec<u8>, StoreError>> },
     /// Stores `value` under `key`.
     Put { key: Vec<u8>, value: Vec<u8>, reply: oneshot::Sender<Result<(), StoreError>> },
+    /// Stores `value` under `key` if it holds exactly `expected` (`None`: absent); answers
+    /// whether it did.
+    Swap {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
     /// Stores a record as it is (its own version) for an absent customer, with no event
     /// (`Store::import`, for a restore into an empty store).
     Import { record: Box<CustomerRecord>, reply: oneshot::Sender<Result<(), StoreError>> },
@@ -81,6 +89,7 @@ impl Job {
             Job::Writes { reply, .. } => drop(reply.send(Err(error.clone()))),
             Job::InsertIfAbsent { reply, .. } => drop(reply.send(Err(error.clone()))),
             Job::Put { reply, .. } => drop(reply.send(Err(error.clone()))),
+            Job::Swap { reply, .. } => drop(reply.send(Err(error.clone()))),
             Job::Import { reply, .. } => drop(reply.send(Err(error.clone()))),
         }
     }
@@ -105,6 +114,7 @@ enum Answer {
     Writes { reply: WritesReply, outcomes: Vec<Result<(usize, usize), StoreError>> },
     Bytes { reply: oneshot::Sender<Result<Vec<u8>, StoreError>>, value: Result<Vec<u8>, StoreError> },
     Unit { reply: oneshot::Sender<Result<(), StoreError>> },
+    Flag { reply: oneshot::Sender<Result<bool, StoreError>>, swapped: Result<bool, StoreError> },
     Done { reply: oneshot::Sender<Result<(), StoreError>>, outcome: Result<(), StoreError> },
 }
 
@@ -173,6 +183,13 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 stage.put(key, value);
                 Answer::Unit { reply }
             }
+            Job::Swap { key, expected, value, reply } => {
+                let swapped = stage.get(&key).map(|current| current == expected);
+                if let Ok(true) = swapped {
+                    stage.put(key, value);
+                }
+                Answer::Flag { reply, swapped }
+            }
             Job::Import { record, reply } => {
                 let outcome = stage.stage(CustomerChange::Put { record, expected_version: None }, true);
                 Answer::Done { reply, outcome }
@@ -190,6 +207,7 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 match answer {
                     Answer::Writes { reply, .. } => drop(reply.send(Err(error.clone()))),
                     Answer::Bytes { reply, .. } => drop(reply.send(Err(error.clone()))),
+                    Answer::Flag { reply, .. } => drop(reply.send(Err(error.clone()))),
                     Answer::Unit { reply } | Answer::Done { reply, .. } => {
                         drop(reply.send(Err(error.clone())))
                     }
@@ -214,6 +232,7 @@ fn commit_group(shared: &Shared, group: Vec<Job>) {
                 let _ = reply.send(Ok(written));
             }
             Answer::Bytes { reply, value } => drop(reply.send(value)),
+            Answer::Flag { reply, swapped } => drop(reply.send(swapped)),
             Answer::Unit { reply } => drop(reply.send(Ok(()))),
             Answer::Done { reply, outcome } => drop(reply.send(outcome)),
         }
