@@ -24,8 +24,8 @@
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to the `healthz` run last before
 //! the row (the first phase's, the grown store's or the TLS restart's), the mean
 //! group-commit batch from the server's metrics and the bytes written to the data directory's
-//! disk per request, from the device's statistics), the server's peak RSS and data-directory size, and writes the
-//! same figures to `target/http-bench.json`.
+//! disk per request, from the device's statistics), the server's peak RSS and data-directory
+//! size, and writes the same figures to `target/http-bench.json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -467,10 +467,8 @@ static DATA_DISK: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::O
 fn disk_stat_of(dir: &Path) -> Option<std::path::PathBuf> {
     use std::os::unix::fs::MetadataExt;
     let dev = std::fs::metadata(dir).ok()?.dev();
-    // glibc's gnu_dev_major / gnu_dev_minor encoding of a dev_t.
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    let stat = std::path::PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    let stat =
+        std::path::PathBuf::from(format!("/sys/dev/block/{}:{}/stat", libc::major(dev), libc::minor(dev)));
     stat.exists().then_some(stat)
 }
 

@@ -96,7 +96,7 @@ impl KeyFile {
         let bytes = file.metadata().map_err(io)?.len();
         let len = bytes.saturating_sub(SLOT_LEN as u64).div_ceil(SLOT_LEN as u64);
         if bytes != offset(len) {
-            // A slot append cut short: pad it, so the scan sees (and zeroes) a whole slot.
+            // A slot append or an extension cut short: pad it, so the scan sees (and zeroes) a whole slot.
             file.set_len(offset(len)).map_err(io)?;
         }
         Ok((KeyFile { file, slots: Mutex::new(Slots { free: Vec::new(), len, room: len }) }, fresh))
