@@ -23,9 +23,11 @@
 //! requests over them (preloads, metrics, TLS and the restart use the first).
 //! Prints a table (requests/s, p50, p99, p99.9, errors, ratio to the `healthz` run last before
 //! the row (the first phase's, the grown store's or the TLS restart's), the mean
-//! group-commit batch from the server's metrics and the bytes written to the data directory's
-//! disk per request, from the device's statistics), the server's peak RSS and data-directory
-//! size, and writes the same figures to `target/http-bench.json`.
+//! group-commit batch from the server's metrics, the bytes written to the data directory's
+//! disk per request, from the device's statistics, and the CPU time the Custodia servers (not
+//! PostgreSQL, not the load generator) used per request, from `/proc/PID/stat`; none under
+//! `HTTP_BENCH_PROFILE`), the server's peak RSS and data-directory size, and writes the same
+//! figures to `target/http-bench.json`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -94,6 +96,8 @@ struct Outcome {
     mean_batch: Option<f64>,
     /// Bytes the server wrote to disk per request during the scenario.
     write_bytes_per_request: Option<f64>,
+    /// CPU time (user + system) the servers used per request during the scenario, microseconds.
+    cpu_us_per_request: Option<f64>,
     /// PostgreSQL: events the sequencer integrated per second, and the decision-to-seq delay's
     /// p50 and p99 (histogram bucket bounds, seconds).
     integration: Option<(f64, Option<f64>, Option<f64>)>,
@@ -255,6 +259,10 @@ fn start_server(data_dir: &Path, profiled: bool, env: &[(&str, std::ffi::OsStrin
         .stderr(Stdio::inherit())
         .spawn()
         .expect("server starts");
+    // Under perf the child is perf, whose own CPU time is not the server's.
+    if profile.is_none() {
+        SERVERS.lock().unwrap().push(child.id());
+    }
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let base = line.trim().rsplit(' ').next().unwrap_or_default().to_owned();
@@ -270,6 +278,7 @@ fn stop_server(child: &mut Child, profiled: bool) {
     let signal = if profiled && std::env::var("HTTP_BENCH_PROFILE").is_ok() { "-INT" } else { "-TERM" };
     let _ = Command::new("kill").arg(signal).arg(child.id().to_string()).status();
     let _ = child.wait();
+    SERVERS.lock().unwrap().retain(|pid| *pid != child.id());
 }
 
 fn token() -> String {
@@ -483,6 +492,32 @@ fn written_bytes() -> Option<u64> {
     Some(sectors * 512)
 }
 
+/// Pids of the running servers (none started under `perf`), whose CPU time
+/// [`server_cpu_seconds`] sums.
+static SERVERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+/// CPU time (user + system, seconds) the running servers have used so far, from
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks, 10 ms each on Linux); `None` without a
+/// server or when one cannot be read. A cost figure that, unlike requests/s, does not fall when
+/// a shared machine's other tenants take the cores (it still rises somewhat with their cache use).
+fn server_cpu_seconds() -> Option<f64> {
+    let pids = SERVERS.lock().unwrap().clone();
+    if pids.is_empty() {
+        return None;
+    }
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 2, the command name, is in parentheses and may hold spaces: count after it.
+        let after_name: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let (user, system) = (after_name.get(11)?, after_name.get(12)?);
+        ticks += user.parse::<u64>().ok()? + system.parse::<u64>().ok()?;
+    }
+    (ticks_per_second > 0).then(|| ticks as f64 / ticks_per_second as f64)
+}
+
 async fn preload(client: &Client, config: &Config, numbers: std::ops::Range<usize>) -> Vec<String> {
     let per_task = numbers.len().div_ceil(config.connections);
     let mut tasks = Vec::new();
@@ -520,6 +555,7 @@ async fn drive(
     let batches_before = batch_totals(client).await;
     let delays_before = delay_buckets(client).await;
     let written_before = written_bytes();
+    let cpu_before = server_cpu_seconds();
     let deadline = Instant::now() + Duration::from_secs_f64(config.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -559,6 +595,7 @@ async fn drive(
     let elapsed = started.elapsed();
     latencies_us.sort_unstable();
     let written = written_bytes().zip(written_before).map(|(after, before)| after.saturating_sub(before));
+    let cpu = server_cpu_seconds().zip(cpu_before).map(|(after, before)| (after - before).max(0.0));
     let batches_after = batch_totals(client).await;
     let mean_batch = batches_after
         .zip(batches_before)
@@ -583,6 +620,7 @@ async fn drive(
         mean_batch,
         integration,
         write_bytes_per_request: written.map(|w| w as f64 / requests.max(1) as f64),
+        cpu_us_per_request: cpu.map(|c| c * 1e6 / requests.max(1) as f64),
         requests,
         errors,
         elapsed,
@@ -776,8 +814,17 @@ fn report(
         config.seconds
     );
     println!(
-        "{:<15} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>9}",
-        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "× healthz", "batch", "B/req"
+        "{:<15} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>7} {:>9} {:>10}",
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "errors",
+        "× healthz",
+        "batch",
+        "B/req",
+        "CPU µs/req"
     );
     let mut rows = Vec::new();
     for o in outcomes {
@@ -785,7 +832,7 @@ fn report(
             ceiling = o.rps();
         }
         println!(
-            "{:<15} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>9.2} {:>7} {:>9}",
+            "{:<15} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>9.2} {:>7} {:>9} {:>10}",
             o.label,
             o.rps(),
             o.percentile_ms(0.50),
@@ -795,6 +842,7 @@ fn report(
             o.rps() / ceiling,
             o.mean_batch.map_or("-".into(), |b| format!("{b:.1}")),
             o.write_bytes_per_request.map_or("-".into(), |b| format!("{b:.0}")),
+            o.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0}")),
         );
         if let Some((rate, p50, p99)) = o.integration.filter(|i| i.0 > 0.0) {
             let ms = |s: Option<f64>| s.map_or("-".into(), |s| format!("≤ {:.1} ms", s * 1e3));
@@ -810,6 +858,7 @@ fn report(
             "p99_ms": o.percentile_ms(0.99), "p999_ms": o.percentile_ms(0.999), "errors": o.errors,
             "requests": o.requests, "ratio_to_healthz": o.rps() / ceiling,
             "mean_group_commit_batch": o.mean_batch, "write_bytes_per_request": o.write_bytes_per_request,
+            "cpu_us_per_request": o.cpu_us_per_request,
             "integrated_events_per_s": o.integration.map(|i| i.0),
             "integration_delay_p50_s": o.integration.and_then(|i| i.1),
             "integration_delay_p99_s": o.integration.and_then(|i| i.2),
