@@ -497,9 +497,10 @@ fn written_bytes() -> Option<u64> {
 static SERVERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
 /// CPU time (user + system, seconds) the running servers have used so far, from
-/// `/proc/PID/stat` (fields 14 and 15, in clock ticks, 10 ms each on Linux); `None` without a
-/// server or when one cannot be read. A cost figure that, unlike requests/s, does not fall when
-/// a shared machine's other tenants take the cores (it still rises somewhat with their cache use).
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks of `sysconf(_SC_CLK_TCK)`, usually 10 ms);
+/// `None` without a server or when one cannot be read. A cost figure that, unlike requests/s,
+/// does not fall when a shared machine's other tenants take the cores (it still moves with them:
+/// up to 30 % between two phases of one run, README "Performance").
 fn server_cpu_seconds() -> Option<f64> {
     let pids = SERVERS.lock().unwrap().clone();
     if pids.is_empty() {
