@@ -133,15 +133,14 @@ async fn an_erased_customers_fingerprint_and_blind_indexes_are_recoverable_from_
     let customer: CustomerId = kept.parse().unwrap();
     let record = stored_record(&dir, &kept).await;
     assert_eq!(record.id, customer);
-    // Under the current epoch; any other entry is under an epoch already destroyed.
-    let current = epochs.current().id;
-    assert!(record.index_entries.iter().any(|e| e.epoch.as_ref() == Some(&current)));
-    assert!(
-        record
-            .index_entries
-            .iter()
-            .all(|e| e.epoch.as_ref().is_some_and(|k| k == &current || epochs.epoch(k).is_none()))
-    );
+    // Some entry is under an epoch still in the file (findable); every entry is under an epoch
+    // begun after the erasure or one already destroyed. Not "the current epoch" alone: epochs
+    // here last 2 s, so one may begin between the re-index and the shutdown, leaving the entries
+    // under its predecessor until the next re-index (a flake seen once in CI).
+    assert!(record.index_entries.iter().any(|e| e.epoch.as_ref().is_some_and(|k| epochs.epoch(k).is_some())));
+    assert!(record.index_entries.iter().all(|e| {
+        e.epoch.as_ref().is_some_and(|k| !live.contains(&k.to_string()) || epochs.epoch(k).is_none())
+    }));
 }
 
 /// Looks a customer up by email for customer support.
