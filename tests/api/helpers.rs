@@ -394,7 +394,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Rewrites a stored customer record directly in the sled files of a stopped server, as an
+/// Rewrites a stored customer record directly in the record file of a stopped server, as an
 /// attacker (or a test of time-dependent rules) with access to the data directory would.
 pub fn edit_stored_record(
     data_dir: &Path,
@@ -402,20 +402,33 @@ pub fn edit_stored_record(
     edit: impl FnOnce(&mut custodia::store::CustomerRecord),
 ) {
     let uuid: custodia::domain::CustomerId = id.parse().unwrap();
-    let mut key = vec![b'c'];
-    key.extend_from_slice(uuid.as_bytes());
-    let db = open_store_files(data_dir);
-    let tree = db.open_tree("custodia").unwrap();
-    let stored = tree.get(&key).unwrap().unwrap();
-    // The sled layout (src/store/sled/keys.rs): `0x80 ‖ key slot (8) ‖ record` when the data
-    // key is in the key file; the slot prefix is kept as it is.
+    let db = open_record_files(data_dir);
+    let records = db.keyspace("records", fjall::KeyspaceCreateOptions::default).unwrap();
+    let stored = records.get(uuid.as_bytes()).unwrap().expect("a stored record");
+    // The layout (src/store/sled/keys.rs): `0x80 ‖ key slot (8) ‖ record` when the data key is
+    // in the key file; the slot prefix is kept as it is.
     let prefix = if stored[0] == 0x80 { &stored[..9] } else { &stored[..0] };
     let mut record = custodia::store::CustomerRecord::decode(&stored[prefix.len()..]).unwrap();
     edit(&mut record);
     let mut value = prefix.to_vec();
     value.extend(record.encode().unwrap());
-    tree.insert(key, value).unwrap();
-    db.flush().unwrap();
+    records.insert(uuid.as_bytes().to_vec(), value).unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+/// Opens a stopped server's record file (`store/records`, src/store/sled/records.rs), waiting
+/// (up to 10 s) for the lock of a store closed a moment ago in this process.
+fn open_record_files(data_dir: &Path) -> fjall::Database {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match fjall::Database::builder(data_dir.join("store").join("records")).open() {
+            Ok(db) => return db,
+            Err(fjall::Error::Locked) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("opening the stopped server's records: {e}"),
+        }
+    }
 }
 
 /// Reads stored records of a stopped (or killed) server through the store itself, which

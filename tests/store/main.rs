@@ -7,6 +7,7 @@ mod crash_windows;
 mod pg;
 mod postgres_only;
 mod postgres_review;
+mod record_file;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -1,9 +1,9 @@
-//! The background flush: makes sled and the audit files hold everything the write-ahead log
-//! holds, writes the per-customer history rows of the entries since the last flush, then
-//! deletes the log segments that became redundant. Between flushes, every tenth of a second,
-//! the audit entries are written ahead to their file, so a flush's syncs are small: a group
-//! commit's sync waits behind any sync in progress on the same disk. (A *flush* of storage; a *checkpoint* is
-//! only ever a signed tree head.)
+//! The background flush: makes sled, the record file and the audit files hold everything the
+//! write-ahead log holds, writes the per-customer history rows of the entries since the last
+//! flush, then deletes the log segments that became redundant. Between flushes, every tenth of
+//! a second, the audit entries are written ahead to their file, so a flush's syncs are small: a
+//! group commit's sync waits behind any sync in progress on the same disk. (A *flush* of
+//! storage; a *checkpoint* is only ever a signed tree head.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,6 +96,8 @@ pub(super) fn flush(shared: &Shared) -> Result<(), StoreError> {
     shared.history.insert(&rows)?;
     shared.history.persist()?;
     shared.tree.insert(meta_key(HISTORY_LEN), &upto.to_be_bytes()).map_err(unavailable)?;
+    // The records of every group in the old segments, durable before those segments go.
+    shared.records.persist()?;
     shared.db.flush().map_err(unavailable)?;
     shared.audit.persist()?;
     shared.wal.remove(&old)?;

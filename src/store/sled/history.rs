@@ -14,9 +14,10 @@
 //! every row from the log.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+
+use super::fjall_open::open_database;
 
 use crate::domain::CustomerId;
 use crate::store::StoreError;
@@ -27,8 +28,6 @@ const CACHE_BYTES: u64 = 4 << 20;
 const MEMTABLE_BYTES: u64 = 8 << 20;
 /// fjall's journals, at most (its smallest bound; the default is 512 MiB of disk).
 const JOURNAL_BYTES: u64 = 64 << 20;
-/// How long opening waits for the directory lock of a handle still being dropped.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
 
 /// The history rows of one sled store.
 pub(super) struct HistoryIndex {
@@ -40,33 +39,20 @@ impl HistoryIndex {
     /// Opens (or creates) the index in `dir`. `Ok(None)` if the files there cannot be opened
     /// (damaged): the caller removes them and rebuilds the rows from the log.
     pub(super) fn open(dir: &Path) -> Result<Option<Self>, StoreError> {
-        let deadline = Instant::now() + LOCK_WAIT;
-        let db = loop {
-            let opened = Database::builder(dir)
+        let opened = open_database(dir, |builder| {
+            builder
                 .cache_size(CACHE_BYTES)
                 .worker_threads(1)
                 .max_journaling_size(JOURNAL_BYTES)
                 // Durability is ours to decide (`persist` before `history_len` moves), so fjall's
                 // journal is not flushed after each batch.
                 .manual_journal_persist(true)
-                .open();
-            match opened {
-                Ok(db) => break db,
-                // The previous handle's threads may hold the lock for a moment after it is
-                // dropped (a restart in the same process).
-                Err(fjall::Error::Locked) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(fjall::Error::Locked) => {
-                    return Err(StoreError::Unavailable(format!(
-                        "{} is locked by another process",
-                        dir.display()
-                    )));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, dir = %dir.display(), "the history index does not open; it is rebuilt from the log");
-                    return Ok(None);
-                }
+        })?;
+        let db = match opened {
+            Ok(db) => db,
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %dir.display(), "the history index does not open; it is rebuilt from the log");
+                return Ok(None);
             }
         };
         let rows = db

@@ -2,7 +2,10 @@
 //!
 //! - `c` ‖ customer id (16) → `0x80 ‖ key slot (u64 LE) ‖ record` ([`encode_record`]): the
 //!   record without its data key, which lives in the key file (`key_file.rs`); records written
-//!   before the key file are a bare [`CustomerRecord::encode`] with the key inline
+//!   before the key file are a bare [`CustomerRecord::encode`] with the key inline. These keys
+//!   are the log's and the writer's name for a record: the record itself is kept in the record
+//!   file (`records.rs`) under the bare id, and sled holds none (stores from before the record
+//!   file are moved there on open)
 //! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty
 //! - `x` ‖ …: per-customer history rows of stores from before the history index
 //!   (`history.rs`); moved there and removed on open
@@ -57,19 +60,16 @@ pub(super) const WAL_LSN: &str = "wal_lsn";
 pub(super) const HISTORY_LEN: &str = "history_len";
 /// Metadata name set once the key file exists (so a deleted key file is noticed on open).
 pub(super) const KEY_FILE_MARK: &str = "key_file";
+/// Metadata name set once the records live in the record file (so a deleted one is noticed).
+pub(super) const RECORDS_MARK: &str = "records";
+/// First byte of a customer record's key.
+pub(super) const CUSTOMER_PREFIX: &[u8] = b"c";
 
 pub(super) fn customer_key(id: &CustomerId) -> [u8; 17] {
     let mut key = [0u8; 17];
-    key[0] = b'c';
+    key[0] = CUSTOMER_PREFIX[0];
     key[1..].copy_from_slice(id.as_bytes());
     key
-}
-
-/// The customer id of a `c` key.
-pub(super) fn customer_of_key(key: &[u8]) -> Result<CustomerId, StoreError> {
-    let bytes: [u8; 16] =
-        key.get(1..).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("customer key length"))?;
-    Ok(CustomerId::from_bytes(bytes))
 }
 
 pub(super) fn index_prefix(field: &str, index: &[u8; 32]) -> Vec<u8> {

@@ -1,9 +1,11 @@
-//! The embedded default backend: one sled tree (key layout in `keys.rs`), audit entries in
-//! append-only files (`audit_files.rs`), made durable by a write-ahead log (`wal.rs`).
+//! The embedded default backend: one sled tree (key layout in `keys.rs`) for index entries,
+//! checkpoints and metadata, customer records in a record file (`records.rs`), data keys in a
+//! key file (`key_file.rs`), audit entries in append-only files (`audit_files.rs`), all made
+//! durable by a write-ahead log (`wal.rs`).
 //!
 //! Writes go to one writer thread (`writer.rs`) that commits them in groups: one log record and
-//! one `fdatasync` per group, then the group's keys applied to sled and its entries to the audit
-//! files, events integrated inline, so a single node needs no separate sequencer. A flusher
+//! one `fdatasync` per group, then the group's records applied to the record file, its other
+//! keys to sled and its entries to the audit files, events integrated inline, so a single node needs no separate sequencer. A flusher
 //! thread (`flusher.rs`) flushes sled in the background, writes the per-customer history rows
 //! of the entries since the last flush, persists the audit files and deletes the log segments
 //! they made redundant.
@@ -12,14 +14,17 @@
 //! under `wal_lsn`, and groups are applied in LSN order. sled recovers a prefix of its own
 //! writes, so after a crash it holds the groups up to some LSN `L` (and perhaps part of the
 //! next); replaying the logged records with LSN > `L`, in order, restores every group whose
-//! log record became durable (puts and removes are idempotent). Audit entries the files lack
-//! are taken from the log too.
+//! log record became durable (puts and removes are idempotent). The record file keeps its own
+//! LSN and is replayed from there in the same way. Audit entries the files lack are taken from
+//! the log too.
 
 mod audit_files;
+mod fjall_open;
 mod flusher;
 mod history;
 mod key_file;
 mod keys;
+mod records;
 mod wal;
 mod writer;
 
@@ -38,9 +43,10 @@ use self::flusher::Flusher;
 use self::history::HistoryIndex;
 use self::key_file::KeyFile;
 use self::keys::{
-    HISTORY_LEN, KEY_FILE_MARK, WAL_LSN, completing_leaf, corrupt, customer_key, customer_of_key,
+    CUSTOMER_PREFIX, HISTORY_LEN, KEY_FILE_MARK, RECORDS_MARK, WAL_LSN, completing_leaf, corrupt,
     decode_entry, decode_pair, index_prefix, meta_key, trailing_u64,
 };
+use self::records::{RecordFile, RecordOp};
 use self::wal::{Op, Wal};
 use self::writer::Job;
 use super::{
@@ -49,7 +55,8 @@ use super::{
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
 
-/// Customer records, index entries, audit log and metadata in one sled database.
+/// Customer records, index entries, audit log and metadata in one data directory: sled, the
+/// record file, the key file and the audit files, behind one write-ahead log.
 pub struct SledStore {
     shared: Arc<Shared>,
     /// The writer thread's queue; `None` once closed.
@@ -66,6 +73,8 @@ struct Shared {
     audit: AuditFiles,
     /// Wrapped data keys, one slot each; records name their slot.
     keys: KeyFile,
+    /// Customer records (the `c` keys of the log's ops), outside sled's B-tree.
+    records: RecordFile,
     /// Per-customer history rows of the entries below `history_len` (and perhaps some after).
     history: HistoryIndex,
     integrator: Arc<dyn Integrator>,
@@ -116,6 +125,7 @@ impl SledStore {
         if !marked {
             tree.insert(meta_key(KEY_FILE_MARK), &[] as &[u8]).map_err(unavailable)?;
         }
+        let (records, records_from) = open_records(dir, &db, &tree, lsn)?;
         // Replay what sled lost: every logged batch newer than the last one sled holds, and
         // every audit entry the files lack. Every logged key destruction is repeated (it is
         // guarded by the slot's owner, so a slot reused since is spared).
@@ -133,12 +143,25 @@ impl SledStore {
                     _ => {}
                 }
             }
+            // sled and the records each recovered a prefix of the groups, up to their own LSN.
+            if record.lsn > records_from && record.ops.iter().any(|op| record_op(op).is_some()) {
+                records.apply(record.lsn, record.ops.iter().filter_map(record_op))?;
+            }
             if record.lsn > durable_in_sled {
-                if record.ops.iter().any(|op| matches!(op, Op::Put(..) | Op::Remove(..))) {
+                if record
+                    .ops
+                    .iter()
+                    .any(|op| matches!(op, Op::Put(..) | Op::Remove(..)) && record_op(op).is_none())
+                {
                     tree.apply_batch(to_batch(&record.ops)).map_err(unavailable)?;
                 }
                 lsn = record.lsn;
             }
+        }
+        if records_from > lsn {
+            return Err(StoreError::Corrupt(format!(
+                "the customer records hold changes up to log record {records_from} but the log and sled end at {lsn}: refusing to start"
+            )));
         }
         keys.sync()?;
         let orphans = keys.recover(lsn)?;
@@ -182,7 +205,8 @@ impl SledStore {
         for key in tree.scan_prefix(keys::LEGACY_HISTORY_PREFIX).keys() {
             tree.remove(key.map_err(unavailable)?).map_err(unavailable)?;
         }
-        // Only once sled and the audit files hold everything may the log go.
+        // Only once sled, the records and the audit files hold everything may the log go.
+        records.persist()?;
         db.flush().map_err(unavailable)?;
         let wal = Wal::start(&wal_dir)?;
         let history_tail = BTreeSet::new();
@@ -193,6 +217,7 @@ impl SledStore {
             wal,
             audit,
             keys,
+            records,
             history,
             integrator,
             apply: Mutex::new(Applied { lsn }),
@@ -224,8 +249,8 @@ impl SledStore {
     }
 
     fn read_customer(&self, id: &CustomerId) -> Result<Option<CustomerRecord>, StoreError> {
-        let key = customer_key(id);
-        let Some(mut value) = self.shared.tree.get(key).map_err(unavailable)? else { return Ok(None) };
+        let key = id.as_bytes();
+        let Some(mut value) = self.shared.records.get(key)? else { return Ok(None) };
         // A re-wrap or an erasure may destroy (and reuse) the slot this value names between the
         // two reads. The writer applies the new record before it destroys the old slot, so the
         // record read again names the new slot, or is gone; an unchanged record whose slot
@@ -235,7 +260,7 @@ impl SledStore {
                 Ok((record, _)) => return Ok(Some(record)),
                 Err(e) => e,
             };
-            match self.shared.tree.get(key).map_err(unavailable)? {
+            match self.shared.records.get(key)? {
                 Some(again) if again != value => value = again,
                 Some(_) => return Err(error),
                 None => return Ok(None),
@@ -303,20 +328,7 @@ impl Store for SledStore {
         after: Option<CustomerId>,
         limit: usize,
     ) -> Result<Vec<CustomerId>, StoreError> {
-        let start = match after {
-            Some(id) => {
-                let mut key = customer_key(&id).to_vec();
-                key.push(0);
-                key
-            }
-            None => vec![b'c'],
-        };
-        let mut out = Vec::new();
-        for entry in self.shared.tree.range(start..vec![b'c' + 1]).take(limit) {
-            let (key, _) = entry.map_err(unavailable)?;
-            out.push(customer_of_key(&key)?);
-        }
-        Ok(out)
+        self.shared.records.ids(after.as_ref(), limit)
     }
 
     async fn write(&self, write: Write) -> Result<Written, StoreError> {
@@ -453,10 +465,96 @@ impl Shared {
         }
         Ok((record, slot))
     }
+
+    /// The stored value of sled key `key` as the writer sees it: a record's (`c` key) from the
+    /// record file, every other from sled.
+    fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match key.strip_prefix(CUSTOMER_PREFIX) {
+            Some(id) => self.records.get(id),
+            None => Ok(self.tree.get(key).map_err(unavailable)?.map(|value| value.to_vec())),
+        }
+    }
+}
+
+/// Opens the record file (`records.rs`) and answers it with the LSN it holds the groups up to.
+/// A store from before it has its records in sled's `c` keys: they are copied into a new record
+/// file with sled's LSN, persisted, marked, and the mark flushed before anything is replayed, so
+/// a crash before the mark starts the move again from a sled that nothing changed since, and a
+/// crash after it finds the record file complete. Then the `c` keys are removed from sled
+/// (repeated on every open until a flush makes it final).
+fn open_records(
+    dir: &Path,
+    db: &sled::Db,
+    tree: &sled::Tree,
+    sled_lsn: u64,
+) -> Result<(RecordFile, u64), StoreError> {
+    let records_dir = records::records_dir(dir);
+    if tree.get(meta_key(RECORDS_MARK)).map_err(unavailable)?.is_some() {
+        let records = RecordFile::open(&records_dir)?;
+        let Some(applied) = records.applied_lsn()? else {
+            return Err(StoreError::Corrupt(format!(
+                "{} is missing or empty but this store keeps its customer records there: refusing to start",
+                records_dir.display()
+            )));
+        };
+        remove_records_from_sled(tree)?;
+        return Ok((records, applied));
+    }
+    // A record file without the mark is what a cut move left (sled still holds every record:
+    // they leave it only after the mark is flushed), started again from scratch. Records there
+    // and none in sled is not that but a sled that lost its mark: refused, nothing removed.
+    if records_dir.exists() {
+        if tree.scan_prefix(CUSTOMER_PREFIX).next().is_none()
+            && !RecordFile::open(&records_dir)?.is_empty()?
+        {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds customer records but this store has no mark of them: refusing to start",
+                records_dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(&records_dir)
+            .map_err(|e| StoreError::Unavailable(format!("removing {}: {e}", records_dir.display())))?;
+    }
+    let records = RecordFile::open(&records_dir)?;
+    let mut moved = 0usize;
+    let mut chunk = Vec::with_capacity(MOVE_CHUNK);
+    let mut entries = tree.scan_prefix(CUSTOMER_PREFIX);
+    loop {
+        let entry = entries.next().transpose().map_err(unavailable)?;
+        let done = entry.is_none();
+        chunk.extend(entry);
+        if done || chunk.len() == MOVE_CHUNK {
+            let ops = chunk.iter().map(|(key, value)| RecordOp::Put(&key[CUSTOMER_PREFIX.len()..], value));
+            records.apply(sled_lsn, ops)?;
+            moved += chunk.len();
+            chunk.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    records.persist()?;
+    tree.insert(meta_key(RECORDS_MARK), &[] as &[u8]).map_err(unavailable)?;
+    db.flush().map_err(unavailable)?;
+    if moved > 0 {
+        tracing::info!(records = moved, "moved the customer records out of sled into the record file");
+    }
+    remove_records_from_sled(tree)?;
+    Ok((records, sled_lsn))
+}
+
+/// Removes the `c` keys a store from before the record file left in sled (none once moved).
+fn remove_records_from_sled(tree: &sled::Tree) -> Result<(), StoreError> {
+    for key in tree.scan_prefix(CUSTOMER_PREFIX).keys() {
+        tree.remove(key.map_err(unavailable)?).map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 /// File name of the key file in the data directory.
 const KEY_FILE: &str = "keys";
+/// Records copied per batch when a store's records move out of sled.
+const MOVE_CHUNK: usize = 10_000;
 /// Audit entries whose history rows are derived in one step when the index is rebuilt.
 const REBUILD_CHUNK: u64 = 65_536;
 
@@ -495,7 +593,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Refuses the metadata names the store keeps for itself (recovery depends on them).
 fn reserved(name: &str) -> Result<(), StoreError> {
-    if name == WAL_LSN || name == HISTORY_LEN || name == KEY_FILE_MARK {
+    if [WAL_LSN, HISTORY_LEN, KEY_FILE_MARK, RECORDS_MARK].contains(&name) {
         return Err(StoreError::Unavailable(format!("metadata name `{name}` is reserved by the store")));
     }
     Ok(())
@@ -533,16 +631,20 @@ fn stored_head(audit: &AuditFiles, size: u64) -> Result<TreeHead, StoreError> {
     Ok(TreeHead { size, roots })
 }
 
-/// Applies a group's sled ops one key at a time, `wal_lsn` last (the writer puts it last).
+/// Applies group `lsn`'s ops: its records to the record file in one batch (with the LSN), then
+/// every other key to sled one at a time, `wal_lsn` last (the writer puts it last).
 ///
-/// Not as a `sled::Batch`: sled applies a batch under a lock that every other tree operation
+/// sled's keys not as a `sled::Batch`: sled applies a batch under a lock that every other tree operation
 /// waits for. Atomicity is not needed here: the group is in the log first, sled recovers a
 /// prefix of its own writes, and until `wal_lsn` names the group, replay re-applies all of it
 /// in order (puts and removes are idempotent). Between two keys a reader may see a record
 /// without its new index entry, or the reverse, for microseconds; uniqueness is only ever
 /// checked by the writer thread.
-fn apply(tree: &sled::Tree, ops: &[Op]) -> Result<(), StoreError> {
-    for op in ops {
+fn apply(tree: &sled::Tree, records: &RecordFile, lsn: u64, ops: &[Op]) -> Result<(), StoreError> {
+    if ops.iter().any(|op| record_op(op).is_some()) {
+        records.apply(lsn, ops.iter().filter_map(record_op))?;
+    }
+    for op in ops.iter().filter(|op| record_op(op).is_none()) {
         match op {
             Op::Put(k, v) => {
                 tree.insert(k.as_slice(), v.as_slice()).map_err(unavailable)?;
@@ -556,9 +658,19 @@ fn apply(tree: &sled::Tree, ops: &[Op]) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// An op on a customer record (a `c` key) as a change to the record file, or `None`.
+fn record_op(op: &Op) -> Option<RecordOp<'_>> {
+    match op {
+        Op::Put(key, value) => key.strip_prefix(CUSTOMER_PREFIX).map(|id| RecordOp::Put(id, value)),
+        Op::Remove(key) => key.strip_prefix(CUSTOMER_PREFIX).map(RecordOp::Remove),
+        Op::Audit(..) | Op::DestroyKey { .. } => None,
+    }
+}
+
+/// The ops that sled holds (all but the records) as one sled batch.
 fn to_batch(ops: &[Op]) -> sled::Batch {
     let mut batch = sled::Batch::default();
-    for op in ops {
+    for op in ops.iter().filter(|op| record_op(op).is_none()) {
         match op {
             Op::Put(k, v) => batch.insert(k.as_slice(), v.as_slice()),
             Op::Remove(k) => batch.remove(k.as_slice()),
@@ -744,7 +856,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&dir.path().join("store"), 8 << 20, Arc::new(Tree)).unwrap();
         store.write(write(0)).await.unwrap();
-        for name in [WAL_LSN, HISTORY_LEN, KEY_FILE_MARK] {
+        for name in [WAL_LSN, HISTORY_LEN, KEY_FILE_MARK, RECORDS_MARK] {
             assert!(store.put_meta(name, b"x".to_vec()).await.is_err(), "{name}");
             assert!(store.init_meta(name, b"x".to_vec()).await.is_err(), "{name}");
         }

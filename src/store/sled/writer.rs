@@ -305,7 +305,7 @@ fn log_and_apply(
     // reader is shown a change that is not durable. The sync holds no segment lock.
     shared.wal.sync().map_err(StoreError::Unavailable)?;
     if touches_sled {
-        super::apply(&shared.tree, &ops)?;
+        super::apply(&shared.tree, &shared.records, lsn, &ops)?;
     }
     // Erasure is real before it is answered: destroyed keys are zeros on disk, synced, and
     // only then reusable (see `key_file.rs`).
@@ -357,7 +357,7 @@ impl Staging<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.overlay.get(key) {
             Some(value) => Ok(value.clone()),
-            None => Ok(self.shared.tree.get(key).map_err(unavailable)?.map(|v| v.to_vec())),
+            None => self.shared.stored(key),
         }
     }
 

@@ -1,0 +1,177 @@
+//! Customer records of the sled backend, in a fjall LSM tree with key–value separation in
+//! `<store>/records/`, not in sled's B-tree.
+//!
+//! Why: a read is a point lookup by a random customer id. In sled it pulls the record's whole
+//! leaf (a base page and every change logged to it since, one `pread` and one decode each) into
+//! a cache that holds a shrinking share of the leaves as the store grows: at 1,000,000
+//! customers a read cost 46 % more server CPU than at 100,000 (README "Performance"). Here the
+//! tree holds only ids and handles (≈ 50 bytes a customer, bloom-filtered, so a new id's
+//! existence check reads no block) and the sealed record is one `pread` from a blob file,
+//! whatever the store's size; blob files are rewritten by fjall's compaction once a quarter of
+//! a file is stale.
+//!
+//! Layout: keyspace `records`: customer id (16) → the value sled's `c` key used to hold
+//! (`keys.rs`: `0x80 ‖ key slot ‖ record`); keyspace `meta`: `applied_lsn` → the log sequence
+//! number (u64, big-endian) of the last group applied here.
+//!
+//! Invariant: this is the store of record, not derived data. A group's records and its LSN
+//! are one fjall batch, so after a crash the keyspace holds exactly the groups up to
+//! [`RecordFile::applied_lsn`] (fjall recovers a prefix of its journal). The flusher persists
+//! it before the log segments go, so the log still holds every group after that LSN and open
+//! replays them; a replayed put or removal repeats the final state.
+
+use std::path::{Path, PathBuf};
+
+use fjall::config::PinningPolicy;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+
+use super::fjall_open::open_database;
+use crate::domain::CustomerId;
+use crate::store::StoreError;
+
+/// The tree's block cache, in bytes: its index and filter blocks, and data blocks of ids.
+const CACHE_BYTES: u64 = 16 << 20;
+/// The in-memory write buffer before records go to a sorted table, in bytes.
+const MEMTABLE_BYTES: u64 = 16 << 20;
+/// fjall's journals, at most.
+const JOURNAL_BYTES: u64 = 64 << 20;
+/// Values at least this long go to blob files. Every record is longer, so the tree that
+/// compaction rewrites holds ids and handles only.
+const SEPARATION_BYTES: u32 = 64;
+/// Blob files of this size, in bytes: a smaller file is rewritten sooner once records in it
+/// are replaced or erased.
+const BLOB_FILE_BYTES: u64 = 32 << 20;
+const APPLIED_LSN: &[u8] = b"applied_lsn";
+
+/// The records of one sled store.
+pub(super) struct RecordFile {
+    db: Database,
+    records: Keyspace,
+    meta: Keyspace,
+}
+
+/// A change to one record, as the log holds it.
+pub(super) enum RecordOp<'a> {
+    /// Set the record of this customer (id bytes) to this value.
+    Put(&'a [u8], &'a [u8]),
+    /// Remove this customer's record.
+    Remove(&'a [u8]),
+}
+
+impl RecordFile {
+    /// Opens (or creates) the records in `dir`.
+    pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = open_database(dir, |builder| {
+            builder
+                .cache_size(CACHE_BYTES)
+                .worker_threads(1)
+                .max_journaling_size(JOURNAL_BYTES)
+                // Durability is the flusher's (`persist` before the log goes), so fjall's
+                // journal is not synced after each batch: the write-ahead log was.
+                .manual_journal_persist(true)
+        })?
+        .map_err(|e| {
+            StoreError::Corrupt(format!("the customer records in {} do not open: {e}", dir.display()))
+        })?;
+        let records = db
+            .keyspace("records", || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    .with_kv_separation(Some(
+                        KvSeparationOptions::default()
+                            .separation_threshold(SEPARATION_BYTES)
+                            .file_target_size(BLOB_FILE_BYTES),
+                    ))
+                    // Every level's filter and index blocks stay in memory (some 1.5 MB at
+                    // 1,000,000 customers), so a point read costs at most one data block and
+                    // one blob read at any size.
+                    .filter_block_pinning_policy(PinningPolicy::all(true))
+                    .index_block_pinning_policy(PinningPolicy::all(true))
+            })
+            .map_err(unavailable)?;
+        let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(unavailable)?;
+        Ok(RecordFile { db, records, meta })
+    }
+
+    /// The stored value of customer `id`.
+    pub(super) fn get(&self, id: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.records.get(id).map_err(unavailable)?.map(|value| value.to_vec()))
+    }
+
+    /// Whether no customer record is stored.
+    pub(super) fn is_empty(&self) -> Result<bool, StoreError> {
+        self.records.is_empty().map_err(unavailable)
+    }
+
+    /// Up to `limit` customer ids after `after` (all from the first if `None`), ascending.
+    pub(super) fn ids(
+        &self,
+        after: Option<&CustomerId>,
+        limit: usize,
+    ) -> Result<Vec<CustomerId>, StoreError> {
+        let entries = match after {
+            Some(id) => self.records.range::<&[u8], _>((
+                std::ops::Bound::Excluded(id.as_bytes().as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.records.iter(),
+        };
+        entries
+            .take(limit)
+            .map(|entry| {
+                let key = entry.key().map_err(unavailable)?;
+                let bytes: [u8; 16] =
+                    key.as_ref().try_into().map_err(|_| StoreError::Corrupt("record key length".into()))?;
+                Ok(CustomerId::from_bytes(bytes))
+            })
+            .collect()
+    }
+
+    /// Applies group `lsn`'s record changes and records the LSN, atomically. Not durable
+    /// until [`persist`](Self::persist) (the write-ahead log is).
+    pub(super) fn apply<'a>(
+        &self,
+        lsn: u64,
+        ops: impl IntoIterator<Item = RecordOp<'a>>,
+    ) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for op in ops {
+            match op {
+                RecordOp::Put(id, value) => batch.insert(&self.records, id.to_vec(), value.to_vec()),
+                RecordOp::Remove(id) => batch.remove(&self.records, id.to_vec()),
+            }
+        }
+        batch.insert(&self.meta, APPLIED_LSN, lsn.to_be_bytes().to_vec());
+        batch.commit().map_err(unavailable)
+    }
+
+    /// The LSN of the last group applied; `None` for a record file that never had one applied
+    /// (new, or emptied by hand: the first apply, even of no records, stores it).
+    pub(super) fn applied_lsn(&self) -> Result<Option<u64>, StoreError> {
+        self.meta
+            .get(APPLIED_LSN)
+            .map_err(unavailable)?
+            .map(|bytes| {
+                let bytes = bytes
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("applied_lsn length".into()))?;
+                Ok(u64::from_be_bytes(bytes))
+            })
+            .transpose()
+    }
+
+    /// Makes every group applied so far durable (`fdatasync` of fjall's journal).
+    pub(super) fn persist(&self) -> Result<(), StoreError> {
+        self.db.persist(PersistMode::SyncData).map_err(unavailable)
+    }
+}
+
+/// Where a store in `dir` keeps its records.
+pub(super) fn records_dir(dir: &Path) -> PathBuf {
+    dir.join("records")
+}
+
+fn unavailable(e: fjall::Error) -> StoreError {
+    StoreError::Unavailable(format!("customer records: {e}"))
+}

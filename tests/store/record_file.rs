@@ -1,0 +1,228 @@
+//! The sled backend's record file (`src/store/sled/records.rs`): records kept outside sled's
+//! B-tree survive crashes through the write-ahead log, a store from before it moves its
+//! records there on open (also after an open cut half-way), and a deleted record file is
+//! refused rather than served as an empty store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use custodia::audit::tree::Tree;
+use custodia::domain::CustomerId;
+use custodia::store::{CustomerChange, IndexEntry, StorageSettings, Store, Write};
+
+fn settings_in(dir: &Path) -> StorageSettings {
+    StorageSettings::Sled { dir: dir.join("store"), cache_bytes: 8 << 20 }
+}
+
+fn open(dir: &Path) -> Arc<dyn Store> {
+    custodia::store::open(&settings_in(dir), Arc::new(Tree)).unwrap()
+}
+
+fn records_dir(dir: &Path) -> PathBuf {
+    dir.join("store").join("records")
+}
+
+/// A write of `change` with no event.
+fn change(change: CustomerChange) -> Write {
+    Write { need_seqs: false, precondition: None, change: Some(change), events: vec![] }
+}
+
+fn create(id: CustomerId, n: u8) -> Write {
+    let entry = IndexEntry { field: "email".into(), index: [n; 32], unique: true, epoch: None };
+    change(CustomerChange::Put {
+        record: Box::new(crate::record(id, 1, vec![entry])),
+        expected_version: None,
+    })
+}
+
+/// Three customers: `ids[0]` at version 2, `ids[1]` at version 1, `ids[2]` erased.
+async fn three_customers(store: &Arc<dyn Store>) -> Vec<CustomerId> {
+    let ids: Vec<CustomerId> = (0..3).map(|_| CustomerId::random()).collect();
+    for (n, id) in ids.iter().enumerate() {
+        store.write(create(*id, n as u8)).await.unwrap();
+    }
+    let update =
+        CustomerChange::Put { record: Box::new(crate::record(ids[0], 2, vec![])), expected_version: Some(1) };
+    store.write(change(update)).await.unwrap();
+    store.write(change(CustomerChange::Delete { id: ids[2], expected_version: 1 })).await.unwrap();
+    ids
+}
+
+/// What [`three_customers`] left, as `store` shows it.
+async fn assert_three_customers(store: &Arc<dyn Store>, ids: &[CustomerId]) {
+    assert_eq!(store.customer(&ids[0]).await.unwrap().map(|r| r.version), Some(2));
+    assert_eq!(store.customer(&ids[1]).await.unwrap().map(|r| r.version), Some(1));
+    assert!(store.customer(&ids[2]).await.unwrap().is_none(), "the erased customer stays erased");
+    let mut live = vec![ids[0], ids[1]];
+    live.sort();
+    assert_eq!(store.customer_ids(None, 10).await.unwrap(), live);
+    assert_eq!(store.customer_ids(Some(live[0]), 10).await.unwrap(), vec![live[1]]);
+    // The unique entry of the live customer still clashes; the erased one's is free.
+    let taken = create(CustomerId::random(), 1);
+    assert!(matches!(store.write(taken).await, Err(custodia::store::StoreError::UniqueViolation { .. })));
+}
+
+/// Puts the store in `dir` back into the layout from before the record file: every record in
+/// sled under `c ‖ id`, no `records` mark, no `records/` directory.
+fn to_layout_before_the_record_file(dir: &Path) {
+    let records = read_record_file(dir);
+    let db = sled::Config::new().path(dir.join("store")).flush_every_ms(None).open().unwrap();
+    let tree = db.open_tree("custodia").unwrap();
+    for (id, value) in records {
+        let mut key = vec![b'c'];
+        key.extend_from_slice(&id);
+        tree.insert(key, value).unwrap();
+    }
+    tree.remove(b"mrecords").unwrap().expect("a store with a record file is marked");
+    db.flush().unwrap();
+    drop(tree);
+    drop(db);
+    std::fs::remove_dir_all(records_dir(dir)).unwrap();
+}
+
+/// Every (id, value) pair in the record file of a stopped store in `dir`.
+fn read_record_file(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = fjall::Database::builder(records_dir(dir)).open().unwrap();
+    let records = db.keyspace("records", fjall::KeyspaceCreateOptions::default).unwrap();
+    records
+        .iter()
+        .map(|entry| {
+            let (id, value) = entry.into_inner().unwrap();
+            (id.to_vec(), value.to_vec())
+        })
+        .collect()
+}
+
+/// The `c` keys left in sled of a stopped store in `dir`.
+fn records_in_sled(dir: &Path) -> usize {
+    let db = sled::Config::new().path(dir.join("store")).flush_every_ms(None).open().unwrap();
+    db.open_tree("custodia").unwrap().scan_prefix(b"c").count()
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ids = three_customers(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+    to_layout_before_the_record_file(dir.path());
+    assert_eq!(records_in_sled(dir.path()), 2);
+
+    let store = open(dir.path());
+    assert_three_customers(&store, &ids).await;
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(records_in_sled(dir.path()), 0, "sled keeps no copy of a record");
+    assert_eq!(read_record_file(dir.path()).len(), 2);
+    // Opened again, the marked store reads its records from the record file alone.
+    let store = open(dir.path());
+    assert_three_customers(&store, &ids).await;
+}
+
+#[tokio::test]
+async fn an_open_cut_while_moving_the_records_moves_them_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let ids = three_customers(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+    let moved = read_record_file(dir.path());
+    to_layout_before_the_record_file(dir.path());
+    // A record file holding part of the move, a stale value, the erased customer and an LSN
+    // past sled's, and no mark in sled: the open that wrote it was cut before the mark.
+    {
+        let db = fjall::Database::builder(records_dir(dir.path())).open().unwrap();
+        let records = db.keyspace("records", fjall::KeyspaceCreateOptions::default).unwrap();
+        let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
+        records.insert(moved[0].0.clone(), moved[1].1.clone()).unwrap();
+        records.insert(ids[2].as_bytes().to_vec(), moved[1].1.clone()).unwrap();
+        meta.insert("applied_lsn", u64::MAX.to_be_bytes()).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let store = open(dir.path());
+    assert_three_customers(&store, &ids).await;
+}
+
+#[tokio::test]
+async fn a_deleted_record_file_stops_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    three_customers(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+    std::fs::remove_dir_all(records_dir(dir.path())).unwrap();
+    let err =
+        custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).err().expect("refused").to_string();
+    assert!(err.contains("records") && err.contains("refusing"), "{err}");
+}
+
+const KILLED: &str = "record_file::acknowledged_records_survive_two_kill_9s";
+
+/// Runs this test binary again as a child doing `step` on the store in `dir`, ending in
+/// `abort()`: no destructor runs, so neither sled nor the record file is flushed, as with
+/// kill -9.
+fn killed_child(step: &str, dir: &Path) {
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([KILLED, "--exact", "--nocapture", "--test-threads=1"])
+        .env("RECORD_FILE_STEP", step)
+        .env("RECORD_FILE_DIR", dir)
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(6), "the child step {step} must end in an abort, not a panic");
+}
+
+#[tokio::test]
+async fn acknowledged_records_survive_two_kill_9s() {
+    if let (Ok(step), Ok(dir)) = (std::env::var("RECORD_FILE_STEP"), std::env::var("RECORD_FILE_DIR")) {
+        let dir = PathBuf::from(dir);
+        let store = open(&dir);
+        if step == "1" {
+            // Acknowledged writes, then kill -9 before the flusher's first run (it runs each
+            // second): the records are in no file but the log.
+            let ids = three_customers(&store).await;
+            let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+            std::fs::write(dir.join("ids"), ids.join("\n")).unwrap();
+        } else {
+            // The replay's open persists what it replayed; one more acknowledged create, and a
+            // second kill -9.
+            let extra = CustomerId::random();
+            store.write(create(extra, 9)).await.unwrap();
+            std::fs::write(dir.join("extra"), extra.to_string()).unwrap();
+        }
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    killed_child("1", dir.path());
+    let ids: Vec<CustomerId> = std::fs::read_to_string(dir.path().join("ids"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    killed_child("2", dir.path());
+    let extra: CustomerId = std::fs::read_to_string(dir.path().join("extra")).unwrap().parse().unwrap();
+
+    let store = open(dir.path());
+    assert_eq!(store.customer(&extra).await.unwrap().map(|r| r.version), Some(1), "the second run's create");
+    store.write(change(CustomerChange::Delete { id: extra, expected_version: 1 })).await.unwrap();
+    assert_three_customers(&store, &ids).await;
+}
+
+#[tokio::test]
+async fn a_record_file_that_sled_has_no_mark_of_is_refused_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    three_customers(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+    {
+        let db = sled::Config::new().path(dir.path().join("store")).flush_every_ms(None).open().unwrap();
+        db.open_tree("custodia").unwrap().remove(b"mrecords").unwrap().expect("marked");
+        db.flush().unwrap();
+    }
+    let err =
+        custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).err().expect("refused").to_string();
+    assert!(err.contains("records") && err.contains("refusing"), "{err}");
+    assert_eq!(read_record_file(dir.path()).len(), 2, "the records are left as they were");
+}
