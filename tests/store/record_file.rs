@@ -57,9 +57,14 @@ async fn assert_three_customers(store: &Arc<dyn Store>, ids: &[CustomerId]) {
     live.sort();
     assert_eq!(store.customer_ids(None, 10).await.unwrap(), live);
     assert_eq!(store.customer_ids(Some(live[0]), 10).await.unwrap(), vec![live[1]]);
-    // The unique entry of the live customer still clashes; the erased one's is free.
+    // The unique entry of the live customer still clashes.
     let taken = create(CustomerId::random(), 1);
     assert!(matches!(store.write(taken).await, Err(custodia::store::StoreError::UniqueViolation { .. })));
+}
+
+/// The erased customer's unique value is free: taken by a new customer (so checked once).
+async fn assert_erased_value_free(store: &Arc<dyn Store>) {
+    store.write(create(CustomerId::random(), 2)).await.expect("the erased customer's unique value is free");
 }
 
 /// Puts the store in `dir` back into the layout from before the record file: every record in
@@ -118,6 +123,7 @@ async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
     // Opened again, the marked store reads its records from the record file alone.
     let store = open(dir.path());
     assert_three_customers(&store, &ids).await;
+    assert_erased_value_free(&store).await;
 }
 
 #[tokio::test]
@@ -140,8 +146,13 @@ async fn an_open_cut_while_moving_the_records_moves_them_again() {
         meta.insert("applied_lsn", u64::MAX.to_be_bytes()).unwrap();
         db.persist(fjall::PersistMode::SyncAll).unwrap();
     }
+    // And a build cut while fjall was creating its files: a directory it cannot open.
+    let building = dir.path().join("store").join("records.new");
+    std::fs::create_dir_all(building.join("keyspaces")).unwrap();
+    std::fs::write(building.join("0.jnl"), b"").unwrap();
     let store = open(dir.path());
     assert_three_customers(&store, &ids).await;
+    assert_erased_value_free(&store).await;
 }
 
 #[tokio::test]
@@ -154,7 +165,7 @@ async fn a_deleted_record_file_stops_the_open() {
     std::fs::remove_dir_all(records_dir(dir.path())).unwrap();
     let err =
         custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).err().expect("refused").to_string();
-    assert!(err.contains("records") && err.contains("refusing"), "{err}");
+    assert!(err.contains("records is missing or empty") && err.contains("refusing"), "{err}");
 }
 
 const KILLED: &str = "record_file::acknowledged_records_survive_two_kill_9s";
@@ -185,11 +196,13 @@ async fn acknowledged_records_survive_two_kill_9s() {
             let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
             std::fs::write(dir.join("ids"), ids.join("\n")).unwrap();
         } else {
-            // The replay's open persists what it replayed; one more acknowledged create, and a
-            // second kill -9.
+            // The replay's open persists what it replayed; one more acknowledged create, then a
+            // flush (which deletes the log segments that hold it, so the record file must hold
+            // it durably first) and a second kill -9.
             let extra = CustomerId::random();
             store.write(create(extra, 9)).await.unwrap();
             std::fs::write(dir.join("extra"), extra.to_string()).unwrap();
+            store.close().await.unwrap();
         }
         std::process::abort();
     }
@@ -207,6 +220,7 @@ async fn acknowledged_records_survive_two_kill_9s() {
     assert_eq!(store.customer(&extra).await.unwrap().map(|r| r.version), Some(1), "the second run's create");
     store.write(change(CustomerChange::Delete { id: extra, expected_version: 1 })).await.unwrap();
     assert_three_customers(&store, &ids).await;
+    assert_erased_value_free(&store).await;
 }
 
 #[tokio::test]
@@ -223,6 +237,6 @@ async fn a_record_file_that_sled_has_no_mark_of_is_refused_not_replaced() {
     }
     let err =
         custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).err().expect("refused").to_string();
-    assert!(err.contains("records") && err.contains("refusing"), "{err}");
+    assert!(err.contains("has no mark of them") && err.contains("refusing"), "{err}");
     assert_eq!(read_record_file(dir.path()).len(), 2, "the records are left as they were");
 }

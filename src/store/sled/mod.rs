@@ -477,11 +477,14 @@ impl Shared {
 }
 
 /// Opens the record file (`records.rs`) and answers it with the LSN it holds the groups up to.
-/// A store from before it has its records in sled's `c` keys: they are copied into a new record
-/// file with sled's LSN, persisted, marked, and the mark flushed before anything is replayed, so
-/// a crash before the mark starts the move again from a sled that nothing changed since, and a
-/// crash after it finds the record file complete. Then the `c` keys are removed from sled
-/// (repeated on every open until a flush makes it final).
+///
+/// A store without the `records` mark in sled (new, or from before the record file, its
+/// records in sled's `c` keys) gets one built aside in `records.new/`: the `c` keys copied with
+/// sled's LSN, persisted, the handle closed, the directory renamed to `records/` and the store
+/// directory synced, then the mark set and flushed, all before anything is replayed. A crash
+/// before the mark leaves sled as it was, so the next open builds again from scratch; a crash
+/// after it finds the record file complete. Then the `c` keys are removed from sled (repeated
+/// on every open until a flush makes it final).
 fn open_records(
     dir: &Path,
     db: &sled::Db,
@@ -500,9 +503,9 @@ fn open_records(
         remove_records_from_sled(tree)?;
         return Ok((records, applied));
     }
-    // A record file without the mark is what a cut move left (sled still holds every record:
-    // they leave it only after the mark is flushed), started again from scratch. Records there
-    // and none in sled is not that but a sled that lost its mark: refused, nothing removed.
+    // Without the mark, a record file is a build that was cut after its rename: sled still holds
+    // every record (they leave it only after the mark is flushed). Records there and none in
+    // sled is not that but a sled that lost its mark: refused, nothing removed.
     if records_dir.exists() {
         if tree.scan_prefix(CUSTOMER_PREFIX).next().is_none()
             && !RecordFile::open(&records_dir)?.is_empty()?
@@ -512,10 +515,29 @@ fn open_records(
                 records_dir.display()
             )));
         }
-        std::fs::remove_dir_all(&records_dir)
-            .map_err(|e| StoreError::Unavailable(format!("removing {}: {e}", records_dir.display())))?;
+        remove_dir(&records_dir)?;
     }
-    let records = RecordFile::open(&records_dir)?;
+    let building = dir.join(RECORDS_BUILD_DIR);
+    if building.exists() {
+        remove_dir(&building)?;
+    }
+    let moved = copy_records_from_sled(&building, tree, sled_lsn)?;
+    std::fs::rename(&building, &records_dir)
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|e| StoreError::Unavailable(format!("renaming {}: {e}", building.display())))?;
+    tree.insert(meta_key(RECORDS_MARK), &[] as &[u8]).map_err(unavailable)?;
+    db.flush().map_err(unavailable)?;
+    if moved > 0 {
+        tracing::info!(records = moved, "moved the customer records out of sled into the record file");
+    }
+    remove_records_from_sled(tree)?;
+    Ok((RecordFile::open(&records_dir)?, sled_lsn))
+}
+
+/// Builds a record file in `building` from sled's `c` keys, under `sled_lsn`, persisted and
+/// closed; answers how many records it holds.
+fn copy_records_from_sled(building: &Path, tree: &sled::Tree, sled_lsn: u64) -> Result<usize, StoreError> {
+    let records = RecordFile::open(building)?;
     let mut moved = 0usize;
     let mut chunk = Vec::with_capacity(MOVE_CHUNK);
     let mut entries = tree.scan_prefix(CUSTOMER_PREFIX);
@@ -523,6 +545,7 @@ fn open_records(
         let entry = entries.next().transpose().map_err(unavailable)?;
         let done = entry.is_none();
         chunk.extend(entry);
+        // The last chunk is applied even when empty: it stores the LSN.
         if done || chunk.len() == MOVE_CHUNK {
             let ops = chunk.iter().map(|(key, value)| RecordOp::Put(&key[CUSTOMER_PREFIX.len()..], value));
             records.apply(sled_lsn, ops)?;
@@ -534,13 +557,12 @@ fn open_records(
         }
     }
     records.persist()?;
-    tree.insert(meta_key(RECORDS_MARK), &[] as &[u8]).map_err(unavailable)?;
-    db.flush().map_err(unavailable)?;
-    if moved > 0 {
-        tracing::info!(records = moved, "moved the customer records out of sled into the record file");
-    }
-    remove_records_from_sled(tree)?;
-    Ok((records, sled_lsn))
+    Ok(moved)
+}
+
+fn remove_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::remove_dir_all(dir)
+        .map_err(|e| StoreError::Unavailable(format!("removing {}: {e}", dir.display())))
 }
 
 /// Removes the `c` keys a store from before the record file left in sled (none once moved).
@@ -555,6 +577,8 @@ fn remove_records_from_sled(tree: &sled::Tree) -> Result<(), StoreError> {
 const KEY_FILE: &str = "keys";
 /// Records copied per batch when a store's records move out of sled.
 const MOVE_CHUNK: usize = 10_000;
+/// Where a record file is built before it is renamed into place (see [`open_records`]).
+const RECORDS_BUILD_DIR: &str = "records.new";
 /// Audit entries whose history rows are derived in one step when the index is rebuilt.
 const REBUILD_CHUNK: u64 = 65_536;
 

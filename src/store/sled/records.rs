@@ -7,8 +7,9 @@
 //! customers a read cost 46 % more server CPU than at 100,000 (README "Performance"). Here the
 //! tree holds only ids and handles (≈ 50 bytes a customer, bloom-filtered, so a new id's
 //! existence check reads no block) and the sealed record is one `pread` from a blob file,
-//! whatever the store's size; blob files are rewritten by fjall's compaction once a quarter of
-//! a file is stale.
+//! whatever the store's size. A blob file's stale records (replaced or erased) go when a
+//! compaction of the tables that point into it finds a quarter of it stale: in a quiet store an
+//! old copy can stay, sealed under a data key that erasure destroyed.
 //!
 //! Layout: keyspace `records`: customer id (16) → the value sled's `c` key used to hold
 //! (`keys.rs`: `0x80 ‖ key slot ‖ record`); keyspace `meta`: `applied_lsn` → the log sequence

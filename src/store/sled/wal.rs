@@ -69,7 +69,8 @@ pub(super) struct Wal {
 }
 
 impl Wal {
-    /// Reads every record of the segments in `dir` (oldest first) for replay.
+    /// Reads every record of the segments in `dir` (oldest first) for replay, each segment
+    /// synced first.
     pub fn read_all(dir: &Path) -> Result<Vec<Record>, StoreError> {
         std::fs::create_dir_all(dir).map_err(io)?;
         let segments = segment_ids(dir)?;
@@ -84,7 +85,12 @@ impl Wal {
         let mut records = Vec::new();
         for (i, id) in segments.iter().enumerate() {
             let mut bytes = Vec::new();
-            File::open(segment_path(dir, *id)).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
+            // Synced before anything is replayed from it: a record written but not synced before
+            // a crash is read back from the page cache, and a replay that made it durable in
+            // sled or the record file would otherwise be ahead of the log after a power loss.
+            File::open(segment_path(dir, *id))
+                .and_then(|mut f| f.read_to_end(&mut bytes).and_then(|_| f.sync_data()))
+                .map_err(io)?;
             let last = i >= in_use;
             let mut at = 0;
             while at < bytes.len() {
@@ -100,6 +106,7 @@ impl Wal {
                 }
             }
         }
+        sync_dir(dir)?;
         Ok(records)
     }
 
