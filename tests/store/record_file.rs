@@ -166,6 +166,8 @@ async fn a_deleted_record_file_stops_the_open() {
     let err =
         custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).err().expect("refused").to_string();
     assert!(err.contains("records is missing or empty") && err.contains("refusing"), "{err}");
+    assert!(!records_dir(dir.path()).exists(), "the refused open created nothing");
+    assert!(custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).is_err(), "and refuses again");
 }
 
 const KILLED: &str = "record_file::acknowledged_records_survive_two_kill_9s";

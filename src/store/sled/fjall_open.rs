@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 
 use fjall::{Database, DatabaseBuilder};
 
+use crate::store::StoreError;
+
 /// The builder of a plain (non-transactional) database.
 type Builder = DatabaseBuilder<Database>;
-
-use crate::store::StoreError;
 
 /// How long opening waits for the directory lock of a handle still being dropped.
 const LOCK_WAIT: Duration = Duration::from_secs(5);

@@ -5,10 +5,10 @@
 //!
 //! Writes go to one writer thread (`writer.rs`) that commits them in groups: one log record and
 //! one `fdatasync` per group, then the group's records applied to the record file, its other
-//! keys to sled and its entries to the audit files, events integrated inline, so a single node needs no separate sequencer. A flusher
-//! thread (`flusher.rs`) flushes sled in the background, writes the per-customer history rows
-//! of the entries since the last flush, persists the audit files and deletes the log segments
-//! they made redundant.
+//! keys to sled and its entries to the audit files, events integrated inline, so a single node
+//! needs no separate sequencer. A flusher thread (`flusher.rs`) persists the record file and
+//! flushes sled in the background, writes the per-customer history rows of the entries since
+//! the last flush, persists the audit files and deletes the log segments they made redundant.
 //!
 //! Recovery invariant: every group that changes sled ends with its log sequence number (LSN)
 //! under `wal_lsn`, and groups are applied in LSN order. sled recovers a prefix of its own
@@ -493,13 +493,18 @@ fn open_records(
 ) -> Result<(RecordFile, u64), StoreError> {
     let records_dir = records::records_dir(dir);
     if tree.get(meta_key(RECORDS_MARK)).map_err(unavailable)?.is_some() {
-        let records = RecordFile::open(&records_dir)?;
-        let Some(applied) = records.applied_lsn()? else {
-            return Err(StoreError::Corrupt(format!(
+        let missing = || {
+            StoreError::Corrupt(format!(
                 "{} is missing or empty but this store keeps its customer records there: refusing to start",
                 records_dir.display()
-            )));
+            ))
         };
+        // Checked before fjall opens it, which would create it.
+        if !records_dir.exists() {
+            return Err(missing());
+        }
+        let records = RecordFile::open(&records_dir)?;
+        let applied = records.applied_lsn()?.ok_or_else(missing)?;
         remove_records_from_sled(tree)?;
         return Ok((records, applied));
     }
