@@ -173,14 +173,33 @@ impl Drop for Browser {
     }
 }
 
-/// Starts `chromedriver` on a free port, if it is installed.
+/// Starts `chromedriver` on a free port, if it is installed. The port is free when picked but
+/// may be bound by another test before chromedriver binds it (it then exits): the driver is
+/// taken only once it says it started, else started again on another port.
 fn start_chromedriver() -> Option<(String, Child)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let child = Command::new("chromedriver")
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    Some((format!("http://127.0.0.1:{port}"), child))
+    use std::io::BufRead;
+    for _ in 0..5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let mut child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let stdout = child.stdout.take()?;
+        let (started, said) = std::sync::mpsc::channel();
+        // Reads until chromedriver says it started (or its output ends), then drains the rest.
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let ok = lines.by_ref().map_while(Result::ok).any(|line| line.contains("started successfully"));
+            let _ = started.send(ok);
+            lines.for_each(drop);
+        });
+        if said.recv_timeout(Duration::from_secs(10)) == Ok(true) {
+            return Some((format!("http://127.0.0.1:{port}"), child));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    None
 }
