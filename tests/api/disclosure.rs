@@ -178,7 +178,7 @@ async fn a_grant_must_name_the_current_notice_version() {
 
 #[tokio::test]
 async fn a_consent_recorded_under_an_old_notice_is_notice_outdated() {
-    if crate::helpers::sled_only("edits a stored record in the sled tree") {
+    if crate::helpers::sled_only("edits a stored record in the sled backend's record file") {
         return;
     }
     let app = app().await;

@@ -177,7 +177,7 @@ async fn the_log_of_a_full_scenario_holds_no_value_token_or_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_cut_by_sigkill_resumes_and_the_old_key_can_then_be_removed() {
-    if crate::helpers::sled_only("reads stored records from the sled tree") {
+    if crate::helpers::sled_only("reads stored records from the sled backend's files") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

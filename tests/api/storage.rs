@@ -8,7 +8,7 @@ use crate::helpers::{edit_stored_record, spawn_app, stored_record};
 
 #[tokio::test]
 async fn a_ciphertext_copied_to_another_customer_or_field_fails_to_open() {
-    if crate::helpers::sled_only("edits a stored record in the sled tree") {
+    if crate::helpers::sled_only("edits a stored record in the sled backend's record file") {
         return;
     }
     let mut app = spawn_app().await;
