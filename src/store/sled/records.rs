@@ -5,7 +5,7 @@
 //! leaf (a base page and every change logged to it since, one `pread` and one decode each) into
 //! a cache that holds a shrinking share of the leaves as the store grows: at 1,000,000
 //! customers a read cost 46 % more server CPU than at 100,000 (README "Performance"). Here the
-//! tree holds only ids and handles (≈ 50 bytes a customer, bloom-filtered, so a new id's
+//! tree holds only ids and handles (tens of bytes a customer, bloom-filtered, so a new id's
 //! existence check reads no block) and the sealed record is one `pread` from a blob file,
 //! whatever the store's size. A blob file's stale records (replaced or erased) go when a
 //! compaction of the tables that point into it finds a quarter of it stale: in a quiet store an
