@@ -9,9 +9,10 @@ use custodia::audit::tree::Tree;
 use custodia::domain::CustomerId;
 use custodia::store::{CustomerChange, PendingEvent, StorageSettings, Store, Write};
 
-/// Runs this test binary again as a child doing `step` on the store in `dir`; the child ends
-/// with `abort()`: no destructor runs, so sled is not flushed on drop, as with kill -9.
-fn crash_child(test: &str, step: &str, dir: &std::path::Path) {
+/// Runs this test binary again as a child running `test` (which reads `REVIEW_STEP` and
+/// `REVIEW_DIR`) to do `step` on the store in `dir`; the child ends with `abort()`: no
+/// destructor runs, so nothing of the store is flushed on drop, as with kill -9.
+pub(crate) fn crash_child(test: &str, step: &str, dir: &std::path::Path) {
     let status = std::process::Command::new(std::env::current_exe().unwrap())
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
         .env("REVIEW_STEP", step)

@@ -10,6 +10,8 @@ use custodia::audit::tree::Tree;
 use custodia::domain::CustomerId;
 use custodia::store::{CustomerChange, IndexEntry, StorageSettings, Store, Write};
 
+use crate::crash_windows::crash_child;
+
 fn settings_in(dir: &Path) -> StorageSettings {
     StorageSettings::Sled { dir: dir.join("store"), cache_bytes: 8 << 20 }
 }
@@ -71,7 +73,7 @@ async fn assert_erased_value_free(store: &Arc<dyn Store>) {
 /// sled under `c ‖ id`, no `records` mark, no `records/` directory.
 fn to_layout_before_the_record_file(dir: &Path) {
     let records = read_record_file(dir);
-    let db = sled::Config::new().path(dir.join("store")).flush_every_ms(None).open().unwrap();
+    let db = open_sled_files(dir);
     let tree = db.open_tree("custodia").unwrap();
     for (id, value) in records {
         let mut key = vec![b'c'];
@@ -100,17 +102,31 @@ fn read_record_file(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// The `c` keys left in sled of a stopped store in `dir`.
 fn records_in_sled(dir: &Path) -> usize {
-    let db = sled::Config::new().path(dir.join("store")).flush_every_ms(None).open().unwrap();
-    db.open_tree("custodia").unwrap().scan_prefix(b"c").count()
+    open_sled_files(dir).open_tree("custodia").unwrap().scan_prefix(b"c").count()
 }
 
-#[tokio::test]
-async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
+/// The sled files of a stopped store in `dir`.
+fn open_sled_files(dir: &Path) -> sled::Db {
+    sled::Config::new().path(dir.join("store")).flush_every_ms(None).open().unwrap()
+}
+
+/// A stopped store with [`three_customers`] in it.
+async fn stopped_with_three_customers() -> (tempfile::TempDir, Vec<CustomerId>) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let ids = three_customers(&store).await;
     store.close().await.unwrap();
-    drop(store);
+    (dir, ids)
+}
+
+/// Why opening the store in `dir` is refused.
+fn refusal(dir: &Path) -> String {
+    custodia::store::open(&settings_in(dir), Arc::new(Tree)).err().expect("refused").to_string()
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
+    let (dir, ids) = stopped_with_three_customers().await;
     to_layout_before_the_record_file(dir.path());
     assert_eq!(records_in_sled(dir.path()), 2);
 
@@ -128,11 +144,7 @@ async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
 
 #[tokio::test]
 async fn an_open_cut_while_moving_the_records_moves_them_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let ids = three_customers(&store).await;
-    store.close().await.unwrap();
-    drop(store);
+    let (dir, ids) = stopped_with_three_customers().await;
     let moved = read_record_file(dir.path());
     to_layout_before_the_record_file(dir.path());
     // A record file holding part of the move, a stale value, the erased customer and an LSN
@@ -157,14 +169,9 @@ async fn an_open_cut_while_moving_the_records_moves_them_again() {
 
 #[tokio::test]
 async fn a_deleted_record_file_stops_the_open() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    three_customers(&store).await;
-    store.close().await.unwrap();
-    drop(store);
+    let (dir, _) = stopped_with_three_customers().await;
     std::fs::remove_dir_all(records_dir(dir.path())).unwrap();
-    let err =
-        custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).err().expect("refused").to_string();
+    let err = refusal(dir.path());
     assert!(err.contains("records is missing or empty") && err.contains("refusing"), "{err}");
     assert!(!records_dir(dir.path()).exists(), "the refused open created nothing");
     assert!(custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).is_err(), "and refuses again");
@@ -172,23 +179,9 @@ async fn a_deleted_record_file_stops_the_open() {
 
 const KILLED: &str = "record_file::acknowledged_records_survive_two_kill_9s";
 
-/// Runs this test binary again as a child doing `step` on the store in `dir`, ending in
-/// `abort()`: no destructor runs, so neither sled nor the record file is flushed, as with
-/// kill -9.
-fn killed_child(step: &str, dir: &Path) {
-    let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([KILLED, "--exact", "--nocapture", "--test-threads=1"])
-        .env("RECORD_FILE_STEP", step)
-        .env("RECORD_FILE_DIR", dir)
-        .status()
-        .unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(6), "the child step {step} must end in an abort, not a panic");
-}
-
 #[tokio::test]
 async fn acknowledged_records_survive_two_kill_9s() {
-    if let (Ok(step), Ok(dir)) = (std::env::var("RECORD_FILE_STEP"), std::env::var("RECORD_FILE_DIR")) {
+    if let (Ok(step), Ok(dir)) = (std::env::var("REVIEW_STEP"), std::env::var("REVIEW_DIR")) {
         let dir = PathBuf::from(dir);
         let store = open(&dir);
         if step == "1" {
@@ -209,13 +202,13 @@ async fn acknowledged_records_survive_two_kill_9s() {
         std::process::abort();
     }
     let dir = tempfile::tempdir().unwrap();
-    killed_child("1", dir.path());
+    crash_child(KILLED, "1", dir.path());
     let ids: Vec<CustomerId> = std::fs::read_to_string(dir.path().join("ids"))
         .unwrap()
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
-    killed_child("2", dir.path());
+    crash_child(KILLED, "2", dir.path());
     let extra: CustomerId = std::fs::read_to_string(dir.path().join("extra")).unwrap().parse().unwrap();
 
     let store = open(dir.path());
@@ -227,18 +220,13 @@ async fn acknowledged_records_survive_two_kill_9s() {
 
 #[tokio::test]
 async fn a_record_file_that_sled_has_no_mark_of_is_refused_not_replaced() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    three_customers(&store).await;
-    store.close().await.unwrap();
-    drop(store);
+    let (dir, _) = stopped_with_three_customers().await;
     {
-        let db = sled::Config::new().path(dir.path().join("store")).flush_every_ms(None).open().unwrap();
+        let db = open_sled_files(dir.path());
         db.open_tree("custodia").unwrap().remove(b"mrecords").unwrap().expect("marked");
         db.flush().unwrap();
     }
-    let err =
-        custodia::store::open(&settings_in(dir.path()), Arc::new(Tree)).err().expect("refused").to_string();
+    let err = refusal(dir.path());
     assert!(err.contains("has no mark of them") && err.contains("refusing"), "{err}");
     assert_eq!(read_record_file(dir.path()).len(), 2, "the records are left as they were");
 }
