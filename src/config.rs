@@ -199,7 +199,7 @@ impl Default for Settings {
             rate_limit_burst: 0,
             public_rate_limit_per_second: 10,
             public_rate_limit_burst: 60,
-            transparency_refresh_secs: 60,
+            transparency_refresh_secs: 5,
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,

@@ -44,8 +44,11 @@ pub const COUNTERS_META: &str = "transparency_counters_v3";
 /// The version of the report's JSON shape; bumped on any incompatible change.
 pub const REPORT_FORMAT_VERSION: u32 = 2;
 
-/// Events read per store call while folding.
-const FOLD_PAGE: usize = 1000;
+/// Events read per store call while folding; the fold yields its worker after each page.
+/// A page is a few milliseconds of CPU (read, parse, digest, insert per event), so a long fold
+/// (a restart re-folding the open month, or a busy minute) never holds a runtime worker long
+/// enough to stall the requests queued on it.
+const FOLD_PAGE: usize = 256;
 
 /// The fold and the prepared report, kept between background steps.
 #[derive(Default)]
@@ -185,6 +188,9 @@ impl Vault {
                     );
                 }
             }
+            // The store calls above do not suspend (sled answers in place), so without this a
+            // fold of many events would run on its worker to the end.
+            tokio::task::yield_now().await;
         }
         Ok(())
     }
