@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-use super::fjall_open::open_database;
+use super::fjall_open::{compaction, open_database};
 
 use crate::domain::CustomerId;
 use crate::store::StoreError;
@@ -56,7 +56,11 @@ impl HistoryIndex {
             }
         };
         let rows = db
-            .keyspace("history", || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES))
+            .keyspace("history", || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    .compaction_strategy(compaction())
+            })
             .map_err(unavailable)?;
         Ok(Some(HistoryIndex { db, rows }))
     }

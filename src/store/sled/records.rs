@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
-use super::fjall_open::open_database;
+use super::fjall_open::{compaction, open_database};
 use crate::domain::CustomerId;
 use crate::store::StoreError;
 
@@ -78,6 +78,7 @@ impl RecordFile {
             .keyspace("records", || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(MEMTABLE_BYTES)
+                    .compaction_strategy(compaction())
                     .with_kv_separation(Some(
                         KvSeparationOptions::default()
                             .separation_threshold(SEPARATION_BYTES)
