@@ -15,7 +15,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     MASTER_KEY, TEST_EPOCH_FILE, TestApp, contains, edit_stored_record, epoch_keyring, files_under,
-    open_store_files, spawn_app_with, stored_record, wait_for_epochs_destroyed,
+    forget_owner_lists, open_store_files, put_stored_owner_list, spawn_app_with, stored_owner_list,
+    stored_record, wait_for_epochs_destroyed,
 };
 
 const GONE_CARD: &str = "5555555555554444";
@@ -290,12 +291,13 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
     app.shutdown().await;
     let dir = app.data_dir.path().to_owned();
     // Turn the record into what format 2 stored: entries under the vault-wide key (in the
-    // record and as sled index keys), the card fingerprint under the vault-wide fingerprint
-    // key; and forget the migration.
+    // record and as sled index keys, in a store from before the owner lists), the card
+    // fingerprint under the vault-wide fingerprint key; and forget the migration.
     let system = system_keys(&dir).await;
     let customer: CustomerId = id.parse().unwrap();
     let legacy = indexes(&system.blind_index, 7);
     let before = stored_record(&dir, &id).await.index_entries;
+    assert!(before.iter().all(|e| stored_owner_list(&dir, &e.field, &e.index).is_some()));
     edit_stored_record(&dir, &id, |record| {
         for entry in &mut record.index_entries {
             entry.index = if entry.field == "email" { legacy[0] } else { legacy[1] };
@@ -316,13 +318,14 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
         key
     };
     edit_tree(&dir, |t| {
-        for entry in &before {
-            t.remove(index_key(&entry.field, &entry.index)).unwrap();
-        }
         t.insert(index_key("email", &legacy[0]), Vec::<u8>::new()).unwrap();
         t.insert(index_key("phone", &legacy[1]), Vec::<u8>::new()).unwrap();
         t.remove(meta_key("index_legacy_migrated")).unwrap();
     });
+    forget_owner_lists(&dir);
+    // A list that a build cut short could have left: without the mark it must not survive.
+    let stray = [0xEE; 32];
+    put_stored_owner_list(&dir, "email", &stray, customer.as_bytes());
     // The next start migrates before serving: the customer is found and clashes as before.
     let app = app.restart().await;
     assert_eq!(lookup(&app, "person7@example.com").await, std::slice::from_ref(&id));
@@ -348,11 +351,26 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
             .iter()
             .all(|m| matches!(m.fingerprint, Some(custodia::store::CardFingerprint::DataKey(_))))
     );
-    // Nothing in the directory's live tree names the legacy indexes any more.
+    // Nothing in the directory's live tree or owner lists names the legacy indexes any more;
+    // the record's entries have lists that name it (the phone's also the customer created
+    // with the same phone above).
     let db = open_store_files(&dir);
     let tree = db.open_tree("custodia").unwrap();
     assert!(tree.get(index_key("email", &legacy[0])).unwrap().is_none());
     assert!(tree.get(index_key("phone", &legacy[1])).unwrap().is_none());
+    assert!(tree.scan_prefix([b'i']).next().is_none(), "sled keeps no blind-index entry");
+    drop(tree);
+    drop(db);
+    assert_eq!(stored_owner_list(&dir, "email", &legacy[0]), None);
+    assert_eq!(stored_owner_list(&dir, "phone", &legacy[1]), None);
+    assert_eq!(stored_owner_list(&dir, "email", &stray), None, "the cut build's list was cleared");
+    let now = stored_record(&dir, &id).await.index_entries;
+    for entry in now {
+        let owners = stored_owner_list(&dir, &entry.field, &entry.index).expect("an owner list");
+        let expected_owners = if entry.field == "phone" { 2 } else { 1 };
+        assert_eq!(owners.len(), 16 * expected_owners, "{}", entry.field);
+        assert!(owners.chunks(16).any(|owner| owner == customer.as_bytes()), "{}", entry.field);
+    }
 }
 
 /// A field made unique in the policies after two customers stored the same value: the re-wrap

@@ -416,6 +416,39 @@ pub fn edit_stored_record(
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
 
+/// Turns a stopped server's record file into one from before the owner lists
+/// (src/store/sled/records.rs): without its `owners_built` mark, the next open builds the
+/// lists again from sled's blind-index entries, the `i` keys such a store kept.
+pub fn forget_owner_lists(data_dir: &Path) {
+    let db = open_record_files(data_dir);
+    let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
+    meta.remove("owners_built").unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+/// Stores an owner list as a cut build of the lists could have left it (nothing checks it
+/// against the records).
+pub fn put_stored_owner_list(data_dir: &Path, field: &str, index: &[u8; 32], ids: &[u8]) {
+    let db = open_record_files(data_dir);
+    let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
+    let mut key = field.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(index);
+    owners.insert(key, ids).unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+/// The stored owner list (ids, 16 bytes each) of blind index `index` of `field` in a stopped
+/// server's record file, if there is one.
+pub fn stored_owner_list(data_dir: &Path, field: &str, index: &[u8; 32]) -> Option<Vec<u8>> {
+    let db = open_record_files(data_dir);
+    let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
+    let mut key = field.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(index);
+    owners.get(key).unwrap().map(|ids| ids.to_vec())
+}
+
 /// Opens a stopped server's record file (`store/records`, src/store/sled/records.rs), waiting
 /// (up to 10 s) for the lock of a store closed a moment ago in this process.
 fn open_record_files(data_dir: &Path) -> fjall::Database {

@@ -70,15 +70,25 @@ async fn assert_erased_value_free(store: &Arc<dyn Store>) {
 }
 
 /// Puts the store in `dir` back into the layout from before the record file: every record in
-/// sled under `c ‖ id`, no `records` mark, no `records/` directory.
+/// sled under `c ‖ id`, every blind-index entry under `i ‖ field ‖ 0 ‖ index ‖ id`, no
+/// `records` mark, no `records/` directory.
 fn to_layout_before_the_record_file(dir: &Path) {
     let records = read_record_file(dir);
+    let owner_lists = read_owner_lists(dir);
     let db = open_sled_files(dir);
     let tree = db.open_tree("custodia").unwrap();
     for (id, value) in records {
         let mut key = vec![b'c'];
         key.extend_from_slice(&id);
         tree.insert(key, value).unwrap();
+    }
+    for (entry, ids) in owner_lists {
+        for id in ids.chunks_exact(16) {
+            let mut key = vec![b'i'];
+            key.extend_from_slice(&entry);
+            key.extend_from_slice(id);
+            tree.insert(key, Vec::<u8>::new()).unwrap();
+        }
     }
     tree.remove(b"mrecords").unwrap().expect("a store with a record file is marked");
     db.flush().unwrap();
@@ -100,9 +110,28 @@ fn read_record_file(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// Every owner list (field ‖ 0 ‖ blind index, ids) in the record file of a stopped store in
+/// `dir`.
+fn read_owner_lists(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let db = fjall::Database::builder(records_dir(dir)).open().unwrap();
+    let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
+    owners
+        .iter()
+        .map(|entry| {
+            let (key, ids) = entry.into_inner().unwrap();
+            (key.to_vec(), ids.to_vec())
+        })
+        .collect()
+}
+
 /// The `c` keys left in sled of a stopped store in `dir`.
 fn records_in_sled(dir: &Path) -> usize {
     open_sled_files(dir).open_tree("custodia").unwrap().scan_prefix(b"c").count()
+}
+
+/// The `i` keys (blind-index entries) left in sled of a stopped store in `dir`.
+fn index_entries_in_sled(dir: &Path) -> usize {
+    open_sled_files(dir).open_tree("custodia").unwrap().scan_prefix(b"i").count()
 }
 
 /// The sled files of a stopped store in `dir`.
@@ -129,6 +158,7 @@ async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
     let (dir, ids) = stopped_with_three_customers().await;
     to_layout_before_the_record_file(dir.path());
     assert_eq!(records_in_sled(dir.path()), 2);
+    assert_eq!(index_entries_in_sled(dir.path()), 1);
 
     let store = open(dir.path());
     assert_three_customers(&store, &ids).await;
@@ -136,6 +166,8 @@ async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
     drop(store);
     assert_eq!(records_in_sled(dir.path()), 0, "sled keeps no copy of a record");
     assert_eq!(read_record_file(dir.path()).len(), 2);
+    assert_eq!(index_entries_in_sled(dir.path()), 0, "sled keeps no blind-index entry");
+    assert_eq!(read_owner_lists(dir.path()).len(), 1, "the live customer's unique entry");
     // Opened again, the marked store reads its records from the record file alone.
     let store = open(dir.path());
     assert_three_customers(&store, &ids).await;

@@ -6,7 +6,12 @@
 //!   are the log's and the writer's name for a record: the record itself is kept in the record
 //!   file (`records.rs`) under the bare id, and sled holds none (stores from before the record
 //!   file are moved there on open)
-//! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty
+//! - `o` ‖ field ‖ 0x00 ‖ blind index (32) → the customers owning that entry, their ids (16
+//!   bytes each) ascending ([`encode_owners`]). These keys are the log's and the writer's name
+//!   for an owner list: the lists are kept in the record file's `owners` keyspace, beside the
+//!   records, and sled holds none
+//! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty: the blind-index entries
+//!   of stores from before the owner lists; moved into them and removed on open
 //! - `x` ‖ …: per-customer history rows of stores from before the history index
 //!   (`history.rs`); moved there and removed on open
 //! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
@@ -18,6 +23,8 @@
 //! event: `n (1) ‖ n × (level (1) ‖ hash (32)) ‖ event` — the Merkle nodes the leaf completes
 //! (its own leaf hash at level 0 first), then the canonical JSON. Node (level, index) is
 //! completed by leaf `(index + 1) · 2^level − 1`, so it is found in that leaf's entry.
+
+use std::collections::BTreeSet;
 
 use crate::crypto::Sealed;
 use crate::domain::CustomerId;
@@ -72,19 +79,46 @@ pub(super) fn customer_key(id: &CustomerId) -> [u8; 17] {
     key
 }
 
-pub(super) fn index_prefix(field: &str, index: &[u8; 32]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + field.len() + 32 + 16);
-    key.push(b'i');
+/// First byte of an owner list's key.
+pub(super) const OWNERS_PREFIX: &[u8] = b"o";
+/// First byte of a blind-index entry of a store from before the owner lists.
+pub(super) const LEGACY_INDEX_PREFIX: &[u8] = b"i";
+
+/// The key of the owner list of blind index `index` of `field`.
+pub(super) fn owners_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + field.len() + 32);
+    key.extend_from_slice(OWNERS_PREFIX);
     key.extend_from_slice(field.as_bytes());
     key.push(0);
     key.extend_from_slice(index);
     key
 }
 
-pub(super) fn index_key(field: &str, index: &[u8; 32], id: &CustomerId) -> Vec<u8> {
-    let mut key = index_prefix(field, index);
-    key.extend_from_slice(id.as_bytes());
-    key
+/// An owner list's value: the ids, ascending, 16 bytes each.
+pub(super) fn encode_owners(owners: &BTreeSet<CustomerId>) -> Vec<u8> {
+    owners.iter().flat_map(|id| *id.as_bytes()).collect()
+}
+
+/// The ids of an owner list's value.
+pub(super) fn decode_owners(value: &[u8]) -> Result<BTreeSet<CustomerId>, StoreError> {
+    if !value.len().is_multiple_of(16) {
+        return Err(corrupt("owner list length"));
+    }
+    Ok(value
+        .chunks_exact(16)
+        .map(|id| CustomerId::from_bytes(id.try_into().expect("chunks of 16 bytes")))
+        .collect())
+}
+
+/// A legacy blind-index entry's key split into the owner list's key and the owner.
+pub(super) fn split_legacy_index_key(key: &[u8]) -> Result<(Vec<u8>, CustomerId), StoreError> {
+    let rest = key.strip_prefix(LEGACY_INDEX_PREFIX).ok_or_else(|| corrupt("index key prefix"))?;
+    let (entry, id) =
+        rest.split_at_checked(rest.len().wrapping_sub(16)).ok_or_else(|| corrupt("index key length"))?;
+    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("index key length"))?;
+    let mut owners_key = OWNERS_PREFIX.to_vec();
+    owners_key.extend_from_slice(entry);
+    Ok((owners_key, CustomerId::from_bytes(id)))
 }
 
 /// Prefix of the history rows stores kept in sled before the history index.

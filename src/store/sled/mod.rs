@@ -1,7 +1,7 @@
-//! The embedded default backend: one sled tree (key layout in `keys.rs`) for index entries,
-//! checkpoints and metadata, customer records in a record file (`records.rs`), data keys in a
-//! key file (`key_file.rs`), audit entries in append-only files (`audit_files.rs`), all made
-//! durable by a write-ahead log (`wal.rs`).
+//! The embedded default backend: one sled tree (key layout in `keys.rs`) for checkpoints and
+//! metadata, customer records and the owner lists of their blind-index entries in a record
+//! file (`records.rs`), data keys in a key file (`key_file.rs`), audit entries in append-only
+//! files (`audit_files.rs`), all made durable by a write-ahead log (`wal.rs`).
 //!
 //! Writes go to one writer thread (`writer.rs`) that commits them in groups: one log record and
 //! one `fdatasync` per group, then the group's records applied to the record file, its other
@@ -43,8 +43,9 @@ use self::flusher::Flusher;
 use self::history::HistoryIndex;
 use self::key_file::KeyFile;
 use self::keys::{
-    CUSTOMER_PREFIX, HISTORY_LEN, KEY_FILE_MARK, RECORDS_MARK, WAL_LSN, completing_leaf, corrupt,
-    decode_entry, decode_pair, index_prefix, meta_key, trailing_u64,
+    CUSTOMER_PREFIX, HISTORY_LEN, KEY_FILE_MARK, LEGACY_INDEX_PREFIX, OWNERS_PREFIX, RECORDS_MARK, WAL_LSN,
+    completing_leaf, corrupt, decode_entry, decode_owners, decode_pair, encode_owners, meta_key, owners_key,
+    split_legacy_index_key, trailing_u64,
 };
 use self::records::{RecordFile, RecordOp};
 use self::wal::{Op, Wal};
@@ -55,8 +56,8 @@ use super::{
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
 
-/// Customer records, index entries, audit log and metadata in one data directory: sled, the
-/// record file, the key file and the audit files, behind one write-ahead log.
+/// Customer records, blind-index owner lists, audit log and metadata in one data directory:
+/// sled, the record file, the key file and the audit files, behind one write-ahead log.
 pub struct SledStore {
     shared: Arc<Shared>,
     /// The writer thread's queue; `None` once closed.
@@ -163,6 +164,7 @@ impl SledStore {
                 "the customer records hold changes up to log record {records_from} but the log and sled end at {lsn}: refusing to start"
             )));
         }
+        build_owner_lists(&tree, &records)?;
         keys.sync()?;
         let orphans = keys.recover(lsn)?;
         if orphans > 0 {
@@ -207,6 +209,12 @@ impl SledStore {
         }
         // Only once sled, the records and the audit files hold everything may the log go.
         records.persist()?;
+        // The owner lists are durable and marked: sled's entries of a store from before them
+        // can go (again on every open until a flush makes it final; a replay puts back those
+        // logged before the move).
+        for key in tree.scan_prefix(LEGACY_INDEX_PREFIX).keys() {
+            tree.remove(key.map_err(unavailable)?).map_err(unavailable)?;
+        }
         db.flush().map_err(unavailable)?;
         let wal = Wal::start(&wal_dir)?;
         let history_tail = BTreeSet::new();
@@ -313,14 +321,10 @@ impl Store for SledStore {
     }
 
     async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError> {
-        let prefix = index_prefix(field, &index.0);
-        let mut owners = Vec::new();
-        for entry in self.shared.tree.scan_prefix(&prefix) {
-            let (key, _) = entry.map_err(unavailable)?;
-            let tail: [u8; 16] = key[prefix.len()..].try_into().map_err(|_| corrupt("index key length"))?;
-            owners.push(CustomerId::from_bytes(tail));
+        match self.shared.stored(&owners_key(field, &index.0))? {
+            Some(ids) => Ok(decode_owners(&ids)?.into_iter().collect()),
+            None => Ok(Vec::new()),
         }
-        Ok(owners)
     }
 
     async fn customer_ids(
@@ -469,10 +473,13 @@ impl Shared {
     /// The stored value of sled key `key` as the writer sees it: a record's (`c` key) from the
     /// record file, every other from sled.
     fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match key.strip_prefix(CUSTOMER_PREFIX) {
-            Some(id) => self.records.get(id),
-            None => Ok(self.tree.get(key).map_err(unavailable)?.map(|value| value.to_vec())),
+        if let Some(id) = key.strip_prefix(CUSTOMER_PREFIX) {
+            return self.records.get(id);
         }
+        if let Some(entry) = key.strip_prefix(OWNERS_PREFIX) {
+            return self.records.owners(entry);
+        }
+        Ok(self.tree.get(key).map_err(unavailable)?.map(|value| value.to_vec()))
     }
 }
 
@@ -565,6 +572,51 @@ fn copy_records_from_sled(building: &Path, tree: &sled::Tree, sled_lsn: u64) -> 
     Ok(moved)
 }
 
+/// Builds the owner lists of a record file that has none marked: from sled's blind-index
+/// entries (a store from before the owner lists; none in a new store), then marks them, in
+/// the record file. Runs after the replay, when sled and the record file hold the same groups.
+/// What a build cut short left (no mark) is cleared and built again; sled's entries leave only
+/// after the mark is persisted (see `SledStore::open`).
+fn build_owner_lists(tree: &sled::Tree, records: &RecordFile) -> Result<(), StoreError> {
+    if records.owners_built()? {
+        return Ok(());
+    }
+    records.clear_owners()?;
+    let (mut lists, mut moved) = (Vec::with_capacity(MOVE_CHUNK), 0usize);
+    let mut current: Option<(Vec<u8>, BTreeSet<CustomerId>)> = None;
+    // Keys come in order, so one entry's owners are consecutive.
+    for key in tree.scan_prefix(LEGACY_INDEX_PREFIX).keys() {
+        let (entry, owner) = split_legacy_index_key(&key.map_err(unavailable)?)?;
+        match &mut current {
+            Some((key, owners)) if *key == entry => {
+                owners.insert(owner);
+            }
+            _ => {
+                lists.extend(current.take().map(|(key, owners)| owner_list(&key, &owners)));
+                current = Some((entry, BTreeSet::from([owner])));
+            }
+        }
+        if lists.len() == MOVE_CHUNK {
+            records.put_owner_lists(&lists)?;
+            moved += lists.len();
+            lists.clear();
+        }
+    }
+    lists.extend(current.map(|(key, owners)| owner_list(&key, &owners)));
+    records.put_owner_lists(&lists)?;
+    moved += lists.len();
+    records.mark_owners_built()?;
+    if moved > 0 {
+        tracing::info!(lists = moved, "moved the blind-index entries out of sled into owner lists");
+    }
+    Ok(())
+}
+
+/// An owner list as the record file stores it: its key without the `o` prefix, and its ids.
+fn owner_list(key: &[u8], owners: &BTreeSet<CustomerId>) -> (Vec<u8>, Vec<u8>) {
+    (key[OWNERS_PREFIX.len()..].to_vec(), encode_owners(owners))
+}
+
 fn remove_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::remove_dir_all(dir)
         .map_err(|e| StoreError::Unavailable(format!("removing {}: {e}", dir.display())))
@@ -580,7 +632,8 @@ fn remove_records_from_sled(tree: &sled::Tree) -> Result<(), StoreError> {
 
 /// File name of the key file in the data directory.
 const KEY_FILE: &str = "keys";
-/// Records copied per batch when a store's records move out of sled.
+/// Records (or owner lists) copied per batch when a store's records (or blind-index entries)
+/// move out of sled.
 const MOVE_CHUNK: usize = 10_000;
 /// Where a record file is built before it is renamed into place (see [`open_records`]).
 const RECORDS_BUILD_DIR: &str = "records.new";
@@ -687,11 +740,18 @@ fn apply(tree: &sled::Tree, records: &RecordFile, lsn: u64, ops: &[Op]) -> Resul
     Ok(())
 }
 
-/// An op on a customer record (a `c` key) as a change to the record file, or `None`.
+/// An op on a customer record (a `c` key) or an owner list (an `o` key) as a change to the
+/// record file, or `None`.
 fn record_op(op: &Op) -> Option<RecordOp<'_>> {
     match op {
-        Op::Put(key, value) => key.strip_prefix(CUSTOMER_PREFIX).map(|id| RecordOp::Put(id, value)),
-        Op::Remove(key) => key.strip_prefix(CUSTOMER_PREFIX).map(RecordOp::Remove),
+        Op::Put(key, value) => match key.strip_prefix(CUSTOMER_PREFIX) {
+            Some(id) => Some(RecordOp::Put(id, value)),
+            None => key.strip_prefix(OWNERS_PREFIX).map(|entry| RecordOp::PutOwners(entry, value)),
+        },
+        Op::Remove(key) => match key.strip_prefix(CUSTOMER_PREFIX) {
+            Some(id) => Some(RecordOp::Remove(id)),
+            None => key.strip_prefix(OWNERS_PREFIX).map(RecordOp::RemoveOwners),
+        },
         Op::Audit(..) | Op::DestroyKey { .. } => None,
     }
 }

@@ -11,12 +11,20 @@
 //! compaction of the tables that point into it finds a quarter of it stale: in a quiet store an
 //! old copy can stay, sealed under a data key that erasure destroyed.
 //!
-//! Layout: keyspace `records`: customer id (16) → the value sled's `c` key used to hold
-//! (`keys.rs`: `0x80 ‖ key slot ‖ record`); keyspace `meta`: `applied_lsn` → the log sequence
-//! number (u64, big-endian) of the last group applied here.
+//! The owner lists of the blind-index entries live here too, in their own keyspace: in sled's
+//! B-tree a create paged in and rewrote a random leaf per indexed field, a cost that grew with
+//! the store (all of the writer's growth from 100,000 to 1,000,000 customers, README
+//! "Performance"). Here adding an owner is a memtable insert, and the unique check of a new
+//! value is a point read that the pinned bloom filters answer without reading a block.
 //!
-//! Invariant: this is the store of record, not derived data. A group's records and its LSN
-//! are one fjall batch, so after a crash the keyspace holds exactly the groups up to
+//! Layout: keyspace `records`: customer id (16) → the value sled's `c` key used to hold
+//! (`keys.rs`: `0x80 ‖ key slot ‖ record`); keyspace `owners`: field ‖ 0x00 ‖ blind index (32)
+//! → owner ids (the log's `o` keys without their prefix, `keys.rs`); keyspace `meta`:
+//! `applied_lsn` → the log sequence number (u64, big-endian) of the last group applied here,
+//! `owners_built` → empty, once the owner lists were built (new store) or moved from sled.
+//!
+//! Invariant: this is the store of record, not derived data. A group's records, owner lists
+//! and its LSN are one fjall batch, so after a crash the keyspace holds exactly the groups up to
 //! [`RecordFile::applied_lsn`] (fjall recovers a prefix of its journal). The flusher persists
 //! it before the log segments go, so the log still holds every group after that LSN and open
 //! replays them; a replayed put or removal repeats the final state.
@@ -42,21 +50,30 @@ const SEPARATION_BYTES: u32 = 64;
 /// Blob files of this size, in bytes: a smaller file is rewritten sooner once records in it
 /// are replaced or erased.
 const BLOB_FILE_BYTES: u64 = 32 << 20;
+/// The owner lists' write buffer, in bytes: a list is tens of bytes, so this is some 100,000
+/// of them before a sorted table is written.
+const OWNERS_MEMTABLE_BYTES: u64 = 8 << 20;
 const APPLIED_LSN: &[u8] = b"applied_lsn";
+const OWNERS_BUILT: &[u8] = b"owners_built";
 
 /// The records of one sled store.
 pub(super) struct RecordFile {
     db: Database,
     records: Keyspace,
+    owners: Keyspace,
     meta: Keyspace,
 }
 
-/// A change to one record, as the log holds it.
+/// A change to one record or owner list, as the log holds it.
 pub(super) enum RecordOp<'a> {
     /// Set the record of this customer (id bytes) to this value.
     Put(&'a [u8], &'a [u8]),
     /// Remove this customer's record.
     Remove(&'a [u8]),
+    /// Set this owner list (its key without the `o` prefix) to these ids.
+    PutOwners(&'a [u8], &'a [u8]),
+    /// Remove this owner list (its last owner left).
+    RemoveOwners(&'a [u8]),
 }
 
 impl RecordFile {
@@ -91,8 +108,51 @@ impl RecordFile {
                     .index_block_pinning_policy(PinningPolicy::all(true))
             })
             .map_err(unavailable)?;
+        let owners = db
+            .keyspace("owners", || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(OWNERS_MEMTABLE_BYTES)
+                    .compaction_strategy(compaction())
+                    // A create's unique check reads a list that mostly does not exist: with every
+                    // filter in memory that costs no block read at any size.
+                    .filter_block_pinning_policy(PinningPolicy::all(true))
+                    .index_block_pinning_policy(PinningPolicy::all(true))
+            })
+            .map_err(unavailable)?;
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default).map_err(unavailable)?;
-        Ok(RecordFile { db, records, meta })
+        Ok(RecordFile { db, records, owners, meta })
+    }
+
+    /// The owner list under `key` (an `o` key without its prefix).
+    pub(super) fn owners(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.owners.get(key).map_err(unavailable)?.map(|value| value.to_vec()))
+    }
+
+    /// Whether the owner lists were built (or moved from sled) and marked so.
+    pub(super) fn owners_built(&self) -> Result<bool, StoreError> {
+        Ok(self.meta.get(OWNERS_BUILT).map_err(unavailable)?.is_some())
+    }
+
+    /// Removes every owner list: what an unmarked build left is started again.
+    pub(super) fn clear_owners(&self) -> Result<(), StoreError> {
+        self.owners.clear().map_err(unavailable)
+    }
+
+    /// Adds owner lists `(key without the prefix, ids)` while they are built from sled's
+    /// entries; not durable until [`persist`](Self::persist).
+    pub(super) fn put_owner_lists(&self, lists: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        for (key, ids) in lists {
+            batch.insert(&self.owners, key.clone(), ids.clone());
+        }
+        batch.commit().map_err(unavailable)
+    }
+
+    /// Marks the owner lists built. Not durable until [`persist`](Self::persist).
+    pub(super) fn mark_owners_built(&self) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, OWNERS_BUILT, Vec::<u8>::new());
+        batch.commit().map_err(unavailable)
     }
 
     /// The stored value of customer `id`.
@@ -129,7 +189,7 @@ impl RecordFile {
             .collect()
     }
 
-    /// Applies group `lsn`'s record changes and records the LSN, atomically. Not durable
+    /// Applies group `lsn`'s record and owner-list changes and records the LSN, atomically. Not durable
     /// until [`persist`](Self::persist) (the write-ahead log is).
     pub(super) fn apply<'a>(
         &self,
@@ -141,6 +201,8 @@ impl RecordFile {
             match op {
                 RecordOp::Put(id, value) => batch.insert(&self.records, id.to_vec(), value.to_vec()),
                 RecordOp::Remove(id) => batch.remove(&self.records, id.to_vec()),
+                RecordOp::PutOwners(key, ids) => batch.insert(&self.owners, key.to_vec(), ids.to_vec()),
+                RecordOp::RemoveOwners(key) => batch.remove(&self.owners, key.to_vec()),
             }
         }
         batch.insert(&self.meta, APPLIED_LSN, lsn.to_be_bytes().to_vec());

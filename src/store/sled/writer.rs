@@ -18,7 +18,8 @@
 //!   synced before its log record; the slots its changes leave behind are zeroed and synced
 //!   after sled has the group and before anyone is answered (erasure is real on a 2xx).
 
-use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
@@ -28,11 +29,11 @@ use tokio::sync::oneshot;
 
 use super::key_file::SlotOwner;
 use super::keys::{
-    WAL_LSN, checkpoint_key, customer_key, encode_entry, encode_pair, encode_record, index_key, index_prefix,
-    meta_key,
+    WAL_LSN, checkpoint_key, customer_key, decode_owners, encode_entry, encode_owners, encode_pair,
+    encode_record, meta_key, owners_key,
 };
 use super::wal::Op;
-use super::{Applied, Shared, poisoned_error, unavailable};
+use super::{Applied, Shared, poisoned_error};
 use crate::domain::CustomerId;
 use crate::store::{
     CustomerChange, CustomerRecord, IndexEntry, IntegratedLeaf, PendingEvent, StoreError, Write, Written,
@@ -407,27 +408,41 @@ impl Staging<'_> {
     }
 
     /// Customers owning the index entry `field`/`index`, as the group has left it.
-    fn index_owners(&self, field: &str, index: &[u8; 32]) -> Result<Vec<CustomerId>, StoreError> {
-        let prefix = index_prefix(field, index);
-        let mut keys = std::collections::BTreeSet::new();
-        for entry in self.shared.tree.scan_prefix(&prefix) {
-            let (key, _) = entry.map_err(unavailable)?;
-            keys.insert(key.to_vec());
+    fn index_owners(&self, field: &str, index: &[u8; 32]) -> Result<BTreeSet<CustomerId>, StoreError> {
+        match self.get(&owners_key(field, index))? {
+            Some(ids) => decode_owners(&ids),
+            None => Ok(BTreeSet::new()),
         }
-        for (key, value) in self.overlay.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
-            match value {
-                Some(_) => keys.insert(key.clone()),
-                None => keys.remove(key),
+    }
+
+    /// The owner lists after `id` leaves the entries `left` and joins `joined`, read as the
+    /// group has left them and changed aside (nothing is staged).
+    fn owner_changes<'e>(
+        &self,
+        id: CustomerId,
+        left: impl Iterator<Item = &'e IndexEntry>,
+        joined: impl Iterator<Item = &'e IndexEntry>,
+    ) -> Result<BTreeMap<Vec<u8>, BTreeSet<CustomerId>>, StoreError> {
+        let mut lists: BTreeMap<Vec<u8>, BTreeSet<CustomerId>> = BTreeMap::new();
+        for (entry, owns) in left.map(|e| (e, false)).chain(joined.map(|e| (e, true))) {
+            let owners = match lists.entry(owners_key(&entry.field, &entry.index)) {
+                Entry::Occupied(list) => list.into_mut(),
+                Entry::Vacant(list) => list.insert(self.index_owners(&entry.field, &entry.index)?),
+            };
+            match owns {
+                true => owners.insert(id),
+                false => owners.remove(&id),
             };
         }
-        keys.iter()
-            .map(|key| {
-                let tail: [u8; 16] = key[prefix.len()..]
-                    .try_into()
-                    .map_err(|_| StoreError::Corrupt("index key length".into()))?;
-                Ok(CustomerId::from_bytes(tail))
-            })
-            .collect()
+        Ok(lists)
+    }
+
+    /// Stages an owner list: removed once it has no owner left.
+    fn put_owners(&mut self, key: Vec<u8>, owners: &BTreeSet<CustomerId>) {
+        match owners.is_empty() {
+            true => self.remove(key),
+            false => self.put(key, encode_owners(owners)),
+        }
     }
 
     /// Checks a change (version, unique entries) and stages its keys; on an error nothing of it
@@ -458,8 +473,13 @@ impl Staging<'_> {
                 }
                 let added: Vec<IndexEntry> =
                     record.index_entries.iter().filter(|e| !old_entries.contains(e)).cloned().collect();
+                // Read and changed aside before the slot write: below it nothing may fail but
+                // the encoding (see `fatal`).
+                let removed = old_entries.iter().filter(|e| !record.index_entries.contains(e));
+                let lists = self.owner_changes(id, removed, added.iter())?;
                 for entry in added.iter().filter(|e| e.unique) {
-                    if self.index_owners(&entry.field, &entry.index)?.iter().any(|o| o != &id) {
+                    let list = lists.get(&owners_key(&entry.field, &entry.index));
+                    if list.is_some_and(|owners| owners.iter().any(|o| o != &id)) {
                         return Err(StoreError::UniqueViolation { field: entry.field.clone() });
                     }
                 }
@@ -468,21 +488,22 @@ impl Staging<'_> {
                 // was written fails the group (an orphan slot of a committed group would stay).
                 let encoded =
                     encode_record(&mut record, slot).inspect_err(|e| self.fatal = Some(e.clone()))?;
-                for entry in old_entries.iter().filter(|e| !record.index_entries.contains(e)) {
-                    self.remove(index_key(&entry.field, &entry.index, &id));
-                }
-                for entry in added {
-                    self.put(index_key(&entry.field, &entry.index, &id), Vec::new());
+                for (key, owners) in lists {
+                    self.put_owners(key, &owners);
                 }
                 self.put(customer_key(&id).to_vec(), encoded);
             }
             CustomerChange::Delete { .. } => {
-                if let Some(slot) = current.as_ref().and_then(|(_, slot)| *slot) {
-                    let destruction = self.destruction(slot, &id)?;
-                    self.destroyed.push(destruction);
-                }
-                for entry in old_entries {
-                    self.remove(index_key(&entry.field, &entry.index, &id));
+                // Everything that can fail comes before anything is staged.
+                let lists = self.owner_changes(id, old_entries.iter(), std::iter::empty())?;
+                let destruction = current
+                    .as_ref()
+                    .and_then(|(_, slot)| *slot)
+                    .map(|slot| self.destruction(slot, &id))
+                    .transpose()?;
+                self.destroyed.extend(destruction);
+                for (key, owners) in lists {
+                    self.put_owners(key, &owners);
                 }
                 self.remove(customer_key(&id).to_vec());
             }
