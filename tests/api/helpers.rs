@@ -431,10 +431,7 @@ pub fn forget_owner_lists(data_dir: &Path) {
 pub fn put_stored_owner_list(data_dir: &Path, field: &str, index: &[u8; 32], ids: &[u8]) {
     let db = open_record_files(data_dir);
     let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
-    let mut key = field.as_bytes().to_vec();
-    key.push(0);
-    key.extend_from_slice(index);
-    owners.insert(key, ids).unwrap();
+    owners.insert(owner_list_key(field, index), ids).unwrap();
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
 
@@ -443,10 +440,15 @@ pub fn put_stored_owner_list(data_dir: &Path, field: &str, index: &[u8; 32], ids
 pub fn stored_owner_list(data_dir: &Path, field: &str, index: &[u8; 32]) -> Option<Vec<u8>> {
     let db = open_record_files(data_dir);
     let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
+    owners.get(owner_list_key(field, index)).unwrap().map(|ids| ids.to_vec())
+}
+
+/// An owner list's key in the record file: field ‖ 0 ‖ blind index.
+fn owner_list_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
     let mut key = field.as_bytes().to_vec();
     key.push(0);
     key.extend_from_slice(index);
-    owners.get(key).unwrap().map(|ids| ids.to_vec())
+    key
 }
 
 /// Opens a stopped server's record file (`store/records`, src/store/sled/records.rs), waiting

@@ -99,27 +99,24 @@ fn to_layout_before_the_record_file(dir: &Path) {
 
 /// Every (id, value) pair in the record file of a stopped store in `dir`.
 fn read_record_file(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let db = fjall::Database::builder(records_dir(dir)).open().unwrap();
-    let records = db.keyspace("records", fjall::KeyspaceCreateOptions::default).unwrap();
-    records
-        .iter()
-        .map(|entry| {
-            let (id, value) = entry.into_inner().unwrap();
-            (id.to_vec(), value.to_vec())
-        })
-        .collect()
+    read_keyspace(dir, "records")
 }
 
 /// Every owner list (field ‖ 0 ‖ blind index, ids) in the record file of a stopped store in
 /// `dir`.
 fn read_owner_lists(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    read_keyspace(dir, "owners")
+}
+
+/// Every (key, value) pair of keyspace `name` in the record file of a stopped store in `dir`.
+fn read_keyspace(dir: &Path, name: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let db = fjall::Database::builder(records_dir(dir)).open().unwrap();
-    let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
-    owners
+    let keyspace = db.keyspace(name, fjall::KeyspaceCreateOptions::default).unwrap();
+    keyspace
         .iter()
         .map(|entry| {
-            let (key, ids) = entry.into_inner().unwrap();
-            (key.to_vec(), ids.to_vec())
+            let (key, value) = entry.into_inner().unwrap();
+            (key.to_vec(), value.to_vec())
         })
         .collect()
 }

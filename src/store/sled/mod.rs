@@ -470,8 +470,8 @@ impl Shared {
         Ok((record, slot))
     }
 
-    /// The stored value of sled key `key` as the writer sees it: a record's (`c` key) from the
-    /// record file, every other from sled.
+    /// The stored value of sled key `key` as the writer sees it: a record's (`c` key) and an
+    /// owner list's (`o` key) from the record file, every other from sled.
     fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(id) = key.strip_prefix(CUSTOMER_PREFIX) {
             return self.records.get(id);
@@ -597,14 +597,13 @@ fn build_owner_lists(tree: &sled::Tree, records: &RecordFile) -> Result<(), Stor
             }
         }
         if lists.len() == MOVE_CHUNK {
-            records.put_owner_lists(&lists)?;
             moved += lists.len();
-            lists.clear();
+            records.put_owner_lists(std::mem::take(&mut lists))?;
         }
     }
     lists.extend(current.map(|(key, owners)| owner_list(&key, &owners)));
-    records.put_owner_lists(&lists)?;
     moved += lists.len();
+    records.put_owner_lists(lists)?;
     records.mark_owners_built()?;
     if moved > 0 {
         tracing::info!(lists = moved, "moved the blind-index entries out of sled into owner lists");

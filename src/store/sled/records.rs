@@ -140,19 +140,17 @@ impl RecordFile {
 
     /// Adds owner lists `(key without the prefix, ids)` while they are built from sled's
     /// entries; not durable until [`persist`](Self::persist).
-    pub(super) fn put_owner_lists(&self, lists: &[(Vec<u8>, Vec<u8>)]) -> Result<(), StoreError> {
+    pub(super) fn put_owner_lists(&self, lists: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         for (key, ids) in lists {
-            batch.insert(&self.owners, key.clone(), ids.clone());
+            batch.insert(&self.owners, key, ids);
         }
         batch.commit().map_err(unavailable)
     }
 
     /// Marks the owner lists built. Not durable until [`persist`](Self::persist).
     pub(super) fn mark_owners_built(&self) -> Result<(), StoreError> {
-        let mut batch = self.db.batch();
-        batch.insert(&self.meta, OWNERS_BUILT, Vec::<u8>::new());
-        batch.commit().map_err(unavailable)
+        self.meta.insert(OWNERS_BUILT, Vec::<u8>::new()).map_err(unavailable)
     }
 
     /// The stored value of customer `id`.
@@ -189,8 +187,8 @@ impl RecordFile {
             .collect()
     }
 
-    /// Applies group `lsn`'s record and owner-list changes and records the LSN, atomically. Not durable
-    /// until [`persist`](Self::persist) (the write-ahead log is).
+    /// Applies group `lsn`'s record and owner-list changes and records the LSN, atomically.
+    /// Not durable until [`persist`](Self::persist) (the write-ahead log is).
     pub(super) fn apply<'a>(
         &self,
         lsn: u64,
