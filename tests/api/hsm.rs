@@ -231,8 +231,10 @@ async fn audit_events(base: &str, action: &str, after: Option<u64>) -> Vec<(Stri
 }
 
 /// Waits until the running server has completed a master-key rotation to its current key;
-/// returns the seqs of that rotation's `started` and `completed` events.
-async fn wait_for_rotation(base: &str, completed_before: usize) -> (u64, u64) {
+/// returns the seqs of that rotation's `started` and `completed` events. On a timeout the
+/// failure shows the server's log (`log`, its `CUSTODIA_TEST_LOG_FILE`): a rotation that stopped
+/// says why there.
+async fn wait_for_rotation(base: &str, log: &std::path::Path, completed_before: usize) -> (u64, u64) {
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         let events = audit_events(base, "key.rotate", None).await;
@@ -243,7 +245,10 @@ async fn wait_for_rotation(base: &str, completed_before: usize) -> (u64, u64) {
                 events.iter().filter(|(r, s)| r == "started" && *s < done).map(|(_, s)| *s).max().unwrap();
             return (started, done);
         }
-        assert!(std::time::Instant::now() < deadline, "the rotation did not complete: {events:?}");
+        if std::time::Instant::now() >= deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("the rotation did not complete: {events:?}\nserver log:\n{log}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -320,13 +325,15 @@ async fn rotating_from_the_file_key_to_the_hsm_key_under_load_lets_the_file_key_
     rotating.extend(fast.iter().cloned());
     rotating.push(("CUSTODIA_PREVIOUS_MASTER_KEYS".to_owned(), MASTER_KEY.to_owned()));
     rotating.push(("CUSTODIA_ROTATION_PAUSE_MS".to_owned(), "100".to_owned()));
+    let log = hsm.dir.path().join("rotating.log");
+    rotating.push(("CUSTODIA_TEST_LOG_FILE".to_owned(), log.display().to_string()));
     let mut server = start(&data, &rotating);
     let stop = Arc::new(Mutex::new(false));
     let writers = tokio::spawn({
         let (base, stop) = (server.base.clone(), Arc::clone(&stop));
         async move { write_until_stopped(&base, "rotating", 8, stop).await }
     });
-    let (started, completed) = wait_for_rotation(&server.base, 0).await;
+    let (started, completed) = wait_for_rotation(&server.base, &log, 0).await;
     // The rotation ran under load: a create was logged between its start and its completion.
     let creates = audit_events(&server.base, "customer.create", Some(started)).await;
     assert!(creates.first().is_some_and(|(_, seq)| *seq < completed), "no create during the rotation");
@@ -363,8 +370,10 @@ async fn rotating_from_the_file_key_to_the_hsm_key_under_load_lets_the_file_key_
     let mut back = hsm.env(None);
     back.extend(fast.iter().cloned());
     back.push(("CUSTODIA_PREVIOUS_MASTER_KEYS".to_owned(), format!("pkcs11:{KEY}")));
+    let log = hsm.dir.path().join("back.log");
+    back.push(("CUSTODIA_TEST_LOG_FILE".to_owned(), log.display().to_string()));
     let mut server = start(&data, &back);
-    wait_for_rotation(&server.base, 1).await;
+    wait_for_rotation(&server.base, &log, 1).await;
     assert_no_token_calls_on_async_workers(&server.base).await;
     assert!(server.terminate());
     let server = start(&data, &fast);
