@@ -41,9 +41,10 @@ use crate::store::StoreError;
 /// The tree's block cache, in bytes: its index and filter blocks, and data blocks of ids.
 ///
 /// Sized so the data blocks of the records keyspace (an id and a blob handle, some 45 bytes a
-/// customer) of 1,000,000 customers stay cached: at 16 MiB a read at that size paid a block
-/// `pread` and decode more than at 100,000 (README "Performance"). Filled as blocks are read,
-/// so it adds nothing to the memory a start-up takes.
+/// customer) of 1,000,000 customers stay cached beside the owner lists' blocks, which every
+/// create reads and rewrites: at 16 MiB a read at that size paid a block `pread` and decode
+/// more than at 100,000 (README "Performance"). Filled as blocks are read, so it adds nothing
+/// to the memory a start-up takes.
 const CACHE_BYTES: u64 = 64 << 20;
 /// The in-memory write buffer before records go to a sorted table, in bytes.
 const MEMTABLE_BYTES: u64 = 16 << 20;
