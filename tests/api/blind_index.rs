@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::helpers::{
     MASTER_KEY, TEST_EPOCH_FILE, TestApp, contains, edit_stored_record, epoch_keyring, files_under,
-    forget_owner_lists, open_store_files, put_stored_owner_list, spawn_app_with, stored_owner_list,
+    forget_index_layout, open_store_files, put_stored_index_owner, spawn_app_with, stored_index_owners,
     stored_record, wait_for_epochs_destroyed,
 };
 
@@ -291,13 +291,13 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
     app.shutdown().await;
     let dir = app.data_dir.path().to_owned();
     // Turn the record into what format 2 stored: entries under the vault-wide key (in the
-    // record and as sled index keys, in a store from before the owner lists), the card
+    // record and as sled index keys, in a store from before the record file held them), the card
     // fingerprint under the vault-wide fingerprint key; and forget the migration.
     let system = system_keys(&dir).await;
     let customer: CustomerId = id.parse().unwrap();
     let legacy = indexes(&system.blind_index, 7);
     let before = stored_record(&dir, &id).await.index_entries;
-    assert!(before.iter().all(|e| stored_owner_list(&dir, &e.field, &e.index).is_some()));
+    assert!(before.iter().all(|e| stored_index_owners(&dir, &e.field, &e.index).is_some()));
     edit_stored_record(&dir, &id, |record| {
         for entry in &mut record.index_entries {
             entry.index = if entry.field == "email" { legacy[0] } else { legacy[1] };
@@ -322,10 +322,10 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
         t.insert(index_key("phone", &legacy[1]), Vec::<u8>::new()).unwrap();
         t.remove(meta_key("index_legacy_migrated")).unwrap();
     });
-    forget_owner_lists(&dir);
-    // A list that a build cut short could have left: without the mark it must not survive.
+    forget_index_layout(&dir);
+    // An entry that a build cut short could have left: without the mark it must not survive.
     let stray = [0xEE; 32];
-    put_stored_owner_list(&dir, "email", &stray, customer.as_bytes());
+    put_stored_index_owner(&dir, "email", &stray, &customer);
     // The next start migrates before serving: the customer is found and clashes as before.
     let app = app.restart().await;
     assert_eq!(lookup(&app, "person7@example.com").await, std::slice::from_ref(&id));
@@ -351,9 +351,9 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
             .iter()
             .all(|m| matches!(m.fingerprint, Some(custodia::store::CardFingerprint::DataKey(_))))
     );
-    // Nothing in the directory's live tree or owner lists names the legacy indexes any more;
-    // the record's entries have lists that name it (the phone's also the customer created
-    // with the same phone above).
+    // Nothing in the directory's live tree or blind-index entries names the legacy indexes any
+    // more; the record's entries are built from the records and name it (the phone's also the
+    // customer created with the same phone above).
     let db = open_store_files(&dir);
     let tree = db.open_tree("custodia").unwrap();
     assert!(tree.get(index_key("email", &legacy[0])).unwrap().is_none());
@@ -361,15 +361,15 @@ async fn legacy_entries_are_found_until_migrated_at_the_next_start_and_then_unde
     assert!(tree.scan_prefix([b'i']).next().is_none(), "sled keeps no blind-index entry");
     drop(tree);
     drop(db);
-    assert_eq!(stored_owner_list(&dir, "email", &legacy[0]), None);
-    assert_eq!(stored_owner_list(&dir, "phone", &legacy[1]), None);
-    assert_eq!(stored_owner_list(&dir, "email", &stray), None, "the cut build's list was cleared");
+    assert_eq!(stored_index_owners(&dir, "email", &legacy[0]), None);
+    assert_eq!(stored_index_owners(&dir, "phone", &legacy[1]), None);
+    assert_eq!(stored_index_owners(&dir, "email", &stray), None, "the cut build's entry was cleared");
     let now = stored_record(&dir, &id).await.index_entries;
     for entry in now {
-        let owners = stored_owner_list(&dir, &entry.field, &entry.index).expect("an owner list");
+        let (count, owners) = stored_index_owners(&dir, &entry.field, &entry.index).expect("an owner count");
         let expected_owners = if entry.field == "phone" { 2 } else { 1 };
-        assert_eq!(owners.len(), 16 * expected_owners, "{}", entry.field);
-        assert!(owners.chunks(16).any(|owner| owner == customer.as_bytes()), "{}", entry.field);
+        assert_eq!((count, owners.len()), (expected_owners, expected_owners as usize), "{}", entry.field);
+        assert!(owners.contains(&customer), "{}", entry.field);
     }
 }
 

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use custodia::config::Settings;
+use custodia::domain::CustomerId;
 use custodia::startup::App;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::{Method, StatusCode};
@@ -416,35 +417,47 @@ pub fn edit_stored_record(
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
 
-/// Turns a stopped server's record file into one from before the owner lists
-/// (src/store/sled/records.rs): without its `owners_built` mark, the next open builds the
-/// lists again from sled's blind-index entries, the `i` keys such a store kept.
-pub fn forget_owner_lists(data_dir: &Path) {
+/// Turns a stopped server's record file into one whose blind-index entries were never built
+/// (src/store/sled/records.rs): without its `index_layout` mark, the next open builds them
+/// again from the records.
+pub fn forget_index_layout(data_dir: &Path) {
     let db = open_record_files(data_dir);
     let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
-    meta.remove("owners_built").unwrap();
+    meta.remove("index_layout").unwrap();
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
 
-/// Stores an owner list as a cut build of the lists could have left it (nothing checks it
-/// against the records).
-pub fn put_stored_owner_list(data_dir: &Path, field: &str, index: &[u8; 32], ids: &[u8]) {
+/// Stores `owner` as an owner of blind index `index` of `field`, with an owner count of one,
+/// as a cut build could have left it (nothing checks it against the records).
+pub fn put_stored_index_owner(data_dir: &Path, field: &str, index: &[u8; 32], owner: &CustomerId) {
     let db = open_record_files(data_dir);
     let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
-    owners.insert(owner_list_key(field, index), ids).unwrap();
+    let entry = index_entry_key(field, index);
+    owners.insert(&entry, 1u64.to_be_bytes()).unwrap();
+    owners.insert([entry.as_slice(), owner.as_bytes()].concat(), []).unwrap();
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
 
-/// The stored owner list (ids, 16 bytes each) of blind index `index` of `field` in a stopped
-/// server's record file, if there is one.
-pub fn stored_owner_list(data_dir: &Path, field: &str, index: &[u8; 32]) -> Option<Vec<u8>> {
+/// The stored owner count and owner keys' ids of blind index `index` of `field` in a stopped
+/// server's record file: `None` if it has no count (and then no owner key either).
+pub fn stored_index_owners(data_dir: &Path, field: &str, index: &[u8; 32]) -> Option<(u64, Vec<CustomerId>)> {
     let db = open_record_files(data_dir);
     let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
-    owners.get(owner_list_key(field, index)).unwrap().map(|ids| ids.to_vec())
+    let entry = index_entry_key(field, index);
+    let ids: Vec<CustomerId> = owners
+        .prefix(&entry)
+        .map(|item| item.key().unwrap())
+        .filter(|key| key.len() > entry.len())
+        .map(|key| CustomerId::from_bytes(key[entry.len()..].try_into().expect("a 16-byte id")))
+        .collect();
+    let count = owners.get(&entry).unwrap().map(|n| u64::from_be_bytes((*n).try_into().expect("8 bytes")));
+    assert!(count.is_some() || ids.is_empty(), "owner keys without a count");
+    count.map(|n| (n, ids))
 }
 
-/// An owner list's key in the record file: field ‖ 0 ‖ blind index.
-fn owner_list_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
+/// A blind-index entry's key in the record file: field ‖ 0 ‖ blind index (its owner count;
+/// each owner's key adds the id).
+fn index_entry_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
     let mut key = field.as_bytes().to_vec();
     key.push(0);
     key.extend_from_slice(index);

@@ -104,6 +104,48 @@ async fn unique_index_entries_belong_to_one_customer_and_a_clash_appends_no_even
     assert_eq!(owners, BTreeSet::from([b, c]));
 }
 
+/// A value many customers share as a plain entry (a field made unique in the policies after
+/// they stored it): each is found, a unique entry of it clashes for anyone, and once the
+/// others have left, the last may hold it uniquely.
+#[tokio::test]
+async fn a_unique_entry_clashes_with_a_value_others_hold_as_plain_entries() {
+    let Some(fixture) = fixture() else { return };
+    let store = fixture.open();
+    let sharers: Vec<CustomerId> = (0..40).map(|_| CustomerId::random()).collect();
+    let creates = sharers.iter().map(|id| Write {
+        change: put(record(*id, 1, vec![entry("phone", 5, false)]), None),
+        ..Write::default()
+    });
+    for outcome in store.write_many(creates.collect()).await.unwrap() {
+        outcome.unwrap();
+    }
+    let found: BTreeSet<_> = store.lookup("phone", &BlindIndex([5; 32])).await.unwrap().into_iter().collect();
+    assert_eq!(found, sharers.iter().copied().collect());
+
+    let before = size(&store).await;
+    let newcomer = CustomerId::random();
+    let err = write(&store, put(record(newcomer, 1, vec![entry("phone", 5, true)]), None)).await.unwrap_err();
+    assert!(matches!(err, StoreError::UniqueViolation { ref field } if field == "phone"), "{err:?}");
+    let err = write(&store, put(record(sharers[0], 2, vec![entry("phone", 5, true)]), Some(1))).await.unwrap_err();
+    assert!(matches!(err, StoreError::UniqueViolation { ref field } if field == "phone"), "a sharer too: {err:?}");
+    assert_eq!(size(&store).await, before, "a clash appends no event");
+    assert!(store.customer(&newcomer).await.unwrap().is_none());
+
+    let last = sharers[39];
+    let leaving = sharers[..39].iter().map(|id| Write {
+        change: Some(CustomerChange::Delete { id: *id, expected_version: 1 }),
+        ..Write::default()
+    });
+    for outcome in store.write_many(leaving.collect()).await.unwrap() {
+        outcome.unwrap();
+    }
+    assert_eq!(store.lookup("phone", &BlindIndex([5; 32])).await.unwrap(), vec![last]);
+    write(&store, put(record(last, 2, vec![entry("phone", 5, true)]), Some(1))).await.unwrap();
+    let err = write(&store, put(record(newcomer, 1, vec![entry("phone", 5, true)]), None)).await.unwrap_err();
+    assert!(matches!(err, StoreError::UniqueViolation { .. }), "{err:?}");
+    assert_eq!(store.lookup("phone", &BlindIndex([5; 32])).await.unwrap(), vec![last]);
+}
+
 #[tokio::test]
 async fn index_entries_follow_updates_and_deletion() {
     let Some(fixture) = fixture() else { return };

@@ -74,7 +74,7 @@ async fn assert_erased_value_free(store: &Arc<dyn Store>) {
 /// `records` mark, no `records/` directory.
 fn to_layout_before_the_record_file(dir: &Path) {
     let records = read_record_file(dir);
-    let owner_lists = read_owner_lists(dir);
+    let owners = read_index_owners(dir);
     let db = open_sled_files(dir);
     let tree = db.open_tree("custodia").unwrap();
     for (id, value) in records {
@@ -82,13 +82,11 @@ fn to_layout_before_the_record_file(dir: &Path) {
         key.extend_from_slice(&id);
         tree.insert(key, value).unwrap();
     }
-    for (entry, ids) in owner_lists {
-        for id in ids.chunks_exact(16) {
-            let mut key = vec![b'i'];
-            key.extend_from_slice(&entry);
-            key.extend_from_slice(id);
-            tree.insert(key, Vec::<u8>::new()).unwrap();
-        }
+    for (entry, id) in owners {
+        let mut key = vec![b'i'];
+        key.extend_from_slice(&entry);
+        key.extend_from_slice(id.as_bytes());
+        tree.insert(key, Vec::<u8>::new()).unwrap();
     }
     tree.remove(b"mrecords").unwrap().expect("a store with a record file is marked");
     db.flush().unwrap();
@@ -102,10 +100,32 @@ fn read_record_file(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     read_keyspace(dir, "records")
 }
 
-/// Every owner list (field ‖ 0 ‖ blind index, ids) in the record file of a stopped store in
-/// `dir`.
-fn read_owner_lists(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+/// Every owner of a blind-index entry (field ‖ 0 ‖ blind index, id) in the record file of a
+/// stopped store in `dir`, from the owner keys (the entry's key ‖ id).
+fn read_index_owners(dir: &Path) -> Vec<(Vec<u8>, CustomerId)> {
     read_keyspace(dir, "owners")
+        .into_iter()
+        .filter(|(key, _)| key.len() == entry_len(key) + 16)
+        .map(|(key, _)| {
+            let (entry, id) = key.split_at(key.len() - 16);
+            (entry.to_vec(), CustomerId::from_bytes(id.try_into().unwrap()))
+        })
+        .collect()
+}
+
+/// Every blind-index entry's owner count (field ‖ 0 ‖ blind index, count) in the record file
+/// of a stopped store in `dir`.
+fn read_index_counts(dir: &Path) -> Vec<(Vec<u8>, u64)> {
+    read_keyspace(dir, "owners")
+        .into_iter()
+        .filter(|(key, _)| key.len() == entry_len(key))
+        .map(|(key, count)| (key, u64::from_be_bytes(count.try_into().expect("an 8-byte count"))))
+        .collect()
+}
+
+/// The length of the entry key (field ‖ 0 ‖ blind index) a blind-index key starts with.
+fn entry_len(key: &[u8]) -> usize {
+    key.iter().position(|b| *b == 0).expect("a field name and its 0 byte") + 1 + 32
 }
 
 /// Every (key, value) pair of keyspace `name` in the record file of a stopped store in `dir`.
@@ -164,7 +184,8 @@ async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
     assert_eq!(records_in_sled(dir.path()), 0, "sled keeps no copy of a record");
     assert_eq!(read_record_file(dir.path()).len(), 2);
     assert_eq!(index_entries_in_sled(dir.path()), 0, "sled keeps no blind-index entry");
-    assert_eq!(read_owner_lists(dir.path()).len(), 1, "the live customer's unique entry");
+    assert_eq!(read_index_counts(dir.path()).len(), 1, "the live customer's unique entry");
+    assert_eq!(read_index_owners(dir.path()).len(), 1);
     // Opened again, the marked store reads its records from the record file alone.
     let store = open(dir.path());
     assert_three_customers(&store, &ids).await;
@@ -259,4 +280,103 @@ async fn a_record_file_that_sled_has_no_mark_of_is_refused_not_replaced() {
     let err = refusal(dir.path());
     assert!(err.contains("has no mark of them") && err.contains("refusing"), "{err}");
     assert_eq!(read_record_file(dir.path()).len(), 2, "the records are left as they were");
+}
+
+/// Puts the blind-index entries of the stopped store in `dir` into the layout of the version
+/// before (one list of owner ids per entry, rewritten whole on every change, marked
+/// `owners_built`), with a list for a value no record holds besides.
+fn to_layout_of_owner_lists(dir: &Path) {
+    let owners = read_index_owners(dir);
+    let db = fjall::Database::builder(records_dir(dir)).open().unwrap();
+    let keyspace = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
+    let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
+    keyspace.clear().unwrap();
+    let mut lists: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = Default::default();
+    for (entry, id) in owners {
+        lists.entry(entry).or_default().extend_from_slice(id.as_bytes());
+    }
+    lists.insert([b"email\0".as_slice(), &[0xEE; 32]].concat(), CustomerId::random().as_bytes().to_vec());
+    for (entry, ids) in lists {
+        keyspace.insert(entry, ids).unwrap();
+    }
+    assert!(meta.get("index_layout").unwrap().is_some(), "a built store is marked");
+    meta.remove("index_layout").unwrap();
+    meta.insert("owners_built", []).unwrap();
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+}
+
+/// The `meta` keyspace's value under `name` in the record file of a stopped store in `dir`.
+fn record_file_meta(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    read_keyspace(dir, "meta").into_iter().find(|(key, _)| key == name.as_bytes()).map(|(_, value)| value)
+}
+
+#[tokio::test]
+async fn a_store_with_owner_lists_has_its_entries_rebuilt_from_the_records_on_open() {
+    let (dir, ids) = stopped_with_three_customers().await;
+    to_layout_of_owner_lists(dir.path());
+    let store = open(dir.path());
+    assert_three_customers(&store, &ids).await;
+    assert_erased_value_free(&store).await;
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(record_file_meta(dir.path(), "index_layout"), Some(vec![2]));
+    assert_eq!(record_file_meta(dir.path(), "owners_built"), None);
+    // The live customer's value and the one taken from the erased customer; the list no
+    // record named is gone.
+    let counts = read_index_counts(dir.path());
+    assert_eq!(counts.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 1], "{counts:?}");
+    assert_eq!(read_index_owners(dir.path()).len(), 2);
+}
+
+#[tokio::test]
+async fn a_blind_index_layout_this_version_does_not_know_is_refused_and_left_alone() {
+    let (dir, _) = stopped_with_three_customers().await;
+    {
+        let db = fjall::Database::builder(records_dir(dir.path())).open().unwrap();
+        let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
+        meta.insert("index_layout", [3]).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = refusal(dir.path());
+    assert!(err.contains("layout 3") && err.contains("refusing"), "{err}");
+    assert_eq!(read_index_owners(dir.path()).len(), 1, "the entries are left as they were");
+}
+
+/// A value held by many costs one owner key each and one count, so a change writes the same
+/// few bytes however many share it; the last owner leaving leaves nothing behind.
+#[tokio::test]
+async fn a_shared_value_is_a_count_and_a_key_per_owner_and_leaves_nothing_once_unowned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let phone = IndexEntry { field: "phone".into(), index: [4; 32], unique: false, epoch: None };
+    let sharers: Vec<CustomerId> = (0..300).map(|_| CustomerId::random()).collect();
+    let creates = sharers.iter().map(|id| {
+        change(CustomerChange::Put {
+            record: Box::new(crate::record(*id, 1, vec![phone.clone()])),
+            expected_version: None,
+        })
+    });
+    for outcome in store.write_many(creates.collect()).await.unwrap() {
+        outcome.unwrap();
+    }
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(read_index_counts(dir.path()).into_iter().map(|(_, n)| n).collect::<Vec<_>>(), [300]);
+    let mut owners: Vec<CustomerId> = read_index_owners(dir.path()).into_iter().map(|(_, id)| id).collect();
+    let mut expected = sharers.clone();
+    expected.sort();
+    owners.sort();
+    assert_eq!(owners, expected);
+
+    let store = open(dir.path());
+    let found = store.lookup("phone", &custodia::crypto::BlindIndex([4; 32])).await.unwrap();
+    assert_eq!(found, expected, "every owner, ascending");
+    let leaving = sharers.iter().map(|id| change(CustomerChange::Delete { id: *id, expected_version: 1 }));
+    for outcome in store.write_many(leaving.collect()).await.unwrap() {
+        outcome.unwrap();
+    }
+    assert!(store.lookup("phone", &custodia::crypto::BlindIndex([4; 32])).await.unwrap().is_empty());
+    store.close().await.unwrap();
+    drop(store);
+    assert_eq!(read_keyspace(dir.path(), "owners"), vec![], "no count or owner key is left");
 }

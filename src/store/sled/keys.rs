@@ -6,12 +6,16 @@
 //!   are the log's and the writer's name for a record: the record itself is kept in the record
 //!   file (`records.rs`) under the bare id, and sled holds none (stores from before the record
 //!   file are moved there on open)
-//! - `o` ‖ field ‖ 0x00 ‖ blind index (32) → the customers owning that entry, their ids (16
-//!   bytes each) ascending ([`encode_owners`]). These keys are the log's and the writer's name
-//!   for an owner list: the lists are kept in the record file's `owners` keyspace, beside the
-//!   records, and sled holds none
+//! - `o` ‖ field ‖ 0x00 ‖ blind index (32) → the number of customers owning that entry (u64,
+//!   big-endian; [`encode_count`]), and `o` ‖ field ‖ 0x00 ‖ blind index ‖ customer id (16) →
+//!   empty, one key per owner. The count makes a unique check one point read, and a change
+//!   writes its own owner key and the count whatever the number of owners a shared value has
+//!   (a list of them would be rewritten whole). These keys are the log's and the writer's name
+//!   for an entry: they are kept in the record file's `owners` keyspace, beside the records,
+//!   and sled holds none
 //! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty: the blind-index entries
-//!   of stores from before the owner lists; moved into them and removed on open
+//!   of stores from before the record file held them; rebuilt there from the records and
+//!   removed on open
 //! - `x` ‖ …: per-customer history rows of stores from before the history index
 //!   (`history.rs`); moved there and removed on open
 //! - `k` ‖ tree size (8, big-endian) → signed checkpoint note
@@ -23,8 +27,6 @@
 //! event: `n (1) ‖ n × (level (1) ‖ hash (32)) ‖ event` — the Merkle nodes the leaf completes
 //! (its own leaf hash at level 0 first), then the canonical JSON. Node (level, index) is
 //! completed by leaf `(index + 1) · 2^level − 1`, so it is found in that leaf's entry.
-
-use std::collections::BTreeSet;
 
 use crate::crypto::Sealed;
 use crate::domain::CustomerId;
@@ -79,14 +81,14 @@ pub(super) fn customer_key(id: &CustomerId) -> [u8; 17] {
     key
 }
 
-/// First byte of an owner list's key.
+/// First byte of a blind-index entry's keys (its owner count's and its owners').
 pub(super) const OWNERS_PREFIX: &[u8] = b"o";
-/// First byte of a blind-index entry of a store from before the owner lists.
+/// First byte of a blind-index entry of a store from before the record file held them.
 pub(super) const LEGACY_INDEX_PREFIX: &[u8] = b"i";
 
-/// The key of the owner list of blind index `index` of `field`.
-pub(super) fn owners_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
-    let mut key = Vec::with_capacity(2 + field.len() + 32);
+/// The key of the owner count of blind index `index` of `field`: `o ‖ field ‖ 0 ‖ index`.
+pub(super) fn entry_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + field.len() + 32 + 16);
     key.extend_from_slice(OWNERS_PREFIX);
     key.extend_from_slice(field.as_bytes());
     key.push(0);
@@ -94,31 +96,22 @@ pub(super) fn owners_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
     key
 }
 
-/// An owner list's value: the ids, ascending, 16 bytes each.
-pub(super) fn encode_owners(owners: &BTreeSet<CustomerId>) -> Vec<u8> {
-    owners.iter().flat_map(|id| *id.as_bytes()).collect()
+/// The key that names `owner` as an owner of the entry whose count is under `entry_key`.
+pub(super) fn owner_key(entry_key: &[u8], owner: &CustomerId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(entry_key.len() + 16);
+    key.extend_from_slice(entry_key);
+    key.extend_from_slice(owner.as_bytes());
+    key
 }
 
-/// The ids of an owner list's value.
-pub(super) fn decode_owners(value: &[u8]) -> Result<BTreeSet<CustomerId>, StoreError> {
-    if !value.len().is_multiple_of(16) {
-        return Err(corrupt("owner list length"));
-    }
-    Ok(value
-        .chunks_exact(16)
-        .map(|id| CustomerId::from_bytes(id.try_into().expect("chunks of 16 bytes")))
-        .collect())
+/// An owner count's value.
+pub(super) fn encode_count(count: u64) -> Vec<u8> {
+    count.to_be_bytes().to_vec()
 }
 
-/// A legacy blind-index entry's key split into the owner list's key and the owner.
-pub(super) fn split_legacy_index_key(key: &[u8]) -> Result<(Vec<u8>, CustomerId), StoreError> {
-    let rest = key.strip_prefix(LEGACY_INDEX_PREFIX).ok_or_else(|| corrupt("index key prefix"))?;
-    let (entry, id) =
-        rest.split_at_checked(rest.len().wrapping_sub(16)).ok_or_else(|| corrupt("index key length"))?;
-    let id: [u8; 16] = id.try_into().map_err(|_| corrupt("index key length"))?;
-    let mut owners_key = OWNERS_PREFIX.to_vec();
-    owners_key.extend_from_slice(entry);
-    Ok((owners_key, CustomerId::from_bytes(id)))
+/// The number of an owner count's value.
+pub(super) fn decode_count(value: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(value.try_into().map_err(|_| corrupt("blind-index owner count length"))?))
 }
 
 /// Prefix of the history rows stores kept in sled before the history index.

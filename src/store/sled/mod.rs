@@ -1,5 +1,5 @@
 //! The embedded default backend: one sled tree (key layout in `keys.rs`) for checkpoints and
-//! metadata, customer records and the owner lists of their blind-index entries in a record
+//! metadata, customer records and their blind-index entries in a record
 //! file (`records.rs`), data keys in a key file (`key_file.rs`), audit entries in append-only
 //! files (`audit_files.rs`), all made durable by a write-ahead log (`wal.rs`).
 //!
@@ -44,10 +44,10 @@ use self::history::HistoryIndex;
 use self::key_file::KeyFile;
 use self::keys::{
     CUSTOMER_PREFIX, HISTORY_LEN, KEY_FILE_MARK, LEGACY_INDEX_PREFIX, OWNERS_PREFIX, RECORDS_MARK, WAL_LSN,
-    completing_leaf, corrupt, decode_entry, decode_owners, decode_pair, encode_owners, meta_key, owners_key,
-    split_legacy_index_key, trailing_u64,
+    completing_leaf, corrupt, decode_entry, decode_pair, encode_count, entry_key, meta_key, owner_key,
+    trailing_u64,
 };
-use self::records::{RecordFile, RecordOp};
+use self::records::{INDEX_LAYOUT, RecordFile, RecordOp};
 use self::wal::{Op, Wal};
 use self::writer::Job;
 use super::{
@@ -56,7 +56,7 @@ use super::{
 use crate::crypto::BlindIndex;
 use crate::domain::CustomerId;
 
-/// Customer records, blind-index owner lists, audit log and metadata in one data directory:
+/// Customer records, blind-index entries, audit log and metadata in one data directory:
 /// sled, the record file, the key file and the audit files, behind one write-ahead log.
 pub struct SledStore {
     shared: Arc<Shared>,
@@ -164,7 +164,7 @@ impl SledStore {
                 "the customer records hold changes up to log record {records_from} but the log and sled end at {lsn}: refusing to start"
             )));
         }
-        build_owner_lists(&tree, &records)?;
+        build_index(&records)?;
         keys.sync()?;
         let orphans = keys.recover(lsn)?;
         if orphans > 0 {
@@ -209,9 +209,9 @@ impl SledStore {
         }
         // Only once sled, the records and the audit files hold everything may the log go.
         records.persist()?;
-        // The owner lists are durable and marked: sled's entries of a store from before them
-        // can go (again on every open until a flush makes it final; a replay puts back those
-        // logged before the move).
+        // The blind-index entries are built in the record file, durable and marked: sled's
+        // entries of a store from before them can go (again on every open until a flush makes
+        // it final; a replay puts back those logged before the build).
         for key in tree.scan_prefix(LEGACY_INDEX_PREFIX).keys() {
             tree.remove(key.map_err(unavailable)?).map_err(unavailable)?;
         }
@@ -321,10 +321,8 @@ impl Store for SledStore {
     }
 
     async fn lookup(&self, field: &str, index: &BlindIndex) -> Result<Vec<CustomerId>, StoreError> {
-        match self.shared.stored(&owners_key(field, &index.0))? {
-            Some(ids) => Ok(decode_owners(&ids)?.into_iter().collect()),
-            None => Ok(Vec::new()),
-        }
+        let entry = entry_key(field, &index.0);
+        self.shared.records.owners_of(&entry[OWNERS_PREFIX.len()..])
     }
 
     async fn customer_ids(
@@ -471,13 +469,13 @@ impl Shared {
     }
 
     /// The stored value of sled key `key` as the writer sees it: a record's (`c` key) and an
-    /// owner list's (`o` key) from the record file, every other from sled.
+    /// blind-index key's (`o` key) from the record file, every other from sled.
     fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(id) = key.strip_prefix(CUSTOMER_PREFIX) {
             return self.records.get(id);
         }
         if let Some(entry) = key.strip_prefix(OWNERS_PREFIX) {
-            return self.records.owners(entry);
+            return self.records.index_value(entry);
         }
         Ok(self.tree.get(key).map_err(unavailable)?.map(|value| value.to_vec()))
     }
@@ -572,48 +570,65 @@ fn copy_records_from_sled(building: &Path, tree: &sled::Tree, sled_lsn: u64) -> 
     Ok(moved)
 }
 
-/// Builds the owner lists of a record file that has none marked: from sled's blind-index
-/// entries (a store from before the owner lists; none in a new store), then marks them, in
-/// the record file. Runs after the replay, when sled and the record file hold the same groups.
-/// What a build cut short left (no mark) is cleared and built again; sled's entries leave only
-/// after the mark is persisted (see `SledStore::open`).
-fn build_owner_lists(tree: &sled::Tree, records: &RecordFile) -> Result<(), StoreError> {
-    if records.owners_built()? {
-        return Ok(());
+/// Builds the blind-index entries of a record file not marked as holding them in
+/// [`INDEX_LAYOUT`] (a new store, a store from before the record file held them, or one in
+/// the layout of owner lists), from the records' own `index_entries`, then marks them. Runs
+/// after the replay, when the records hold every durable group; what a build cut short left
+/// (no mark) is cleared and built again. Memory stays bounded at any size: one pass writes an
+/// owner key per entry a record holds, a second counts each entry's owners (consecutive keys).
+/// Errors: `Corrupt` for a record that does not decode or a layout this code does not know
+/// (written by a newer Custodia: refused rather than rebuilt under it).
+fn build_index(records: &RecordFile) -> Result<(), StoreError> {
+    match records.index_layout()? {
+        Some(INDEX_LAYOUT) => return Ok(()),
+        Some(layout) => {
+            return Err(StoreError::Corrupt(format!(
+                "the blind-index entries are in layout {layout}, which this version does not know (up to {INDEX_LAYOUT}): refusing to start"
+            )));
+        }
+        None => {}
     }
-    records.clear_owners()?;
-    let (mut lists, mut moved) = (Vec::with_capacity(MOVE_CHUNK), 0usize);
-    let mut current: Option<(Vec<u8>, BTreeSet<CustomerId>)> = None;
-    // Keys come in order, so one entry's owners are consecutive.
-    for key in tree.scan_prefix(LEGACY_INDEX_PREFIX).keys() {
-        let (entry, owner) = split_legacy_index_key(&key.map_err(unavailable)?)?;
+    records.clear_index()?;
+    let mut batch = Vec::with_capacity(MOVE_CHUNK);
+    let mut owners = 0usize;
+    records.scan_records(|value| {
+        let (record, _) = keys::decode_record(value)?;
+        let entries: BTreeSet<Vec<u8>> =
+            record.index_entries.iter().map(|e| entry_key(&e.field, &e.index)).collect();
+        for entry in entries {
+            batch.push((owner_key(&entry[OWNERS_PREFIX.len()..], &record.id), Vec::new()));
+        }
+        if batch.len() >= MOVE_CHUNK {
+            owners += batch.len();
+            records.put_index_keys(std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    owners += batch.len();
+    records.put_index_keys(std::mem::take(&mut batch))?;
+    // Every key is an owner key now (entry ‖ 16-byte id), in order: one entry's are consecutive.
+    let mut current: Option<(Vec<u8>, u64)> = None;
+    records.scan_index(|key| {
+        let entry =
+            key.get(..key.len().wrapping_sub(16)).ok_or_else(|| corrupt("blind-index owner key length"))?;
         match &mut current {
-            Some((key, owners)) if *key == entry => {
-                owners.insert(owner);
-            }
+            Some((at, count)) if at.as_slice() == entry => *count += 1,
             _ => {
-                lists.extend(current.take().map(|(key, owners)| owner_list(&key, &owners)));
-                current = Some((entry, BTreeSet::from([owner])));
+                batch.extend(current.replace((entry.to_vec(), 1)).map(|(at, n)| (at, encode_count(n))));
+                if batch.len() >= MOVE_CHUNK {
+                    records.put_index_keys(std::mem::take(&mut batch))?;
+                }
             }
         }
-        if lists.len() == MOVE_CHUNK {
-            moved += lists.len();
-            records.put_owner_lists(std::mem::take(&mut lists))?;
-        }
-    }
-    lists.extend(current.map(|(key, owners)| owner_list(&key, &owners)));
-    moved += lists.len();
-    records.put_owner_lists(lists)?;
-    records.mark_owners_built()?;
-    if moved > 0 {
-        tracing::info!(lists = moved, "moved the blind-index entries out of sled into owner lists");
+        Ok(())
+    })?;
+    batch.extend(current.map(|(at, n)| (at, encode_count(n))));
+    records.put_index_keys(batch)?;
+    records.mark_index_built()?;
+    if owners > 0 {
+        tracing::info!(owner_keys = owners, "built the blind-index entries from the records");
     }
     Ok(())
-}
-
-/// An owner list as the record file stores it: its key without the `o` prefix, and its ids.
-fn owner_list(key: &[u8], owners: &BTreeSet<CustomerId>) -> (Vec<u8>, Vec<u8>) {
-    (key[OWNERS_PREFIX.len()..].to_vec(), encode_owners(owners))
 }
 
 fn remove_dir(dir: &Path) -> Result<(), StoreError> {
@@ -631,8 +646,8 @@ fn remove_records_from_sled(tree: &sled::Tree) -> Result<(), StoreError> {
 
 /// File name of the key file in the data directory.
 const KEY_FILE: &str = "keys";
-/// Records (or owner lists) copied per batch when a store's records (or blind-index entries)
-/// move out of sled.
+/// Records (or blind-index keys) written per batch when a store's records move out of sled
+/// (or its blind-index entries are built).
 const MOVE_CHUNK: usize = 10_000;
 /// Where a record file is built before it is renamed into place (see [`open_records`]).
 const RECORDS_BUILD_DIR: &str = "records.new";
@@ -739,17 +754,17 @@ fn apply(tree: &sled::Tree, records: &RecordFile, lsn: u64, ops: &[Op]) -> Resul
     Ok(())
 }
 
-/// An op on a customer record (a `c` key) or an owner list (an `o` key) as a change to the
-/// record file, or `None`.
+/// An op on a customer record (a `c` key) or a blind-index entry (an `o` key) as a change to
+/// the record file, or `None`.
 fn record_op(op: &Op) -> Option<RecordOp<'_>> {
     match op {
         Op::Put(key, value) => match key.strip_prefix(CUSTOMER_PREFIX) {
             Some(id) => Some(RecordOp::Put(id, value)),
-            None => key.strip_prefix(OWNERS_PREFIX).map(|entry| RecordOp::PutOwners(entry, value)),
+            None => key.strip_prefix(OWNERS_PREFIX).map(|entry| RecordOp::PutIndex(entry, value)),
         },
         Op::Remove(key) => match key.strip_prefix(CUSTOMER_PREFIX) {
             Some(id) => Some(RecordOp::Remove(id)),
-            None => key.strip_prefix(OWNERS_PREFIX).map(RecordOp::RemoveOwners),
+            None => key.strip_prefix(OWNERS_PREFIX).map(RecordOp::RemoveIndex),
         },
         Op::Audit(..) | Op::DestroyKey { .. } => None,
     }

@@ -11,20 +11,23 @@
 //! compaction of the tables that point into it finds a quarter of it stale: in a quiet store an
 //! old copy can stay, sealed under a data key that erasure destroyed.
 //!
-//! The owner lists of the blind-index entries live here too, in their own keyspace: in sled's
-//! B-tree a create paged in and rewrote a random leaf per indexed field, a cost that grew with
-//! the store (all of the writer's growth from 100,000 to 1,000,000 customers, README
-//! "Performance"). Here adding an owner is a memtable insert, and the unique check of a new
-//! value is a point read that the pinned bloom filters answer without reading a block.
+//! The blind-index entries live here too, in their own keyspace: in sled's B-tree a create
+//! paged in and rewrote a random leaf per indexed field, a cost that grew with the store (all
+//! of the writer's growth from 100,000 to 1,000,000 customers, README "Performance"). Here
+//! joining an entry is two memtable inserts (the owner's key and the entry's owner count), and
+//! the unique check of a new value is a point read of its count that the pinned bloom filters
+//! answer without reading a block.
 //!
 //! Layout: keyspace `records`: customer id (16) → the value sled's `c` key used to hold
 //! (`keys.rs`: `0x80 ‖ key slot ‖ record`); keyspace `owners`: field ‖ 0x00 ‖ blind index (32)
-//! → owner ids (the log's `o` keys without their prefix, `keys.rs`); keyspace `meta`:
-//! `applied_lsn` → the log sequence number (u64, big-endian) of the last group applied here,
-//! `owners_built` → empty, once the owner lists were built (new store) or moved from sled.
+//! → owner count, and that ‖ customer id (16) → empty (the log's `o` keys without their
+//! prefix, `keys.rs`); keyspace `meta`: `applied_lsn` → the log sequence number (u64,
+//! big-endian) of the last group applied here, `index_layout` → [`INDEX_LAYOUT`] (one byte),
+//! once the entries were built in this layout from the records.
 //!
-//! Invariant: this is the store of record, not derived data. A group's records, owner lists
-//! and its LSN are one fjall batch, so after a crash the keyspace holds exactly the groups up to
+//! Invariant: this is the store of record; only the `owners` keyspace is derived (from the
+//! records' `index_entries`), and kept in step with them by the writer. A group's records,
+//! blind-index keys and its LSN are one fjall batch, so after a crash the keyspace holds exactly the groups up to
 //! [`RecordFile::applied_lsn`] (fjall recovers a prefix of its journal). The flusher persists
 //! it before the log segments go, so the log still holds every group after that LSN and open
 //! replays them; a replayed put or removal repeats the final state.
@@ -41,8 +44,8 @@ use crate::store::StoreError;
 /// The tree's block cache, in bytes: its index and filter blocks, and data blocks of ids.
 ///
 /// Sized so the data blocks of the records keyspace (an id and a blob handle, some 45 bytes a
-/// customer) of 1,000,000 customers stay cached beside the owner lists' blocks, which every
-/// create reads and rewrites: at 16 MiB a read at that size paid a block `pread` and decode
+/// customer) of 1,000,000 customers stay cached beside the blind-index entries' blocks, which
+/// every create reads and writes: at 16 MiB a read at that size paid a block `pread` and decode
 /// more than at 100,000 (README "Performance"). Filled as blocks are read, so it adds nothing
 /// to the memory a start-up takes.
 const CACHE_BYTES: u64 = 64 << 20;
@@ -56,11 +59,18 @@ const SEPARATION_BYTES: u32 = 64;
 /// Blob files of this size, in bytes: a smaller file is rewritten sooner once records in it
 /// are replaced or erased.
 const BLOB_FILE_BYTES: u64 = 32 << 20;
-/// The owner lists' write buffer, in bytes: a list is tens of bytes, so this is some 100,000
-/// of them before a sorted table is written.
+/// The blind-index keys' write buffer, in bytes: a key is some 70 bytes, so this is some
+/// 100,000 of them before a sorted table is written.
 const OWNERS_MEMTABLE_BYTES: u64 = 8 << 20;
 const APPLIED_LSN: &[u8] = b"applied_lsn";
-const OWNERS_BUILT: &[u8] = b"owners_built";
+/// The meta key naming the layout the `owners` keyspace was built in.
+const INDEX_LAYOUT_KEY: &[u8] = b"index_layout";
+/// The layout of the `owners` keyspace this code reads and writes: 2, an owner count and a key
+/// per owner. (1, set as `owners_built`, was a list of owner ids per entry, rewritten whole on
+/// every change; a store in it, or in none, is rebuilt from its records on open.)
+pub(super) const INDEX_LAYOUT: u8 = 2;
+/// The mark of layout 1, removed once layout 2 is built.
+const OWNER_LISTS_BUILT: &[u8] = b"owners_built";
 
 /// The records of one sled store.
 pub(super) struct RecordFile {
@@ -70,16 +80,16 @@ pub(super) struct RecordFile {
     meta: Keyspace,
 }
 
-/// A change to one record or owner list, as the log holds it.
+/// A change to one record or blind-index key, as the log holds it.
 pub(super) enum RecordOp<'a> {
     /// Set the record of this customer (id bytes) to this value.
     Put(&'a [u8], &'a [u8]),
     /// Remove this customer's record.
     Remove(&'a [u8]),
-    /// Set this owner list (its key without the `o` prefix) to these ids.
-    PutOwners(&'a [u8], &'a [u8]),
-    /// Remove this owner list (its last owner left).
-    RemoveOwners(&'a [u8]),
+    /// Set this blind-index key (an `o` key without its prefix) to this value.
+    PutIndex(&'a [u8], &'a [u8]),
+    /// Remove this blind-index key.
+    RemoveIndex(&'a [u8]),
 }
 
 impl RecordFile {
@@ -119,8 +129,8 @@ impl RecordFile {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(OWNERS_MEMTABLE_BYTES)
                     .compaction_strategy(compaction())
-                    // A create's unique check reads a list that mostly does not exist: with every
-                    // filter in memory that costs no block read at any size.
+                    // A create's unique check reads a count that mostly does not exist: with
+                    // every filter in memory that costs no block read at any size.
                     .filter_block_pinning_policy(PinningPolicy::all(true))
                     .index_block_pinning_policy(PinningPolicy::all(true))
             })
@@ -129,34 +139,87 @@ impl RecordFile {
         Ok(RecordFile { db, records, owners, meta })
     }
 
-    /// The owner list under `key` (an `o` key without its prefix).
-    pub(super) fn owners(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The value of blind-index key `key` (an `o` key without its prefix).
+    pub(super) fn index_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.owners.get(key).map_err(unavailable)?.map(|value| value.to_vec()))
     }
 
-    /// Whether the owner lists were built (or moved from sled) and marked so.
-    pub(super) fn owners_built(&self) -> Result<bool, StoreError> {
-        Ok(self.meta.get(OWNERS_BUILT).map_err(unavailable)?.is_some())
+    /// The owners of the entry whose count is under `entry` (an `o` key without its prefix),
+    /// ascending: one point read for a value nobody holds, a prefix scan of its owner keys
+    /// otherwise.
+    pub(super) fn owners_of(&self, entry: &[u8]) -> Result<Vec<CustomerId>, StoreError> {
+        if self.owners.get(entry).map_err(unavailable)?.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut owners = Vec::new();
+        for item in self.owners.prefix(entry) {
+            let key = item.key().map_err(unavailable)?;
+            match key.len() - entry.len() {
+                0 => {}
+                16 => owners.push(CustomerId::from_bytes(key[entry.len()..].try_into().expect("16 bytes"))),
+                _ => return Err(StoreError::Corrupt("blind-index owner key length".into())),
+            }
+        }
+        Ok(owners)
     }
 
-    /// Removes every owner list: what an unmarked build left is started again.
-    pub(super) fn clear_owners(&self) -> Result<(), StoreError> {
+    /// The layout the blind-index keys were built in ([`INDEX_LAYOUT`]), `None` if never.
+    pub(super) fn index_layout(&self) -> Result<Option<u8>, StoreError> {
+        match self.meta.get(INDEX_LAYOUT_KEY).map_err(unavailable)? {
+            None => Ok(None),
+            Some(value) => match *value {
+                [layout] => Ok(Some(layout)),
+                _ => Err(StoreError::Corrupt("index_layout length".into())),
+            },
+        }
+    }
+
+    /// Removes every blind-index key: what an unmarked build left is started again.
+    pub(super) fn clear_index(&self) -> Result<(), StoreError> {
         self.owners.clear().map_err(unavailable)
     }
 
-    /// Adds owner lists `(key without the prefix, ids)` while they are built from sled's
-    /// entries; not durable until [`persist`](Self::persist).
-    pub(super) fn put_owner_lists(&self, lists: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+    /// Adds blind-index keys `(key without the prefix, value)` while they are built from the
+    /// records; not durable until [`persist`](Self::persist).
+    pub(super) fn put_index_keys(&self, keys: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
-        for (key, ids) in lists {
-            batch.insert(&self.owners, key, ids);
+        for (key, value) in keys {
+            batch.insert(&self.owners, key, value);
         }
         batch.commit().map_err(unavailable)
     }
 
-    /// Marks the owner lists built. Not durable until [`persist`](Self::persist).
-    pub(super) fn mark_owners_built(&self) -> Result<(), StoreError> {
-        self.meta.insert(OWNERS_BUILT, Vec::<u8>::new()).map_err(unavailable)
+    /// Calls `visit` with every blind-index key, ascending (a snapshot: keys put meanwhile are
+    /// not visited).
+    pub(super) fn scan_index(
+        &self,
+        mut visit: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.owners.iter() {
+            visit(&item.key().map_err(unavailable)?)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` with every stored record's value (as [`get`](Self::get) answers it).
+    pub(super) fn scan_records(
+        &self,
+        mut visit: impl FnMut(&[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        for item in self.records.iter() {
+            let (_, value) = item.into_inner().map_err(unavailable)?;
+            visit(&value)?;
+        }
+        Ok(())
+    }
+
+    /// Marks the blind-index keys built in [`INDEX_LAYOUT`]. Not durable until
+    /// [`persist`](Self::persist).
+    pub(super) fn mark_index_built(&self) -> Result<(), StoreError> {
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, INDEX_LAYOUT_KEY, vec![INDEX_LAYOUT]);
+        batch.remove(&self.meta, OWNER_LISTS_BUILT);
+        batch.commit().map_err(unavailable)
     }
 
     /// The stored value of customer `id`.
@@ -193,7 +256,7 @@ impl RecordFile {
             .collect()
     }
 
-    /// Applies group `lsn`'s record and owner-list changes and records the LSN, atomically.
+    /// Applies group `lsn`'s record and blind-index changes and records the LSN, atomically.
     /// Not durable until [`persist`](Self::persist) (the write-ahead log is).
     pub(super) fn apply<'a>(
         &self,
@@ -205,8 +268,8 @@ impl RecordFile {
             match op {
                 RecordOp::Put(id, value) => batch.insert(&self.records, id.to_vec(), value.to_vec()),
                 RecordOp::Remove(id) => batch.remove(&self.records, id.to_vec()),
-                RecordOp::PutOwners(key, ids) => batch.insert(&self.owners, key.to_vec(), ids.to_vec()),
-                RecordOp::RemoveOwners(key) => batch.remove(&self.owners, key.to_vec()),
+                RecordOp::PutIndex(key, value) => batch.insert(&self.owners, key.to_vec(), value.to_vec()),
+                RecordOp::RemoveIndex(key) => batch.remove(&self.owners, key.to_vec()),
             }
         }
         batch.insert(&self.meta, APPLIED_LSN, lsn.to_be_bytes().to_vec());

@@ -29,8 +29,8 @@ use tokio::sync::oneshot;
 
 use super::key_file::SlotOwner;
 use super::keys::{
-    WAL_LSN, checkpoint_key, customer_key, decode_owners, encode_entry, encode_owners, encode_pair,
-    encode_record, meta_key, owners_key,
+    WAL_LSN, checkpoint_key, customer_key, decode_count, encode_count, encode_entry, encode_pair,
+    encode_record, entry_key, meta_key, owner_key,
 };
 use super::wal::Op;
 use super::{Applied, Shared, poisoned_error};
@@ -407,41 +407,55 @@ impl Staging<'_> {
         self.overlay.insert(key, None);
     }
 
-    /// Customers owning the index entry `field`/`index`, as the group has left it.
-    fn index_owners(&self, field: &str, index: &[u8; 32]) -> Result<BTreeSet<CustomerId>, StoreError> {
-        match self.get(&owners_key(field, index))? {
-            Some(ids) => decode_owners(&ids),
-            None => Ok(BTreeSet::new()),
-        }
-    }
-
-    /// The owner lists after `id` leaves the entries `left` and joins `joined`, read as the
-    /// group has left them and changed aside (nothing is staged).
-    fn owner_changes<'e>(
+    /// How a change of customer `id` from entries `old` to `new` moves it through the
+    /// blind-index entries, with the owner counts it leaves (read as the group has left them
+    /// and changed aside: nothing is staged). `checked`: entries whose count is read too,
+    /// unchanged unless moved. Errors: `Corrupt` for a count that would go below zero.
+    fn membership<'e>(
         &self,
-        id: CustomerId,
-        left: impl Iterator<Item = &'e IndexEntry>,
-        joined: impl Iterator<Item = &'e IndexEntry>,
-    ) -> Result<BTreeMap<Vec<u8>, BTreeSet<CustomerId>>, StoreError> {
-        let mut lists: BTreeMap<Vec<u8>, BTreeSet<CustomerId>> = BTreeMap::new();
-        for (entry, owns) in left.map(|e| (e, false)).chain(joined.map(|e| (e, true))) {
-            let owners = match lists.entry(owners_key(&entry.field, &entry.index)) {
-                Entry::Occupied(list) => list.into_mut(),
-                Entry::Vacant(list) => list.insert(self.index_owners(&entry.field, &entry.index)?),
-            };
-            match owns {
-                true => owners.insert(id),
-                false => owners.remove(&id),
-            };
+        old: &'e [IndexEntry],
+        new: &'e [IndexEntry],
+        checked: impl Iterator<Item = &'e IndexEntry>,
+    ) -> Result<Membership, StoreError> {
+        let keys = |entries: &[IndexEntry]| -> BTreeSet<Vec<u8>> {
+            entries.iter().map(|e| entry_key(&e.field, &e.index)).collect()
+        };
+        let (was, is) = (keys(old), keys(new));
+        let moves: BTreeMap<Vec<u8>, bool> = was
+            .difference(&is)
+            .map(|key| (key.clone(), false))
+            .chain(is.difference(&was).map(|key| (key.clone(), true)))
+            .collect();
+        let mut counts = BTreeMap::new();
+        for key in moves.keys().cloned().chain(checked.map(|e| entry_key(&e.field, &e.index))) {
+            if let Entry::Vacant(count) = counts.entry(key) {
+                let stored = self.get(count.key())?.map(|value| decode_count(&value)).transpose()?;
+                let joins = moves.get(count.key()).copied();
+                let now = match (stored.unwrap_or(0), joins) {
+                    (n, Some(true)) => n + 1,
+                    (n, Some(false)) => n.checked_sub(1).ok_or_else(|| {
+                        StoreError::Corrupt("a blind-index entry's owner count is below its owners".into())
+                    })?,
+                    (n, None) => n,
+                };
+                count.insert(now);
+            }
         }
-        Ok(lists)
+        Ok(Membership { moves, counts })
     }
 
-    /// Stages an owner list: removed once it has no owner left.
-    fn put_owners(&mut self, key: Vec<u8>, owners: &BTreeSet<CustomerId>) {
-        match owners.is_empty() {
-            true => self.remove(key),
-            false => self.put(key, encode_owners(owners)),
+    /// Stages `id`'s moves through the blind-index entries: its owner keys and the entries'
+    /// counts (an entry whose last owner left goes).
+    fn put_membership(&mut self, id: &CustomerId, membership: Membership) {
+        for (key, joins) in membership.moves {
+            match joins {
+                true => self.put(owner_key(&key, id), Vec::new()),
+                false => self.remove(owner_key(&key, id)),
+            }
+            match membership.counts[&key] {
+                0 => self.remove(key),
+                count => self.put(key, encode_count(count)),
+            }
         }
     }
 
@@ -471,15 +485,16 @@ impl Staging<'_> {
                 if !imported && record.version != expected_version.unwrap_or(0) + 1 {
                     return Err(StoreError::VersionConflict);
                 }
-                let added: Vec<IndexEntry> =
-                    record.index_entries.iter().filter(|e| !old_entries.contains(e)).cloned().collect();
+                // A unique entry new to the record (a new value, or one the policies made
+                // unique since) must have no owner but this customer once the change is made.
+                let added_unique: Vec<&IndexEntry> =
+                    record.index_entries.iter().filter(|e| e.unique && !old_entries.contains(e)).collect();
                 // Read and changed aside before the slot write: below it nothing may fail but
                 // the encoding (see `fatal`).
-                let removed = old_entries.iter().filter(|e| !record.index_entries.contains(e));
-                let lists = self.owner_changes(id, removed, added.iter())?;
-                for entry in added.iter().filter(|e| e.unique) {
-                    let list = lists.get(&owners_key(&entry.field, &entry.index));
-                    if list.is_some_and(|owners| owners.iter().any(|o| o != &id)) {
+                let membership =
+                    self.membership(old_entries, &record.index_entries, added_unique.iter().copied())?;
+                for entry in added_unique {
+                    if membership.counts[&entry_key(&entry.field, &entry.index)] > 1 {
                         return Err(StoreError::UniqueViolation { field: entry.field.clone() });
                     }
                 }
@@ -488,23 +503,19 @@ impl Staging<'_> {
                 // was written fails the group (an orphan slot of a committed group would stay).
                 let encoded =
                     encode_record(&mut record, slot).inspect_err(|e| self.fatal = Some(e.clone()))?;
-                for (key, owners) in lists {
-                    self.put_owners(key, &owners);
-                }
+                self.put_membership(&id, membership);
                 self.put(customer_key(&id).to_vec(), encoded);
             }
             CustomerChange::Delete { .. } => {
                 // Everything that can fail comes before anything is staged.
-                let lists = self.owner_changes(id, old_entries.iter(), std::iter::empty())?;
+                let membership = self.membership(old_entries, &[], std::iter::empty())?;
                 let destruction = current
                     .as_ref()
                     .and_then(|(_, slot)| *slot)
                     .map(|slot| self.destruction(slot, &id))
                     .transpose()?;
                 self.destroyed.extend(destruction);
-                for (key, owners) in lists {
-                    self.put_owners(key, &owners);
-                }
+                self.put_membership(&id, membership);
                 self.remove(customer_key(&id).to_vec());
             }
         }
@@ -521,4 +532,13 @@ impl Staging<'_> {
             .chain(self.destroyed)
             .collect()
     }
+}
+
+/// How one change moves a customer through the blind-index entries, keyed by entry key
+/// (`keys::entry_key`).
+struct Membership {
+    /// The entries the customer joins (`true`) or leaves (`false`).
+    moves: BTreeMap<Vec<u8>, bool>,
+    /// The owner count of every moved (or checked) entry once the change is made.
+    counts: BTreeMap<Vec<u8>, u64>,
 }
