@@ -284,8 +284,10 @@ async fn a_record_file_that_sled_has_no_mark_of_is_refused_not_replaced() {
 
 /// Puts the blind-index entries of the stopped store in `dir` into the layout of the version
 /// before (one list of owner ids per entry, rewritten whole on every change, marked
-/// `owners_built`), with a list for a value no record holds besides.
-fn to_layout_of_owner_lists(dir: &Path) {
+/// `owners_built`), with a list for a value no record holds besides. `rolled_back`: as that
+/// version leaves a store of this layout it ran on, the `index_layout` mark it does not know
+/// kept.
+fn to_layout_of_owner_lists(dir: &Path, rolled_back: bool) {
     let owners = read_index_owners(dir);
     let db = fjall::Database::builder(records_dir(dir)).open().unwrap();
     let keyspace = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
@@ -300,7 +302,9 @@ fn to_layout_of_owner_lists(dir: &Path) {
         keyspace.insert(entry, ids).unwrap();
     }
     assert!(meta.get("index_layout").unwrap().is_some(), "a built store is marked");
-    meta.remove("index_layout").unwrap();
+    if !rolled_back {
+        meta.remove("index_layout").unwrap();
+    }
     meta.insert("owners_built", []).unwrap();
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
@@ -310,22 +314,42 @@ fn record_file_meta(dir: &Path, name: &str) -> Option<Vec<u8>> {
     read_keyspace(dir, "meta").into_iter().find(|(key, _)| key == name.as_bytes()).map(|(_, value)| value)
 }
 
+/// Upgraded from the layout of owner lists, or opened again after that version ran on the
+/// store (a rollback): either way the entries are rebuilt from the records.
 #[tokio::test]
 async fn a_store_with_owner_lists_has_its_entries_rebuilt_from_the_records_on_open() {
-    let (dir, ids) = stopped_with_three_customers().await;
-    to_layout_of_owner_lists(dir.path());
-    let store = open(dir.path());
-    assert_three_customers(&store, &ids).await;
-    assert_erased_value_free(&store).await;
-    store.close().await.unwrap();
-    drop(store);
-    assert_eq!(record_file_meta(dir.path(), "index_layout"), Some(vec![2]));
-    assert_eq!(record_file_meta(dir.path(), "owners_built"), None);
-    // The live customer's value and the one taken from the erased customer; the list no
-    // record named is gone.
-    let counts = read_index_counts(dir.path());
-    assert_eq!(counts.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 1], "{counts:?}");
-    assert_eq!(read_index_owners(dir.path()).len(), 2);
+    for rolled_back in [false, true] {
+        let (dir, ids) = stopped_with_three_customers().await;
+        to_layout_of_owner_lists(dir.path(), rolled_back);
+        let store = open(dir.path());
+        assert_three_customers(&store, &ids).await;
+        assert_erased_value_free(&store).await;
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(record_file_meta(dir.path(), "index_layout"), Some(vec![2]), "{rolled_back}");
+        assert_eq!(record_file_meta(dir.path(), "owners_built"), None);
+        // The live customer's value and the one taken from the erased customer; the list no
+        // record named is gone.
+        let counts = read_index_counts(dir.path());
+        assert_eq!(counts.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 1], "{rolled_back}: {counts:?}");
+        assert_eq!(read_index_owners(dir.path()).len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_record_that_does_not_decode_stops_the_build_naming_its_customer() {
+    let (dir, _) = stopped_with_three_customers().await;
+    let broken = CustomerId::random();
+    {
+        let db = fjall::Database::builder(records_dir(dir.path())).open().unwrap();
+        let records = db.keyspace("records", fjall::KeyspaceCreateOptions::default).unwrap();
+        let meta = db.keyspace("meta", fjall::KeyspaceCreateOptions::default).unwrap();
+        records.insert(broken.as_bytes(), [0x80, 1, 2]).unwrap();
+        meta.remove("index_layout").unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let err = refusal(dir.path());
+    assert!(err.contains(&broken.to_string()) && err.contains("does not decode"), "{err}");
 }
 
 #[tokio::test]

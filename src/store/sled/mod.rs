@@ -468,7 +468,7 @@ impl Shared {
         Ok((record, slot))
     }
 
-    /// The stored value of sled key `key` as the writer sees it: a record's (`c` key) and an
+    /// The stored value of sled key `key` as the writer sees it: a record's (`c` key) and a
     /// blind-index key's (`o` key) from the record file, every other from sled.
     fn stored(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         if let Some(id) = key.strip_prefix(CUSTOMER_PREFIX) {
@@ -572,11 +572,14 @@ fn copy_records_from_sled(building: &Path, tree: &sled::Tree, sled_lsn: u64) -> 
 
 /// Builds the blind-index entries of a record file not marked as holding them in
 /// [`INDEX_LAYOUT`] (a new store, a store from before the record file held them, or one in
-/// the layout of owner lists), from the records' own `index_entries`, then marks them. Runs
-/// after the replay, when the records hold every durable group; what a build cut short left
-/// (no mark) is cleared and built again. Memory stays bounded at any size: one pass writes an
+/// the layout of owner lists, or one an older version ran on since), from the records' own
+/// `index_entries`, then marks them. Runs after the replay, when the records hold every durable
+/// group; what a build cut short left (no mark) is cleared and built again. Memory stays
+/// bounded at any store size (a batch of keys and one record at a time): one pass writes an
 /// owner key per entry a record holds, a second counts each entry's owners (consecutive keys).
-/// Errors: `Corrupt` for a record that does not decode or a layout this code does not know
+/// It reads every record once, so it takes as long as reading the store.
+/// Errors: `Corrupt` naming the customer for a record that does not decode (the store does
+/// not start until it is repaired or restored), or for a layout this code does not know
 /// (written by a newer Custodia: refused rather than rebuilt under it).
 fn build_index(records: &RecordFile) -> Result<(), StoreError> {
     match records.index_layout()? {
@@ -591,8 +594,14 @@ fn build_index(records: &RecordFile) -> Result<(), StoreError> {
     records.clear_index()?;
     let mut batch = Vec::with_capacity(MOVE_CHUNK);
     let mut owners = 0usize;
-    records.scan_records(|value| {
-        let (record, _) = keys::decode_record(value)?;
+    records.scan_records(|id, value| {
+        let (record, _) = keys::decode_record(value).map_err(|e| {
+            let id = <[u8; 16]>::try_from(id).map(|id| CustomerId::from_bytes(id).to_string());
+            StoreError::Corrupt(format!(
+                "building the blind-index entries: the record of customer {} does not decode ({e}): refusing to start",
+                id.unwrap_or_else(|_| "with a malformed id".into())
+            ))
+        })?;
         let entries: BTreeSet<Vec<u8>> =
             record.index_entries.iter().map(|e| entry_key(&e.field, &e.index)).collect();
         for entry in entries {

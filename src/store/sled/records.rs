@@ -66,8 +66,10 @@ const APPLIED_LSN: &[u8] = b"applied_lsn";
 /// The meta key naming the layout the `owners` keyspace was built in.
 const INDEX_LAYOUT_KEY: &[u8] = b"index_layout";
 /// The layout of the `owners` keyspace this code reads and writes: 2, an owner count and a key
-/// per owner. (1, set as `owners_built`, was a list of owner ids per entry, rewritten whole on
-/// every change; a store in it, or in none, is rebuilt from its records on open.)
+/// per owner. (1, marked `owners_built`, was a list of owner ids per entry, rewritten whole on
+/// every change; a store in it, or in none, is rebuilt from its records on open. A version of
+/// layout 1 does not know this mark: one run on a store of layout 2 clears the keyspace and
+/// marks `owners_built` again, so that mark always means "rebuild".)
 pub(super) const INDEX_LAYOUT: u8 = 2;
 /// The mark of layout 1, removed once layout 2 is built.
 const OWNER_LISTS_BUILT: &[u8] = b"owners_built";
@@ -163,8 +165,15 @@ impl RecordFile {
         Ok(owners)
     }
 
-    /// The layout the blind-index keys were built in ([`INDEX_LAYOUT`]), `None` if never.
+    /// The layout the blind-index keys are in: [`INDEX_LAYOUT`] or a later one as marked,
+    /// `None` if never built, or if a version from before the layouts (one that marks its owner
+    /// lists `owners_built`, which [`mark_index_built`](Self::mark_index_built) removes) ran
+    /// on the file since: it kept its own lists in the keyspace, so nothing there can be
+    /// trusted.
     pub(super) fn index_layout(&self) -> Result<Option<u8>, StoreError> {
+        if self.meta.get(OWNER_LISTS_BUILT).map_err(unavailable)?.is_some() {
+            return Ok(None);
+        }
         match self.meta.get(INDEX_LAYOUT_KEY).map_err(unavailable)? {
             None => Ok(None),
             Some(value) => match *value {
@@ -201,14 +210,15 @@ impl RecordFile {
         Ok(())
     }
 
-    /// Calls `visit` with every stored record's value (as [`get`](Self::get) answers it).
+    /// Calls `visit` with every stored record's id bytes and value (as [`get`](Self::get)
+    /// answers it), ascending.
     pub(super) fn scan_records(
         &self,
-        mut visit: impl FnMut(&[u8]) -> Result<(), StoreError>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         for item in self.records.iter() {
-            let (_, value) = item.into_inner().map_err(unavailable)?;
-            visit(&value)?;
+            let (id, value) = item.into_inner().map_err(unavailable)?;
+            visit(&id, &value)?;
         }
         Ok(())
     }
