@@ -427,36 +427,43 @@ pub fn forget_index_layout(data_dir: &Path) {
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
 
-/// Stores `owner` as an owner of blind index `index` of `field`, with an owner count of one,
-/// as a cut build could have left it (nothing checks it against the records).
+/// Stores `owner` as the sole owner of blind index `index` of `field`, as a cut build could
+/// have left it (nothing checks it against the records).
 pub fn put_stored_index_owner(data_dir: &Path, field: &str, index: &[u8; 32], owner: &CustomerId) {
     let db = open_record_files(data_dir);
     let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
-    let entry = index_entry_key(field, index);
-    owners.insert(&entry, 1u64.to_be_bytes()).unwrap();
-    owners.insert([entry.as_slice(), owner.as_bytes()].concat(), []).unwrap();
+    owners.insert(index_entry_key(field, index), owner.as_bytes()).unwrap();
     db.persist(fjall::PersistMode::SyncAll).unwrap();
 }
 
-/// The stored owner count and owner keys' ids of blind index `index` of `field` in a stopped
-/// server's record file: `None` if it has no count (and then no owner key either).
+/// The stored owners of blind index `index` of `field` in a stopped server's record file: the
+/// owner count and ids, from the entry's sole owner or its owner keys; `None` if there is no
+/// entry (and then no owner key either).
 pub fn stored_index_owners(data_dir: &Path, field: &str, index: &[u8; 32]) -> Option<(u64, Vec<CustomerId>)> {
     let db = open_record_files(data_dir);
     let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
     let entry = index_entry_key(field, index);
-    let ids: Vec<CustomerId> = owners
+    let owner_keys: Vec<CustomerId> = owners
         .prefix(&entry)
         .map(|item| item.key().unwrap())
         .filter(|key| key.len() > entry.len())
         .map(|key| CustomerId::from_bytes(key[entry.len()..].try_into().expect("a 16-byte id")))
         .collect();
-    let count = owners.get(&entry).unwrap().map(|n| u64::from_be_bytes((*n).try_into().expect("8 bytes")));
-    assert!(count.is_some() || ids.is_empty(), "owner keys without a count");
-    count.map(|n| (n, ids))
+    match owners.get(&entry).unwrap().map(|value| value.to_vec()) {
+        None => {
+            assert!(owner_keys.is_empty(), "owner keys without their entry");
+            None
+        }
+        Some(sole) if sole.len() == 16 => {
+            assert!(owner_keys.is_empty(), "owner keys beside a sole owner");
+            Some((1, vec![CustomerId::from_bytes(sole.try_into().unwrap())]))
+        }
+        Some(count) => Some((u64::from_be_bytes(count.try_into().expect("an 8-byte count")), owner_keys)),
+    }
 }
 
-/// A blind-index entry's key in the record file: field ‖ 0 ‖ blind index (its owner count;
-/// each owner's key adds the id).
+/// A blind-index entry's key in the record file: field ‖ 0 ‖ blind index (its sole owner or
+/// owner count; each owner key of a counted entry adds the id).
 fn index_entry_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
     let mut key = field.as_bytes().to_vec();
     key.push(0);

@@ -101,25 +101,34 @@ fn read_record_file(dir: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 }
 
 /// Every owner of a blind-index entry (field ‖ 0 ‖ blind index, id) in the record file of a
-/// stopped store in `dir`, from the owner keys (the entry's key ‖ id).
+/// stopped store in `dir`: the sole owner an entry names, or the owner keys (the entry's key ‖
+/// id) of a counted one.
 fn read_index_owners(dir: &Path) -> Vec<(Vec<u8>, CustomerId)> {
     read_keyspace(dir, "owners")
         .into_iter()
-        .filter(|(key, _)| key.len() == entry_len(key) + 16)
-        .map(|(key, _)| {
-            let (entry, id) = key.split_at(key.len() - 16);
-            (entry.to_vec(), CustomerId::from_bytes(id.try_into().unwrap()))
+        .filter_map(|(key, value)| match (key.len() - entry_len(&key), value.len()) {
+            (0, 16) => Some((key, CustomerId::from_bytes(value.try_into().unwrap()))),
+            (0, 8) => None,
+            (16, 0) => {
+                let (entry, id) = key.split_at(key.len() - 16);
+                Some((entry.to_vec(), CustomerId::from_bytes(id.try_into().unwrap())))
+            }
+            other => panic!("a blind-index key and value of lengths {other:?}"),
         })
         .collect()
 }
 
-/// Every blind-index entry's owner count (field ‖ 0 ‖ blind index, count) in the record file
-/// of a stopped store in `dir`.
-fn read_index_counts(dir: &Path) -> Vec<(Vec<u8>, u64)> {
+/// Every blind-index entry (field ‖ 0 ‖ blind index) in the record file of a stopped store in
+/// `dir`, with its owner count and whether it is counted (owner keys) rather than naming its
+/// sole owner.
+fn read_index_counts(dir: &Path) -> Vec<(Vec<u8>, u64, bool)> {
     read_keyspace(dir, "owners")
         .into_iter()
         .filter(|(key, _)| key.len() == entry_len(key))
-        .map(|(key, count)| (key, u64::from_be_bytes(count.try_into().expect("an 8-byte count"))))
+        .map(|(key, value)| match value.len() {
+            16 => (key, 1, false),
+            _ => (key, u64::from_be_bytes(value.try_into().expect("an 8-byte count")), true),
+        })
         .collect()
 }
 
@@ -184,7 +193,9 @@ async fn a_store_from_before_the_record_file_moves_its_records_there_on_open() {
     assert_eq!(records_in_sled(dir.path()), 0, "sled keeps no copy of a record");
     assert_eq!(read_record_file(dir.path()).len(), 2);
     assert_eq!(index_entries_in_sled(dir.path()), 0, "sled keeps no blind-index entry");
-    assert_eq!(read_index_counts(dir.path()).len(), 1, "the live customer's unique entry");
+    let counts: Vec<_> =
+        read_index_counts(dir.path()).into_iter().map(|(_, n, counted)| (n, counted)).collect();
+    assert_eq!(counts, [(1, false)], "the live customer's unique entry, naming its sole owner");
     assert_eq!(read_index_owners(dir.path()).len(), 1);
     // Opened again, the marked store reads its records from the record file alone.
     let store = open(dir.path());
@@ -330,8 +341,8 @@ async fn a_store_with_owner_lists_has_its_entries_rebuilt_from_the_records_on_op
         assert_eq!(record_file_meta(dir.path(), "owners_built"), None);
         // The live customer's value and the one taken from the erased customer; the list no
         // record named is gone.
-        let counts = read_index_counts(dir.path());
-        assert_eq!(counts.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [1, 1], "{rolled_back}: {counts:?}");
+        let counts: Vec<_> = read_index_counts(dir.path()).into_iter().map(|(_, n, c)| (n, c)).collect();
+        assert_eq!(counts, [(1, false), (1, false)], "{rolled_back}");
         assert_eq!(read_index_owners(dir.path()).len(), 2);
     }
 }
@@ -385,7 +396,8 @@ async fn a_shared_value_is_a_count_and_a_key_per_owner_and_leaves_nothing_once_u
     }
     store.close().await.unwrap();
     drop(store);
-    assert_eq!(read_index_counts(dir.path()).into_iter().map(|(_, n)| n).collect::<Vec<_>>(), [300]);
+    let counts: Vec<_> = read_index_counts(dir.path()).into_iter().map(|(_, n, c)| (n, c)).collect();
+    assert_eq!(counts, [(300, true)]);
     let mut owners: Vec<CustomerId> = read_index_owners(dir.path()).into_iter().map(|(_, id)| id).collect();
     let mut expected = sharers.clone();
     expected.sort();
@@ -403,4 +415,78 @@ async fn a_shared_value_is_a_count_and_a_key_per_owner_and_leaves_nothing_once_u
     store.close().await.unwrap();
     drop(store);
     assert_eq!(read_keyspace(dir.path(), "owners"), vec![], "no count or owner key is left");
+}
+
+/// An entry names its one owner (one key) until a second joins, in its own group or the same
+/// one; then it counts owner keys until its last owner leaves, and the lookups and unique
+/// checks read either form.
+#[tokio::test]
+async fn an_entry_names_its_sole_owner_until_a_second_joins_then_counts_until_the_last_leaves() {
+    use custodia::crypto::BlindIndex;
+    let entry = |unique| IndexEntry { field: "phone".into(), index: [6; 32], unique, epoch: None };
+    let put = |id, version, unique: bool, expected| {
+        change(CustomerChange::Put {
+            record: Box::new(crate::record(id, version, vec![entry(unique)])),
+            expected_version: expected,
+        })
+    };
+    // (owner count, counted, owner keys) of each entry.
+    let layout = |dir: &Path| -> Vec<(u64, bool, usize)> {
+        let keys = read_keyspace(dir, "owners");
+        let owner_keys = keys.iter().filter(|(k, _)| k.len() > entry_len(k)).count();
+        let entries = keys.iter().filter(|(k, _)| k.len() == entry_len(k));
+        entries
+            .map(|(_, value)| match value.len() {
+                16 => (1, false, owner_keys),
+                _ => (u64::from_be_bytes(value.as_slice().try_into().unwrap()), true, owner_keys),
+            })
+            .collect()
+    };
+    for same_group in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (CustomerId::random(), CustomerId::random());
+        let store = open(dir.path());
+        store.write(put(a, 1, false, None)).await.unwrap();
+        if !same_group {
+            store.close().await.unwrap();
+            drop(store);
+            assert_eq!(layout(dir.path()), [(1, false, 0)], "one owner: its id, no owner key");
+            let store = open(dir.path());
+            assert_eq!(store.lookup("phone", &BlindIndex([6; 32])).await.unwrap(), [a]);
+            store.write(put(b, 1, false, None)).await.unwrap();
+            store.close().await.unwrap();
+        } else {
+            // `a` leaves and joins again beside `b` within one group.
+            let writes = vec![
+                change(CustomerChange::Delete { id: a, expected_version: 1 }),
+                put(b, 1, false, None),
+                put(a, 1, false, None),
+            ];
+            for outcome in store.write_many(writes).await.unwrap() {
+                outcome.unwrap();
+            }
+            store.close().await.unwrap();
+            drop(store);
+        }
+        assert_eq!(layout(dir.path()), [(2, true, 2)], "same group: {same_group}");
+        let store = open(dir.path());
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(store.lookup("phone", &BlindIndex([6; 32])).await.unwrap(), both);
+        store.write(change(CustomerChange::Delete { id: a, expected_version: 1 })).await.unwrap();
+        assert_eq!(store.lookup("phone", &BlindIndex([6; 32])).await.unwrap(), [b]);
+        // `b`, now alone, may hold the value uniquely; then no one else may take it.
+        store.write(put(b, 2, true, Some(1))).await.unwrap();
+        let err = store.write(put(CustomerId::random(), 1, true, None)).await.unwrap_err();
+        assert!(matches!(err, custodia::store::StoreError::UniqueViolation { .. }), "{err:?}");
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(layout(dir.path()), [(1, true, 1)], "counted until the last leaves");
+        let store = open(dir.path());
+        store.write(change(CustomerChange::Delete { id: b, expected_version: 2 })).await.unwrap();
+        assert!(store.lookup("phone", &BlindIndex([6; 32])).await.unwrap().is_empty());
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(read_keyspace(dir.path(), "owners"), vec![], "nothing is left");
+    }
 }

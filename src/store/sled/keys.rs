@@ -6,13 +6,14 @@
 //!   are the log's and the writer's name for a record: the record itself is kept in the record
 //!   file (`records.rs`) under the bare id, and sled holds none (stores from before the record
 //!   file are moved there on open)
-//! - `o` ‖ field ‖ 0x00 ‖ blind index (32) → the number of customers owning that entry (u64,
-//!   big-endian; [`encode_count`]), and `o` ‖ field ‖ 0x00 ‖ blind index ‖ customer id (16) →
-//!   empty, one key per owner. The count makes a unique check one point read, and a change
-//!   writes its own owner key and the count whatever the number of owners a shared value has
-//!   (a list of them would be rewritten whole). These keys are the log's and the writer's name
-//!   for an entry: they are kept in the record file's `owners` keyspace, beside the records,
-//!   and sled holds none
+//! - `o` ‖ field ‖ 0x00 ‖ blind index (32) → who owns that entry ([`EntryOwners`]): its one
+//!   owner's id (16 bytes), or once a second customer joined, the number of owners (u64,
+//!   big-endian), each named by a key `o` ‖ field ‖ 0x00 ‖ blind index ‖ customer id (16) →
+//!   empty. A unique value is one key, its unique check one point read; a change to a value
+//!   many share writes its own owner key and the count, whatever their number (a list of them
+//!   would be rewritten whole). These keys are the log's and the writer's name for an entry:
+//!   they are kept in the record file's `owners` keyspace, beside the records, and sled holds
+//!   none
 //! - `i` ‖ field ‖ 0x00 ‖ blind index (32) ‖ customer id (16) → empty: the blind-index entries
 //!   of stores from before the record file held them; rebuilt there from the records and
 //!   removed on open
@@ -86,7 +87,8 @@ pub(super) const OWNERS_PREFIX: &[u8] = b"o";
 /// First byte of a blind-index entry of a store from before the record file held them.
 pub(super) const LEGACY_INDEX_PREFIX: &[u8] = b"i";
 
-/// The key of the owner count of blind index `index` of `field`: `o ‖ field ‖ 0 ‖ index`.
+/// The key of blind index `index` of `field`: `o ‖ field ‖ 0 ‖ index`, holding its
+/// [`EntryOwners`].
 pub(super) fn entry_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
     let mut key = Vec::with_capacity(2 + field.len() + 32 + 16);
     key.extend_from_slice(OWNERS_PREFIX);
@@ -96,7 +98,8 @@ pub(super) fn entry_key(field: &str, index: &[u8; 32]) -> Vec<u8> {
     key
 }
 
-/// The key that names `owner` as an owner of the entry whose count is under `entry_key`.
+/// The key that names `owner` as an owner of the entry under `entry_key` (one whose value is
+/// [`EntryOwners::Counted`]).
 pub(super) fn owner_key(entry_key: &[u8], owner: &CustomerId) -> Vec<u8> {
     let mut key = Vec::with_capacity(entry_key.len() + 16);
     key.extend_from_slice(entry_key);
@@ -104,14 +107,41 @@ pub(super) fn owner_key(entry_key: &[u8], owner: &CustomerId) -> Vec<u8> {
     key
 }
 
-/// An owner count's value.
-pub(super) fn encode_count(count: u64) -> Vec<u8> {
-    count.to_be_bytes().to_vec()
+/// Who owns a blind-index entry, as the value of its [`entry_key`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EntryOwners {
+    /// One customer, named here (16 bytes): every entry until a second customer joins it, so
+    /// a unique value costs one key.
+    Sole(CustomerId),
+    /// This many (at least one; 8 bytes, big-endian), each named by an [`owner_key`]. An entry
+    /// stays counted until its last owner leaves.
+    Counted(u64),
 }
 
-/// The number of an owner count's value.
-pub(super) fn decode_count(value: &[u8]) -> Result<u64, StoreError> {
-    Ok(u64::from_be_bytes(value.try_into().map_err(|_| corrupt("blind-index owner count length"))?))
+impl EntryOwners {
+    /// The number of owners.
+    pub(super) fn count(self) -> u64 {
+        match self {
+            EntryOwners::Sole(_) => 1,
+            EntryOwners::Counted(n) => n,
+        }
+    }
+
+    pub(super) fn encode(self) -> Vec<u8> {
+        match self {
+            EntryOwners::Sole(id) => id.as_bytes().to_vec(),
+            EntryOwners::Counted(n) => n.to_be_bytes().to_vec(),
+        }
+    }
+
+    /// Errors: `Corrupt` for a value of another length.
+    pub(super) fn decode(value: &[u8]) -> Result<Self, StoreError> {
+        if let Ok(id) = <[u8; 16]>::try_from(value) {
+            return Ok(EntryOwners::Sole(CustomerId::from_bytes(id)));
+        }
+        let count = <[u8; 8]>::try_from(value).map_err(|_| corrupt("blind-index entry length"))?;
+        Ok(EntryOwners::Counted(u64::from_be_bytes(count)))
+    }
 }
 
 /// Prefix of the history rows stores kept in sled before the history index.

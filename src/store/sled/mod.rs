@@ -43,9 +43,9 @@ use self::flusher::Flusher;
 use self::history::HistoryIndex;
 use self::key_file::KeyFile;
 use self::keys::{
-    CUSTOMER_PREFIX, HISTORY_LEN, KEY_FILE_MARK, LEGACY_INDEX_PREFIX, OWNERS_PREFIX, RECORDS_MARK, WAL_LSN,
-    completing_leaf, corrupt, decode_entry, decode_pair, encode_count, entry_key, meta_key, owner_key,
-    trailing_u64,
+    CUSTOMER_PREFIX, EntryOwners, HISTORY_LEN, KEY_FILE_MARK, LEGACY_INDEX_PREFIX, OWNERS_PREFIX,
+    RECORDS_MARK, WAL_LSN, completing_leaf, corrupt, decode_entry, decode_pair, entry_key, meta_key,
+    owner_key, trailing_u64,
 };
 use self::records::{INDEX_LAYOUT, RecordFile, RecordOp};
 use self::wal::{Op, Wal};
@@ -576,7 +576,8 @@ fn copy_records_from_sled(building: &Path, tree: &sled::Tree, sled_lsn: u64) -> 
 /// `index_entries`, then marks them. Runs after the replay, when the records hold every durable
 /// group; what a build cut short left (no mark) is cleared and built again. Memory stays
 /// bounded at any store size (a batch of keys and one record at a time): one pass writes an
-/// owner key per entry a record holds, a second counts each entry's owners (consecutive keys).
+/// owner key per entry a record holds, a second counts each entry's owners (consecutive keys)
+/// and turns an entry of one owner into its [`EntryOwners::Sole`] form.
 /// It reads every record once, so it takes as long as reading the store.
 /// Errors: `Corrupt` naming the customer for a record that does not decode (the store does
 /// not start until it is repaired or restored), or for a layout this code does not know
@@ -605,34 +606,56 @@ fn build_index(records: &RecordFile) -> Result<(), StoreError> {
         let entries: BTreeSet<Vec<u8>> =
             record.index_entries.iter().map(|e| entry_key(&e.field, &e.index)).collect();
         for entry in entries {
-            batch.push((owner_key(&entry[OWNERS_PREFIX.len()..], &record.id), Vec::new()));
+            batch.push((owner_key(&entry[OWNERS_PREFIX.len()..], &record.id), Some(Vec::new())));
         }
         if batch.len() >= MOVE_CHUNK {
             owners += batch.len();
-            records.put_index_keys(std::mem::take(&mut batch))?;
+            records.change_index_keys(std::mem::take(&mut batch))?;
         }
         Ok(())
     })?;
     owners += batch.len();
-    records.put_index_keys(std::mem::take(&mut batch))?;
-    // Every key is an owner key now (entry ‖ 16-byte id), in order: one entry's are consecutive.
-    let mut current: Option<(Vec<u8>, u64)> = None;
+    records.change_index_keys(std::mem::take(&mut batch))?;
+    // Every key is an owner key now (entry ‖ 16-byte id), in order: one entry's are
+    // consecutive. An entry with one owner becomes that owner's id in its entry key instead.
+    let mut run: Option<(Vec<u8>, u64)> = None;
+    let end_of = |(last, count): (Vec<u8>, u64), batch: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>| {
+        let (entry, id) = last.split_at(last.len() - 16);
+        let owners = match count {
+            1 => EntryOwners::Sole(CustomerId::from_bytes(id.try_into().expect("16 bytes"))),
+            n => EntryOwners::Counted(n),
+        };
+        if count == 1 {
+            batch.push((last.clone(), None));
+        }
+        batch.push((entry.to_vec(), Some(owners.encode())));
+    };
+    let mut changes = Vec::with_capacity(MOVE_CHUNK);
     records.scan_index(|key| {
-        let entry =
-            key.get(..key.len().wrapping_sub(16)).ok_or_else(|| corrupt("blind-index owner key length"))?;
-        match &mut current {
-            Some((at, count)) if at.as_slice() == entry => *count += 1,
+        if key.len() < 16 + 1 + 32 {
+            return Err(corrupt("blind-index owner key length"));
+        }
+        let entry = &key[..key.len() - 16];
+        match &mut run {
+            Some((last, count)) if last.len() == key.len() && last[..last.len() - 16] == *entry => {
+                *last = key.to_vec();
+                *count += 1;
+            }
             _ => {
-                batch.extend(current.replace((entry.to_vec(), 1)).map(|(at, n)| (at, encode_count(n))));
-                if batch.len() >= MOVE_CHUNK {
-                    records.put_index_keys(std::mem::take(&mut batch))?;
+                if let Some(ended) = run.replace((key.to_vec(), 1)) {
+                    end_of(ended, &mut changes);
+                }
+                if changes.len() >= MOVE_CHUNK {
+                    records.change_index_keys(std::mem::take(&mut changes))?;
                 }
             }
         }
         Ok(())
     })?;
-    batch.extend(current.map(|(at, n)| (at, encode_count(n))));
-    records.put_index_keys(batch)?;
+    if let Some(ended) = run {
+        end_of(ended, &mut changes);
+    }
+    records.change_index_keys(changes)?;
     records.mark_index_built()?;
     if owners > 0 {
         tracing::info!(owner_keys = owners, "built the blind-index entries from the records");

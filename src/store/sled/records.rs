@@ -14,14 +14,14 @@
 //! The blind-index entries live here too, in their own keyspace: in sled's B-tree a create
 //! paged in and rewrote a random leaf per indexed field, a cost that grew with the store (all
 //! of the writer's growth from 100,000 to 1,000,000 customers, README "Performance"). Here
-//! joining an entry is two memtable inserts (the owner's key and the entry's owner count), and
-//! the unique check of a new value is a point read of its count that the pinned bloom filters
-//! answer without reading a block.
+//! joining an entry is a memtable insert (two or three once it is shared), and the unique
+//! check of a new value is a point read that the pinned bloom filters answer without reading a
+//! block.
 //!
 //! Layout: keyspace `records`: customer id (16) → the value sled's `c` key used to hold
 //! (`keys.rs`: `0x80 ‖ key slot ‖ record`); keyspace `owners`: field ‖ 0x00 ‖ blind index (32)
-//! → owner count, and that ‖ customer id (16) → empty (the log's `o` keys without their
-//! prefix, `keys.rs`); keyspace `meta`: `applied_lsn` → the log sequence number (u64,
+//! → its sole owner's id or its owner count, and that ‖ customer id (16) → empty for each owner
+//! of a counted entry (the log's `o` keys without their prefix, `keys.rs`); keyspace `meta`: `applied_lsn` → the log sequence number (u64,
 //! big-endian) of the last group applied here, `index_layout` → [`INDEX_LAYOUT`] (one byte),
 //! once the entries were built in this layout from the records.
 //!
@@ -38,6 +38,7 @@ use fjall::config::PinningPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
 
 use super::fjall_open::{compaction, open_database};
+use super::keys::EntryOwners;
 use crate::domain::CustomerId;
 use crate::store::StoreError;
 
@@ -65,8 +66,8 @@ const OWNERS_MEMTABLE_BYTES: u64 = 8 << 20;
 const APPLIED_LSN: &[u8] = b"applied_lsn";
 /// The meta key naming the layout the `owners` keyspace was built in.
 const INDEX_LAYOUT_KEY: &[u8] = b"index_layout";
-/// The layout of the `owners` keyspace this code reads and writes: 2, an owner count and a key
-/// per owner. (1, marked `owners_built`, was a list of owner ids per entry, rewritten whole on
+/// The layout of the `owners` keyspace this code reads and writes: 2, an entry's sole owner,
+/// or its owner count and a key per owner (`keys::EntryOwners`). (1, marked `owners_built`, was a list of owner ids per entry, rewritten whole on
 /// every change; a store in it, or in none, is rebuilt from its records on open. A version of
 /// layout 1 does not know this mark: one run on a store of layout 2 clears the keyspace and
 /// marks `owners_built` again, so that mark always means "rebuild".)
@@ -131,7 +132,7 @@ impl RecordFile {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(OWNERS_MEMTABLE_BYTES)
                     .compaction_strategy(compaction())
-                    // A create's unique check reads a count that mostly does not exist: with
+                    // A create's unique check reads an entry that mostly does not exist: with
                     // every filter in memory that costs no block read at any size.
                     .filter_block_pinning_policy(PinningPolicy::all(true))
                     .index_block_pinning_policy(PinningPolicy::all(true))
@@ -146,12 +147,15 @@ impl RecordFile {
         Ok(self.owners.get(key).map_err(unavailable)?.map(|value| value.to_vec()))
     }
 
-    /// The owners of the entry whose count is under `entry` (an `o` key without its prefix),
-    /// ascending: one point read for a value nobody holds, a prefix scan of its owner keys
-    /// otherwise.
+    /// The owners of the entry under `entry` (an `o` key without its prefix), ascending: one
+    /// point read for a value nobody or one customer holds, a prefix scan of its owner keys
+    /// for a value shared.
     pub(super) fn owners_of(&self, entry: &[u8]) -> Result<Vec<CustomerId>, StoreError> {
-        if self.owners.get(entry).map_err(unavailable)?.is_none() {
+        let Some(value) = self.owners.get(entry).map_err(unavailable)? else {
             return Ok(Vec::new());
+        };
+        if let EntryOwners::Sole(id) = EntryOwners::decode(&value)? {
+            return Ok(vec![id]);
         }
         let mut owners = Vec::new();
         for item in self.owners.prefix(entry) {
@@ -188,12 +192,15 @@ impl RecordFile {
         self.owners.clear().map_err(unavailable)
     }
 
-    /// Adds blind-index keys `(key without the prefix, value)` while they are built from the
-    /// records; not durable until [`persist`](Self::persist).
-    pub(super) fn put_index_keys(&self, keys: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+    /// Puts (`Some(value)`) or removes blind-index keys (without their prefix) while they are
+    /// built from the records; not durable until [`persist`](Self::persist).
+    pub(super) fn change_index_keys(&self, keys: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<(), StoreError> {
         let mut batch = self.db.batch();
         for (key, value) in keys {
-            batch.insert(&self.owners, key, value);
+            match value {
+                Some(value) => batch.insert(&self.owners, key, value),
+                None => batch.remove(&self.owners, key),
+            }
         }
         batch.commit().map_err(unavailable)
     }

@@ -18,7 +18,6 @@
 //!   synced before its log record; the slots its changes leave behind are zeroed and synced
 //!   after sled has the group and before anyone is answered (erasure is real on a 2xx).
 
-use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,8 +28,8 @@ use tokio::sync::oneshot;
 
 use super::key_file::SlotOwner;
 use super::keys::{
-    WAL_LSN, checkpoint_key, customer_key, decode_count, encode_count, encode_entry, encode_pair,
-    encode_record, entry_key, meta_key, owner_key,
+    EntryOwners, WAL_LSN, checkpoint_key, customer_key, encode_entry, encode_pair, encode_record, entry_key,
+    meta_key, owner_key,
 };
 use super::wal::Op;
 use super::{Applied, Shared, poisoned_error};
@@ -408,11 +407,14 @@ impl Staging<'_> {
     }
 
     /// How a change of customer `id` from entries `old` to `new` moves it through the
-    /// blind-index entries, with the owner counts it leaves (read as the group has left them
-    /// and changed aside: nothing is staged). `checked`: entries whose count is read too,
-    /// unchanged unless moved. Errors: `Corrupt` for a count that would go below zero.
+    /// blind-index entries: the keys to write, and the owner count each moved (or `checked`)
+    /// entry is left with, read as the group has left them (nothing is staged). An entry's
+    /// second owner turns it from [`EntryOwners::Sole`] into counted owner keys; it stays
+    /// counted until its last owner leaves. Errors: `Corrupt` for a customer leaving an entry
+    /// it does not own.
     fn membership<'e>(
         &self,
+        id: CustomerId,
         old: &'e [IndexEntry],
         new: &'e [IndexEntry],
         checked: impl Iterator<Item = &'e IndexEntry>,
@@ -426,35 +428,53 @@ impl Staging<'_> {
             .map(|key| (key.clone(), false))
             .chain(is.difference(&was).map(|key| (key.clone(), true)))
             .collect();
-        let mut counts = BTreeMap::new();
+        let mut membership = Membership::default();
         for key in moves.keys().cloned().chain(checked.map(|e| entry_key(&e.field, &e.index))) {
-            if let Entry::Vacant(count) = counts.entry(key) {
-                let stored = self.get(count.key())?.map(|value| decode_count(&value)).transpose()?;
-                let joins = moves.get(count.key()).copied();
-                let now = match (stored.unwrap_or(0), joins) {
-                    (n, Some(true)) => n + 1,
-                    (n, Some(false)) => n.checked_sub(1).ok_or_else(|| {
-                        StoreError::Corrupt("a blind-index entry's owner count is below its owners".into())
-                    })?,
-                    (n, None) => n,
-                };
-                count.insert(now);
+            if membership.counts.contains_key(&key) {
+                continue;
+            }
+            let stored = self.get(&key)?.map(|value| EntryOwners::decode(&value)).transpose()?;
+            let joins = moves.get(&key).copied();
+            let mut owner_keys = |owner: &CustomerId, present: bool| {
+                membership.writes.push((owner_key(&key, owner), present.then(Vec::new)));
+            };
+            let after = match (stored, joins) {
+                (stored, None) => stored,
+                (None, Some(true)) => Some(EntryOwners::Sole(id)),
+                (Some(EntryOwners::Sole(other)), Some(true)) => {
+                    owner_keys(&other, true);
+                    owner_keys(&id, true);
+                    Some(EntryOwners::Counted(2))
+                }
+                (Some(EntryOwners::Counted(n)), Some(true)) => {
+                    owner_keys(&id, true);
+                    Some(EntryOwners::Counted(n + 1))
+                }
+                (Some(EntryOwners::Sole(owner)), Some(false)) if owner == id => None,
+                (Some(EntryOwners::Counted(n)), Some(false)) if n > 0 => {
+                    owner_keys(&id, false);
+                    (n > 1).then(|| EntryOwners::Counted(n - 1))
+                }
+                (_, Some(false)) => {
+                    return Err(StoreError::Corrupt(
+                        "a customer leaves a blind-index entry it does not own".into(),
+                    ));
+                }
+            };
+            membership.counts.insert(key.clone(), after.map_or(0, EntryOwners::count));
+            if joins.is_some() {
+                membership.writes.push((key, after.map(EntryOwners::encode)));
             }
         }
-        Ok(Membership { moves, counts })
+        Ok(membership)
     }
 
-    /// Stages `id`'s moves through the blind-index entries: its owner keys and the entries'
-    /// counts (an entry whose last owner left goes).
-    fn put_membership(&mut self, id: &CustomerId, membership: Membership) {
-        for (key, joins) in membership.moves {
-            match joins {
-                true => self.put(owner_key(&key, id), Vec::new()),
-                false => self.remove(owner_key(&key, id)),
-            }
-            match membership.counts[&key] {
-                0 => self.remove(key),
-                count => self.put(key, encode_count(count)),
+    /// Stages the keys of a customer's moves through the blind-index entries.
+    fn put_membership(&mut self, membership: Membership) {
+        for (key, value) in membership.writes {
+            match value {
+                Some(value) => self.put(key, value),
+                None => self.remove(key),
             }
         }
     }
@@ -492,7 +512,7 @@ impl Staging<'_> {
                 // Read and changed aside before the slot write: below it nothing may fail but
                 // the encoding (see `fatal`).
                 let membership =
-                    self.membership(old_entries, &record.index_entries, added_unique.iter().copied())?;
+                    self.membership(id, old_entries, &record.index_entries, added_unique.iter().copied())?;
                 for entry in added_unique {
                     if membership.counts[&entry_key(&entry.field, &entry.index)] > 1 {
                         return Err(StoreError::UniqueViolation { field: entry.field.clone() });
@@ -503,19 +523,19 @@ impl Staging<'_> {
                 // was written fails the group (an orphan slot of a committed group would stay).
                 let encoded =
                     encode_record(&mut record, slot).inspect_err(|e| self.fatal = Some(e.clone()))?;
-                self.put_membership(&id, membership);
+                self.put_membership(membership);
                 self.put(customer_key(&id).to_vec(), encoded);
             }
             CustomerChange::Delete { .. } => {
                 // Everything that can fail comes before anything is staged.
-                let membership = self.membership(old_entries, &[], std::iter::empty())?;
+                let membership = self.membership(id, old_entries, &[], std::iter::empty())?;
                 let destruction = current
                     .as_ref()
                     .and_then(|(_, slot)| *slot)
                     .map(|slot| self.destruction(slot, &id))
                     .transpose()?;
                 self.destroyed.extend(destruction);
-                self.put_membership(&id, membership);
+                self.put_membership(membership);
                 self.remove(customer_key(&id).to_vec());
             }
         }
@@ -534,11 +554,12 @@ impl Staging<'_> {
     }
 }
 
-/// How one change moves a customer through the blind-index entries, keyed by entry key
-/// (`keys::entry_key`).
+/// How one change moves a customer through the blind-index entries.
+#[derive(Default)]
 struct Membership {
-    /// The entries the customer joins (`true`) or leaves (`false`).
-    moves: BTreeMap<Vec<u8>, bool>,
-    /// The owner count of every moved (or checked) entry once the change is made.
+    /// The keys to put (`Some`) or remove: entry keys and owner keys.
+    writes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+    /// The owner count of every moved (or checked) entry once the change is made, by entry key
+    /// (`keys::entry_key`).
     counts: BTreeMap<Vec<u8>, u64>,
 }
