@@ -490,3 +490,41 @@ async fn an_entry_names_its_sole_owner_until_a_second_joins_then_counts_until_th
         assert_eq!(read_keyspace(dir.path(), "owners"), vec![], "nothing is left");
     }
 }
+
+/// An entry that already names a customer whose record does not hold it (the index and the
+/// records disagree) is reported as corruption when that customer joins it, not doubled.
+#[tokio::test]
+async fn an_entry_that_disagrees_with_its_customers_record_is_reported_not_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = CustomerId::random();
+    let store = open(dir.path());
+    store
+        .write(change(CustomerChange::Put {
+            record: Box::new(crate::record(id, 1, vec![])),
+            expected_version: None,
+        }))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    {
+        let db = fjall::Database::builder(records_dir(dir.path())).open().unwrap();
+        let owners = db.keyspace("owners", fjall::KeyspaceCreateOptions::default).unwrap();
+        owners.insert([b"phone\0".as_slice(), &[8; 32]].concat(), id.as_bytes()).unwrap();
+        db.persist(fjall::PersistMode::SyncAll).unwrap();
+    }
+    let store = open(dir.path());
+    let found = store.lookup("phone", &custodia::crypto::BlindIndex([8; 32])).await.unwrap();
+    assert_eq!(found, [id], "the entry as stored");
+    let entry = IndexEntry { field: "phone".into(), index: [8; 32], unique: false, epoch: None };
+    let update = CustomerChange::Put {
+        record: Box::new(crate::record(id, 2, vec![entry])),
+        expected_version: Some(1),
+    };
+    let err = store.write(change(update)).await.unwrap_err();
+    assert!(
+        matches!(err, custodia::store::StoreError::Corrupt(ref what) if what.contains("disagrees")),
+        "{err:?}"
+    );
+    assert_eq!(store.customer(&id).await.unwrap().map(|r| r.version), Some(1), "nothing was written");
+}

@@ -20,15 +20,16 @@
 //!
 //! Layout: keyspace `records`: customer id (16) → the value sled's `c` key used to hold
 //! (`keys.rs`: `0x80 ‖ key slot ‖ record`); keyspace `owners`: field ‖ 0x00 ‖ blind index (32)
-//! → its sole owner's id or its owner count, and that ‖ customer id (16) → empty for each owner
-//! of a counted entry (the log's `o` keys without their prefix, `keys.rs`); keyspace `meta`: `applied_lsn` → the log sequence number (u64,
-//! big-endian) of the last group applied here, `index_layout` → [`INDEX_LAYOUT`] (one byte),
-//! once the entries were built in this layout from the records.
+//! → its sole owner's id or its owner count, and that ‖ customer id (16) → empty for each
+//! owner of a counted entry (the log's `o` keys without their prefix, `keys.rs`); keyspace
+//! `meta`: `applied_lsn` → the log sequence number (u64, big-endian) of the last group applied
+//! here, `index_layout` → [`INDEX_LAYOUT`] (one byte), once the entries were built in this
+//! layout from the records.
 //!
 //! Invariant: this is the store of record; only the `owners` keyspace is derived (from the
 //! records' `index_entries`), and kept in step with them by the writer. A group's records,
-//! blind-index keys and its LSN are one fjall batch, so after a crash the keyspace holds exactly the groups up to
-//! [`RecordFile::applied_lsn`] (fjall recovers a prefix of its journal). The flusher persists
+//! blind-index keys and its LSN are one fjall batch, so after a crash the keyspace holds
+//! exactly the groups up to [`RecordFile::applied_lsn`] (fjall recovers a prefix of its journal). The flusher persists
 //! it before the log segments go, so the log still holds every group after that LSN and open
 //! replays them; a replayed put or removal repeats the final state.
 
@@ -67,10 +68,11 @@ const APPLIED_LSN: &[u8] = b"applied_lsn";
 /// The meta key naming the layout the `owners` keyspace was built in.
 const INDEX_LAYOUT_KEY: &[u8] = b"index_layout";
 /// The layout of the `owners` keyspace this code reads and writes: 2, an entry's sole owner,
-/// or its owner count and a key per owner (`keys::EntryOwners`). (1, marked `owners_built`, was a list of owner ids per entry, rewritten whole on
-/// every change; a store in it, or in none, is rebuilt from its records on open. A version of
-/// layout 1 does not know this mark: one run on a store of layout 2 clears the keyspace and
-/// marks `owners_built` again, so that mark always means "rebuild".)
+/// or its owner count and a key per owner (`keys::EntryOwners`). (1, marked `owners_built`,
+/// was a list of owner ids per entry, rewritten whole on every change; a store in it, or in
+/// none, is rebuilt from its records on open. A version of layout 1 does not know this mark:
+/// one run on a store of layout 2 clears the keyspace and marks `owners_built` again, so that
+/// mark always means "rebuild".)
 pub(super) const INDEX_LAYOUT: u8 = 2;
 /// The mark of layout 1, removed once layout 2 is built.
 const OWNER_LISTS_BUILT: &[u8] = b"owners_built";

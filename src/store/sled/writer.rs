@@ -410,8 +410,8 @@ impl Staging<'_> {
     /// blind-index entries: the keys to write, and the owner count each moved (or `checked`)
     /// entry is left with, read as the group has left them (nothing is staged). An entry's
     /// second owner turns it from [`EntryOwners::Sole`] into counted owner keys; it stays
-    /// counted until its last owner leaves. Errors: `Corrupt` for a customer leaving an entry
-    /// it does not own.
+    /// counted until its last owner leaves. Errors: `Corrupt` for an entry that disagrees with
+    /// the record (a customer leaving an entry it does not own, or joining one naming it).
     fn membership<'e>(
         &self,
         id: CustomerId,
@@ -441,7 +441,7 @@ impl Staging<'_> {
             let after = match (stored, joins) {
                 (stored, None) => stored,
                 (None, Some(true)) => Some(EntryOwners::Sole(id)),
-                (Some(EntryOwners::Sole(other)), Some(true)) => {
+                (Some(EntryOwners::Sole(other)), Some(true)) if other != id => {
                     owner_keys(&other, true);
                     owner_keys(&id, true);
                     Some(EntryOwners::Counted(2))
@@ -455,9 +455,10 @@ impl Staging<'_> {
                     owner_keys(&id, false);
                     (n > 1).then(|| EntryOwners::Counted(n - 1))
                 }
-                (_, Some(false)) => {
+                // Leaving an entry it does not own, or joining one that names it already.
+                (_, Some(_)) => {
                     return Err(StoreError::Corrupt(
-                        "a customer leaves a blind-index entry it does not own".into(),
+                        "a blind-index entry disagrees with its customer's record".into(),
                     ));
                 }
             };
