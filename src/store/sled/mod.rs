@@ -623,12 +623,13 @@ fn build_index(records: &RecordFile) -> Result<(), StoreError> {
     let end_of = |(last, count): (Vec<u8>, u64), batch: &mut Vec<(Vec<u8>, Option<Vec<u8>>)>| {
         let (entry, id) = last.split_at(last.len() - 16);
         let owners = match count {
-            1 => EntryOwners::Sole(CustomerId::from_bytes(id.try_into().expect("16 bytes"))),
+            1 => {
+                // The one owner is named in the entry itself, not by an owner key.
+                batch.push((last.clone(), None));
+                EntryOwners::Sole(CustomerId::from_bytes(id.try_into().expect("16 bytes")))
+            }
             n => EntryOwners::Counted(n),
         };
-        if count == 1 {
-            batch.push((last.clone(), None));
-        }
         batch.push((entry.to_vec(), Some(owners.encode())));
     };
     let mut changes = Vec::with_capacity(MOVE_CHUNK);
