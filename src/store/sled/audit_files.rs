@@ -140,6 +140,52 @@ impl AuditFiles {
         Ok(Some(buf.into()))
     }
 
+    /// Entries `from..end` that exist, in seq order: those persisted with two positioned reads
+    /// in all (their index slots, then their bytes), the rest from memory. Sequential readers
+    /// (the transparency fold, the auditor's pages, backups) read pages through this: entry by
+    /// entry, [`AuditFiles::get`] costs three reads each.
+    ///
+    /// Errors: [`StoreError::Corrupt`] when the index does not fit the data it covers.
+    pub fn range(&self, from: u64, end: u64) -> Result<Vec<Arc<[u8]>>, StoreError> {
+        let (persisted, dat_len, in_memory) = {
+            let state = self.state.read().map_err(|_| poisoned())?;
+            // An empty range where `end` is below either bound: `BTreeMap::range` panics on start > end.
+            let first = from.max(state.persisted);
+            let in_memory: Vec<Arc<[u8]>> =
+                state.tail.range(first..end.max(first)).map(|(_, e)| Arc::clone(e)).collect();
+            (state.persisted, state.dat_len, in_memory)
+        };
+        let mut entries = Vec::new();
+        // Persisted entries never change, so they are read without holding the lock.
+        let to = end.min(persisted);
+        if from < to {
+            // Slot `seq` holds the end of entry `seq`; entry `from` starts where `from - 1` ends.
+            let first_slot = from.saturating_sub(1);
+            let mut slots = vec![0u8; ((to - first_slot) * 8) as usize];
+            self.idx.read_exact_at(&mut slots, first_slot * 8).map_err(io)?;
+            let mut ends = slots.chunks_exact(8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
+            let start = if from == 0 { 0 } else { ends.next().unwrap_or_default() };
+            let ends: Vec<u64> = ends.collect();
+            let last = ends.last().copied().unwrap_or(start);
+            if last < start || last > dat_len {
+                return Err(StoreError::Corrupt(format!("audit index entries {from}..{to}")));
+            }
+            let mut data = vec![0u8; (last - start) as usize];
+            self.dat.read_exact_at(&mut data, start).map_err(io)?;
+            entries.reserve(ends.len() + in_memory.len());
+            let mut at = start;
+            for (seq, end) in (from..).zip(ends) {
+                if end < at || end > last {
+                    return Err(StoreError::Corrupt(format!("audit index entry {seq}")));
+                }
+                entries.push(Arc::from(&data[(at - start) as usize..(end - start) as usize]));
+                at = end;
+            }
+        }
+        entries.extend(in_memory);
+        Ok(entries)
+    }
+
     /// Writes the entries not written yet to `audit.dat` after the ones written before, and
     /// syncs them, without indexing them (the flusher calls this between flushes).
     pub fn write_ahead(&self) -> Result<(), StoreError> {
@@ -266,6 +312,39 @@ mod tests {
         assert_eq!(again.len().unwrap(), 3);
         assert_eq!(&*again.get(1).unwrap().unwrap(), b"one");
         assert_eq!(&*again.get(2).unwrap().unwrap(), b"two");
+    }
+
+    #[test]
+    fn a_range_reads_across_the_files_and_memory_as_entry_by_entry_reads_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = AuditFiles::open(dir.path()).unwrap();
+        let entry =
+            |seq: u64| Arc::<[u8]>::from(format!("entry {seq} {}", "x".repeat(seq as usize % 7)).as_bytes());
+        for seq in 0..10 {
+            files.push(seq, entry(seq)).unwrap();
+            match seq {
+                3 | 6 => files.persist().unwrap(),
+                8 => files.write_ahead().unwrap(),
+                _ => {}
+            }
+        }
+        // 0..7 indexed in the files, 7..9 written ahead only, 9 in memory alone.
+        for from in 0..11 {
+            for end in from..12 {
+                let one_by_one: Vec<Arc<[u8]>> =
+                    (from..end).map_while(|seq| files.get(seq).unwrap()).collect();
+                assert_eq!(files.range(from, end).unwrap(), one_by_one, "{from}..{end}");
+            }
+        }
+        assert_eq!(files.range(5, 3).unwrap(), Vec::<Arc<[u8]>>::new(), "an empty range");
+        drop(files);
+        // An index entry that ends before the one ahead of it is reported, not sliced.
+        let idx = OpenOptions::new().write(true).open(dir.path().join("audit.idx")).unwrap();
+        let files = AuditFiles::open(dir.path()).unwrap();
+        idx.write_all_at(&3u64.to_le_bytes(), 8 * 4).unwrap();
+        assert!(matches!(files.range(2, 7), Err(StoreError::Corrupt(_))));
+        assert!(matches!(files.range(4, 5), Err(StoreError::Corrupt(_))));
+        assert_eq!(files.range(0, 4).unwrap().len(), 4, "the entries before it still read");
     }
 
     #[test]
