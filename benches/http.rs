@@ -8,7 +8,10 @@
 //! Knobs (environment): `HTTP_BENCH_CUSTOMERS`, `HTTP_BENCH_CONNECTIONS`, `HTTP_BENCH_SECONDS`,
 //! `HTTP_BENCH_ONLY` (comma-separated scenario names), `HTTP_BENCH_GROW_TO=M` (after the
 //! scenarios, preload up to M customers and run `healthz`, `read` and `create` again, so the
-//! cost at two store sizes is compared in one run), `HTTP_BENCH_TLS=1` (then restart the server
+//! cost at two store sizes is compared in one run), `HTTP_BENCH_ALTERNATE=M` (instead of all
+//! that: two servers side by side, one with the preload and one with M customers, and
+//! `HTTP_BENCH_ROUNDS` rounds, default 5, of `read` and `create` on each in turn, so the two
+//! sizes are compared under the same machine conditions; see `alternate_sizes`), `HTTP_BENCH_TLS=1` (then restart the server
 //! over the same data with TLS and run `healthz`, `read` and `create` again over HTTPS), `HTTP_BENCH_KEEP=1`
 //! (keep the data directory and print its path), `HTTP_BENCH_BACKUP=1` (after the scenarios, time
 //! `custodia backup` of the preloaded store alone, then run `read` twice, without a backup and
@@ -140,6 +143,11 @@ fn main() {
         Ok(key) => println!("master key: {key:?} in a PKCS#11 token"),
         Err(_) => println!("master key: a file key"),
     }
+    let alternate_to = std::env::var("HTTP_BENCH_ALTERNATE").ok().and_then(|v| v.parse::<usize>().ok());
+    if let Some(large) = alternate_to.filter(|m| *m > config.customers) {
+        let rounds = if smoke { 1 } else { env("HTTP_BENCH_ROUNDS", 5.0).max(1.0) as usize };
+        return alternate_sizes(&config, smoke, large, rounds, dir.path());
+    }
     let (mut child, base) = start_server(dir.path(), true, &[]);
     let pid = child.id();
     // More nodes on the same PostgreSQL database, each with a copy of the first's epoch-key
@@ -179,8 +187,12 @@ fn main() {
         stop_server(&mut child, false);
     }
     let data_bytes = dir_size(dir.path());
-    let restart = measure_restart(dir.path(), &runtime);
-    report(&config, smoke, &outcomes, rss_kib, data_bytes, &restart);
+    let customers = std::env::var("HTTP_BENCH_GROW_TO")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(config.customers, |m| m.max(config.customers));
+    let restart = measure_restart(dir.path(), customers, &runtime);
+    report(&config, smoke, &outcomes, rss_kib, data_bytes, &restart, None);
     if std::env::var_os("HTTP_BENCH_KEEP").is_some() {
         println!("data directory kept at {}", dir.keep().display());
     }
@@ -188,6 +200,8 @@ fn main() {
 
 /// A restart over the data directory the run left behind.
 struct Restart {
+    /// The customers the store holds (as preloaded).
+    customers: usize,
     startup: Duration,
     events: u64,
     /// Peak RSS (VmHWM) from start to after the first request: includes the open's transients.
@@ -198,7 +212,7 @@ struct Restart {
 
 /// Starts the server again over `dir`, times it until it listens, serves a read, and reports
 /// the audit log size it opened and its RSS.
-fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
+fn measure_restart(dir: &Path, customers: usize, runtime: &tokio::runtime::Runtime) -> Restart {
     let started = Instant::now();
     let (mut child, base) = start_server(dir, false, &[]);
     let startup = started.elapsed();
@@ -223,7 +237,7 @@ fn measure_restart(dir: &Path, runtime: &tokio::runtime::Runtime) -> Restart {
     std::thread::sleep(Duration::from_secs(3));
     let settled_rss_kib = status_kib(child.id(), "VmRSS:");
     stop_server(&mut child, false);
-    Restart { startup, events, rss_kib, settled_rss_kib }
+    Restart { customers, startup, events, rss_kib, settled_rss_kib }
 }
 
 fn start_server(data_dir: &Path, profiled: bool, env: &[(&str, std::ffi::OsString)]) -> (Child, String) {
@@ -311,6 +325,9 @@ struct Client {
     token: String,
     ids: Vec<String>,
     next_new: AtomicU64,
+    /// The one server whose CPU time a scenario's row reports (`HTTP_BENCH_ALTERNATE`, where
+    /// two servers run side by side); `None`: all the running servers'.
+    pid: Option<u32>,
 }
 
 /// The scenarios over plain HTTP; also answers the preloaded ids and the next new customer
@@ -329,6 +346,7 @@ async fn run(
         token: token(),
         ids: Vec::new(),
         next_new: AtomicU64::new(0),
+        pid: None,
     };
     let started = Instant::now();
     client.ids = preload(&client, config, 0..config.customers).await;
@@ -374,6 +392,136 @@ async fn run(
     (outcomes, ids, next_new)
 }
 
+/// `HTTP_BENCH_ALTERNATE=M`: the cost at two store sizes, measured so that the machine's
+/// changing speed falls on both alike. Two servers run side by side on fresh directories, one
+/// preloaded with `config.customers`, the other (over `large_dir`) with `large`; once both are
+/// idle, `rounds` rounds each run `read` on both, then `create` on both, the order swapped
+/// every round, each window after both servers are idle again (a window's own background work,
+/// a flush or a compaction, is not left to the next). Rows are labelled `read@100k#1` and so
+/// on, their CPU time the one loaded server's; a summary gives each round's ratio of the large
+/// store's figure to the small one's, and their median. Creates grow the small store as much
+/// as the large one (the summary says by how much). The restart is over the large store.
+fn alternate_sizes(config: &Config, smoke: bool, large: usize, rounds: usize, large_dir: &Path) {
+    let small_dir = tempfile::tempdir().expect("temp dir");
+    let (mut small_child, small_base) = start_server(small_dir.path(), false, &[]);
+    let (mut large_child, large_base) = start_server(large_dir, false, &[]);
+    let pids = [small_child.id(), large_child.id()];
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (outcomes, summary) = runtime.block_on(async {
+        let client = |base: String, pid: u32| Client {
+            http: client_builder(config).build().unwrap(),
+            base,
+            others: Vec::new(),
+            token: token(),
+            ids: Vec::new(),
+            next_new: AtomicU64::new(0),
+            pid: Some(pid),
+        };
+        let started = Instant::now();
+        let mut stores = Vec::new();
+        for (base, pid, customers) in [(small_base, pids[0], config.customers), (large_base, pids[1], large)]
+        {
+            let mut store = client(base, pid);
+            store.ids = preload(&store, config, 0..customers).await;
+            store.next_new.store(customers as u64, Ordering::Relaxed);
+            stores.push((Arc::new(store), customers));
+        }
+        eprintln!("preloaded {} and {large} customers in {:.1?}", config.customers, started.elapsed());
+        // The small store's `healthz` sets the rows' "× healthz"; the comparison is the summary's.
+        settle(&pids).await;
+        let mut outcomes = vec![drive(&stores[0].0, Scenario::Healthz, config, Some(config.customers)).await];
+        let mut figures: Vec<(Scenario, Vec<RoundFigures>)> =
+            [Scenario::Read, Scenario::Create].into_iter().map(|s| (s, Vec::new())).collect();
+        for round in 0..rounds {
+            for (scenario, rows) in &mut figures {
+                let mut pair = [(0.0, None); 2];
+                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+                for i in order {
+                    settle(&pids).await;
+                    let (store, customers) = &stores[i];
+                    let mut outcome = drive(store, *scenario, config, Some(*customers)).await;
+                    outcome.label = format!("{}#{}", outcome.label, round + 1);
+                    pair[i] = (outcome.rps(), outcome.cpu_us_per_request);
+                    outcomes.push(outcome);
+                }
+                rows.push(pair);
+            }
+        }
+        let small_at_end = stores[0].0.next_new.load(Ordering::Relaxed);
+        (outcomes, alternation_summary(config.customers, large, small_at_end, &figures))
+    });
+    let rss_kib = peak_rss_kib(pids[1]);
+    stop_server(&mut small_child, false);
+    stop_server(&mut large_child, false);
+    let data_bytes = dir_size(large_dir);
+    let restart = measure_restart(large_dir, large, &runtime);
+    report(config, smoke, &outcomes, rss_kib, data_bytes, &restart, Some(summary));
+}
+
+/// One round of one scenario in [`alternate_sizes`]: (requests/s, CPU µs per request) on the
+/// small store, then on the large one.
+type RoundFigures = [(f64, Option<f64>); 2];
+
+/// Waits (at most 30 s) until the servers `pids` together use under a tenth of a core over
+/// half a second: what a window leaves behind (a flush, a merge, the transparency fold of its
+/// events) is then not counted in the next.
+async fn settle(pids: &[u32]) {
+    let cpu = || pids.iter().map(|pid| server_cpu_seconds(Some(*pid)).unwrap_or(0.0)).sum::<f64>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let before = cpu();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if cpu() - before < 0.05 {
+            return;
+        }
+    }
+}
+
+/// Per scenario, each round's ratio of the large store's requests/s and CPU per request to the
+/// small store's, and their medians: as JSON, and as lines for the report.
+fn alternation_summary(
+    small: usize,
+    large: usize,
+    small_at_end: u64,
+    figures: &[(Scenario, Vec<RoundFigures>)],
+) -> (Value, Vec<String>) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
+    let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" ");
+    let mut lines = vec![format!(
+        "store size, alternated: {large} customers against {small}, rounds: {} (the order swapped each round); \
+         the small store held {small_at_end} customers at the end",
+        figures.first().map_or(0, |(_, rows)| rows.len())
+    )];
+    let mut out =
+        json!({"small_customers": small, "large_customers": large, "small_customers_at_end": small_at_end});
+    for (scenario, rows) in figures {
+        let rps: Vec<f64> = rows.iter().map(|[s, l]| l.0 / s.0).collect();
+        let cpu: Vec<f64> = rows.iter().filter_map(|[s, l]| Some(l.1? / s.1?)).collect();
+        let (rps_median, cpu_median) = (median(rps.clone()), median(cpu.clone()));
+        let fmt = |m: Option<f64>| m.map_or("-".into(), |m| format!("{m:.2}"));
+        lines.push(format!(
+            "{:<8} large ÷ small, requests/s: {} (median {}); CPU µs per request: {} (median {})",
+            scenario.name(),
+            list(&rps),
+            fmt(rps_median),
+            list(&cpu),
+            fmt(cpu_median)
+        ));
+        out[scenario.name()] = json!({
+            "requests_per_s_ratios": rps, "requests_per_s_ratio_median": rps_median,
+            "cpu_per_request_ratios": cpu, "cpu_per_request_ratio_median": cpu_median,
+        });
+    }
+    (out, lines)
+}
+
 /// `healthz`, `create` and `read` again over TLS (`HTTP_BENCH_TLS=1`): the server restarted
 /// over the same data with a certificate made here, 64 HTTP/1.1 connections as over plain HTTP
 /// (so the difference is TLS, not HTTP/2 multiplexing).
@@ -390,6 +538,7 @@ async fn run_tls(config: &Config, base: &str, ca_pem: &str, ids: Vec<String>, ne
         token: token(),
         ids,
         next_new: AtomicU64::new(next_new),
+        pid: None,
     });
     let mut outcomes = Vec::new();
     for scenario in [Scenario::Healthz, Scenario::Read, Scenario::Create] {
@@ -496,13 +645,16 @@ fn written_bytes() -> Option<u64> {
 /// [`server_cpu_seconds`] sums.
 static SERVERS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
 
-/// CPU time (user + system, seconds) the running servers have used so far, from
+/// CPU time (user + system, seconds) the running servers (or only server `pid`) have used so far, from
 /// `/proc/PID/stat` (fields 14 and 15, in clock ticks of `sysconf(_SC_CLK_TCK)`, usually 10 ms);
 /// `None` without a server or when one cannot be read. A cost figure that, unlike requests/s,
 /// does not fall when a shared machine's other tenants take the cores (it still moves with them:
 /// up to 30 % between two phases of one run, README "Performance").
-fn server_cpu_seconds() -> Option<f64> {
-    let pids = SERVERS.lock().unwrap().clone();
+fn server_cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let pids = match pid {
+        Some(pid) => vec![pid],
+        None => SERVERS.lock().unwrap().clone(),
+    };
     if pids.is_empty() {
         return None;
     }
@@ -556,7 +708,7 @@ async fn drive(
     let batches_before = batch_totals(client).await;
     let delays_before = delay_buckets(client).await;
     let written_before = written_bytes();
-    let cpu_before = server_cpu_seconds();
+    let cpu_before = server_cpu_seconds(client.pid);
     let deadline = Instant::now() + Duration::from_secs_f64(config.seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -596,7 +748,7 @@ async fn drive(
     let elapsed = started.elapsed();
     latencies_us.sort_unstable();
     let written = written_bytes().zip(written_before).map(|(after, before)| after.saturating_sub(before));
-    let cpu = server_cpu_seconds().zip(cpu_before).map(|(after, before)| (after - before).max(0.0));
+    let cpu = server_cpu_seconds(client.pid).zip(cpu_before).map(|(after, before)| (after - before).max(0.0));
     let batches_after = batch_totals(client).await;
     let mean_batch = batches_after
         .zip(batches_before)
@@ -612,7 +764,8 @@ async fn drive(
     });
     let requests = latencies_us.len();
     let label = match grown_to {
-        Some(m) => format!("{}@{}k", scenario.name(), m / 1000),
+        Some(m) if m % 1000 == 0 => format!("{}@{}k", scenario.name(), m / 1000),
+        Some(m) => format!("{}@{m}", scenario.name()),
         None => scenario.name().to_owned(),
     };
     Outcome {
@@ -796,6 +949,8 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Prints the table and writes `target/http-bench.json`; `alternation` is the size comparison's
+/// summary (`HTTP_BENCH_ALTERNATE`), as JSON and as lines printed after the table.
 fn report(
     config: &Config,
     smoke: bool,
@@ -803,6 +958,7 @@ fn report(
     rss_kib: Option<u64>,
     data_bytes: u64,
     restart: &Restart,
+    alternation: Option<(Value, Vec<String>)>,
 ) {
     // Each row's ratio is to the `healthz` run last before it: the first phase's, the grown
     // store's, or the TLS restart's.
@@ -865,18 +1021,18 @@ fn report(
             "integration_delay_p99_s": o.integration.and_then(|i| i.2),
         }));
     }
+    let (alternation, lines) = alternation.unzip();
+    for line in lines.iter().flatten() {
+        println!("{line}");
+    }
     let rss_mib = rss_kib.map(|k| k as f64 / 1024.0);
     println!("server peak RSS: {}", rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB")));
     println!("data directory: {:.1} MiB", data_bytes as f64 / (1024.0 * 1024.0));
     let restart_rss = restart.rss_kib.map(|k| k as f64 / 1024.0);
     let settled_rss = restart.settled_rss_kib.map(|k| k as f64 / 1024.0);
-    let customers = std::env::var("HTTP_BENCH_GROW_TO")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(config.customers, |m| m.max(config.customers));
     println!(
         "restart over it ({} customers, {} audit events): listening after {:.0} ms, RSS {} 3 s after a first request (peak {})",
-        customers,
+        restart.customers,
         restart.events,
         restart.startup.as_secs_f64() * 1e3,
         settled_rss.map_or("unknown".into(), |m| format!("{m:.0} MiB")),
@@ -887,6 +1043,7 @@ fn report(
         "seconds_per_scenario": config.seconds, "scenarios": rows,
         "server_peak_rss_mib": rss_mib, "data_dir_mib": data_bytes as f64 / (1024.0 * 1024.0),
         "restart": {"startup_ms": restart.startup.as_secs_f64() * 1e3, "audit_events": restart.events, "peak_rss_mib": restart_rss, "settled_rss_mib": settled_rss},
+        "alternation": alternation,
     });
     let target = std::env::var("CARGO_TARGET_DIR")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target").into());
