@@ -10,7 +10,7 @@
 //! scenarios, preload up to M customers and run `healthz`, `read` and `create` again, so the
 //! cost at two store sizes is compared in one run), `HTTP_BENCH_ALTERNATE=M` (instead of all
 //! that: two servers side by side, one with the preload and one with M customers, and
-//! `HTTP_BENCH_ROUNDS` rounds, default 5, of `read` and `create` on each in turn, so the two
+//! `HTTP_BENCH_ROUNDS` rounds, default 6, of `read`, then of `create`, on each in turn, so the two
 //! sizes are compared under the same machine conditions; see `alternate_sizes`), `HTTP_BENCH_TLS=1` (then restart the server
 //! over the same data with TLS and run `healthz`, `read` and `create` again over HTTPS), `HTTP_BENCH_KEEP=1`
 //! (keep the data directory and print its path), `HTTP_BENCH_BACKUP=1` (after the scenarios, time
@@ -51,6 +51,7 @@ const MASTER_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// 10 s, which an HTTP/1.1 client must expect the server to close at any moment.
 const POOL_IDLE: Duration = Duration::from_secs(5);
 
+#[derive(Clone, Copy)]
 struct Config {
     customers: usize,
     connections: usize,
@@ -145,7 +146,7 @@ fn main() {
     }
     let alternate_to = std::env::var("HTTP_BENCH_ALTERNATE").ok().and_then(|v| v.parse::<usize>().ok());
     if let Some(large) = alternate_to.filter(|m| *m > config.customers) {
-        let rounds = if smoke { 1 } else { env("HTTP_BENCH_ROUNDS", 5.0).max(1.0) as usize };
+        let rounds = if smoke { 2 } else { env("HTTP_BENCH_ROUNDS", 6.0).max(1.0) as usize };
         return alternate_sizes(&config, smoke, large, rounds, dir.path());
     }
     let (mut child, base) = start_server(dir.path(), true, &[]);
@@ -394,13 +395,14 @@ async fn run(
 
 /// `HTTP_BENCH_ALTERNATE=M`: the cost at two store sizes, measured so that the machine's
 /// changing speed falls on both alike. Two servers run side by side on fresh directories, one
-/// preloaded with `config.customers`, the other (over `large_dir`) with `large`; once both are
-/// idle, `rounds` rounds each run `read` on both, then `create` on both, the order swapped
-/// every round, each window after both servers are idle again (a window's own background work,
-/// a flush or a compaction, is not left to the next). Rows are labelled `read@100k#1` and so
-/// on, their CPU time the one loaded server's; a summary gives each round's ratio of the large
-/// store's figure to the small one's, and their median. Creates grow the small store as much
-/// as the large one (the summary says by how much). The restart is over the large store.
+/// preloaded with `config.customers`, the other (over `large_dir`) with `large`. Then `rounds`
+/// rounds of `read` on both, then `rounds` of `create` on both (windows a third as long: they
+/// grow the small store as much as the large one, and the summary says how far), the order
+/// swapped every round so that neither size always comes first, each window once both
+/// servers are done with what the last one left ([`settle`]). Rows are labelled
+/// `read@100k#1` and so on, their CPU time the loaded server's alone; a summary gives each
+/// round's ratio of the large store's figure to the small one's, and their median. The
+/// restart is over the large store.
 fn alternate_sizes(config: &Config, smoke: bool, large: usize, rounds: usize, large_dir: &Path) {
     let small_dir = tempfile::tempdir().expect("temp dir");
     let (mut small_child, small_base) = start_server(small_dir.path(), false, &[]);
@@ -428,24 +430,28 @@ fn alternate_sizes(config: &Config, smoke: bool, large: usize, rounds: usize, la
         }
         eprintln!("preloaded {} and {large} customers in {:.1?}", config.customers, started.elapsed());
         // The small store's `healthz` sets the rows' "× healthz"; the comparison is the summary's.
-        settle(&pids).await;
+        settle(&pids, smoke).await;
         let mut outcomes = vec![drive(&stores[0].0, Scenario::Healthz, config, Some(config.customers)).await];
-        let mut figures: Vec<(Scenario, Vec<RoundFigures>)> =
-            [Scenario::Read, Scenario::Create].into_iter().map(|s| (s, Vec::new())).collect();
-        for round in 0..rounds {
-            for (scenario, rows) in &mut figures {
+        // Reads first, on stores of exactly the preloaded sizes; creates then grow both, in
+        // windows a third as long so the small store stays near its size.
+        let create_config = Config { seconds: config.seconds / 3.0, ..*config };
+        let mut figures = Vec::new();
+        for (scenario, window) in [(Scenario::Read, config), (Scenario::Create, &create_config)] {
+            let mut rows: Vec<RoundFigures> = Vec::new();
+            for round in 0..rounds {
                 let mut pair = [(0.0, None); 2];
                 let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
                 for i in order {
-                    settle(&pids).await;
+                    settle(&pids, smoke).await;
                     let (store, customers) = &stores[i];
-                    let mut outcome = drive(store, *scenario, config, Some(*customers)).await;
+                    let mut outcome = drive(store, scenario, window, Some(*customers)).await;
                     outcome.label = format!("{}#{}", outcome.label, round + 1);
                     pair[i] = (outcome.rps(), outcome.cpu_us_per_request);
                     outcomes.push(outcome);
                 }
                 rows.push(pair);
             }
+            figures.push((scenario, rows));
         }
         let small_at_end = stores[0].0.next_new.load(Ordering::Relaxed);
         (outcomes, alternation_summary(config.customers, large, small_at_end, &figures))
@@ -462,16 +468,20 @@ fn alternate_sizes(config: &Config, smoke: bool, large: usize, rounds: usize, la
 /// small store, then on the large one.
 type RoundFigures = [(f64, Option<f64>); 2];
 
-/// Waits (at most 30 s) until the servers `pids` together use under a tenth of a core over
-/// half a second: what a window leaves behind (a flush, a merge, the transparency fold of its
-/// events) is then not counted in the next.
-async fn settle(pids: &[u32]) {
+/// Waits until what a window left behind is done, so it is not counted in the next: at least
+/// the transparency fold's period (5 s by default: the fold of the window's events), then
+/// until the servers `pids` together use under a tenth of a core over a second (a flush, a
+/// merge); at most 30 s. In smoke mode only the second.
+async fn settle(pids: &[u32], smoke: bool) {
     let cpu = || pids.iter().map(|pid| server_cpu_seconds(Some(*pid)).unwrap_or(0.0)).sum::<f64>();
     let deadline = Instant::now() + Duration::from_secs(30);
+    if !smoke {
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+    }
     while Instant::now() < deadline {
         let before = cpu();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if cpu() - before < 0.05 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if cpu() - before < 0.1 {
             return;
         }
     }
