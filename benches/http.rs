@@ -145,7 +145,26 @@ fn main() {
         Err(_) => println!("master key: a file key"),
     }
     let alternate_to = std::env::var("HTTP_BENCH_ALTERNATE").ok().and_then(|v| v.parse::<usize>().ok());
+    if alternate_to.is_some_and(|m| m <= config.customers) {
+        eprintln!("HTTP_BENCH_ALTERNATE is not above the preload ({}): ignored", config.customers);
+    }
     if let Some(large) = alternate_to.filter(|m| *m > config.customers) {
+        // Two servers on one database would hold one store, not two sizes.
+        assert!(
+            std::env::var_os("HTTP_BENCH_DATABASE_URL").is_none(),
+            "HTTP_BENCH_ALTERNATE runs two sled stores; it does not take HTTP_BENCH_DATABASE_URL"
+        );
+        for knob in [
+            "HTTP_BENCH_TLS",
+            "HTTP_BENCH_BACKUP",
+            "HTTP_BENCH_KEEP",
+            "HTTP_BENCH_PROFILE",
+            "HTTP_BENCH_NODES",
+        ] {
+            if std::env::var_os(knob).is_some() {
+                eprintln!("{knob} is not used with HTTP_BENCH_ALTERNATE: ignored");
+            }
+        }
         let rounds = if smoke { 2 } else { env("HTTP_BENCH_ROUNDS", 6.0).max(1.0) as usize };
         return alternate_sizes(&config, smoke, large, rounds, dir.path());
     }
@@ -401,8 +420,8 @@ async fn run(
 /// swapped every round so that neither size always comes first, each window once both
 /// servers are done with what the last one left ([`settle`]). Rows are labelled
 /// `read@100k#1` and so on, their CPU time the loaded server's alone; a summary gives each
-/// round's ratio of the large store's figure to the small one's, and their median. The
-/// restart is over the large store.
+/// round's ratio of the large store's figure to the small one's, and their median (B/req stays
+/// the device's: it includes what the idle server writes). The restart is over the large store.
 fn alternate_sizes(config: &Config, smoke: bool, large: usize, rounds: usize, large_dir: &Path) {
     let small_dir = tempfile::tempdir().expect("temp dir");
     let (mut small_child, small_base) = start_server(small_dir.path(), false, &[]);
@@ -485,6 +504,7 @@ async fn settle(pids: &[u32], smoke: bool) {
             return;
         }
     }
+    eprintln!("the servers were still busy after 30 s: the next window starts anyway");
 }
 
 /// Per scenario, each round's ratio of the large store's requests/s and CPU per request to the

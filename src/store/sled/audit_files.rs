@@ -145,6 +145,9 @@ impl AuditFiles {
     /// (the transparency fold, the auditor's pages, backups) read pages through this: entry by
     /// entry, [`AuditFiles::get`] costs three reads each.
     ///
+    /// The page is held twice for a moment (the bytes read, then each entry's copy): callers
+    /// read pages of bounded length (at most a few thousand entries), never the whole log.
+    ///
     /// Errors: [`StoreError::Corrupt`] when the index does not fit the data it covers.
     pub fn range(&self, from: u64, end: u64) -> Result<Vec<Arc<[u8]>>, StoreError> {
         let (persisted, dat_len, in_memory) = {
@@ -345,6 +348,14 @@ mod tests {
         assert!(matches!(files.range(2, 7), Err(StoreError::Corrupt(_))));
         assert!(matches!(files.range(4, 5), Err(StoreError::Corrupt(_))));
         assert_eq!(files.range(0, 4).unwrap().len(), 4, "the entries before it still read");
+        // A slot in the middle pointing past the page's last entry (within the data)...
+        let dat_len = std::fs::metadata(dir.path().join("audit.dat")).unwrap().len();
+        idx.write_all_at(&(dat_len - 1).to_le_bytes(), 8 * 4).unwrap();
+        assert!(matches!(files.range(3, 6), Err(StoreError::Corrupt(_))));
+        // ...and a last slot past the data the index covers: no buffer of that size is made.
+        idx.write_all_at(&u64::MAX.to_le_bytes(), 8 * 5).unwrap();
+        assert!(matches!(files.range(3, 6), Err(StoreError::Corrupt(_))));
+        assert!(matches!(files.range(5, 6), Err(StoreError::Corrupt(_))));
     }
 
     #[test]
