@@ -152,7 +152,8 @@ impl AuditFiles {
     pub fn range(&self, from: u64, end: u64) -> Result<Vec<Arc<[u8]>>, StoreError> {
         let (persisted, dat_len, in_memory) = {
             let state = self.state.read().map_err(|_| poisoned())?;
-            // An empty range where `end` is below either bound: `BTreeMap::range` panics on start > end.
+            // `end` may lie below `from` or `persisted`: the range is then empty, as
+            // `BTreeMap::range` panics when its start is above its end.
             let first = from.max(state.persisted);
             let in_memory: Vec<Arc<[u8]>> =
                 state.tail.range(first..end.max(first)).map(|(_, e)| Arc::clone(e)).collect();
@@ -166,6 +167,7 @@ impl AuditFiles {
             let first_slot = from.saturating_sub(1);
             let mut slots = vec![0u8; ((to - first_slot) * 8) as usize];
             self.idx.read_exact_at(&mut slots, first_slot * 8).map_err(io)?;
+            // invariant: chunks_exact yields 8-byte slices.
             let mut ends = slots.chunks_exact(8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
             let start = if from == 0 { 0 } else { ends.next().unwrap_or_default() };
             let ends: Vec<u64> = ends.collect();
