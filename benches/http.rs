@@ -350,6 +350,21 @@ struct Client {
     pid: Option<u32>,
 }
 
+impl Client {
+    /// A client of the one server at `base`, the merchant's token, no customers yet.
+    fn new(http: reqwest::Client, base: &str) -> Client {
+        Client {
+            http,
+            base: base.to_owned(),
+            others: Vec::new(),
+            token: token(),
+            ids: Vec::new(),
+            next_new: AtomicU64::new(0),
+            pid: None,
+        }
+    }
+}
+
 /// The scenarios over plain HTTP; also answers the preloaded ids and the next new customer
 /// number, for a second server over the same data.
 async fn run(
@@ -359,15 +374,7 @@ async fn run(
     data_dir: &Path,
 ) -> (Vec<Outcome>, Vec<String>, u64) {
     let http = client_builder(config).build().unwrap();
-    let mut client = Client {
-        http,
-        base: base.to_owned(),
-        others: others.to_vec(),
-        token: token(),
-        ids: Vec::new(),
-        next_new: AtomicU64::new(0),
-        pid: None,
-    };
+    let mut client = Client { others: others.to_vec(), ..Client::new(http, base) };
     let started = Instant::now();
     client.ids = preload(&client, config, 0..config.customers).await;
     client.next_new.store(config.customers as u64, Ordering::Relaxed);
@@ -429,20 +436,12 @@ fn alternate_sizes(config: &Config, smoke: bool, large: usize, rounds: usize, la
     let pids = [small_child.id(), large_child.id()];
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let (outcomes, summary) = runtime.block_on(async {
-        let client = |base: String, pid: u32| Client {
-            http: client_builder(config).build().unwrap(),
-            base,
-            others: Vec::new(),
-            token: token(),
-            ids: Vec::new(),
-            next_new: AtomicU64::new(0),
-            pid: Some(pid),
-        };
         let started = Instant::now();
         let mut stores = Vec::new();
         for (base, pid, customers) in [(small_base, pids[0], config.customers), (large_base, pids[1], large)]
         {
-            let mut store = client(base, pid);
+            let mut store =
+                Client { pid: Some(pid), ..Client::new(client_builder(config).build().unwrap(), &base) };
             store.ids = preload(&store, config, 0..customers).await;
             store.next_new.store(customers as u64, Ordering::Relaxed);
             stores.push((Arc::new(store), customers));
@@ -561,15 +560,7 @@ async fn run_tls(config: &Config, base: &str, ca_pem: &str, ids: Vec<String>, ne
         .http1_only()
         .build()
         .unwrap();
-    let client = Arc::new(Client {
-        http,
-        base: base.to_owned(),
-        others: Vec::new(),
-        token: token(),
-        ids,
-        next_new: AtomicU64::new(next_new),
-        pid: None,
-    });
+    let client = Arc::new(Client { ids, next_new: AtomicU64::new(next_new), ..Client::new(http, base) });
     let mut outcomes = Vec::new();
     for scenario in [Scenario::Healthz, Scenario::Read, Scenario::Create] {
         let mut outcome = drive(&client, scenario, config, None).await;

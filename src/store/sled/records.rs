@@ -29,9 +29,10 @@
 //! Invariant: this is the store of record; only the `owners` keyspace is derived (from the
 //! records' `index_entries`), and kept in step with them by the writer. A group's records,
 //! blind-index keys and its LSN are one fjall batch, so after a crash the keyspace holds
-//! exactly the groups up to [`RecordFile::applied_lsn`] (fjall recovers a prefix of its journal). The flusher persists
-//! it before the log segments go, so the log still holds every group after that LSN and open
-//! replays them; a replayed put or removal repeats the final state.
+//! exactly the groups up to [`RecordFile::applied_lsn`] (fjall recovers a prefix of its
+//! journal). The flusher persists it before the log segments go, so the log still holds every
+//! group after that LSN and open replays them; a replayed put or removal repeats the final
+//! state.
 
 use std::path::{Path, PathBuf};
 
